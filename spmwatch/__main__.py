@@ -1,0 +1,5 @@
+import sys
+
+from spmwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""The `spmwatch` command: a thin dispatcher over one module per sub-command.
+
+Each module in `COMMANDS` lives in this package and defines `add_parser(subparsers)`, which
+registers its sub-command and sets `func` to a callable taking the parsed arguments and
+returning the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from spmwatch import __version__
+
+COMMANDS: tuple[str, ...] = (
+    "inspect",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spmwatch",
+        description="Watch AFM scans line by line and raise an alert when the tip fails.",
+    )
+    parser.add_argument("--version", action="version", version=f"spmwatch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"spmwatch.cli.{name.replace('-', '_')}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Value types shared by every stage: what flows from sources to the scorer and on to the wire.
+
+Data flows one way: a source yields `Line`s (or a whole `Scan`), the scorer turns them into
+`LineScore`s, `Event`s and an `Alert`, the classifier adds a `Verdict`. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+TRACE = "Trace"
+RETRACE = "Retrace"
+
+EventKind = Literal[
+    "tip_change", "streak", "tracking_loss", "oscillation", "dropout", "partial_frame"
+]
+EVENT_KINDS: tuple[str, ...] = (
+    "tip_change",
+    "streak",
+    "tracking_loss",
+    "oscillation",
+    "dropout",
+    "partial_frame",
+)
+Severity = Literal["low", "medium", "high"]
+SEVERITIES: tuple[str, ...] = ("low", "medium", "high")
+
+
+def clean_channel_name(label: str) -> str:
+    """Return the true channel name from an Asylum dimension label.
+
+    Asylum reuses a 32-byte label buffer, so old text trails the name: `HeightTracee`,
+    `PhaseRetracerace`, `UserIn0Retracetrace`. The name ends at the *first* "trace"
+    (case-insensitive); cutting at the last one would keep the junk of `UserIn0Retracetrace`.
+    Labels without "trace" are kept as they are, stripped.
+    """
+    label = label.strip().strip("\x00")
+    at = label.lower().find("trace")
+    return label[: at + len("trace")] if at >= 0 else label
+
+
+def split_direction(name: str) -> tuple[str, str | None]:
+    """Split a cleaned channel name into (prefix, "Trace" | "Retrace" | None)."""
+    if name.endswith(RETRACE):
+        return name[: -len(RETRACE)], RETRACE
+    if name.endswith(TRACE):
+        return name[: -len(TRACE)], TRACE
+    return name, None
+
+
+def pair_channels(names: Iterable[str]) -> dict[str, tuple[str | None, str | None]]:
+    """Group channel names by prefix: `{"Height": ("HeightTrace", "HeightRetrace")}`.
+
+    A direction that was not saved is None; a name without a direction stands alone as
+    `{name: (None, name)}` so it is scored like a single retrace channel. Order follows `names`.
+    """
+    pairs: dict[str, list[str | None]] = {}
+    for name in names:
+        prefix, direction = split_direction(name)
+        if direction is None:
+            pairs[name] = [None, name]
+            continue
+        slot = pairs.setdefault(prefix, [None, None])
+        slot[0 if direction == TRACE else 1] = name
+    return {prefix: (trace, retrace) for prefix, (trace, retrace) in pairs.items()}
+
+
+@dataclass(frozen=True)
+class Line:
+    """One scan line as it reaches the scorer, whatever the source.
+
+    `index` is the line's position along wData's dim 1 (what a person sees as the image row);
+    `position` is its place in acquisition order (0 = first line scanned). `channels` maps the
+    cleaned channel name to a 1-D float array of `points` samples.
+    """
+
+    scan_id: str
+    index: int
+    position: int
+    n_lines: int
+    channels: Mapping[str, np.ndarray]
+    meta: Mapping[str, float | int | str] = field(default_factory=dict)
+    source: str = "replay"
+
+    @property
+    def points(self) -> int:
+        return len(next(iter(self.channels.values()))) if self.channels else 0
+
+
+@dataclass
+class Scan:
+    """A whole frame read from an `.ibw` file (or generated), channels shaped (lines, points)."""
+
+    scan_id: str
+    channels: dict[str, np.ndarray]
+    meta: dict[str, float | int | str]
+    expected_lines: int
+    scan_down: bool
+    path: str | None = None
+    note: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def n_lines(self) -> int:
+        return next(iter(self.channels.values())).shape[0] if self.channels else 0
+
+    @property
+    def n_points(self) -> int:
+        return next(iter(self.channels.values())).shape[1] if self.channels else 0
+
+    @property
+    def pairs(self) -> dict[str, tuple[str | None, str | None]]:
+        return pair_channels(self.channels)
+
+    @property
+    def partial(self) -> bool:
+        """True when the frame was stopped early and fewer lines than ScanLines were saved."""
+        return self.n_lines < self.expected_lines
+
+    @property
+    def scan_rate(self) -> float:
+        return float(self.meta.get("ScanRate", 0.0) or 0.0)
+
+    def acquisition_order(self) -> np.ndarray:
+        """Stored line indices in the order the microscope scanned them.
+
+        ScanDown 0 scans bottom-up and stores line 0 first; ScanDown 1 starts at the last index.
+        """
+        order = np.arange(self.n_lines)
+        return order[::-1].copy() if self.scan_down else order
+
+    def lines(self, source: str = "replay") -> Iterator[Line]:
+        """Yield the frame's lines in acquisition order, as a live source would."""
+        meta = dict(self.meta)
+        for position, index in enumerate(self.acquisition_order()):
+            yield Line(
+                scan_id=self.scan_id,
+                index=int(index),
+                position=position,
+                n_lines=self.expected_lines,
+                channels={name: data[index] for name, data in self.channels.items()},
+                meta=meta,
+                source=source,
+            )
+
+
+@dataclass(frozen=True)
+class LineScore:
+    """The scorer's answer for one line: a combined score, the flag and the likeliest kind."""
+
+    index: int
+    position: int
+    score: float
+    flagged: bool
+    kind: str | None = None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A run of flagged lines of one kind. `start`/`end` are stored indices, start <= end."""
+
+    kind: str
+    start: int
+    end: int
+    severity: str
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "severity": self.severity,
+            "score": round(float(self.score), 4),
+        }
+
+
+@dataclass(frozen=True)
+class Alert:
+    """The first line at which the online monitor raises a failure."""
+
+    line: int
+    position: int
+    kind: str
+    severity: str
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "line": self.line,
+            "position": self.position,
+            "kind": self.kind,
+            "severity": self.severity,
+            "score": round(float(self.score), 4),
+        }
+
+
+@dataclass
+class FrameScores:
+    """Everything the scorer knows about a frame so far, in acquisition order.
+
+    `features` has one row per scored line and one column per name in `feature_names`: the
+    classifier's raw material. A frame scored offline and the same frame streamed live give equal
+    `FrameScores`, because every value is causal.
+    """
+
+    scan_id: str
+    channels: list[str]
+    feature_names: tuple[str, ...]
+    features: np.ndarray
+    lines: list[LineScore]
+    events: list[Event]
+    alert: Alert | None
+    expected_lines: int
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.lines)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The classifier's pass/fail for a frame (or the frame so far)."""
+
+    scan_id: str
+    verdict: Literal["pass", "fail"]
+    probability: float
+    threshold: float
+    model: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "verdict": self.verdict,
+            "probability": round(float(self.probability), 4),
+            "threshold": round(float(self.threshold), 4),
+            "model": self.model,
+        }
