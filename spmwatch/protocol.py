@@ -1,0 +1,294 @@
+"""Every spmwatch wire format in one place: endpoints, topics, line messages, event envelopes.
+
+docs/protocol.md is the human description of what this module encodes and decodes; tests and
+every socket user import the names from here instead of repeating strings. JSON only, never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from spmwatch.model import Line
+
+PROTOCOL_VERSION = 1
+
+# Default endpoints: loopback only, so nothing is reachable from the network unless configured.
+PUB_ENDPOINT = "tcp://127.0.0.1:5560"
+LINES_ENDPOINT = "tcp://127.0.0.1:5561"
+CONTROL_ENDPOINT = "tcp://127.0.0.1:5562"
+ACTIONS_ENDPOINT = "tcp://127.0.0.1:5563"
+METRICS_ADDRESS = "127.0.0.1:9560"
+
+TOPIC_ALERT = "spmwatch.alert"
+TOPIC_FRAME = "spmwatch.frame"
+TOPIC_LINE = "spmwatch.line"
+TOPIC_HEARTBEAT = "spmwatch.heartbeat"
+TOPIC_ERROR = "spmwatch.error"
+TOPIC_ACTION = "spmwatch.action"
+TOPICS: tuple[str, ...] = (
+    TOPIC_ALERT,
+    TOPIC_FRAME,
+    TOPIC_LINE,
+    TOPIC_HEARTBEAT,
+    TOPIC_ERROR,
+    TOPIC_ACTION,
+)
+
+# Limits on line messages: a producer cannot make the daemon allocate without bound.
+MAX_POINTS = 65_536
+MAX_CHANNELS = 32
+MAX_LINES = 65_536
+MAX_HEADER_BYTES = 65_536
+LINE_DTYPES: dict[str, np.dtype] = {
+    "float32": np.dtype("<f4"),
+    "float64": np.dtype("<f8"),
+    "int16": np.dtype("<i2"),
+    "int32": np.dtype("<i4"),
+}
+
+# Scan ids may end up in file names and log keys, so they are restricted to a safe alphabet.
+_SCAN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_CHANNEL = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow docs/protocol.md; the text says what is wrong."""
+
+
+@dataclass(frozen=True)
+class EndOfScan:
+    """The producer's word that a scan is finished (`{"v":1,"scan_id":..,"end":true}`)."""
+
+    scan_id: str
+
+
+def valid_scan_id(value: object) -> str:
+    """Return `value` if it is a safe scan id, else raise ProtocolError naming the problem."""
+    if not isinstance(value, str) or not _SCAN_ID.fullmatch(value):
+        raise ProtocolError(
+            f"scan_id {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Line socket (PUSH -> PULL): [JSON header, one raw little-endian array per channel]
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_line(line: Line, dtype: str = "float32") -> list[bytes]:
+    """Frames for one line: the JSON header, then one raw array per channel in header order."""
+    if dtype not in LINE_DTYPES:
+        raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")
+    wire = LINE_DTYPES[dtype]
+    names = list(line.channels)
+    header = {
+        "v": PROTOCOL_VERSION,
+        "scan_id": line.scan_id,
+        "line": line.index,
+        "position": line.position,
+        "n_lines": line.n_lines,
+        "points": line.points,
+        "channels": names,
+        "dtype": dtype,
+        "meta": _jsonable_meta(line.meta),
+    }
+    frames = [json.dumps(header, separators=(",", ":")).encode()]
+    frames.extend(np.ascontiguousarray(line.channels[n], dtype=wire).tobytes() for n in names)
+    return frames
+
+
+def encode_end(scan_id: str) -> list[bytes]:
+    """The single-frame message that ends a scan."""
+    payload = {"v": PROTOCOL_VERSION, "scan_id": valid_scan_id(scan_id), "end": True}
+    return [json.dumps(payload, separators=(",", ":")).encode()]
+
+
+def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line | EndOfScan:
+    """Check and decode a line-socket message; raise ProtocolError with the reason otherwise."""
+    if not frames:
+        raise ProtocolError("empty message")
+    header = _decode_json(frames[0], "header")
+    _check_version(header)
+    scan_id = valid_scan_id(header.get("scan_id"))
+    if header.get("end") is True:
+        if len(frames) != 1:
+            raise ProtocolError(f"end-of-scan message has {len(frames)} frames, expected 1")
+        return EndOfScan(scan_id)
+
+    index = _int_field(header, "line", 0, MAX_LINES - 1)
+    n_lines = _int_field(header, "n_lines", 1, MAX_LINES)
+    if index >= n_lines:
+        raise ProtocolError(f"line {index} is outside n_lines {n_lines}")
+    points = _int_field(header, "points", 1, MAX_POINTS)
+    position = _int_field(header, "position", 0, n_lines - 1) if "position" in header else index
+    dtype = header.get("dtype", "float32")
+    if dtype not in LINE_DTYPES:
+        raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")
+    names = _channel_names(header.get("channels"))
+    if len(frames) != 1 + len(names):
+        raise ProtocolError(
+            f"message has {len(frames)} frames, expected 1 header + {len(names)} channels"
+        )
+    wire = LINE_DTYPES[dtype]
+    expected = points * wire.itemsize
+    channels: dict[str, np.ndarray] = {}
+    for name, frame in zip(names, frames[1:], strict=True):
+        if len(frame) != expected:
+            raise ProtocolError(
+                f"channel {name} has {len(frame)} bytes, expected {expected} "
+                f"({points} points of {dtype})"
+            )
+        channels[name] = np.frombuffer(frame, dtype=wire).astype(np.float32)
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ProtocolError("meta must be a JSON object")
+    return Line(
+        scan_id=scan_id,
+        index=index,
+        position=position,
+        n_lines=n_lines,
+        channels=channels,
+        meta=_jsonable_meta(meta),
+        source=source,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Published events (PUB -> SUB): [topic, JSON payload]
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_event(topic: str, payload: Mapping[str, Any]) -> list[bytes]:
+    """Frames for one published event; `payload` already carries v, seq, time, scan_id, source."""
+    if topic not in TOPICS:
+        raise ProtocolError(f"unknown topic {topic!r}")
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False, default=_json_default)
+    return [topic.encode(), body.encode()]
+
+
+def decode_event(frames: Sequence[bytes]) -> tuple[str, dict[str, Any]]:
+    """Check and decode a published event into (topic, payload)."""
+    if len(frames) != 2:
+        raise ProtocolError(f"event has {len(frames)} frames, expected 2 (topic, JSON)")
+    try:
+        topic = frames[0].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("topic is not ASCII") from exc
+    if topic not in TOPICS:
+        raise ProtocolError(f"unknown topic {topic!r}")
+    payload = _decode_json(frames[1], "payload")
+    _check_version(payload)
+    seq = payload.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ProtocolError("payload has no non-negative integer 'seq'")
+    return topic, payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Control socket (REQ -> REP): JSON request {"v":1,"cmd":...}, JSON reply {"v":1,"ok":...}
+# ---------------------------------------------------------------------------------------------
+
+CONTROL_COMMANDS: tuple[str, ...] = ("status", "pause", "resume", "reload-model")
+
+
+def encode_request(cmd: str) -> bytes:
+    return json.dumps({"v": PROTOCOL_VERSION, "cmd": _known_command(cmd)}).encode()
+
+
+def decode_request(frame: bytes) -> str:
+    request = _decode_json(frame, "request")
+    _check_version(request)
+    return _known_command(request.get("cmd"))
+
+
+def encode_reply(ok: bool, **fields: Any) -> bytes:
+    body = {"v": PROTOCOL_VERSION, "ok": ok, **fields}
+    return json.dumps(body, allow_nan=False, default=_json_default).encode()
+
+
+def decode_reply(frame: bytes) -> dict[str, Any]:
+    reply = _decode_json(frame, "reply")
+    _check_version(reply)
+    return reply
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _known_command(cmd: object) -> str:
+    if cmd not in CONTROL_COMMANDS:
+        known = ", ".join(CONTROL_COMMANDS)
+        raise ProtocolError(f"unknown control command {cmd!r}; known: {known}")
+    return str(cmd)
+
+
+def _decode_json(frame: bytes, what: str) -> dict[str, Any]:
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"{what} is {len(frame)} bytes, more than {MAX_HEADER_BYTES}")
+    try:
+        value = json.loads(frame)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
+
+
+def _check_version(obj: Mapping[str, Any]) -> None:
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {obj.get('v')!r} is not {PROTOCOL_VERSION}")
+
+
+def _int_field(header: Mapping[str, Any], key: str, low: int, high: int) -> int:
+    value = header.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"'{key}' must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ProtocolError(f"'{key}' = {value} is outside {low}..{high}")
+    return value
+
+
+def _channel_names(value: object) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("'channels' must be a non-empty list of names")
+    if len(value) > MAX_CHANNELS:
+        raise ProtocolError(f"{len(value)} channels, more than {MAX_CHANNELS}")
+    for name in value:
+        if not isinstance(name, str) or not _CHANNEL.fullmatch(name):
+            raise ProtocolError(f"channel name {name!r} is not a valid channel name")
+    if len(set(value)) != len(value):
+        raise ProtocolError("channel names repeat")
+    return value
+
+
+def _jsonable_meta(meta: Mapping[str, object]) -> dict[str, float | int | str]:
+    """Keep the scalar, finite entries of scan metadata: what survives a JSON round trip."""
+    out: dict[str, float | int | str] = {}
+    for key, value in meta.items():
+        if isinstance(value, bool | np.bool_ | int | np.integer):
+            out[str(key)] = int(value)
+        elif isinstance(value, float | np.floating) and math.isfinite(value):
+            out[str(key)] = float(value)
+        elif isinstance(value, str):
+            out[str(key)] = value
+    return out
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
