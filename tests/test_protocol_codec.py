@@ -1,0 +1,134 @@
+"""The wire codecs in spmwatch.protocol: round trips and a named reason for every bad message."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spmwatch.model import Line
+from spmwatch.protocol import (
+    TOPIC_ALERT,
+    EndOfScan,
+    ProtocolError,
+    decode_event,
+    decode_line_message,
+    decode_reply,
+    decode_request,
+    encode_end,
+    encode_event,
+    encode_line,
+    encode_reply,
+    encode_request,
+)
+
+
+def _line(points: int = 16, channels: tuple[str, ...] = ("HeightTrace", "HeightRetrace")) -> Line:
+    rng = np.random.default_rng(points)
+    return Line(
+        scan_id="frame_0001",
+        index=5,
+        position=7,
+        n_lines=64,
+        channels={name: rng.normal(size=points).astype(np.float32) for name in channels},
+        meta={"ScanRate": 1.0016, "ScanDown": 1, "ImagingMode": "AC Mode"},
+    )
+
+
+def _header(frames: list[bytes]) -> dict:
+    return json.loads(frames[0])
+
+
+@given(
+    points=st.integers(1, 2048),
+    dtype=st.sampled_from(["float32", "float64"]),
+    n_channels=st.integers(1, 8),
+)
+@settings(max_examples=40, deadline=None)
+def test_line_round_trip(points: int, dtype: str, n_channels: int) -> None:
+    names = tuple(f"Ch{i}Retrace" for i in range(n_channels))
+    line = _line(points, names)
+    decoded = decode_line_message(encode_line(line, dtype))
+    assert isinstance(decoded, Line)
+    assert (decoded.scan_id, decoded.index, decoded.position, decoded.n_lines) == (
+        "frame_0001",
+        5,
+        7,
+        64,
+    )
+    assert list(decoded.channels) == list(names)
+    for name in names:
+        np.testing.assert_array_equal(decoded.channels[name], line.channels[name])
+    assert decoded.meta == {"ScanRate": 1.0016, "ScanDown": 1, "ImagingMode": "AC Mode"}
+
+
+def test_end_of_scan_round_trip() -> None:
+    assert decode_line_message(encode_end("frame_0001")) == EndOfScan("frame_0001")
+
+
+def _with_header(frames: list[bytes], **changes: object) -> list[bytes]:
+    header = _header(frames)
+    header.update(changes)
+    return [json.dumps(header).encode(), *frames[1:]]
+
+
+GOOD = encode_line(_line())
+BAD_MESSAGES = {
+    "empty message": [],
+    "not valid JSON": [b"{nope", *GOOD[1:]],
+    "must be a JSON object": [b"[1, 2]", *GOOD[1:]],
+    "protocol version": _with_header(GOOD, v=2),
+    "scan_id": _with_header(GOOD, scan_id="../../etc/passwd"),
+    "'line' must be an integer": _with_header(GOOD, line="5"),
+    "outside n_lines": _with_header(GOOD, line=64),
+    "'points' = 0": _with_header(GOOD, points=0),
+    "dtype": _with_header(GOOD, dtype="complex128"),
+    "channel name": _with_header(GOOD, channels=["Height Trace", "HeightRetrace"]),
+    "channel names repeat": _with_header(GOOD, channels=["HeightTrace", "HeightTrace"]),
+    "expected 1 header + 2 channels": GOOD[:2],
+    "expected 64 (16 points of float32)": [GOOD[0], GOOD[1] * 10, GOOD[2]],
+    "meta must be a JSON object": _with_header(GOOD, meta=[1]),
+    "more than 65536": [b" " * 70_000, *GOOD[1:]],
+}
+
+
+@pytest.mark.parametrize("reason", list(BAD_MESSAGES))
+def test_malformed_line_message_names_the_reason(reason: str) -> None:
+    with pytest.raises(ProtocolError, match=re.escape(reason)):
+        decode_line_message(BAD_MESSAGES[reason])
+
+
+def test_nan_flood_decodes_so_the_scorer_can_flag_it() -> None:
+    line = _line()
+    flooded = Line(
+        **{**line.__dict__, "channels": {k: v * np.nan for k, v in line.channels.items()}}
+    )
+    decoded = decode_line_message(encode_line(flooded))
+    assert all(np.isnan(v).all() for v in decoded.channels.values())
+
+
+def test_event_round_trip_and_checks() -> None:
+    payload = {"v": 1, "seq": 3, "time": 1.5, "scan_id": "s", "kind": "streak", "line": np.int64(4)}
+    topic, decoded = decode_event(encode_event(TOPIC_ALERT, payload))
+    assert topic == TOPIC_ALERT
+    assert decoded["line"] == 4 and decoded["seq"] == 3
+    with pytest.raises(ProtocolError, match="unknown topic"):
+        encode_event("spmwatch.nope", payload)
+    with pytest.raises(ProtocolError, match="expected 2"):
+        decode_event([b"spmwatch.alert"])
+    with pytest.raises(ProtocolError, match="seq"):
+        decode_event([b"spmwatch.alert", json.dumps({"v": 1, "seq": -1}).encode()])
+    with pytest.raises(ValueError):
+        encode_event(TOPIC_ALERT, {**payload, "score": float("nan")})
+
+
+def test_control_request_and_reply() -> None:
+    assert decode_request(encode_request("reload-model")) == "reload-model"
+    with pytest.raises(ProtocolError, match="unknown control command 'reboot'"):
+        decode_request(json.dumps({"v": 1, "cmd": "reboot"}).encode())
+    reply = decode_reply(encode_reply(True, paused=False, lines=np.int64(12)))
+    assert reply == {"v": 1, "ok": True, "paused": False, "lines": 12}
