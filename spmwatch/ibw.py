@@ -1,0 +1,460 @@
+"""Read and write Asylum Research `.ibw` image files (Igor binary wave, version 5).
+
+Asylum saves one file per finished frame: `wData` shaped (points, lines, channels) with the
+channel names as dimension-2 labels and ~600 `key: value` settings in the wave note. The folder
+watcher sees files while Igor is still writing them, so completeness is a cheap header check
+that callers poll, and every way a file can be wrong ends in a typed `IbwError`, never a bare
+traceback from the parser.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import igor2.binarywave
+import numpy as np
+
+from spmwatch.model import Scan, clean_channel_name, pair_channels
+
+BIN_HEADER_SIZE = 64
+HEADER_SIZE = 384  # BinHeader5 + WaveHeader5: the span the header checksum covers
+WAVE_HEADER_SIZE = HEADER_SIZE - BIN_HEADER_SIZE
+KNOWN_VERSIONS = (1, 2, 3, 5, 7)
+MAX_PROBLEM_RUNS = 5  # per channel, so a NaN-flooded file gives a few lines of text
+
+# BinHeader5: version, checksum, wfmSize, formulaSize, noteSize, dataEUnitsSize,
+# dimEUnitsSize[4], dimLabelsSize[4], sIndicesSize, optionsSize1, optionsSize2.
+_BIN_HEADER = "hhiiii4i4iiii"
+# Offsets inside the 384-byte header (TN003 WaveHeader5 after the 64-byte BinHeader5).
+_NPNTS_AT, _TYPE_AT, _NOTE_ENCODING_AT, _NDIM_AT = 76, 80, 89, 132
+_UTF8_ENCODING = 1
+
+# Igor number types: 2 float32, 4 float64, 8 int8, 16 int16, 32 int32, +64 unsigned, +1 complex.
+_ITEM_SIZES = {2: 4, 4: 8, 8: 1, 16: 2, 32: 4, 72: 1, 80: 2, 96: 4}
+_COMPLEX = 1
+
+META_KEYS: tuple[str, ...] = (
+    "ScanRate",
+    "ScanLines",
+    "ScanPoints",
+    "ScanSize",
+    "FastScanSize",
+    "SlowScanSize",
+    "ScanSpeed",
+    "ScanDown",
+    "ScanAngle",
+    "ImagingMode",
+    "IntegralGain",
+    "ProportionalGain",
+    "AmplitudeSetpointVolts",
+    "DeflectionSetpointVolts",
+    "DriveAmplitude",
+    "DriveFrequency",
+    "MicroscopeModel",
+    "Version",
+    "Date",
+    "Time",
+)
+# Text settings that merely look numeric in some files (`ImagingMode: 0`, `Version: 19.17`).
+_TEXT_KEYS = frozenset({"ImagingMode", "MicroscopeModel", "Version", "Date", "Time"})
+_INT = re.compile(r"[+-]?\d+")
+
+
+class IbwError(Exception):
+    """A file that cannot become a `Scan`; `reason` says why in words a user can act on."""
+
+    kind = "unreadable"
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class IncompleteError(IbwError):
+    """Shorter than its headers imply or the checksum fails: usually still being written."""
+
+    kind = "incomplete"
+
+
+class NotIbwError(IbwError):
+    """Not an Igor binary wave at all (bad version field, random bytes, empty, corrupt)."""
+
+    kind = "not_ibw"
+
+
+class UnsupportedVersionError(IbwError):
+    """An Igor binary wave, but not version 5 (the only one Asylum writes)."""
+
+    kind = "unsupported_version"
+
+
+class NoImageChannelsError(IbwError):
+    """A valid wave that is not a 2-D/3-D image with channel names."""
+
+    kind = "no_image_channels"
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """Whether a file on disk holds everything its header promises (see `check_complete`)."""
+
+    complete: bool
+    on_disk: int
+    implied: int
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The header fields the reader needs, decoded in the file's own byte order."""
+
+    order: str
+    section_sizes: tuple[int, ...]
+    npnts: int
+    type: int
+    dims: tuple[int, int, int, int]
+    note_encoding: int
+
+    @property
+    def wfm_size(self) -> int:
+        return self.section_sizes[0]
+
+    @property
+    def implied(self) -> int:
+        return BIN_HEADER_SIZE + sum(self.section_sizes)
+
+
+def _byte_order(head: bytes, path: str | Path) -> tuple[str, int] | None:
+    """Return (struct byte order, version) from the version field, None when not written yet."""
+    if len(head) < 2 or head[:2] == b"\x00\x00":
+        return None
+    little, big = struct.unpack("<h", head[:2])[0], struct.unpack(">h", head[:2])[0]
+    if little in KNOWN_VERSIONS:
+        order, version = "<", little
+    elif big in KNOWN_VERSIONS:
+        order, version = ">", big
+    else:
+        raise NotIbwError(path, f"not an Igor binary wave: version field is {head[:2].hex()}")
+    if version != 5:
+        raise UnsupportedVersionError(
+            path, f"Igor binary wave version {version}; only version 5 (Asylum) is supported"
+        )
+    return order, version
+
+
+def _checksum(head: bytes, order: str) -> int:
+    return sum(struct.unpack(f"{order}192h", head[:HEADER_SIZE])) & 0xFFFF
+
+
+def _parse_header(head: bytes, order: str) -> _Header:
+    fields = struct.unpack(order + _BIN_HEADER, head[:BIN_HEADER_SIZE])
+    (npnts,) = struct.unpack_from(order + "i", head, _NPNTS_AT)
+    (type_,) = struct.unpack_from(order + "h", head, _TYPE_AT)
+    dims = struct.unpack_from(order + "4i", head, _NDIM_AT)
+    return _Header(
+        order=order,
+        section_sizes=tuple(fields[2:]),
+        npnts=npnts,
+        type=type_,
+        dims=dims,
+        note_encoding=head[_NOTE_ENCODING_AT],
+    )
+
+
+def _completeness(
+    head: bytes, on_disk: int, path: str | Path
+) -> tuple[Completeness, _Header | None]:
+    """Judge completeness from the first 384 bytes and the size on disk: pure, no I/O."""
+    found = _byte_order(head, path)
+    if found is None:
+        reason = "file is empty" if on_disk == 0 else "header not written yet"
+        return Completeness(False, on_disk, HEADER_SIZE, reason), None
+    if len(head) < HEADER_SIZE:
+        reason = f"truncated: {on_disk} bytes, the header alone needs {HEADER_SIZE}"
+        return Completeness(False, on_disk, HEADER_SIZE, reason), None
+    header = _parse_header(head, found[0])
+    total = _checksum(head, header.order)
+    if total != 0:
+        reason = f"header checksum fails (word sum {total:#06x}, expected 0)"
+        return Completeness(False, on_disk, max(header.implied, HEADER_SIZE), reason), header
+    if min(header.section_sizes) < 0 or header.wfm_size < WAVE_HEADER_SIZE:
+        raise NotIbwError(path, f"corrupt header: impossible section sizes {header.section_sizes}")
+    if on_disk < header.implied:
+        reason = f"truncated: {on_disk} of {header.implied} bytes on disk"
+        return Completeness(False, on_disk, header.implied, reason), header
+    return Completeness(True, on_disk, header.implied), header
+
+
+def check_complete(path: str | Path) -> Completeness:
+    """Cheaply tell whether a file (possibly still being written) is a whole version-5 wave.
+
+    Reads only the first 384 bytes. Asylum appends bytes after the last section, so a file
+    counts as complete when it is at least as long as its headers imply, not exactly as long.
+    Raises `NotIbwError`/`UnsupportedVersionError` when the file can never become a readable
+    wave; `PermissionError` (Igor holding the file open on Windows) propagates so callers retry.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(HEADER_SIZE)
+        on_disk = max(Path(path).stat().st_size, len(head))
+    return _completeness(head, on_disk, path)[0]
+
+
+def _validate_layout(header: _Header, path: str | Path) -> tuple[int, ...]:
+    """Check the data block matches the dimensions before anything is allocated."""
+    if header.type == 0:
+        raise NoImageChannelsError(path, "text wave, not an image")
+    if header.type & _COMPLEX:
+        raise NoImageChannelsError(path, "complex wave, not an image")
+    item = _ITEM_SIZES.get(header.type)
+    if item is None:
+        raise NotIbwError(path, f"corrupt header: unknown number type {header.type}")
+    points, lines, layers, chunks = header.dims
+    data_bytes = header.wfm_size - WAVE_HEADER_SIZE
+    if header.npnts == 0 and data_bytes == 0 and points > 0 and lines == 0 and chunks == 0:
+        # Saved with zero lines: Igor's "0 ends the dimensions" rule does not apply here.
+        return (points, 0, layers) if layers > 0 else (points, 0)
+    shape: list[int] = []
+    for n in header.dims:
+        if n <= 0:
+            break
+        shape.append(n)
+    if math.prod(shape) != header.npnts or header.npnts * item != data_bytes:
+        raise NotIbwError(
+            path,
+            f"corrupt header: dimensions {header.dims} and {header.npnts} points do not match "
+            f"{data_bytes} bytes of data",
+        )
+    if len(shape) not in (2, 3):
+        raise NoImageChannelsError(path, f"a {len(shape)}-D wave, not a 2-D or 3-D image")
+    return tuple(shape)
+
+
+def _load_igor(raw: bytes, header: _Header, path: str | Path) -> dict:
+    """Parse with igor2, turning anything it raises into a typed error."""
+    if header.npnts == 0:
+        # igor2 cannot shape an empty block with nonzero dimensions; hide them from it.
+        patched = bytearray(raw)
+        patched[_NDIM_AT : _NDIM_AT + 16] = bytes(16)
+        raw = bytes(patched)
+    try:
+        return igor2.binarywave.load(io.BytesIO(raw))["wave"]
+    except Exception as exc:
+        raise NotIbwError(
+            path, f"igor2 cannot parse the wave: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _decode(value: bytes, utf8: bool) -> str:
+    return value.decode("utf-8", errors="replace") if utf8 else value.decode("latin-1")
+
+
+def parse_note(text: str) -> dict[str, str]:
+    """Split a wave note into `{key: value}`; the first value wins for repeated keys."""
+    note: dict[str, str] = {}
+    for line in re.split(r"\r\n|\r|\n", text):
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and key and key not in note:
+            note[key] = value.strip()
+    return note
+
+
+def _typed(key: str, value: str) -> float | int | str:
+    if key in _TEXT_KEYS:
+        return value
+    if _INT.fullmatch(value):
+        return int(value)
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def note_meta(note: Mapping[str, str]) -> dict[str, float | int | str]:
+    """The settings spmwatch uses, typed: numbers where they parse, text otherwise."""
+    return {key: _typed(key, note[key]) for key in META_KEYS if key in note}
+
+
+def _channel_names(wave: dict, n_channels: int, utf8: bool, path: str | Path) -> list[str]:
+    labels = wave.get("labels") or []
+    dim2 = [_decode(label, utf8) for label in labels[2]] if len(labels) > 2 else []
+    if n_channels == 1 and not any(dim2[1:]):
+        # A 2-D image: the channel is named by the wave itself.
+        dim2 = ["", _decode(wave["wave_header"]["bname"], utf8)]
+    names = [clean_channel_name(label) for label in dim2[1 : 1 + n_channels]]
+    if len(names) < n_channels or not all(names):
+        raise NoImageChannelsError(
+            path, f"{n_channels} channels but dimension 2 labels are {dim2[1:]!r}"
+        )
+    if len(set(names)) != len(names):
+        raise NoImageChannelsError(path, f"duplicate channel names {names!r}")
+    return names
+
+
+def _runs(indices: np.ndarray) -> list[tuple[int, int]]:
+    """Group sorted line indices into (first, last) runs of consecutive lines."""
+    if indices.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(indices) != 1)
+    starts = np.concatenate(([indices[0]], indices[breaks + 1]))
+    ends = np.concatenate((indices[breaks], [indices[-1]]))
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def nonfinite_problems(channels: Mapping[str, np.ndarray]) -> list[str]:
+    """Describe NaN/Inf content per run of lines and channel, a handful of lines per channel."""
+    problems: list[str] = []
+    for name, data in channels.items():
+        counts = np.count_nonzero(~np.isfinite(data), axis=1) if data.size else np.zeros(0)
+        runs = _runs(np.flatnonzero(counts))
+        for first, last in runs[:MAX_PROBLEM_RUNS]:
+            total = int(counts[first : last + 1].sum())
+            where = f"line {first}" if first == last else f"lines {first}-{last}"
+            problems.append(f"{where} {name}: {total} non-finite values")
+        if len(runs) > MAX_PROBLEM_RUNS:
+            rest = runs[MAX_PROBLEM_RUNS:]
+            lines = sum(last - first + 1 for first, last in rest)
+            problems.append(f"{name}: {len(rest)} more runs of non-finite values ({lines} lines)")
+    return problems
+
+
+def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
+    """Read an Asylum image file into a `Scan` with channels shaped (lines, points).
+
+    Raises `IncompleteError` for a file still being written (callers retry) and the other
+    `IbwError`s for files that will never read; NaN/Inf content is reported in
+    `Scan.problems`, never raised.
+    """
+    raw = Path(path).read_bytes()
+    if not raw:
+        raise NotIbwError(path, "empty file: not an Igor binary wave")
+    completeness, header = _completeness(raw[:HEADER_SIZE], len(raw), path)
+    if not completeness.complete or header is None:
+        raise IncompleteError(path, completeness.reason or "incomplete")
+    shape = _validate_layout(header, path)
+    wave = _load_igor(raw, header, path)
+    utf8 = header.note_encoding == _UTF8_ENCODING
+
+    n_channels = shape[2] if len(shape) == 3 else 1
+    names = _channel_names(wave, n_channels, utf8, path)
+    data = np.asarray(wave["wData"])
+    dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
+    data = data.astype(dtype.newbyteorder("="), copy=False).reshape(shape[0], shape[1], n_channels)
+    # Copy: igor2's array is a read-only view of the file's bytes.
+    channels = {name: data[:, :, c].T.copy() for c, name in enumerate(names)}
+
+    note = parse_note(_decode(bytes(wave.get("note") or b""), utf8))
+    meta = note_meta(note)
+    stored = shape[1]
+    scan_lines = meta.get("ScanLines")
+    expected = scan_lines if isinstance(scan_lines, int) and scan_lines > 0 else stored
+    return Scan(
+        scan_id=scan_id if scan_id is not None else Path(path).stem,
+        channels=channels,
+        meta=meta,
+        expected_lines=max(expected, stored),
+        scan_down=meta.get("ScanDown") == 1,
+        path=str(path),
+        note=note,
+        problems=nonfinite_problems(channels),
+    )
+
+
+def _note_value(value: object) -> str:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        value = int(value)
+    text = repr(value) if isinstance(value, float) else str(value)
+    return re.sub(r"[\r\n]+", " ", text)
+
+
+def build_note(scan: Scan) -> str:
+    """The wave note Asylum would write for `scan`: its note, updated with meta and the shape."""
+    entries = {**scan.note, **{key: _note_value(value) for key, value in scan.meta.items()}}
+    entries["ScanLines"] = str(scan.expected_lines)
+    entries["ScanDown"] = "1" if scan.scan_down else "0"
+    for key in entries:
+        if not key.strip() or ":" in key or re.search(r"[\r\n]", key):
+            raise ValueError(f"note key {key!r} cannot be written as a 'key: value' line")
+    return "\r".join(f"{key}: {value}" for key, value in entries.items())
+
+
+def write_scan(scan: Scan, path: str | Path) -> None:
+    """Write `scan` as an Asylum-like version-5 `.ibw` that `read_scan` reads back exactly.
+
+    wData is (points, lines, channels) with the channel names as dimension-2 labels, as Asylum
+    saves it; float32/float64 are kept, anything else is stored as float32.
+    """
+    from igorwriter import IgorWave5
+    from igorwriter.errors import InvalidNameError
+
+    if not scan.channels:
+        raise ValueError(f"scan {scan.scan_id!r} has no channels to write")
+    arrays = list(scan.channels.values())
+    shapes = {array.shape for array in arrays}
+    if len(shapes) != 1 or len(arrays[0].shape) != 2:
+        raise ValueError(f"scan {scan.scan_id!r}: channels must share one (lines, points) shape")
+    dtype = np.result_type(*arrays)
+    if dtype not in (np.float32, np.float64):
+        dtype = np.dtype(np.float32)
+    data = np.stack([np.asarray(a, dtype=dtype).T for a in arrays], axis=2)
+
+    wave = IgorWave5(data, name=scan.scan_id, on_errors="fix")
+    for index, name in enumerate(scan.channels):
+        try:
+            wave.set_dimlabel(2, index, name)
+        except InvalidNameError as exc:
+            raise ValueError(f"channel name {name!r} is not a valid Igor label: {exc}") from exc
+    wave.set_note(build_note(scan))
+    wave.save(str(path))
+
+
+_RECORD_FIELDS = (
+    "channels",
+    "pairs",
+    "lines",
+    "points",
+    "expected_lines",
+    "scan_rate",
+    "scan_down",
+    "partial",
+    "complete",
+)
+
+
+def inspect_file(path: str | Path) -> dict[str, object]:
+    """One plain record per file for `spmwatch inspect`; unreadable files fill only `errors`."""
+    record: dict[str, object] = {"file": str(path), **dict.fromkeys(_RECORD_FIELDS), "errors": []}
+    try:
+        scan = read_scan(path)
+    except IbwError as exc:
+        record["complete"] = False if isinstance(exc, IncompleteError) else None
+        record["errors"] = [f"{exc.kind}: {exc.reason}"]
+        return record
+    except FileNotFoundError:
+        record["errors"] = ["file not found"]
+        return record
+    except OSError as exc:
+        record["errors"] = [f"cannot read: {exc.strerror or exc}"]
+        return record
+    record.update(
+        channels=list(scan.channels),
+        pairs={prefix: list(pair) for prefix, pair in pair_channels(scan.channels).items()},
+        lines=scan.n_lines,
+        points=scan.n_points,
+        expected_lines=scan.expected_lines,
+        scan_rate=scan.scan_rate,
+        scan_down=scan.scan_down,
+        partial=scan.partial,
+        complete=True,
+        errors=list(scan.problems),
+    )
+    return record
