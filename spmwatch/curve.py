@@ -1,0 +1,168 @@
+"""CURVE keys and socket set-up, so alerts that cross a network are encrypted and authenticated.
+
+Without CURVE anyone who reaches the port can subscribe to alerts or publish forged ones. Keys
+are stored in ZeroMQ's certificate text format (the one czmq and `zmq.auth` read): a public file
+`NAME.key` and a secret file `NAME.key_secret` created with mode 0600, z85 text only. A server
+accepts only the clients whose public `*.key` files sit in its authorised-keys folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+PUBLIC_SUFFIX = ".key"
+SECRET_SUFFIX = ".key_secret"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_Z85_KEY_LENGTH = 40
+
+
+class CurveError(ValueError):
+    """A key file or folder that cannot be used; the text names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class KeyFiles:
+    """Where `write_keypair` put a pair."""
+
+    public: Path
+    secret: Path
+
+
+def write_keypair(out_dir: str | Path, name: str = "spmwatch") -> KeyFiles:
+    """Generate and write a key pair; never overwrite, since a lost secret cannot be recovered."""
+    if not _NAME.fullmatch(name):
+        raise CurveError(f"key name {name!r} must be letters, digits, '.', '_' or '-'")
+    if not zmq.has("curve"):
+        raise CurveError("this libzmq was built without CURVE support")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = KeyFiles(out / f"{name}{PUBLIC_SUFFIX}", out / f"{name}{SECRET_SUFFIX}")
+    for path in (files.public, files.secret):
+        if path.exists():
+            raise CurveError(f"{path}: already exists; not overwriting a key")
+    public, secret = zmq.curve_keypair()
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    _write_new(files.secret, _certificate(public, secret, stamp), mode=0o600)
+    _write_new(files.public, _certificate(public, None, stamp), mode=0o644)
+    return files
+
+
+def read_public_key(path: str | Path) -> bytes:
+    """The z85 public key in a certificate file (public or secret one)."""
+    public, _ = _load(Path(path))
+    return public
+
+
+def read_secret_key(path: str | Path) -> tuple[bytes, bytes]:
+    """(public, secret) z85 keys from a secret certificate file."""
+    path = Path(path)
+    public, secret = _load(path)
+    if secret is None:
+        raise CurveError(f"{path}: holds no secret-key (is this the public .key file?)")
+    return public, secret
+
+
+def authorized_keys(directory: str | Path) -> frozenset[bytes]:
+    """Every public key in `directory/*.key`; an empty or missing folder is an error."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise CurveError(f"{folder}: authorised-keys folder does not exist")
+    keys = frozenset(read_public_key(p) for p in sorted(folder.glob(f"*{PUBLIC_SUFFIX}")))
+    if not keys:
+        raise CurveError(f"{folder}: no *{PUBLIC_SUFFIX} files, so no client could connect")
+    return keys
+
+
+class _KeySet:
+    """ZAP credentials provider: allow exactly the given client keys."""
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+def configure_server(
+    socket: zmq.Socket,
+    secret_key_file: str | Path,
+    authorized_keys_dir: str | Path,
+    context: zmq.Context | None = None,
+) -> ThreadAuthenticator:
+    """Make `socket` a CURVE server that admits only authorised clients; call before bind.
+
+    Returns the running authenticator (it must live in the socket's context); call its `stop()`
+    when the socket closes.
+    """
+    public, secret = read_secret_key(secret_key_file)
+    keys = authorized_keys(authorized_keys_dir)
+    auth = ThreadAuthenticator(context or socket.context)
+    auth.start()
+    auth.configure_curve_callback(domain="*", credentials_provider=_KeySet(keys))
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_server = True
+    return auth
+
+
+def configure_client(
+    socket: zmq.Socket, client_secret_key_file: str | Path, server_public_key_file: str | Path
+) -> None:
+    """Make `socket` a CURVE client of the server whose public key is given; call before connect."""
+    public, secret = read_secret_key(client_secret_key_file)
+    socket.curve_secretkey = secret
+    socket.curve_publickey = public
+    socket.curve_serverkey = read_public_key(server_public_key_file)
+
+
+def _certificate(public: bytes, secret: bytes | None, stamp: str) -> str:
+    kind = "Secret" if secret else "Public"
+    text = (
+        f"#   ZeroMQ CURVE {kind} Certificate, written by spmwatch keys at {stamp}\n"
+        "#   Share only the public .key file; keep the .key_secret file private.\n\n"
+        "metadata\n"
+        "curve\n"
+        f'    public-key = "{public.decode("ascii")}"\n'
+    )
+    if secret:
+        text += f'    secret-key = "{secret.decode("ascii")}"\n'
+    return text
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """Create `path` with `mode` from the start, so a secret is never readable by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text)
+    os.chmod(path, mode)  # O_CREAT's mode is filtered by the umask; make it exact
+
+
+def _load(path: Path) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"{path}: not a readable CURVE certificate ({exc})") from exc
+    _check_key(path, "public-key", public)
+    if secret is not None:
+        _check_key(path, "secret-key", secret)
+    return public, secret
+
+
+def _check_key(path: Path, what: str, key: bytes) -> None:
+    ok = len(key) == _Z85_KEY_LENGTH
+    if ok:
+        try:
+            z85.decode(key)
+        except (ValueError, KeyError, IndexError):
+            ok = False
+    if not ok:
+        raise CurveError(f"{path}: {what} is not a {_Z85_KEY_LENGTH}-character z85 key")

@@ -1,0 +1,114 @@
+"""CURVE keys and sockets: real key files, real PUB/SUB on loopback, real ZAP authentication."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zmq
+from responder_helpers import wait_for
+from zmq.utils.monitor import recv_monitor_message
+
+from spmwatch import curve
+
+
+def test_keypair_files_round_trip_and_secret_is_private(tmp_path: Path) -> None:
+    files = curve.write_keypair(tmp_path, "node1")
+    assert files.public == tmp_path / "node1.key"
+    assert stat.S_IMODE(files.secret.stat().st_mode) == 0o600
+    public, secret = curve.read_secret_key(files.secret)
+    assert curve.read_public_key(files.public) == public
+    assert zmq.curve_public(secret) == public  # the secret really belongs to the public key
+    assert "secret-key" not in files.public.read_text()
+    # zmq.auth reads the same format
+    assert zmq.auth.load_certificates(tmp_path) == {public: True}
+
+
+def test_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:
+    curve.write_keypair(tmp_path, "a")
+    with pytest.raises(curve.CurveError, match="already exists"):
+        curve.write_keypair(tmp_path, "a")
+    with pytest.raises(curve.CurveError, match="key name"):
+        curve.write_keypair(tmp_path, "../escape")
+
+
+def test_bad_key_files_name_the_file(tmp_path: Path) -> None:
+    files = curve.write_keypair(tmp_path, "a")
+    with pytest.raises(curve.CurveError, match=r"a\.key: holds no secret-key"):
+        curve.read_secret_key(files.public)
+    broken = tmp_path / "broken.key"
+    broken.write_text('curve\n    public-key = "short"\n')
+    with pytest.raises(curve.CurveError, match=r"broken\.key: public-key is not"):
+        curve.authorized_keys(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(curve.CurveError, match=r"no \*\.key files"):
+        curve.authorized_keys(empty)
+    with pytest.raises(curve.CurveError, match="does not exist"):
+        curve.authorized_keys(tmp_path / "missing")
+
+
+def test_only_authorised_subscriber_receives(tmp_path: Path) -> None:
+    server = curve.write_keypair(tmp_path / "server", "server")
+    good = curve.write_keypair(tmp_path / "authorised", "good")
+    bad = curve.write_keypair(tmp_path / "elsewhere", "bad")
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    auth = curve.configure_server(pub, server.secret, tmp_path / "authorised")
+    monitor = pub.get_monitor_socket()
+    subs: dict[str, zmq.Socket] = {}
+    try:
+        port = pub.bind_to_random_port("tcp://127.0.0.1")
+        for name, pair in (("good", good), ("bad", bad), ("plain", None)):
+            sub = ctx.socket(zmq.SUB)
+            sub.subscribe(b"")
+            if pair is not None:
+                curve.configure_client(sub, pair.secret, server.public)
+            sub.connect(f"tcp://127.0.0.1:{port}")
+            subs[name] = sub
+
+        seen: set[int] = set()
+
+        def handshakes_done() -> bool:
+            while monitor.poll(0):
+                seen.add(recv_monitor_message(monitor)["event"])
+            return {
+                zmq.EVENT_HANDSHAKE_SUCCEEDED,
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH,  # the wrong key, refused by ZAP
+                zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,  # the plain-text subscriber
+            } <= seen
+
+        wait_for(handshakes_done, timeout=10)
+
+        def good_received() -> bool:
+            pub.send_multipart([b"spmwatch.alert", b"{}"])
+            return bool(subs["good"].poll(20))
+
+        wait_for(good_received, timeout=10)
+        assert subs["good"].recv_multipart() == [b"spmwatch.alert", b"{}"]
+        pub.send_multipart([b"spmwatch.alert", b"last"])
+        while subs["good"].recv_multipart()[1] != b"last":
+            pass  # drain the earlier attempts up to the last message, which must arrive
+        assert subs["bad"].poll(0) == 0
+        assert subs["plain"].poll(0) == 0
+    finally:
+        for sub in subs.values():
+            sub.close(linger=0)
+        pub.disable_monitor()
+        monitor.close(linger=0)
+        pub.close(linger=0)
+        auth.stop()
+        ctx.term()
+
+
+def test_keys_command_writes_a_pair(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "spmwatch", "keys", "--out", str(tmp_path), "--name", "resp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "resp.key").is_file() and (tmp_path / "resp.key_secret").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
