@@ -13,7 +13,7 @@ import sys
 
 from spmwatch import __version__
 
-COMMANDS: tuple[str, ...] = ("inspect",)
+COMMANDS: tuple[str, ...] = ("inspect", "keys")
 
 
 def build_parser() -> argparse.ArgumentParser:
