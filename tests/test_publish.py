@@ -1,0 +1,98 @@
+"""The publisher on a real PUB socket: seq per topic, heartbeats, priority, shedding, drain."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import zmq
+
+from spmwatch import protocol
+from spmwatch.publish import Publisher
+from tests.daemon_helpers import Subscriber, assert_seq_increasing, free_port, wait_for
+
+
+@pytest.fixture
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def _connected(sub: Subscriber) -> None:
+    """The slow-joiner problem: a SUB sees nothing until its subscription reached the PUB."""
+    wait_for(lambda: sub.of(protocol.TOPIC_HEARTBEAT), timeout=10)
+
+
+def test_envelope_seq_and_heartbeat(endpoint: str) -> None:
+    pub = Publisher(endpoint, heartbeat_interval=0.05, heartbeat=lambda: {"model": "m1"})
+    pub.start()
+    sub = Subscriber(endpoint)
+    try:
+        _connected(sub)
+        for i in range(5):
+            pub.publish(protocol.TOPIC_ALERT, f"s{i}", "socket", {"line": i, "score": math.nan})
+        pub.publish(protocol.TOPIC_FRAME, "s0", "folder", {"verdict": "pass"})
+        wait_for(lambda: len(sub.of(protocol.TOPIC_ALERT)) == 5 and sub.of(protocol.TOPIC_FRAME))
+    finally:
+        pub.stop()
+        sub.close()
+    alerts = sub.of(protocol.TOPIC_ALERT)
+    assert [a["seq"] for a in alerts] == [0, 1, 2, 3, 4]
+    assert [a["line"] for a in alerts] == [0, 1, 2, 3, 4]
+    assert alerts[0]["scan_id"] == "s0" and alerts[0]["source"] == "socket"
+    assert alerts[0]["score"] is None  # NaN cannot travel as JSON; the event still does
+    assert isinstance(alerts[0]["time"], float) and alerts[0]["v"] == protocol.PROTOCOL_VERSION
+    assert sub.of(protocol.TOPIC_FRAME)[0]["seq"] == 0
+    beats = sub.of(protocol.TOPIC_HEARTBEAT)
+    seqs = [b["seq"] for b in beats]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert beats[0]["model"] == "m1" and beats[0]["interval"] == 0.05
+    assert beats[-1]["final"] is True  # stop() sends the closing counters
+    assert beats[-1]["published"][protocol.TOPIC_ALERT] == 5
+
+
+def test_lines_are_shed_alerts_never(endpoint: str) -> None:
+    pub = Publisher(endpoint, line_queue=4, heartbeat_interval=0.05)
+    pub.start()
+    sub = Subscriber(endpoint)
+    try:
+        _connected(sub)
+        accepted = 0
+        for i in range(2_000):
+            accepted += pub.publish(protocol.TOPIC_LINE, "s", "socket", {"line": i}) is not None
+            if i % 20 == 0:
+                pub.publish(protocol.TOPIC_ALERT, "s", "socket", {"line": i})
+        counters = pub.counters()
+    finally:
+        pub.stop()
+    wait_for(lambda: len(sub.of(protocol.TOPIC_ALERT)) == 100, timeout=10)
+    sub.close()
+    alerts = sub.of(protocol.TOPIC_ALERT)
+    assert [a["seq"] for a in alerts] == list(range(100))  # no gap: none lost
+    assert counters["lines_shed"] > 0  # the tiny line queue had to shed
+    lines = sub.of(protocol.TOPIC_LINE)
+    assert len(lines) == accepted
+    assert accepted + pub.counters()["lines_shed"] == 2_000
+    assert_seq_increasing(lines)
+    seqs = [line["seq"] for line in lines]
+    missing = set(range(2_000)) - set(seqs)  # every shed line shows up as a seq gap
+    assert len(missing) == pub.counters()["lines_shed"]
+
+
+def test_busy_port_fails_in_start(endpoint: str) -> None:
+    first = Publisher(endpoint)
+    first.start()
+    try:
+        with pytest.raises(zmq.ZMQError):
+            Publisher(endpoint).start()
+    finally:
+        first.stop()
+
+
+def test_unknown_topic_is_refused(endpoint: str) -> None:
+    pub = Publisher(endpoint)
+    pub.start()
+    try:
+        with pytest.raises(protocol.ProtocolError, match="unknown topic"):
+            pub.publish("spmwatch.nope", None, "daemon", {})
+    finally:
+        pub.stop()
