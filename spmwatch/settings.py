@@ -1,0 +1,170 @@
+"""The daemon's settings: one frozen dataclass per TOML section, every field with its default.
+
+config/spmwatch.toml lists every key with the default written here; a test checks that the
+shipped file parses to exactly `Settings()`, so the two cannot drift. Values are checked in
+`__post_init__` so a bad one is refused at start with the key named, before any socket is bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from spmwatch import protocol
+from spmwatch.config import ConfigError, build, load_toml
+from spmwatch.scoring.scorer import ScoringSettings
+
+_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def _check_endpoint(name: str, value: str) -> None:
+    if not value.startswith(_SCHEMES):
+        raise ValueError(f"{name} = {value!r} must start with one of {', '.join(_SCHEMES)}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{name} = {value!r} must be > 0")
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    """Folders where Asylum saves .ibw files; each finished file is scored as a whole frame."""
+
+    folders: tuple[Path, ...] = ()
+    recursive: bool = False
+    existing: bool = False
+    settle: float = 1.0
+    state_file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.settle < 0:
+            raise ValueError(f"settle = {self.settle} must be >= 0")
+
+
+@dataclass(frozen=True)
+class LinesSettings:
+    """The PULL socket where live producers push scan lines (docs/protocol.md, Line socket)."""
+
+    endpoint: str = protocol.LINES_ENDPOINT
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _check_endpoint("endpoint", self.endpoint)
+
+
+@dataclass(frozen=True)
+class ScopeSettings:
+    """aespm's scope buffer folder to follow lines from; empty means off."""
+
+    buffer_dir: str = ""
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """The PUB socket for alerts, frames, line scores and heartbeats."""
+
+    endpoint: str = protocol.PUB_ENDPOINT
+    line_topic: bool = True
+    heartbeat_interval: float = 1.0
+    hwm: int = 100_000
+    line_queue: int = 10_000
+
+    def __post_init__(self) -> None:
+        _check_endpoint("endpoint", self.endpoint)
+        _check_positive("heartbeat_interval", self.heartbeat_interval)
+        _check_positive("hwm", self.hwm)
+        _check_positive("line_queue", self.line_queue)
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The REP socket that `spmwatch ctl` talks to."""
+
+    endpoint: str = protocol.CONTROL_ENDPOINT
+
+    def __post_init__(self) -> None:
+        _check_endpoint("endpoint", self.endpoint)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus text endpoint as host:port; empty means off."""
+
+    address: str = protocol.METRICS_ADDRESS
+
+    def __post_init__(self) -> None:
+        if self.address:
+            host, _, port = self.address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"address = {self.address!r} must be host:port or empty")
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The classifier file (.skops); empty means the model shipped with spmwatch."""
+
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """CURVE encryption and client authentication for the PUB socket (keys: `spmwatch keys`)."""
+
+    enabled: bool = False
+    server_secret_key: str = ""
+    authorized_keys: str = ""
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.server_secret_key and self.authorized_keys):
+            raise ValueError("enabled = true needs server_secret_key and authorized_keys")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Bounds that keep memory flat whatever the producers do."""
+
+    queue_size: int = 10_000
+    max_open_scans: int = 16
+    scan_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        _check_positive("queue_size", self.queue_size)
+        _check_positive("max_open_scans", self.max_open_scans)
+        _check_positive("scan_timeout", self.scan_timeout)
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True)
+class Settings:
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    lines: LinesSettings = field(default_factory=LinesSettings)
+    scope: ScopeSettings = field(default_factory=ScopeSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    curve: CurveSettings = field(default_factory=CurveSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and check a config file; every problem is a ConfigError naming the file and key."""
+    try:
+        return build(Settings, load_toml(path))
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc

@@ -1,0 +1,78 @@
+"""The daemon's settings: the shipped config is exactly the defaults; bad keys are named."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from spmwatch.config import ConfigError, load_toml
+from spmwatch.settings import Settings, load_settings
+from tests.daemon_helpers import REPO
+
+SHIPPED = REPO / "config" / "spmwatch.toml"
+
+
+def _keys(value: object, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for f in dataclasses.fields(value):  # type: ignore[arg-type]
+        inner = getattr(value, f.name)
+        name = f"{prefix}{f.name}"
+        out |= _keys(inner, f"{name}.") if dataclasses.is_dataclass(inner) else {name}
+    return out
+
+
+def _toml_keys(table: dict, prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    for key, value in table.items():
+        out |= _toml_keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+    return out
+
+
+def test_shipped_config_is_the_defaults() -> None:
+    assert load_settings(SHIPPED) == Settings()
+
+
+def test_shipped_config_lists_every_key() -> None:
+    assert _toml_keys(load_toml(SHIPPED)) == _keys(Settings())
+
+
+def test_every_key_is_commented() -> None:
+    """Each key sits under a comment (directly, or in a group of keys sharing one comment)."""
+    lines = SHIPPED.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "=" not in line or line.startswith("#"):
+            continue
+        j = i - 1
+        while j >= 0 and "=" in lines[j] and not lines[j].startswith("#"):
+            j -= 1
+        assert j >= 0 and lines[j].startswith("#"), f"line {i + 1} has no comment: {line}"
+
+
+@pytest.mark.parametrize(
+    "text,named",
+    [
+        ("[publish]\nendpont = 'tcp://127.0.0.1:1'\n", "publish.endpont: unknown key"),
+        ("[publish]\nheartbeat_interval = 0\n", "publish: heartbeat_interval = 0.0 must be > 0"),
+        ("[publish]\nendpoint = 'http://x'\n", "publish: endpoint = 'http://x' must start"),
+        ("[logging]\nformat = 'xml'\n", "logging.format: 'xml' is not one of"),
+        ("[metrics]\naddress = 'localhost'\n", "metrics: address = 'localhost'"),
+        ("[scoring.alert]\nk = 'three'\n", "scoring.alert.k: expected an integer"),
+        ("[curve]\nenabled = true\n", "curve: enabled = true needs"),
+        ("[daemon]\nmax_open_scans = 0\n", "daemon: max_open_scans = 0 must be > 0"),
+        ("[nonsense]\n", "nonsense: unknown key"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert named in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_settings(tmp_path / "absent.toml")
