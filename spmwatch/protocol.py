@@ -78,6 +78,12 @@ def valid_scan_id(value: object) -> str:
     return value
 
 
+def safe_scan_id(text: str) -> str:
+    """A valid scan id made from any text (e.g. a file stem): unsafe characters become '_'."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).lstrip("._-")[:128]
+    return cleaned or "scan"
+
+
 # ---------------------------------------------------------------------------------------------
 # Line socket (PUSH -> PULL): [JSON header, one raw little-endian array per channel]
 # ---------------------------------------------------------------------------------------------

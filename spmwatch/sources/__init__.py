@@ -1,0 +1,98 @@
+"""Ingest sources: everything that turns the microscope's output into items for the scorer.
+
+Every source delivers items to one `sink(item)` callable from its own thread. The daemon passes
+a bounded queue's `put`, so a slow scorer blocks the source instead of losing data. Items are
+`spmwatch.model.Line`, `spmwatch.protocol.EndOfScan`, `FrameFile` (a whole saved frame) and
+`SourceError` (something the operator should hear about; the source keeps running).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from spmwatch.model import Scan
+
+Sink = Callable[[object], None]
+
+# Distinct rejection reasons kept per source: a hostile producer cannot grow the dict forever.
+MAX_REASONS = 32
+
+
+@dataclass(frozen=True)
+class FrameFile:
+    """A complete frame file, read once: the folder watcher's unit of work."""
+
+    path: Path
+    scan: Scan
+
+
+@dataclass(frozen=True)
+class SourceError:
+    """A problem a source met and survived: `subject` is the file, endpoint or slot concerned."""
+
+    source: str
+    subject: str
+    reason: str
+
+
+class Counters:
+    """Thread-safe event counts of one source, read by the daemon's status and metrics."""
+
+    def __init__(self, *names: str) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(names, 0)
+        self._rejected: dict[str, int] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + n
+
+    def reject(self, reason: str) -> None:
+        """Count one rejected item under `reason` (reasons past MAX_REASONS fold into "other")."""
+        with self._lock:
+            if reason not in self._rejected and len(self._rejected) >= MAX_REASONS:
+                reason = "other"
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+
+    def snapshot(self) -> dict[str, object]:
+        """`{name: count, ..., "rejected": {reason: count}}`, a copy safe to hand out."""
+        with self._lock:
+            return {**self._counts, "rejected": dict(self._rejected)}
+
+
+class SourceThread:
+    """Start/stop plumbing shared by the sources: one worker thread and a stop event."""
+
+    name = "source"
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"{self.name} source already started")
+        self._thread = threading.Thread(target=self._run, name=f"spmwatch-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the worker to finish and wait up to `timeout` s; True when it has finished."""
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _emit_error(self, subject: str, reason: str) -> None:
+        self._sink(SourceError(self.name, subject, reason))

@@ -1,0 +1,221 @@
+"""The ZeroMQ line socket: any producer PUSHes lines, the daemon PULLs them (docs/protocol.md).
+
+The receiver checks every message with `protocol.decode_line_message`, drops lines it has
+already seen in the current scan (so a restarted producer may safely resend its last lines),
+and rejects a line whose channels or size differ from the scan's first line. Nothing a
+producer sends can stop it: bad messages become counted `SourceError`s.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import zmq
+
+from spmwatch.model import Line
+from spmwatch.protocol import (
+    LINES_ENDPOINT,
+    MAX_HEADER_BYTES,
+    MAX_POINTS,
+    EndOfScan,
+    ProtocolError,
+    decode_line_message,
+    encode_end,
+    encode_line,
+)
+from spmwatch.sources import Counters, Sink, SourceThread
+
+# Scans in progress at once (several producers); the oldest is forgotten beyond this.
+MAX_OPEN_SCANS = 16
+_POLL_MS = 100
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?")
+
+
+def reason_key(text: str) -> str:
+    """Reduce an error text to its kind, so counts group by reason rather than by value."""
+    return _VALUES.sub("?", text)[:80]
+
+
+@dataclass
+class _OpenScan:
+    channels: frozenset[str]
+    points: int
+    n_lines: int
+    seen: bytearray
+    last_position: int = -1
+
+
+class LineReceiver(SourceThread):
+    """PULL socket bound at `endpoint` (normally `LINES_ENDPOINT`), feeding `sink`.
+
+    Delivers `Line`s and `EndOfScan`s; malformed or inconsistent messages become `SourceError`s.
+
+    Bind happens in `start()`, so a busy port fails there; `endpoint` then holds the actual
+    address (useful with `tcp://127.0.0.1:*`).
+    """
+
+    name = "socket"
+
+    def __init__(self, endpoint: str, sink: Sink, *, context: zmq.Context | None = None) -> None:
+        super().__init__(sink)
+        self.endpoint = endpoint
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._scans: OrderedDict[str, _OpenScan] = OrderedDict()
+        self.counters = Counters(
+            "received", "lines", "ends", "duplicates", "gaps", "orphan_ends", "evicted"
+        )
+
+    def start(self) -> None:
+        socket = self._context.socket(zmq.PULL)
+        socket.setsockopt(zmq.LINGER, 0)
+        # A peer sending a frame larger than any valid one is disconnected before we allocate it.
+        socket.setsockopt(zmq.MAXMSGSIZE, max(MAX_HEADER_BYTES, MAX_POINTS * 8))
+        try:
+            socket.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            socket.close()
+            raise OSError(f"cannot bind the line socket to {self.endpoint}: {exc}") from exc
+        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._socket = socket
+        super().start()
+
+    def _run(self) -> None:
+        socket = self._socket
+        assert socket is not None
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not dict(poller.poll(_POLL_MS)):
+                    continue
+                self._handle(socket.recv_multipart())
+        finally:
+            socket.close()
+            if self._own_context:
+                self._context.term()
+
+    def _handle(self, frames: list[bytes]) -> None:
+        self.counters.add("received")
+        try:
+            item = decode_line_message(frames, source=self.name)
+        except ProtocolError as exc:
+            self._reject(reason_key(str(exc)), f"malformed message: {exc}")
+            return
+        if isinstance(item, EndOfScan):
+            self._end(item)
+        else:
+            self._line(item)
+
+    def _end(self, end: EndOfScan) -> None:
+        if self._scans.pop(end.scan_id, None) is None:
+            # A repeated end (idempotent resend) or an end for lines never seen: nothing to close.
+            self.counters.add("orphan_ends")
+            return
+        self.counters.add("ends")
+        self._sink(end)
+
+    def _line(self, line: Line) -> None:
+        scan = self._scans.get(line.scan_id)
+        if scan is None:
+            scan = self._open(line)
+        elif frozenset(line.channels) != scan.channels:
+            self._reject(
+                "channels differ from the scan's first line",
+                f"scan {line.scan_id} line {line.index}: channels {sorted(line.channels)} "
+                f"differ from the scan's first line {sorted(scan.channels)}",
+            )
+            return
+        elif (line.points, line.n_lines) != (scan.points, scan.n_lines):
+            self._reject(
+                "size differs from the scan's first line",
+                f"scan {line.scan_id} line {line.index}: {line.points} points x {line.n_lines} "
+                f"lines differ from the scan's first line ({scan.points} x {scan.n_lines})",
+            )
+            return
+        if scan.seen[line.index]:
+            self.counters.add("duplicates")
+            return
+        scan.seen[line.index] = 1
+        if line.position > scan.last_position + 1:
+            self.counters.add("gaps")
+        scan.last_position = max(scan.last_position, line.position)
+        self.counters.add("lines")
+        self._sink(line)
+
+    def _open(self, line: Line) -> _OpenScan:
+        if len(self._scans) >= MAX_OPEN_SCANS:
+            self._scans.popitem(last=False)
+            self.counters.add("evicted")
+        scan = _OpenScan(
+            channels=frozenset(line.channels),
+            points=line.points,
+            n_lines=line.n_lines,
+            seen=bytearray(line.n_lines),
+        )
+        self._scans[line.scan_id] = scan
+        return scan
+
+    def _reject(self, key: str, reason: str) -> None:
+        self.counters.reject(key)
+        self._emit_error(self.endpoint, reason)
+
+
+class LineSender:
+    """PUSH side of the line socket, for producers (replay, tests, bridges to other software).
+
+    `send` blocks while the receiver's queue is full (backpressure) or, with `send_timeout`,
+    raises TimeoutError. `close` waits up to `linger` seconds (None: until delivered) for every
+    queued message to reach the receiver: only then is a line "acknowledged".
+    """
+
+    def __init__(
+        self,
+        endpoint: str = LINES_ENDPOINT,
+        *,
+        dtype: str = "float32",
+        linger: float | None = None,
+        send_timeout: float | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self._dtype = dtype
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.LINGER, -1 if linger is None else int(linger * 1000))
+        if send_timeout is not None:
+            self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
+        self._send_timeout = send_timeout
+        self._socket.connect(endpoint)
+
+    def send(self, line: Line) -> None:
+        self._send(encode_line(line, self._dtype), f"line {line.index} of {line.scan_id}")
+
+    def end(self, scan_id: str) -> None:
+        self._send(encode_end(scan_id), f"the end of {scan_id}")
+
+    def _send(self, frames: list[bytes], what: str) -> None:
+        try:
+            self._socket.send_multipart(frames)
+        except zmq.Again as exc:
+            raise TimeoutError(
+                f"no receiver at {self.endpoint} took {what} within {self._send_timeout} s"
+            ) from exc
+
+    def close(self) -> None:
+        """Close, waiting (up to `linger`) until everything sent has been handed over."""
+        if self._socket.closed:
+            return
+        self._socket.close()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> LineSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
