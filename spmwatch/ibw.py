@@ -13,6 +13,7 @@ import io
 import math
 import re
 import struct
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,7 +395,7 @@ def write_scan(scan: Scan, path: str | Path) -> None:
     saves it; float32/float64 are kept, anything else is stored as float32.
     """
     from igorwriter import IgorWave5
-    from igorwriter.errors import InvalidNameError
+    from igorwriter.errors import InvalidNameError, RenameWarning
 
     if not scan.channels:
         raise ValueError(f"scan {scan.scan_id!r} has no channels to write")
@@ -407,7 +408,10 @@ def write_scan(scan: Scan, path: str | Path) -> None:
         dtype = np.dtype(np.float32)
     data = np.stack([np.asarray(a, dtype=dtype).T for a in arrays], axis=2)
 
-    wave = IgorWave5(data, name=scan.scan_id, on_errors="fix")
+    with warnings.catch_warnings():
+        # Igor wave names are stricter than scan ids; readers take the id from the file name.
+        warnings.simplefilter("ignore", RenameWarning)
+        wave = IgorWave5(data, name=scan.scan_id, on_errors="fix")
     for index, name in enumerate(scan.channels):
         try:
             wave.set_dimlabel(2, index, name)
