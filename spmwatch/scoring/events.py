@@ -1,0 +1,156 @@
+"""From per-line flags to events and the alert: pure logic, no numbers crunched here.
+
+Flagged lines are grouped into runs (a gap of up to `gap` unflagged lines does not break a
+run); each run becomes one `Event` whose kind is the kind carrying the most score in the run.
+The alert rule wants evidence over several lines, because single good lines can stick out:
+`k` flagged lines among the last `m`, or `dropout_run` consecutive dropout lines.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from spmwatch.model import Alert, Event
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """When flagged lines become an alert, and how severe events are."""
+
+    k: int = 3
+    m: int = 5
+    dropout_run: int = 2
+    medium_z: float = 12.0
+    high_z: float = 25.0
+    medium_lines: int = 4
+    high_lines: int = 16
+    gap: int = 1
+
+
+def severity(score: float, n_lines: int, rule: AlertRule) -> str:
+    """high/medium/low from the strongest line and the number of flagged lines."""
+    if score >= rule.high_z or n_lines >= rule.high_lines:
+        return "high"
+    if score >= rule.medium_z or n_lines >= rule.medium_lines:
+        return "medium"
+    return "low"
+
+
+@dataclass
+class _Run:
+    first: int
+    last_position: int
+    lo: int
+    hi: int
+    n_flagged: int
+    peak: float
+    kind_score: dict[str, float]
+
+    def kind(self) -> str:
+        return max(self.kind_score.items(), key=lambda item: item[1])[0]
+
+
+class EventTracker:
+    """Feeds on one line at a time (acquisition order); keeps events and the first alert."""
+
+    def __init__(self, rule: AlertRule | None = None) -> None:
+        self.rule = rule or AlertRule()
+        self.closed: list[Event] = []
+        self.alert: Alert | None = None
+        self._run: _Run | None = None
+        self._window: deque[tuple[bool, str | None, float]] = deque(maxlen=self.rule.m)
+        self._recent_index: deque[int] = deque(maxlen=8)
+        self._position = -1
+
+    def push(
+        self, index: int, score: float, flagged: bool, kind: str | None, span_back: int = 0
+    ) -> Alert | None:
+        """Add one line; return the alert if this line raised it (only ever once).
+
+        `span_back` > 0 says the evidence is about the `span_back` lines *before* this one (a
+        scar band confirmed by this line): the event then covers those lines instead.
+        """
+        self._position += 1
+        position = self._position
+        covered = [index]
+        if flagged and span_back > 0:
+            recent = list(self._recent_index)[-span_back:]
+            covered = recent or covered
+        self._recent_index.append(index)
+        self._window.append((flagged, kind, score))
+        if flagged:
+            self._extend(position, covered, score, kind or "tracking_loss")
+        elif self._run is not None and position - self._run.last_position > self.rule.gap:
+            self._close()
+        if self.alert is None and flagged and self._alert_due():
+            self.alert = self._make_alert(index, position)
+            return self.alert
+        return None
+
+    def _extend(self, position: int, covered: list[int], score: float, kind: str) -> None:
+        run = self._run
+        if run is not None and position - run.last_position > self.rule.gap + 1:
+            self._close()
+            run = None
+        if run is None:
+            run = self._run = _Run(position, position, min(covered), max(covered), 0, 0.0, {})
+        run.last_position = position
+        run.lo = min(run.lo, *covered)
+        run.hi = max(run.hi, *covered)
+        run.n_flagged += 1
+        run.peak = max(run.peak, score)
+        run.kind_score[kind] = run.kind_score.get(kind, 0.0) + score
+
+    def _close(self) -> None:
+        if self._run is not None:
+            self.closed.append(self._event(self._run))
+            self._run = None
+
+    def _event(self, run: _Run) -> Event:
+        return Event(
+            kind=run.kind(),
+            start=run.lo,
+            end=run.hi,
+            severity=severity(run.peak, run.n_flagged, self.rule),
+            score=run.peak,
+        )
+
+    def _alert_due(self) -> bool:
+        flags = [f for f, _, _ in self._window]
+        if sum(flags) >= self.rule.k:
+            return True
+        tail = list(self._window)[-self.rule.dropout_run :]
+        return len(tail) == self.rule.dropout_run and all(
+            f and kind == "dropout" for f, kind, _ in tail
+        )
+
+    def _make_alert(self, index: int, position: int) -> Alert:
+        weights: dict[str, float] = {}
+        peak = 0.0
+        n = 0
+        for flagged, kind, score in self._window:
+            if flagged:
+                n += 1
+                peak = max(peak, score)
+                weights[kind or "tracking_loss"] = weights.get(kind or "tracking_loss", 0.0) + score
+        kind = max(weights.items(), key=lambda item: item[1])[0]
+        sev = "high" if kind == "dropout" else severity(peak, n, self.rule)
+        return Alert(line=index, position=position, kind=kind, severity=sev, score=peak)
+
+    def events(self) -> list[Event]:
+        """Closed events plus the open run, if any (a snapshot; nothing is closed)."""
+        if self._run is None:
+            return list(self.closed)
+        return [*self.closed, self._event(self._run)]
+
+    def finish(self, n_lines: int, expected_lines: int) -> list[Event]:
+        """Close the open run; add a partial_frame event for lines that never came."""
+        self._close()
+        if expected_lines > 0 and n_lines < expected_lines:
+            missing = expected_lines - n_lines
+            sev = "high" if missing >= expected_lines // 4 else "medium"
+            self.closed.append(
+                Event("partial_frame", n_lines, expected_lines - 1, sev, float(missing))
+            )
+        return list(self.closed)

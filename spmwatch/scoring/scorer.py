@@ -1,0 +1,375 @@
+"""Per-scan scoring state: feeds lines to the numba kernels and turns rows into scores and events.
+
+`ScanScorer.push` scores one line as it arrives (the daemon's path); `score_scan` scores a
+saved frame with one `kernels.score_frame` call and then runs the same event logic, so both
+give identical `FrameScores`. Every value is causal: a line's score depends only on it and
+the lines before it in acquisition order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from spmwatch.model import Alert, FrameScores, Line, LineScore, Scan, pair_channels
+from spmwatch.scoring import kernels as K
+from spmwatch.scoring.events import AlertRule, EventTracker
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "level_z",
+    "rms_z",
+    "sharpness_z",
+    "decorrelation_z",
+    "scar_z",
+    "residual_rms_z",
+    "residual_max_z",
+    "tr_decorrelation_z",
+    "ringing_z",
+    "dropout_fraction",
+    "scar_fraction",
+    "scar_width",
+    "score",
+)
+assert len(FEATURE_NAMES) == K.N_FEATURES
+
+# Which event kind each feature family stands for (families F_LEVEL..F_DROPOUT).
+FAMILY_KIND: tuple[str, ...] = (
+    "tip_change",
+    "tracking_loss",
+    "tip_change",
+    "tracking_loss",
+    "streak",
+    "tracking_loss",
+    "tracking_loss",
+    "tracking_loss",
+    "oscillation",
+    "dropout",
+)
+# Channels whose spectrum shows feedback ringing best (error signals), by name prefix.
+OSCILLATION_PREFIXES: tuple[str, ...] = ("amplitude", "deflection")
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Thresholds and window sizes of the scorer; the defaults are documented in docs/scoring.md."""
+
+    window: int = 32  # good lines in the rolling robust baseline
+    min_baseline: int = 8  # good lines needed before any z is computed (warm-up)
+    refresh: int = 4  # recompute the baseline median/MAD every this many good lines
+    z_clip: float = 50.0  # robust z values are clipped to [0, z_clip]
+    flag_z: float = 8.0  # a line is flagged when its score reaches this
+    dropout_fraction: float = 0.25  # share of bad samples (NaN/zero/saturated) making a dropout
+    scar_hard: float = 0.666  # Gwyddion mark-scars hard threshold (x vertical-difference RMS)
+    scar_soft: float = 0.25  # ... soft threshold
+    scar_min_len: int = 16  # shortest scar, px
+    lag_max: int = 32  # largest trace/retrace lag searched, px
+    lag_votes: int = 16  # per-line lag estimates kept; the lag is their median
+    lag_every: int = 16  # after the first lag_votes lines, re-estimate every this many lines
+    spec_alpha: float = 1.0 / 16  # EMA weight of a good line in the running log spectrum
+    spec_klo: int = 4  # lowest spectral bin considered for ringing (skips topography)
+    level_floor: float = 1.0  # level z scale >= this x the line RMS baseline
+    # floors of the robust scale (1.4826 MAD) per feature; RMS-like features are in log units
+    floor_log_rms: float = 0.25
+    floor_sharpness: float = 0.05
+    floor_decorrelation: float = 0.05
+    floor_scar: float = 0.05
+    floor_tr_decorrelation: float = 0.05
+    floor_ringing: float = 0.5
+    clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
+    consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
+    alert: AlertRule = field(default_factory=AlertRule)
+
+    def as_array(self) -> np.ndarray:
+        cfg = np.zeros(K.N_SETTINGS)
+        cfg[K.S_WINDOW] = self.window
+        cfg[K.S_MIN_BASELINE] = self.min_baseline
+        cfg[K.S_REFRESH] = self.refresh
+        cfg[K.S_Z_CLIP] = self.z_clip
+        cfg[K.S_FLAG_Z] = self.flag_z
+        cfg[K.S_DROPOUT_FRACTION] = self.dropout_fraction
+        cfg[K.S_SAT_FRACTION] = self.dropout_fraction
+        cfg[K.S_SCAR_HARD] = self.scar_hard
+        cfg[K.S_SCAR_SOFT] = self.scar_soft
+        cfg[K.S_SCAR_MIN_LEN] = self.scar_min_len
+        cfg[K.S_LAG_MAX] = self.lag_max
+        cfg[K.S_LAG_VOTES] = self.lag_votes
+        cfg[K.S_LAG_EVERY] = self.lag_every
+        cfg[K.S_SPEC_ALPHA] = self.spec_alpha
+        cfg[K.S_SPEC_KLO] = self.spec_klo
+        cfg[K.S_LEVEL_FLOOR] = self.level_floor
+        cfg[K.S_CLIP] = self.clip
+        return cfg
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which channels are paired, scarred and spectrally watched, and per-raw-feature rules."""
+
+    channels: tuple[str, ...]
+    pair_t: np.ndarray
+    pair_r: np.ndarray
+    scar_ch: np.ndarray
+    osc_ch: int
+    family: np.ndarray
+    consensus: np.ndarray
+    sign2: np.ndarray
+    floors: np.ndarray
+
+    @property
+    def n_raw(self) -> int:
+        return len(self.family)
+
+
+def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
+    names = tuple(channels)
+    at = {name: i for i, name in enumerate(names)}
+    pair_t: list[int] = []
+    pair_r: list[int] = []
+    scar_ch: list[int] = []
+    for trace, retrace in pair_channels(names).values():
+        if trace is not None and retrace is not None:
+            pair_t.append(at[trace])
+            pair_r.append(at[retrace])
+        scar_ch.append(at[trace if trace is not None else retrace])  # type: ignore[index]
+    osc = [i for i in scar_ch if names[i].lower().startswith(OSCILLATION_PREFIXES)]
+    osc_ch = osc[0] if osc else (scar_ch[0] if scar_ch else -1)
+    s = settings
+    ch_family = [K.F_LEVEL, K.F_RMS, K.F_SHARP, K.F_DECOR, K.F_SCAR, -1]
+    ch_sign2 = [True, True, True, False, False, False]
+    lg = s.floor_log_rms
+    ch_floor = [0.0, lg, s.floor_sharpness, s.floor_decorrelation, s.floor_scar, lg]
+    pr_family = [K.F_RES_RMS, K.F_RES_MAX, K.F_TR_DECOR]
+    pr_floor = [lg, lg, s.floor_tr_decorrelation]
+    n_ch, n_pairs = len(names), len(pair_t)
+    family = np.array(ch_family * n_ch + pr_family * n_pairs + [K.F_RING], dtype=np.int64)
+    members = np.bincount(family[family >= 0], minlength=K.N_FAMILIES)
+    return Layout(
+        channels=names,
+        pair_t=np.array(pair_t, dtype=np.int64),
+        pair_r=np.array(pair_r, dtype=np.int64),
+        scar_ch=np.array(scar_ch, dtype=np.int64),
+        osc_ch=osc_ch,
+        family=family,
+        consensus=np.minimum(members, settings.consensus).astype(np.int64),
+        sign2=np.array(ch_sign2 * n_ch + [False] * (3 * n_pairs + 1), dtype=np.bool_),
+        floors=np.array(ch_floor * n_ch + pr_floor * n_pairs + [s.floor_ringing]),
+    )
+
+
+def _fft_tables(points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bit-reversal order and twiddles for the packed real FFT of the first 2M points."""
+    m = 1
+    while 4 * m <= points:
+        m *= 2
+    if m < 8:
+        return np.zeros(0, np.int64), np.zeros(1), np.zeros(1)
+    bits = m.bit_length() - 1
+    bitrev = np.array([int(format(k, f"0{bits}b")[::-1], 2) for k in range(m)], dtype=np.int64)
+    angle = -2.0 * np.pi * np.arange(m) / (2 * m)
+    return bitrev, np.cos(angle), np.sin(angle)
+
+
+class ScanState:
+    """Every array the kernels read and advance for one scan, allocated once."""
+
+    def __init__(self, layout: Layout, points: int, settings: ScoringSettings) -> None:
+        n_ch = len(layout.channels)
+        n_pairs = len(layout.pair_t)
+        self.cfg = settings.as_array()
+        self.state = np.zeros(K.N_STATE, dtype=np.int64)
+        self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
+        self.base_ring = np.zeros((settings.window, layout.n_raw))
+        self.base_med = np.zeros(layout.n_raw)
+        self.base_scale = np.ones(layout.n_raw)
+        self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
+        self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
+        self.fft_bitrev, self.fft_tw_re, self.fft_tw_im = _fft_tables(points)
+        self.spec_base = np.zeros(max(len(self.fft_bitrev), 1))
+        self.work = np.zeros((10, max(points, settings.window, 8)))
+        self.iwork = np.zeros(settings.lag_votes, dtype=np.int64)
+        self.raw = np.zeros(layout.n_raw)
+
+    def args(self, layout: Layout) -> tuple:
+        """The kernel arguments after the data, in kernels.score_line order."""
+        return (
+            self.cfg,
+            layout.pair_t,
+            layout.pair_r,
+            layout.scar_ch,
+            layout.osc_ch,
+            layout.family,
+            layout.consensus,
+            layout.sign2,
+            layout.floors,
+            self.state,
+            self.hist,
+            self.base_ring,
+            self.base_med,
+            self.base_scale,
+            self.lags,
+            self.lag_votes,
+            self.spec_base,
+            self.fft_bitrev,
+            self.fft_tw_re,
+            self.fft_tw_im,
+            self.work,
+            self.iwork,
+            self.raw,
+        )
+
+
+def line_kind(row: np.ndarray, settings: ScoringSettings) -> str | None:
+    """The event kind of a flagged feature row: its dominant family."""
+    if row[K.F_DROPOUT] >= settings.dropout_fraction:
+        return "dropout"
+    return FAMILY_KIND[int(np.argmax(row[: K.N_FAMILIES - 1]))]
+
+
+class ScanScorer:
+    """Scores the lines of one scan as they arrive; holds its baseline, events and alert."""
+
+    def __init__(
+        self,
+        scan_id: str,
+        channels: Sequence[str],
+        points: int,
+        expected_lines: int,
+        settings: ScoringSettings | None = None,
+    ) -> None:
+        self.scan_id = scan_id
+        self.settings = settings or ScoringSettings()
+        self.layout = make_layout(channels, self.settings)
+        self.points = int(points)
+        self.expected_lines = int(expected_lines)
+        self._state = ScanState(self.layout, self.points, self.settings)
+        self._args = self._state.args(self.layout)
+        self._line = np.zeros((len(self.layout.channels), self.points))
+        self._features = np.zeros((max(self.expected_lines, 1), K.N_FEATURES))
+        self._lines: list[LineScore] = []
+        self._events = EventTracker(self.settings.alert)
+        self._finished = False
+
+    @property
+    def alert(self) -> Alert | None:
+        """The first alert raised so far; set once and never changed afterwards."""
+        return self._events.alert
+
+    @property
+    def lags(self) -> dict[str, int]:
+        """Current trace/retrace lag per pair prefix, px (trace[i + lag] matches retrace[i])."""
+        names = self.layout.channels
+        return {
+            names[t][: -len("Trace")]: int(self._state.lags[p])
+            for p, t in enumerate(self.layout.pair_t)
+        }
+
+    def push(self, line: Line) -> LineScore:
+        """Score one line (causal). Missing or misshapen channels make the line a dropout."""
+        self._fill(line.channels)
+        row = self._next_row()
+        K.score_line(self._line, *self._args, row)
+        return self._ingest(line.index, row)
+
+    def _fill(self, channels: Mapping[str, np.ndarray]) -> None:
+        for c, name in enumerate(self.layout.channels):
+            values = channels.get(name)
+            target = self._line[c]
+            try:
+                np.copyto(target, values, casting="unsafe")  # type: ignore[arg-type]
+                if np.shape(values) != target.shape:
+                    raise ValueError
+            except (TypeError, ValueError):
+                target.fill(np.nan)
+
+    def _reserve(self, extra: int) -> None:
+        n = len(self._lines)
+        if n + extra > len(self._features):
+            grown = np.zeros((max(n + extra, 2 * len(self._features)), K.N_FEATURES))
+            grown[:n] = self._features[:n]
+            self._features = grown
+
+    def _next_row(self) -> np.ndarray:
+        self._reserve(1)
+        return self._features[len(self._lines)]
+
+    def _ingest(self, index: int, row: np.ndarray) -> LineScore:
+        score = float(row[K.F_SCORE])
+        flagged = score >= self.settings.flag_z
+        kind = line_kind(row, self.settings) if flagged else None
+        span = int(row[K.F_SCAR_WIDTH]) if kind == "streak" else 0
+        result = LineScore(int(index), len(self._lines), score, flagged, kind)
+        self._lines.append(result)
+        self._events.push(result.index, score, flagged, kind, span)
+        return result
+
+    def score_frame(self, frame: np.ndarray, indices: Sequence[int]) -> None:
+        """Score many lines at once (frame: (lines, channels, points), acquisition order)."""
+        n = len(indices)
+        start = len(self._lines)
+        self._reserve(n)
+        rows = self._features[start : start + n]
+        K.score_frame(np.ascontiguousarray(frame, dtype=np.float64), *self._args, rows)
+        for index, row in zip(indices, rows, strict=True):
+            self._ingest(index, row)
+
+    def frame(self) -> FrameScores:
+        """Everything so far, open events included."""
+        events = list(self._events.closed) if self._finished else self._events.events()
+        return FrameScores(
+            scan_id=self.scan_id,
+            channels=list(self.layout.channels),
+            feature_names=FEATURE_NAMES,
+            features=self._features[: len(self._lines)].copy(),
+            lines=list(self._lines),
+            events=events,
+            alert=self.alert,
+            expected_lines=self.expected_lines,
+        )
+
+    def finish(self) -> FrameScores:
+        """Close the events; a frame with fewer lines than expected gets a partial_frame event."""
+        if not self._finished:
+            self._events.finish(len(self._lines), self.expected_lines)
+            self._finished = True
+        return self.frame()
+
+
+def score_scan(scan: Scan, settings: ScoringSettings | None = None) -> FrameScores:
+    """Score a whole saved frame in acquisition order (one kernel call), then close it."""
+    names = list(scan.channels)
+    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, settings)
+    order = scan.acquisition_order()
+    if len(order):
+        frame = np.stack([scan.channels[name][order] for name in names], axis=1)
+        scorer.score_frame(frame, [int(i) for i in order])
+    return scorer.finish()
+
+
+def synthetic_scan(
+    lines: int = 24, points: int = 64, pairs: int = 2, seed: int = 0, scan_id: str = "synthetic"
+) -> Scan:
+    """A small smooth random surface with trace/retrace pairs (warm-up and tests)."""
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 6.0 * np.pi, points)
+    channels: dict[str, np.ndarray] = {}
+    for p in range(pairs):
+        phase = rng.uniform(0, 2 * np.pi, size=(lines, 1))
+        surface = np.sin(x + phase) + 0.1 * rng.standard_normal((lines, points))
+        channels[f"Ch{p}Trace"] = surface
+        channels[f"Ch{p}Retrace"] = surface + 0.05 * rng.standard_normal((lines, points))
+    return Scan(scan_id, channels, {}, lines, False)
+
+
+def warm_up() -> float:
+    """Compile (or load from cache) every kernel on a tiny scan; returns the seconds it took."""
+    started = time.perf_counter()
+    scan = synthetic_scan()
+    score_scan(scan)
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
+    for line in scan.lines():
+        scorer.push(line)
+    scorer.finish()
+    return time.perf_counter() - started
