@@ -96,7 +96,9 @@ def random_surface(rng: np.random.Generator, lines: int, points: int) -> np.ndar
     z = rng.uniform(-3, 3) * x / points + rng.uniform(-3, 3) * y / lines
     z += rng.uniform(0.2, 2.0) * _fractal(rng, (lines, points), rng.uniform(2.0, 3.5))
     for _ in range(rng.integers(0, 4)):
-        angle = rng.uniform(0, np.pi)
+        # Step edges run within 60 degrees of the slow axis: an edge along the fast axis would
+        # look exactly like a tip change, which a clean frame must not contain.
+        angle = rng.uniform(-np.pi / 3, np.pi / 3)
         offset = rng.uniform(-0.5, 0.5) * min(lines, points)
         side = np.cos(angle) * (x - points / 2) + np.sin(angle) * (y - lines / 2) > offset
         z += rng.uniform(0.4, 3.0) * side

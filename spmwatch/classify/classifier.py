@@ -1,0 +1,262 @@
+"""Load the pass/fail model safely and turn a frame's scores into a verdict.
+
+A model is two files: `<name>.skops` (the fitted estimator, in skops' format, which is loaded
+without executing code) and `<name>.json` (the sidecar: feature names, spmwatch version,
+training-data digest, thresholds, metrics and the SHA-256 of the .skops file). Loading refuses
+anything that does not match: a changed .skops file, a sidecar written for other features, or
+an object of a type outside a short allow-list. Nothing here uses pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skops.io as sio
+
+from spmwatch import __version__
+from spmwatch.classify.features import LineBank, feature_names, frame_vector
+from spmwatch.model import FrameScores, Scan, Verdict
+
+SIDECAR_FORMAT = "spmwatch-model/1"
+DEFAULT_NAME = "default"
+
+# Types skops may rebuild besides its own defaults (numpy, builtins, common sklearn estimators).
+# Anything else in a model file is refused before it is loaded.
+TRUSTED_TYPES: frozenset[str] = frozenset(
+    {
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.calibration.CalibratedClassifierCV",
+        "sklearn.isotonic.IsotonicRegression",
+        "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+        "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+        "sklearn._loss.link.LogitLink",
+        "sklearn._loss.link.Interval",
+        "sklearn._loss.loss.HalfBinomialLoss",
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "sklearn.utils._bunch.Bunch",
+        "numpy.dtype",
+        "builtins.bytes",
+    }
+)
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; the message names the file and what is wrong."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sidecar_path(model_path: Path) -> Path:
+    return model_path.with_suffix(".json")
+
+
+def expected_feature_names(bank: bool) -> tuple[str, ...]:
+    """The feature names this version of spmwatch computes (the scorer's lines + frame stats)."""
+    from spmwatch.scoring.scorer import FEATURE_NAMES
+
+    return feature_names(FEATURE_NAMES, bank=bank)
+
+
+def _check_types(path: Path) -> None:
+    try:
+        found = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # skops raises several types for a damaged archive
+        raise ModelError(f"{path}: not a readable skops model file ({exc})") from exc
+    unknown = sorted(set(found) - TRUSTED_TYPES)
+    if unknown:
+        raise ModelError(
+            f"{path}: refusing to load: it contains types outside the trusted allow-list: "
+            + ", ".join(unknown)
+        )
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise ModelError(f"{path}: sidecar {side.name} is missing; a model needs both files")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{side}: sidecar is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise ModelError(f"{side}: not an spmwatch model sidecar (format != {SIDECAR_FORMAT!r})")
+    for key in ("feature_names", "model_sha256", "threshold", "spmwatch_version"):
+        if key not in data:
+            raise ModelError(f"{side}: sidecar lacks the key {key!r}")
+    return data
+
+
+def _describe_mismatch(stored: list[str], expected: tuple[str, ...]) -> str:
+    missing = [n for n in expected if n not in stored]
+    extra = [n for n in stored if n not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    if extra:
+        parts.append(f"unknown {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+    return "; ".join(parts) or "same names in a different order"
+
+
+class Classifier:
+    """A loaded, verified model: frame features in, probability of a failed frame out."""
+
+    def __init__(self, path: Path, estimator: Any, sidecar: dict[str, Any], bank: LineBank | None):
+        self.path = path
+        self.estimator = estimator
+        self.sidecar = sidecar
+        self.bank = bank
+        self.threshold = float(sidecar["threshold"])
+        self.feature_names: tuple[str, ...] = tuple(sidecar["feature_names"])
+        self.name = path.stem
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        """Load and verify `path` (a .skops file with its .json sidecar); ModelError if unusable."""
+        path = Path(path)
+        if path.suffix != ".skops":
+            path = path.with_suffix(".skops")
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        sidecar = _read_sidecar(path)
+        actual = sha256_of(path)
+        if actual != sidecar["model_sha256"]:
+            raise ModelError(
+                f"{path}: SHA-256 {actual[:16]}... does not match the sidecar's "
+                f"{str(sidecar['model_sha256'])[:16]}...: the file was changed or replaced"
+            )
+        has_bank = bool(sidecar.get("bank", False))
+        expected = expected_feature_names(has_bank)
+        if list(sidecar["feature_names"]) != list(expected):
+            raise ModelError(
+                f"{path}: trained for other features than this spmwatch "
+                f"({__version__}) computes: "
+                f"{_describe_mismatch(sidecar['feature_names'], expected)}"
+                f"; retrain it with `spmwatch train`"
+            )
+        _check_types(path)
+        try:
+            payload = sio.load(path, trusted=sorted(TRUSTED_TYPES))
+        except Exception as exc:  # skops and sklearn raise many types for a bad payload
+            raise ModelError(f"{path}: could not rebuild the model ({exc})") from exc
+        estimator = payload.get("estimator") if isinstance(payload, dict) else None
+        if estimator is None or not hasattr(estimator, "predict_proba"):
+            raise ModelError(f"{path}: holds no estimator with predict_proba")
+        n_in = getattr(estimator, "n_features_in_", len(expected))
+        if n_in != len(expected):
+            raise ModelError(
+                f"{path}: estimator takes {n_in} features, sidecar names {len(expected)}"
+            )
+        bank = None
+        if has_bank:
+            bank = LineBank(
+                vectors=np.asarray(payload["bank"], dtype=float),
+                center=np.asarray(payload["bank_center"], dtype=float),
+                scale=np.asarray(payload["bank_scale"], dtype=float),
+                radius=float(payload["bank_radius"]),
+            )
+        return cls(path, estimator, sidecar, bank)
+
+    def features(
+        self,
+        frame: FrameScores,
+        channels: Mapping[str, np.ndarray] | Scan | None = None,
+        finished: bool = True,
+    ) -> np.ndarray:
+        if isinstance(channels, Scan):
+            channels = channels.channels
+        return frame_vector(frame, channels, finished=finished, bank=self.bank)
+
+    def predict_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """Probability of failure for rows of frame features."""
+        return self.estimator.predict_proba(np.atleast_2d(vectors))[:, 1]
+
+    def predict_proba(
+        self,
+        frame: FrameScores,
+        channels: Mapping[str, np.ndarray] | Scan | None = None,
+        finished: bool = True,
+    ) -> float:
+        """Probability that the frame (so far) is a failed scan."""
+        return float(self.predict_vectors(self.features(frame, channels, finished))[0])
+
+    def verdict(
+        self,
+        frame: FrameScores,
+        channels: Mapping[str, np.ndarray] | Scan | None = None,
+        finished: bool = True,
+    ) -> Verdict:
+        """Pass/fail at the shipped threshold. `channels`: the frame's data so far, if at hand."""
+        p = self.predict_proba(frame, channels, finished)
+        return Verdict(
+            scan_id=frame.scan_id,
+            verdict="fail" if p >= self.threshold else "pass",
+            probability=p,
+            threshold=self.threshold,
+            model=self.name,
+        )
+
+
+def default_model_path() -> Path:
+    """Where the shipped model is: the repository's models/ folder in a source checkout or
+    editable install, else the copy a wheel installs under <prefix>/share/spmwatch/models."""
+    candidates = [
+        Path(__file__).resolve().parents[2] / "models" / f"{DEFAULT_NAME}.skops",
+        Path(sys.prefix) / "share" / "spmwatch" / "models" / f"{DEFAULT_NAME}.skops",
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ModelError(
+        "the default model was not found; looked at " + ", ".join(str(c) for c in candidates)
+    )
+
+
+def load_default() -> Classifier:
+    """The shipped model (models/default.skops), verified."""
+    return Classifier.load(default_model_path())
+
+
+def save(
+    path: str | Path,
+    estimator: Any,
+    sidecar: dict[str, Any],
+    bank: LineBank | None = None,
+) -> Path:
+    """Write `<path>.skops` and its sidecar; the sidecar gains the file's SHA-256."""
+    path = Path(path)
+    if path.suffix != ".skops":
+        path = path.with_suffix(".skops")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload: dict[str, Any] = {"estimator": estimator}
+    if bank is not None:
+        payload.update(
+            bank=bank.vectors,
+            bank_center=bank.center,
+            bank_scale=bank.scale,
+            bank_radius=bank.radius,
+        )
+    sio.dump(payload, path)
+    _check_types(path)
+    side = {
+        "format": SIDECAR_FORMAT,
+        "spmwatch_version": __version__,
+        "model_file": path.name,
+        "model_sha256": sha256_of(path),
+        "bank": bank is not None,
+        **sidecar,
+    }
+    sidecar_path(path).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n", "utf-8")
+    return path

@@ -1,0 +1,236 @@
+"""Build the labelled feature table and fit the pass/fail model.
+
+The recipe, shared by `spmwatch train` and `spmwatch evaluate` (which refits it per fold):
+real good/bad frames plus synthetic ones (generated scans, and faults injected into the real
+good scans) -> scorer -> frame features -> calibrated, class-weighted gradient boosting.
+Every record carries its sample family so that splits never put one family on both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import f1_score
+
+from spmwatch import synth
+from spmwatch.classify.baseline import baseline_vector
+from spmwatch.classify.features import LineBank, frame_vector
+from spmwatch.ibw import IbwError, read_scan
+from spmwatch.model import FrameScores, Scan
+
+# Sample families that share a material under different file-name prefixes. The data README
+# says all Cs/MA halide perovskite scans (Cs50MA50approx_*, H_90Cs10MA_*, PositionC_*,
+# approx5050*) are one family; WTV_LocNNN are locations on one sample.
+FAMILY_ALIASES: tuple[tuple[str, str], ...] = (
+    (r"cs\d*ma|\d+cs\d+m|^approx5050|^positionc", "perovskite"),
+    (r"^wtv_loc", "WTV"),
+)
+BANK_SIZE = 3000
+
+
+def family_of(name: str) -> str:
+    """Sample family of a scan from its file name: the prefix before the trailing number.
+
+    `Cs50MA50approx_0032` -> perovskite (alias), `PTO_AC_0000_b` -> `PTO_AC`,
+    `BSFO_AC_0004` -> `BSFO_AC`.
+    """
+    stem = Path(name).stem
+    for pattern, family in FAMILY_ALIASES:
+        if re.search(pattern, stem, flags=re.IGNORECASE):
+            return family
+    stem = re.sub(r"_[A-Za-z]$", "", stem)
+    return re.sub(r"[_\-\s]*\d+$", "", stem) or stem
+
+
+@dataclass
+class Record:
+    """One labelled frame reduced to what training needs."""
+
+    name: str
+    family: str
+    label: int
+    vector: np.ndarray
+    line_features: np.ndarray
+    baseline: np.ndarray
+    kind: str | None = None
+    synthetic: bool = False
+    first_position: int | None = None
+    alert_position: int | None = None
+
+
+@dataclass
+class Dataset:
+    records: list[Record] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def arrays(self, index: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self.records if index is None else [self.records[i] for i in index]
+        return np.array([r.vector for r in chosen]), np.array([r.label for r in chosen])
+
+
+def default_scorer() -> Callable[[Scan], FrameScores]:
+    from spmwatch.scoring.scorer import score_scan
+
+    return score_scan
+
+
+def record_of(
+    scan: Scan,
+    label: int,
+    family: str,
+    score: Callable[[Scan], FrameScores],
+    truth: synth.Truth | None = None,
+) -> Record:
+    frame = score(scan)
+    return Record(
+        name=scan.scan_id,
+        family=family,
+        label=label,
+        vector=frame_vector(frame, scan.channels, finished=True),
+        line_features=np.asarray(frame.features, dtype=float),
+        baseline=baseline_vector(scan),
+        kind=truth.kind if truth else None,
+        synthetic=truth is not None,
+        first_position=truth.first_position if truth else None,
+        alert_position=frame.alert.position if frame.alert else None,
+    )
+
+
+def list_scans(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".ibw")
+
+
+def read_folders(good: Path, bad: Path) -> tuple[list[tuple[Scan, int, str]], list[str]]:
+    """Read every .ibw of both folders; unreadable files are listed, not fatal."""
+    scans, skipped = [], []
+    for folder, label in ((good, 0), (bad, 1)):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: not a folder of .ibw scans")
+        for path in list_scans(folder):
+            try:
+                scan = read_scan(path)
+            except IbwError as exc:
+                skipped.append(f"{path}: {exc}")
+                continue
+            scans.append((scan, label, family_of(path.name)))
+    return scans, skipped
+
+
+def data_digest(paths: Iterable[Path], synthetic: int, seed: int) -> str:
+    """SHA-256 over the training files' names and bytes plus the synthetic recipe."""
+    digest = hashlib.sha256()
+    for path in sorted(paths, key=lambda p: (p.parent.name, p.name)):
+        digest.update(f"{path.parent.name}/{path.name}\0".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(f"synthetic={synthetic};seed={seed}".encode())
+    return digest.hexdigest()
+
+
+def progress(items: Sequence, desc: str, quiet: bool = False):
+    """A tqdm bar on a terminal (stderr); silent when quiet."""
+    if quiet:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="scan", file=sys.stderr, leave=False)
+
+
+def build_dataset(
+    real: list[tuple[Scan, int, str]],
+    synthetic: int,
+    seed: int = 0,
+    score: Callable[[Scan], FrameScores] | None = None,
+    quiet: bool = False,
+    lines: int = 256,
+    points: int = 256,
+) -> Dataset:
+    """Score real frames and `synthetic` generated/injected ones into feature records."""
+    score = score or default_scorer()
+    data = Dataset()
+    for scan, label, family in progress(real, "real scans", quiet):
+        data.records.append(record_of(scan, label, family, score))
+    bases = [(scan, family) for scan, label, family in real if label == 0 and not scan.partial]
+    batch = synth.synthetic_set(synthetic, seed=seed, bases=bases, lines=lines, points=points)
+    items = list(zip(batch.scans, batch.truths, batch.groups, strict=True))
+    for scan, truth, group in progress(items, "synthetic scans", quiet):
+        data.records.append(record_of(scan, int(truth.bad), group, score, truth))
+    return data
+
+
+def make_estimator(seed: int = 0) -> CalibratedClassifierCV:
+    """Shallow, regularised boosting (few, robust features; tiny data), sigmoid-calibrated."""
+    booster = HistGradientBoostingClassifier(
+        max_depth=3,
+        max_iter=150,
+        learning_rate=0.08,
+        min_samples_leaf=8,
+        l2_regularization=1.0,
+        class_weight="balanced",
+        random_state=seed,
+    )
+    return CalibratedClassifierCV(booster, method="sigmoid", cv=3)
+
+
+def build_bank(records: Sequence[Record], seed: int = 0) -> LineBank | None:
+    """A bank of good-line feature vectors (standardised, subsampled) and its far radius."""
+    lines = [r.line_features for r in records if r.label == 0 and len(r.line_features)]
+    if not lines:
+        return None
+    x = np.nan_to_num(np.concatenate(lines))
+    center = np.median(x, axis=0)
+    scale = np.quantile(x, 0.75, axis=0) - np.quantile(x, 0.25, axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = (x - center) / scale
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(z))
+    bank_rows, probe_rows = order[:BANK_SIZE], order[BANK_SIZE : BANK_SIZE + 1000]
+    bank = LineBank(z[bank_rows], center, scale, radius=np.inf)
+    probe = x[probe_rows] if len(probe_rows) else x[bank_rows[:200]]
+    radius = float(np.quantile(bank.distances(probe), 0.99)) or 1.0
+    return LineBank(z[bank_rows], center, scale, radius)
+
+
+def with_bank(records: Sequence[Record], bank: LineBank | None) -> np.ndarray:
+    """Feature rows, extended with the bank statistics when a bank is used."""
+    rows = np.array([r.vector for r in records])
+    if bank is None:
+        return rows
+    extra = np.array([bank.stats(r.line_features) for r in records])
+    return np.hstack([rows, extra])
+
+
+def fit(
+    records: Sequence[Record], seed: int = 0, use_bank: bool = False
+) -> tuple[CalibratedClassifierCV, LineBank | None]:
+    """Fit the recipe on `records`; returns the estimator and the line bank (if used)."""
+    labels = np.array([r.label for r in records])
+    if len(set(labels)) < 2:
+        raise ValueError("training needs both good and bad frames")
+    bank = build_bank(records, seed) if use_bank else None
+    estimator = make_estimator(seed).fit(with_bank(records, bank), labels)
+    return estimator, bank
+
+
+def thresholds(labels: np.ndarray, scores: np.ndarray, false_alarm: float = 0.01) -> dict:
+    """Two operating points from held-out scores: max F1, and a false-alarm rate on good frames.
+
+    The false-alarm threshold is the smallest one that fails at most `false_alarm` of the good
+    frames (just above their corresponding upper quantile).
+    """
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=float)
+    candidates = np.unique(np.concatenate([scores, [0.5]]))
+    f1s = [f1_score(labels, scores >= t, zero_division=0) for t in candidates]
+    best = float(candidates[int(np.argmax(f1s))])
+    good = np.sort(scores[labels == 0])
+    allowed = int(np.floor(false_alarm * len(good)))
+    far = 0.5 if len(good) == 0 else float(np.nextafter(good[len(good) - 1 - allowed], np.inf))
+    return {"max_f1": best, "false_alarm": min(far, 1.0), "false_alarm_target": false_alarm}
