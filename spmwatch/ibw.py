@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import struct
 import warnings
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import igor2.binarywave
 import numpy as np
+from igorwriter import IgorWave5
+from igorwriter.errors import InvalidNameError, RenameWarning
 
 from spmwatch.model import Scan, clean_channel_name, pair_channels
 
@@ -203,7 +206,7 @@ def check_complete(path: str | Path) -> Completeness:
     """
     with open(path, "rb") as handle:
         head = handle.read(HEADER_SIZE)
-        on_disk = max(Path(path).stat().st_size, len(head))
+        on_disk = max(os.fstat(handle.fileno()).st_size, len(head))
     return _completeness(head, on_disk, path)[0]
 
 
@@ -392,11 +395,9 @@ def write_scan(scan: Scan, path: str | Path) -> None:
     """Write `scan` as an Asylum-like version-5 `.ibw` that `read_scan` reads back exactly.
 
     wData is (points, lines, channels) with the channel names as dimension-2 labels, as Asylum
-    saves it; float32/float64 are kept, anything else is stored as float32.
+    saves it. All channels share one dtype on disk: float64 if any channel is float64, else
+    float32 (integers included).
     """
-    from igorwriter import IgorWave5
-    from igorwriter.errors import InvalidNameError, RenameWarning
-
     if not scan.channels:
         raise ValueError(f"scan {scan.scan_id!r} has no channels to write")
     arrays = list(scan.channels.values())

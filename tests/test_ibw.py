@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ibw_fixtures import DART_CHANNELS, make_scan, write_fixture
 from igorwriter import IgorWave5
 
@@ -422,6 +424,36 @@ def test_every_ibw_error_names_the_file_and_reason(tmp_path: Path) -> None:
         read_scan(junk)
     assert caught.value.path == str(junk)
     assert caught.value.reason and str(caught.value) == f"{junk}: {caught.value.reason}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 20_000), st.integers(1, 255)), min_size=1, max_size=4),
+    cut=st.integers(0, 20_000),
+    fix_checksum=st.booleans(),
+)
+def test_damaged_files_give_a_scan_or_a_typed_error(
+    tmp_path_factory: pytest.TempPathFactory,
+    edits: list[tuple[int, int]],
+    cut: int,
+    fix_checksum: bool,
+) -> None:
+    """Whatever bytes are flipped or cut, the reader never lets a raw exception escape."""
+    folder = tmp_path_factory.mktemp("damaged")
+    raw = bytearray(write_fixture(folder, make_scan(lines=8, points=16)).read_bytes())
+    for offset, mask in edits:
+        raw[offset % len(raw)] ^= mask
+    raw = raw[: max(cut, 1)] if cut < len(raw) else raw
+    if fix_checksum and len(raw) >= HEADER_SIZE:
+        _fix_checksum(raw)
+    path = folder / "damaged.ibw"
+    path.write_bytes(bytes(raw))
+    try:
+        scan = read_scan(path)
+    except IbwError as exc:
+        assert exc.reason
+    else:
+        assert all(data.shape == (scan.n_lines, scan.n_points) for data in scan.channels.values())
 
 
 @pytest.mark.skipif(
