@@ -530,13 +530,16 @@ def test_inspect_human_output_lists_files_problems_and_missing(tmp_path: Path) -
     scan = make_scan(lines=6, points=8)
     scan.channels["HeightTrace"][2] = np.nan
     path = write_fixture(tmp_path, scan, "nan")
-    result = _inspect(str(path), str(tmp_path / "missing.ibw"))
+    cut = tmp_path / "cut.ibw"
+    cut.write_bytes(path.read_bytes()[:500])
+    result = _inspect(str(path), str(tmp_path / "missing.ibw"), str(cut))
     assert result.returncode == 2
     lines = result.stdout.splitlines()
     assert lines[0].startswith(str(path)) and "6/6 lines" in lines[0] and "Height(T/R)" in lines[0]
     assert "line 2 HeightTrace: 8 non-finite values" in lines[1]
-    assert "file not found" in result.stdout
-    assert "1 of 2 files unreadable" in result.stderr
+    assert lines[2].endswith("missing.ibw  UNREADABLE") and "file not found" in lines[3]
+    assert lines[4] == f"{cut}  INCOMPLETE" and "truncated: 500 of" in lines[5]
+    assert "2 of 3 files unreadable" in result.stderr
 
 
 @pytest.mark.data

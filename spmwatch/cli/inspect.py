@@ -36,7 +36,8 @@ def _directions(pair: Iterable[str | None]) -> str:
 def format_record(record: dict[str, object]) -> str:
     """A compact human line (plus indented error lines) for one record."""
     if record["channels"] is None:
-        head = f"{record['file']}  UNREADABLE"
+        status = "INCOMPLETE" if record["complete"] is False else "UNREADABLE"
+        head = f"{record['file']}  {status}"
     else:
         pairs = record["pairs"]
         assert isinstance(pairs, dict)
