@@ -3,7 +3,11 @@
 Flagged lines are grouped into runs (a gap of up to `gap` unflagged lines does not break a
 run); each run becomes one `Event` whose kind is the kind carrying the most score in the run.
 The alert rule wants evidence over several lines, because single good lines can stick out:
-`k` flagged lines among the last `m`, or `dropout_run` consecutive dropout lines.
+`k` distinct flagged lines among the last `m` (a scar flag counts for the band lines it
+confirms, so one glitch seen by two features is one line), or `dropout_run` consecutive
+dropout lines. Streaks and ringing are common and local on usable images (a few glitch lines,
+ringing at a particle edge), so when they dominate the window the rule asks for `slow_k` of the
+last `slow_m` lines: a feedback loop that rings on every line still alerts.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ class AlertRule:
 
     k: int = 3
     m: int = 5
+    slow_kinds: tuple[str, ...] = ("streak", "oscillation")
+    slow_k: int = 10
+    slow_m: int = 14
     dropout_run: int = 2
     medium_z: float = 12.0
     high_z: float = 25.0
@@ -59,7 +66,10 @@ class EventTracker:
         self.closed: list[Event] = []
         self.alert: Alert | None = None
         self._run: _Run | None = None
-        self._window: deque[tuple[bool, str | None, float]] = deque(maxlen=self.rule.m)
+        self._window: deque[tuple[bool, str | None, float]] = deque(
+            maxlen=max(self.rule.m, self.rule.slow_m, self.rule.dropout_run)
+        )
+        self._covered: dict[int, str] = {}  # position -> kind of recent flagged lines
         self._recent_index: deque[int] = deque(maxlen=8)
         self._position = -1
 
@@ -74,16 +84,24 @@ class EventTracker:
         self._position += 1
         position = self._position
         covered = [index]
+        positions = [position]
         if flagged and span_back > 0:
             recent = list(self._recent_index)[-span_back:]
             covered = recent or covered
+            positions = list(range(position - len(recent), position)) or positions
         self._recent_index.append(index)
         self._window.append((flagged, kind, score))
+        if flagged:
+            for p in positions:
+                self._covered[p] = kind or "tracking_loss"
+        horizon = position - max(self.rule.m, self.rule.slow_m)
+        for p in [p for p in self._covered if p <= horizon]:
+            del self._covered[p]
         if flagged:
             self._extend(position, covered, score, kind or "tracking_loss")
         elif self._run is not None and position - self._run.last_position > self.rule.gap:
             self._close()
-        if self.alert is None and flagged and self._alert_due():
+        if self.alert is None and flagged and self._alert_due(position):
             self.alert = self._make_alert(index, position)
             return self.alert
         return None
@@ -116,9 +134,13 @@ class EventTracker:
             score=run.peak,
         )
 
-    def _alert_due(self) -> bool:
-        flags = [f for f, _, _ in self._window]
-        if sum(flags) >= self.rule.k:
+    def _alert_due(self, position: int) -> bool:
+        rule = self.rule
+        recent = [kind for p, kind in self._covered.items() if p > position - rule.m]
+        slow = sum(kind in rule.slow_kinds for kind in recent)
+        if len(recent) - slow >= rule.k or (len(recent) >= rule.k and slow < len(recent) / 2):
+            return True
+        if sum(p > position - rule.slow_m for p in self._covered) >= rule.slow_k:
             return True
         tail = list(self._window)[-self.rule.dropout_run :]
         return len(tail) == self.rule.dropout_run and all(
@@ -129,7 +151,7 @@ class EventTracker:
         weights: dict[str, float] = {}
         peak = 0.0
         n = 0
-        for flagged, kind, score in self._window:
+        for flagged, kind, score in list(self._window)[-self.rule.m :]:
             if flagged:
                 n += 1
                 peak = max(peak, score)

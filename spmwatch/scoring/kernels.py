@@ -414,6 +414,7 @@ def score_line(
     floors,
     state,
     hist,
+    hist_good,
     base_ring,
     base_med,
     base_scale,
@@ -465,11 +466,15 @@ def score_line(
     state[I_HIST_N] = hist_n
     prev = (head - 1) % depth
     ready = state[I_BASE_N] >= cfg[S_MIN_BASELINE]
-    # 2. line-to-line consistency and scars
+    # 2. line-to-line consistency and scars. Decorrelation takes the better of the two
+    # previous lines, so a single glitch line is not counted again on the line after it.
+    prev2 = (head - 2) % depth
     for c in range(n_ch):
         base = c * N_CH_RAW
         if hist_n >= 2:
             corr, vd = line_pair(hist[head, c], hist[prev, c])
+            if hist_n >= 3 and not hist_good[prev]:
+                corr = max(corr, line_pair(hist[head, c], hist[prev2, c])[0])
             raw[base + CH_DECOR] = 1.0 - corr
             raw[base + CH_VDIFF] = math.log(vd + TINY)
         else:
@@ -560,6 +565,7 @@ def score_line(
         score = max(score, out[f])
     out[F_SCORE] = score
     flagged = score >= cfg[S_FLAG_Z]
+    hist_good[head] = not flagged
     # 6. advance the baseline; a flagged line enters clipped to med +- S_CLIP scale, so a
     # fault moves the baseline only slowly (it does not become the new normal at once) while
     # a genuine change of the sample is absorbed within about half a window
@@ -613,6 +619,7 @@ def score_frame(
     floors,
     state,
     hist,
+    hist_good,
     base_ring,
     base_med,
     base_scale,
@@ -642,6 +649,7 @@ def score_frame(
             floors,
             state,
             hist,
+            hist_good,
             base_ring,
             base_med,
             base_scale,

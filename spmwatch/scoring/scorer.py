@@ -60,7 +60,7 @@ class ScoringSettings:
     min_baseline: int = 8  # good lines needed before any z is computed (warm-up)
     refresh: int = 4  # recompute the baseline median/MAD every this many good lines
     z_clip: float = 50.0  # robust z values are clipped to [0, z_clip]
-    flag_z: float = 8.0  # a line is flagged when its score reaches this
+    flag_z: float = 12.0  # a line is flagged when its score reaches this
     dropout_fraction: float = 0.25  # share of bad samples (NaN/zero/saturated) making a dropout
     scar_hard: float = 0.666  # Gwyddion mark-scars hard threshold (x vertical-difference RMS)
     scar_soft: float = 0.25  # ... soft threshold
@@ -72,7 +72,7 @@ class ScoringSettings:
     spec_klo: int = 4  # lowest spectral bin considered for ringing (skips topography)
     level_floor: float = 1.0  # level z scale >= this x the line RMS baseline
     # floors of the robust scale (1.4826 MAD) per feature; RMS-like features are in log units
-    floor_log_rms: float = 0.25
+    floor_log_rms: float = 0.4
     floor_sharpness: float = 0.05
     floor_decorrelation: float = 0.05
     floor_scar: float = 0.05
@@ -181,6 +181,7 @@ class ScanState:
         self.cfg = settings.as_array()
         self.state = np.zeros(K.N_STATE, dtype=np.int64)
         self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
+        self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
@@ -206,6 +207,7 @@ class ScanState:
             layout.floors,
             self.state,
             self.hist,
+            self.hist_good,
             self.base_ring,
             self.base_med,
             self.base_scale,
