@@ -187,8 +187,7 @@ def test_send_without_receiver_times_out() -> None:
     sender = LineSender("tcp://127.0.0.1:9", send_timeout=0.2, linger=0)
     try:
         with pytest.raises(TimeoutError, match=r"no receiver at tcp://127\.0\.0\.1:9"):
-            for index in range(5_000):
-                sender.send(test_line(index))
+            sender.send(test_line(0))
     finally:
         sender.close()
 

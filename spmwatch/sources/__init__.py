@@ -50,6 +50,11 @@ class Counters:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + n
 
+    def set(self, name: str, value: int) -> None:
+        """Set a gauge (a level such as "pending", rather than a running count)."""
+        with self._lock:
+            self._counts[name] = value
+
     def reject(self, reason: str) -> None:
         """Count one rejected item under `reason` (reasons past MAX_REASONS fold into "other")."""
         with self._lock:

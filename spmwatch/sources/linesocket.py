@@ -167,9 +167,10 @@ class LineReceiver(SourceThread):
 class LineSender:
     """PUSH side of the line socket, for producers (replay, tests, bridges to other software).
 
-    `send` blocks while the receiver's queue is full (backpressure) or, with `send_timeout`,
-    raises TimeoutError. `close` waits up to `linger` seconds (None: until delivered) for every
-    queued message to reach the receiver: only then is a line "acknowledged".
+    `send` blocks while no receiver is connected or its queue is full (backpressure) or, with
+    `send_timeout`, raises TimeoutError. `close` waits up to `linger` seconds (None: until
+    delivered) for every queued message to reach the receiver: only then is a line
+    "acknowledged".
     """
 
     def __init__(
@@ -186,6 +187,9 @@ class LineSender:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
+        # Queue only to a receiver that is really connected: with none, send waits (or times
+        # out) instead of filling a queue that close() would silently throw away.
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
         self._socket.setsockopt(zmq.LINGER, -1 if linger is None else int(linger * 1000))
         if send_timeout is not None:
             self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))

@@ -1,0 +1,284 @@
+"""Watch Igor's save folder(s) and hand over each new `.ibw` frame exactly once, when complete.
+
+watchdog events make pick-up prompt, but they are only a hint: a periodic rescan catches
+whatever they miss (network shares, overflowed event queues, a folder that was away), and the
+`SeenFiles` registry of (path, size, mtime) keeps every frame to one delivery, across
+restarts too when it persists to a state file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from stat import S_ISDIR
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from spmwatch.ibw import read_scan
+from spmwatch.model import Scan
+from spmwatch.protocol import safe_scan_id
+from spmwatch.sources import Counters, FrameFile, Sink, SourceThread
+from spmwatch.sources.readiness import Broken, Readiness, Ready, Stamp, stamp_of
+
+# Entries kept in the registry; the oldest are forgotten beyond this (their files are old news).
+MAX_SEEN = 100_000
+_STATE_VERSION = 1
+
+
+def is_ibw(path: str | Path) -> bool:
+    return str(path).lower().endswith(".ibw")
+
+
+def read_frame(path: Path) -> Scan:
+    """Read a saved frame under a scan id that is safe on the wire and in file names."""
+    return read_scan(path, scan_id=safe_scan_id(path.stem))
+
+
+class SeenFiles:
+    """Which versions of which files were already handed over; optionally kept in a JSON file.
+
+    The state file is rewritten atomically (temporary file + os.replace) after each addition,
+    so a crash leaves either the old or the new registry, never half of one. A state file that
+    cannot be read leaves the registry empty and `load_error` set, for the owner to report.
+    """
+
+    def __init__(self, state_file: str | Path | None = None) -> None:
+        self.state_file = Path(state_file) if state_file is not None else None
+        self._lock = threading.Lock()
+        self._seen: dict[str, Stamp] = {}
+        self.load_error: str | None = None
+        if self.state_file is not None and self.state_file.exists():
+            self._load(self.state_file)
+
+    def _load(self, path: Path) -> None:
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or state.get("v") != _STATE_VERSION:
+                raise ValueError(f"not a version {_STATE_VERSION} spmwatch state file")
+            self._seen = {str(p): (int(s[0]), int(s[1])) for p, s in state["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            self.load_error = f"state file {path} ignored: {exc}"
+
+    def __contains__(self, item: tuple[Path, Stamp]) -> bool:
+        path, stamp = item
+        with self._lock:
+            return self._seen.get(str(path)) == stamp
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, path: Path, stamp: Stamp) -> None:
+        with self._lock:
+            self._seen.pop(str(path), None)  # re-insert: the dict's order is the age order
+            self._seen[str(path)] = stamp
+            while len(self._seen) > MAX_SEEN:
+                del self._seen[next(iter(self._seen))]
+            if self.state_file is not None:
+                self._save(self.state_file)
+
+    def _save(self, path: Path) -> None:
+        body = json.dumps({"v": _STATE_VERSION, "files": self._seen})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder, None when it is not there (or not a folder)."""
+    try:
+        stat = folder.stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino) if S_ISDIR(stat.st_mode) else None
+
+
+class _Hint(FileSystemEventHandler):
+    """Turns watchdog events into "look at this path soon"; runs in the observer's thread."""
+
+    def __init__(self, watcher: FolderWatcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        for raw in (event.src_path, getattr(event, "dest_path", "")):
+            path = os.fsdecode(raw)
+            if path and is_ibw(path):
+                self._watcher.hint(Path(path))
+
+
+class _Folder:
+    """One watched folder: whether it is there, and its observer while it is."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.present: bool | None = None  # None until first checked
+        self.identity: tuple[int, int] | None = None  # (st_dev, st_ino) the observer watches
+        self.observer: Observer | None = None
+
+
+class FolderWatcher(SourceThread):
+    """Delivers a `FrameFile` for every new or modified complete `.ibw` under `folders`.
+
+    `existing=True` also delivers the frames already there at start that `seen` does not know
+    (with a persistent `seen`, exactly the frames written while the daemon was down);
+    otherwise files present at start are recorded as seen without delivery.
+    Broken files become one `SourceError` each; a vanished folder is reported and waited for.
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        folders: str | Path | Iterable[str | Path],
+        sink: Sink,
+        *,
+        recursive: bool = False,
+        existing: bool = False,
+        settle: float = 0.5,
+        rescan_interval: float = 2.0,
+        give_up: float = 30.0,
+        seen: SeenFiles | None = None,
+    ) -> None:
+        super().__init__(sink)
+        paths = [folders] if isinstance(folders, str | Path) else list(folders)
+        self._folders = [_Folder(Path(p).expanduser().absolute()) for p in paths]
+        self.recursive = recursive
+        self.existing = existing
+        self.rescan_interval = rescan_interval
+        self.seen = seen if seen is not None else SeenFiles()
+        self._readiness = Readiness(read_frame, settle=settle, give_up=give_up)
+        self._hints: set[Path] = set()
+        self._hints_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._tick = max(0.01, min(0.1, settle / 4))
+        self.counters = Counters("frames", "broken", "rescans", "folder_gone", "folder_back")
+
+    def hint(self, path: Path) -> None:
+        """A file may have changed (from watchdog); the worker looks at it on its next tick."""
+        with self._hints_lock:
+            self._hints.add(path)
+        self._wake.set()
+
+    def start(self) -> None:
+        """Take the first look before returning, so "already there" means before start()."""
+        if self.seen.load_error:
+            self._emit_error(str(self.seen.state_file), self.seen.load_error)
+        self._supervise(first=True)
+        super().start()
+
+    def _run(self) -> None:
+        next_rescan = time.monotonic() + self.rescan_interval
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(self._tick)
+                self._wake.clear()
+                if time.monotonic() >= next_rescan:
+                    self._supervise(first=False)
+                    next_rescan = time.monotonic() + self.rescan_interval
+                with self._hints_lock:
+                    hints, self._hints = self._hints, set()
+                for path in hints:
+                    self._consider(path)
+                for result in self._readiness.poll_all():
+                    self._deliver(result)
+                self.counters.set("pending", len(self._readiness))
+                self.counters.set("busy_retries", self._readiness.busy)
+        finally:
+            for folder in self._folders:
+                self._stop_observer(folder)
+
+    def _supervise(self, first: bool) -> None:
+        """Notice folders leaving and coming back; rescan every folder that is there."""
+        self.counters.add("rescans")
+        for folder in self._folders:
+            identity = _identity(folder.path)
+            present = identity is not None
+            if present and folder.observer is not None and identity != folder.identity:
+                self._stop_observer(folder)  # replaced between two looks: watch the new one
+            if not present and folder.present is not False:
+                self._stop_observer(folder)
+                if not first:
+                    self.counters.add("folder_gone")
+                self._emit_error(str(folder.path), "folder gone (missing or unmounted); waiting")
+            elif present and folder.present is False:
+                self.counters.add("folder_back")
+            if present and folder.observer is None:
+                self._start_observer(folder)
+                folder.identity = identity
+            baseline = first and not self.existing
+            if present:
+                for path in self._listing(folder.path):
+                    self._consider(path, baseline=baseline)
+            folder.present = present
+
+    def _listing(self, root: Path) -> Iterator[Path]:
+        pattern = root.rglob("*") if self.recursive else root.glob("*")
+        try:
+            yield from (p for p in pattern if is_ibw(p.name) and p.is_file())
+        except OSError:
+            return  # the folder went away mid-listing; the next supervision notices
+
+    def _consider(self, path: Path, baseline: bool = False) -> None:
+        """Make `path` a candidate unless this version of it was already handled."""
+        try:
+            resolved = path.resolve()
+            stamp = stamp_of(resolved.stat())
+        except OSError:
+            return
+        if not self._inside(resolved) or (resolved, stamp) in self.seen:
+            return
+        if baseline:
+            self.seen.add(resolved, stamp)
+        else:
+            self._readiness.add(resolved)
+
+    def _inside(self, path: Path) -> bool:
+        """Only files really inside a watched folder (a symlink may point anywhere)."""
+        for folder in self._folders:
+            root = folder.path.resolve()
+            if path.parent == root or (self.recursive and path.is_relative_to(root)):
+                return True
+        return False
+
+    def _deliver(self, result: Ready | Broken) -> None:
+        if (result.path, result.stamp) in self.seen:
+            return  # the rescan and an event raced to the same version
+        if isinstance(result, Broken):
+            self.counters.add("broken")
+            self.counters.reject(result.kind)
+            self._emit_error(str(result.path), result.reason)
+        else:
+            self._sink(FrameFile(result.path, result.scan))
+            self.counters.add("frames")
+        self.seen.add(result.path, result.stamp)
+
+    def _start_observer(self, folder: _Folder) -> None:
+        observer = Observer()
+        try:
+            observer.schedule(_Hint(self), str(folder.path), recursive=self.recursive)
+            observer.start()
+        except OSError as exc:
+            self._emit_error(str(folder.path), f"cannot watch for events ({exc}); rescanning only")
+            return
+        folder.observer = observer
+
+    def _stop_observer(self, folder: _Folder) -> None:
+        if folder.observer is not None:
+            folder.observer.stop()
+            folder.observer.join(timeout=2.0)
+            folder.observer = None

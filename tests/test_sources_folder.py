@@ -1,0 +1,255 @@
+"""The folder watcher with a real folder, real .ibw files written slowly, and watchdog."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ibw_fixtures import make_scan, write_fixture
+from sources_helpers import Collector, wait_for
+
+from spmwatch.model import Scan
+from spmwatch.sources import FrameFile, SourceError
+from spmwatch.sources.folder import FolderWatcher, SeenFiles, read_frame
+from spmwatch.sources.readiness import Broken, Readiness, Ready
+
+
+class TimedCollector(Collector):
+    """Also notes when each frame arrived, to compare with when its writer finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived: dict[str, list[float]] = {}
+
+    def __call__(self, item: object) -> None:
+        if isinstance(item, FrameFile):
+            self.arrived.setdefault(item.path.name, []).append(time.monotonic())
+        super().__call__(item)
+
+    @property
+    def frames(self) -> list[FrameFile]:
+        return self.of(FrameFile)
+
+
+def ibw_bytes(tmp_path: Path, scan: Scan) -> bytes:
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    return write_fixture(staging, scan).read_bytes()
+
+
+def write_in_chunks(path: Path, blob: bytes, rng: random.Random) -> None:
+    """Write like a slow saver: 3-4 chunks, flushed, with pauses some longer than the settle."""
+    cuts = sorted(rng.sample(range(1, len(blob)), rng.choice((2, 3))))
+    with open(path, "wb") as handle:
+        for start, stop in zip([0, *cuts], [*cuts, len(blob)], strict=True):
+            handle.write(blob[start:stop])
+            handle.flush()
+            if stop < len(blob):
+                time.sleep(rng.choice((0.0, 0.02, 0.1, 0.3)))
+
+
+def assert_same_scan(got: Scan, want: Scan) -> None:
+    assert list(got.channels) == list(want.channels)
+    for name, data in want.channels.items():
+        np.testing.assert_array_equal(got.channels[name], data)
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def stop_after() -> Iterator[list[FolderWatcher]]:
+    started: list[FolderWatcher] = []
+    yield started
+    for watcher in started:
+        assert watcher.stop(5.0)
+
+
+def start(watcher: FolderWatcher, registry: list[FolderWatcher]) -> FolderWatcher:
+    watcher.start()
+    registry.append(watcher)
+    return watcher
+
+
+def test_200_slow_chunked_files_each_delivered_once_and_whole(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    scans = {
+        f"frame_{i:03d}.ibw": make_scan(lines=4, points=16, seed=i, scan_id=f"frame_{i:03d}")
+        for i in range(199)
+    }
+    scans["UPPER_CASE.IBW"] = make_scan(lines=4, points=16, seed=999, scan_id="UPPER_CASE")
+    blobs = {name: ibw_bytes(tmp_path, scan) for name, scan in scans.items()}
+    sink = TimedCollector()
+    watcher = start(FolderWatcher(watched, sink, settle=0.2, rescan_interval=0.5), stop_after)
+
+    finished: dict[str, float] = {}
+    names = sorted(blobs)
+
+    def writer(share: list[str], seed: int) -> None:
+        rng = random.Random(seed)
+        for name in share:
+            write_in_chunks(watched / name, blobs[name], rng)
+            finished[name] = time.monotonic()
+
+    threads = [threading.Thread(target=writer, args=(names[k::10], k)) for k in range(10)]
+    for thread in threads:
+        thread.start()
+    (watched / "notes.txt").write_text("not a frame")
+    (watched / "frame_000.ibw.tmp").write_bytes(blobs["frame_000.ibw"])
+    (watched / "subfolder").mkdir()
+    (watched / "subfolder" / "nested.ibw").write_bytes(blobs["frame_001.ibw"])  # not recursive
+    for thread in threads:
+        thread.join()
+
+    assert wait_for(lambda: len(sink.frames) >= 200, timeout=30)
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 4, timeout=10)
+    assert sorted(sink.arrived) == names
+    assert all(len(times) == 1 for times in sink.arrived.values())
+    for name, times in sink.arrived.items():
+        assert times[0] >= finished[name], f"{name} delivered before its writer finished"
+    for frame in sink.frames:
+        assert_same_scan(frame.scan, scans[frame.path.name])
+        assert frame.scan.scan_id == Path(frame.path.name).stem
+    assert sink.errors == []
+    counts = watcher.counters.snapshot()
+    assert counts["frames"] == 200 and counts["broken"] == 0
+
+
+def test_vanished_folder_is_reported_and_recovered(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    scans = [make_scan(lines=4, points=8, seed=i, scan_id=f"s{i}") for i in range(3)]
+    sink = TimedCollector()
+    watcher = start(FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1), stop_after)
+    (watched / "s0.ibw").write_bytes(ibw_bytes(tmp_path, scans[0]))
+    assert wait_for(lambda: len(sink.frames) == 1)
+
+    shutil.rmtree(watched)
+    assert wait_for(lambda: any("folder gone" in e.reason for e in sink.errors))
+    assert watcher.running
+    watched.mkdir()
+    for scan in scans[1:]:
+        (watched / f"{scan.scan_id}.ibw").write_bytes(ibw_bytes(tmp_path, scan))
+    assert wait_for(lambda: len(sink.frames) == 3)
+    assert sorted(f.path.name for f in sink.frames) == ["s0.ibw", "s1.ibw", "s2.ibw"]
+    counts = watcher.counters.snapshot()
+    assert counts["folder_gone"] == 1 and counts["folder_back"] == 1
+    # Events work again after the observer restart: a new file arrives well before a rescan.
+    watcher.rescan_interval = 60.0
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= counts["rescans"] + 1)
+    (watched / "late.ibw").write_bytes(ibw_bytes(tmp_path, scans[0]))
+    assert wait_for(lambda: len(sink.frames) == 4, timeout=5)
+
+
+def test_restart_with_state_file_delivers_only_what_was_written_meanwhile(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    state = tmp_path / "state" / "seen.json"
+    blobs = {
+        f"f{i}.ibw": ibw_bytes(tmp_path, make_scan(lines=4, points=8, seed=i, scan_id=f"f{i}"))
+        for i in range(5)
+    }
+    first = TimedCollector()
+    watcher = FolderWatcher(watched, first, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    watcher.start()
+    for name in ("f0.ibw", "f1.ibw", "f2.ibw"):
+        (watched / name).write_bytes(blobs[name])
+    assert wait_for(lambda: len(first.frames) == 3)
+    assert watcher.stop(5.0)
+
+    for name in ("f3.ibw", "f4.ibw"):  # written while the daemon is down
+        (watched / name).write_bytes(blobs[name])
+    second = TimedCollector()
+    restarted = FolderWatcher(
+        watched, second, existing=True, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+    )
+    start(restarted, stop_after)
+    assert wait_for(lambda: len(second.frames) == 2)
+    assert wait_for(lambda: restarted.counters.snapshot()["rescans"] >= 5)
+    assert sorted(f.path.name for f in second.frames) == ["f3.ibw", "f4.ibw"]
+    assert second.errors == []
+
+
+def test_existing_files_only_when_asked(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    blob = ibw_bytes(tmp_path, make_scan(lines=4, points=8, scan_id="old"))
+    (watched / "old.ibw").write_bytes(blob)
+    ignoring, taking = TimedCollector(), TimedCollector()
+    quiet = start(FolderWatcher(watched, ignoring, settle=0.05, rescan_interval=0.1), stop_after)
+    start(FolderWatcher(watched, taking, existing=True, settle=0.05), stop_after)
+    assert wait_for(lambda: len(taking.frames) == 1)
+    assert wait_for(lambda: quiet.counters.snapshot()["rescans"] >= 5)
+    assert ignoring.frames == []
+    # A later rewrite of the same file is a new version: delivered.
+    (watched / "old.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=5, points=8)))
+    assert wait_for(lambda: len(ignoring.frames) == 1)
+    assert ignoring.frames[0].scan.n_lines == 5
+
+
+def test_broken_and_stuck_files_are_reported_once(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, give_up=0.5)
+    start(watcher, stop_after)
+    (watched / "junk.ibw").write_bytes(b"this is not an igor wave at all" * 20)
+    blob = ibw_bytes(tmp_path, make_scan(lines=4, points=8))
+    (watched / "stuck.ibw").write_bytes(blob[: len(blob) // 2])
+    assert wait_for(lambda: len(sink.errors) == 2, timeout=10)
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 10)
+    errors = {Path(e.subject).name: e.reason for e in sink.errors}
+    assert len(sink.errors) == 2
+    assert "not an Igor binary wave" in errors["junk.ibw"]
+    assert "still incomplete" in errors["stuck.ibw"] and "truncated" in errors["stuck.ibw"]
+    assert all(e.source == "folder" for e in sink.errors)
+    # Finishing the stuck file makes it a new version, which is then delivered.
+    (watched / "stuck.ibw").write_bytes(blob)
+    assert wait_for(lambda: len(sink.frames) == 1)
+    assert watcher.counters.snapshot()["rejected"] == {"not_ibw": 1, "incomplete": 1}
+
+
+def test_readiness_retries_permission_errors(tmp_path: Path) -> None:
+    path = write_fixture(tmp_path, make_scan(lines=4, points=8))
+    refusals = [PermissionError("held open by Igor")] * 3
+
+    def read(p: Path) -> Scan:
+        if refusals:
+            raise refusals.pop()
+        return read_frame(p)
+
+    readiness = Readiness(read, settle=0.0)
+    results = [readiness.poll(path) for _ in range(4)]
+    assert results[:3] == [None, None, None]
+    assert isinstance(results[3], Ready) and readiness.busy == 3
+
+
+def test_seen_files_survive_a_corrupt_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "seen.json"
+    state.write_text("{half a json")
+    seen = SeenFiles(state)
+    assert seen.load_error is not None and str(state) in seen.load_error and len(seen) == 0
+    seen.add(tmp_path / "a.ibw", (10, 20))
+    again = SeenFiles(state)
+    assert again.load_error is None and (tmp_path / "a.ibw", (10, 20)) in again
+    assert (tmp_path / "a.ibw", (10, 21)) not in again
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".seen.json")]
+
+
+def test_broken_outcome_carries_the_kind(tmp_path: Path) -> None:
+    path = tmp_path / "x.ibw"
+    path.write_bytes(b"\x07\x00" + bytes(500))
+    result = Readiness(read_frame, settle=0.0).poll(path)
+    assert isinstance(result, Broken) and result.kind == "unsupported_version"
+    assert isinstance(SourceError("folder", str(path), result.reason).reason, str)

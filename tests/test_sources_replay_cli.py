@@ -1,0 +1,103 @@
+"""`spmwatch replay`: to a real line socket (as a subprocess) and into the in-process scorer."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ibw_fixtures import make_scan, write_fixture
+from sources_helpers import Collector, wait_for
+
+from spmwatch.cli import main
+from spmwatch.ibw import read_scan
+from spmwatch.protocol import EndOfScan
+from spmwatch.scoring.scorer import score_scan
+from spmwatch.sources.linesocket import LineReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_replay_to_a_line_socket_sends_every_line_then_the_end(tmp_path: Path) -> None:
+    scan = make_scan(lines=40, points=16, scan_down=True, scan_id="Image 0007")
+    path = write_fixture(tmp_path, scan, "Image 0007")
+    sink = Collector()
+    receiver = LineReceiver("tcp://127.0.0.1:*", sink)
+    receiver.start()
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "spmwatch",
+                "replay",
+                str(path),
+                "--fast",
+                "--to",
+                receiver.endpoint,
+                "--every",
+                "10",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert wait_for(lambda: sink.of(EndOfScan) == [EndOfScan("Image_0007")])
+    finally:
+        assert receiver.stop()
+    assert [line.index for line in sink.lines] == list(range(39, -1, -1))
+    assert {line.scan_id for line in sink.lines} == {"Image_0007"}
+    assert "sent 40 lines and the end of Image_0007" in done.stdout
+    assert len(re.findall(r"^sent \d+/40 lines", done.stdout, re.M)) == 4
+
+
+def test_replay_without_receiver_fails_with_a_reason(tmp_path: Path, capsys) -> None:
+    path = write_fixture(tmp_path, make_scan(lines=4, points=8))
+    code = main(["replay", str(path), "--fast", "--to", "tcp://127.0.0.1:9", "--timeout", "0.2"])
+    assert code == 1
+    assert (
+        "no receiver at tcp://127.0.0.1:9 took line 0 of synthetic_0000" in capsys.readouterr().err
+    )
+
+
+def test_unreadable_file_exits_2_naming_it(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.ibw"
+    bad.write_bytes(b"garbage" * 100)
+    assert main(["replay", str(bad), "--fast"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "not an Igor binary wave" in err
+    assert main(["replay", str(tmp_path / "missing.ibw")]) == 2
+    assert "missing.ibw" in capsys.readouterr().err
+
+
+def test_in_process_replay_prints_the_scorers_alert_and_events(tmp_path: Path, capsys) -> None:
+    path = write_fixture(tmp_path, make_scan(lines=48, points=64, expected_lines=64))
+    assert main(["replay", str(path), "--fast", "--every", "16"]) == 0
+    out = capsys.readouterr().out
+    frame = score_scan(read_scan(path))
+    assert len(re.findall(r"^line +\d+ \(position \d+\): score", out, re.M)) == 3
+    assert f"48 lines scored, {sum(s.flagged for s in frame.lines)} flagged" in out
+    for event in frame.events:
+        assert f"  {event.kind}: lines {event.start}-{event.end}, {event.severity}" in out
+    assert any(event.kind == "partial_frame" for event in frame.events)
+
+
+@pytest.mark.data
+def test_in_process_replay_of_a_failing_real_scan_alerts_like_the_scorer(
+    data_root: Path, capsys
+) -> None:
+    path = data_root / "ofdspm" / "bad" / "H_90Cs10MA_0000.ibw"
+    assert main(["replay", str(path), "--fast"]) == 0
+    out = capsys.readouterr().out
+    alert = score_scan(read_scan(path)).alert
+    printed = re.findall(r"^ALERT line (\d+) \(position (\d+)\): (\w+), (\w+)$", out, re.M)
+    if alert is None:
+        assert printed == []
+    else:
+        assert printed == [(str(alert.line), str(alert.position), alert.kind, alert.severity)]
