@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from spmwatch.model import Line
+from spmwatch.model import Alert, FrameScores, Line, LineScore, Verdict
 
 PROTOCOL_VERSION = 1
 
@@ -196,6 +196,61 @@ def decode_event(frames: Sequence[bytes]) -> tuple[str, dict[str, Any]]:
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError("payload has no non-negative integer 'seq'")
     return topic, payload
+
+
+# Fields of each published topic (the envelope v/seq/time/scan_id/source is added by the
+# publisher); docs/protocol.md shows an example of each.
+
+SAVED_FRAME = "saved_frame"  # `origin` of events computed from a whole saved .ibw file
+LIVE = "live"  # `origin` of events computed line by line as the scan ran
+
+
+def alert_fields(
+    alert: Alert, verdict: Verdict, action: str, origin: str, lines_seen: int
+) -> dict[str, Any]:
+    """spmwatch.alert: where the failure is, how bad, the classifier's view and what to do."""
+    return {
+        **alert.to_dict(),
+        "probability": round(float(verdict.probability), 4),
+        "threshold": round(float(verdict.threshold), 4),
+        "model": verdict.model,
+        "action": action,
+        "origin": origin,
+        "lines_seen": lines_seen,
+    }
+
+
+def frame_fields(
+    frame: FrameScores, verdict: Verdict, origin: str, closed_by: str, file: str | None = None
+) -> dict[str, Any]:
+    """spmwatch.frame: the verdict of a finished (or abandoned) frame with its events."""
+    return {
+        **verdict.to_dict(),
+        "events": [event.to_dict() for event in frame.events],
+        "alert": frame.alert.to_dict() if frame.alert else None,
+        "lines": frame.n_lines,
+        "expected_lines": frame.expected_lines,
+        "partial": frame.n_lines < frame.expected_lines,
+        "closed_by": closed_by,
+        "origin": origin,
+        "file": file,
+    }
+
+
+def line_fields(score: LineScore) -> dict[str, Any]:
+    """spmwatch.line: one line's score as soon as it is computed."""
+    return {
+        "line": score.index,
+        "position": score.position,
+        "score": round(float(score.score), 4),
+        "flagged": score.flagged,
+        "kind": score.kind,
+    }
+
+
+def error_fields(subject: str, reason: str) -> dict[str, Any]:
+    """spmwatch.error: something the daemon survived but an operator should hear about."""
+    return {"subject": subject, "reason": reason}
 
 
 # ---------------------------------------------------------------------------------------------

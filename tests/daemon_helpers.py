@@ -94,10 +94,15 @@ def assert_seq_increasing(events: list[dict[str, Any]]) -> None:
 class DaemonProcess:
     """`python -m spmwatch run --config PATH` as a subprocess, its JSON log lines collected."""
 
-    def __init__(self, config: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        extra_env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "spmwatch", "run", "--config", str(config)],
+            [sys.executable, "-m", "spmwatch", "run", "--config", str(config), *extra_args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -148,3 +153,51 @@ class DaemonProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def write_config(folder: Path, extra: str = "", **ports: int) -> tuple[Path, dict[str, str]]:
+    """A daemon config on fresh loopback ports; returns (path, endpoints by name)."""
+    p = {name: free_port() for name in ("publish", "lines", "control", "metrics")} | ports
+    endpoints = {
+        "publish": f"tcp://127.0.0.1:{p['publish']}",
+        "lines": f"tcp://127.0.0.1:{p['lines']}",
+        "control": f"tcp://127.0.0.1:{p['control']}",
+        "metrics": f"127.0.0.1:{p['metrics']}",
+    }
+    text = (
+        f'[publish]\nendpoint = "{endpoints["publish"]}"\nheartbeat_interval = 0.2\n'
+        f'[lines]\nendpoint = "{endpoints["lines"]}"\n'
+        f'[control]\nendpoint = "{endpoints["control"]}"\n'
+        f'[metrics]\naddress = "{endpoints["metrics"]}"\n'
+        f'[logging]\nlevel = "debug"\n'
+    )
+    path = folder / "spmwatch.toml"
+    path.write_text(text + extra)
+    return path, endpoints
+
+
+def send_scan(endpoint: str, scan: Any, end: bool = True) -> int:
+    """Push every line of `scan` (acquisition order) and its end; returns the lines sent."""
+    from spmwatch.sources.linesocket import LineSender
+
+    sent = 0
+    with LineSender(endpoint, linger=10.0) as sender:
+        for line in scan.lines(source="test"):
+            sender.send(line)
+            sent += 1
+        if end:
+            sender.end(scan.scan_id)
+    return sent
+
+
+def ctl(endpoint: str, command: str, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
+    """`spmwatch ctl COMMAND --endpoint ENDPOINT` as a real subprocess."""
+    args = ["ctl", command, "--endpoint", endpoint, "--timeout", str(timeout)]
+    return subprocess.run(
+        [sys.executable, "-m", "spmwatch", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=60,
+    )

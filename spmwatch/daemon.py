@@ -1,0 +1,564 @@
+"""The daemon: sources -> per-scan scorers -> classifier -> publisher, with its lifecycle.
+
+Threads and who owns what:
+- each source runs its own thread and hands items to one bounded inbox (a full inbox makes the
+  sources wait: backpressure, not loss);
+- the main thread (`serve`) is the only one that scores, touches scan state and decides what to
+  publish; it also pings the systemd watchdog, so a stuck scorer gets the service restarted;
+- the publisher thread owns the PUB socket, the control thread the REP socket, and
+  prometheus-client its HTTP thread. They read state through `status()`, under a lock.
+
+Nothing a producer sends or a file contains may stop the daemon: every item is handled inside a
+try block that turns failures into a logged spmwatch.error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+
+from spmwatch import protocol
+from spmwatch.advice import suggested_action
+from spmwatch.classify.classifier import Classifier, ModelError
+from spmwatch.config import ConfigError
+from spmwatch.control import ControlServer
+from spmwatch.logs import setup_logging
+from spmwatch.metrics import Metrics
+from spmwatch.model import Alert, FrameScores, Line, Verdict
+from spmwatch.publish import Publisher
+from spmwatch.scoring.scorer import ScanScorer, score_scan, warm_up
+from spmwatch.sdnotify import Notifier
+from spmwatch.settings import Settings, load_settings
+from spmwatch.sources import FrameFile, SourceError
+
+log = structlog.get_logger("spmwatch.daemon")
+
+_TICK = 0.05  # longest the main loop waits for an item before its housekeeping
+_DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
+# Sections a SIGHUP applies at once; the others own sockets or threads and need a restart.
+_LIVE_SECTIONS = ("scoring", "model", "logging", "daemon")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (model unusable, address in use); the text says why."""
+
+
+class Model(Protocol):
+    name: str
+
+    def verdict(
+        self, frame: FrameScores, channels: Any = None, finished: bool = True
+    ) -> Verdict: ...
+
+
+class AlertRuleModel:
+    """Provisional stand-in until models/default.skops ships: fail iff the scorer alerted."""
+
+    name = "alert-rule"
+    threshold = 0.5
+
+    def verdict(self, frame: FrameScores, channels: Any = None, finished: bool = True) -> Verdict:
+        fail = frame.alert is not None
+        return Verdict(frame.scan_id, "fail" if fail else "pass", float(fail), 0.5, self.name)
+
+
+def load_model(path: str) -> Model:
+    """The classifier at `path`, or the shipped one; ModelError when it cannot be used."""
+    return Classifier.load(path) if path else AlertRuleModel()
+
+
+@dataclasses.dataclass
+class _OpenScan:
+    """One scan being scored line by line, with its lines so far for the classifier."""
+
+    scorer: ScanScorer
+    source: str
+    last_seen: float
+    rows: dict[str, list[np.ndarray]]
+    alerted: bool = False
+    count: int = 0
+
+    def channels(self) -> dict[str, np.ndarray]:
+        return {name: np.stack(rows) for name, rows in self.rows.items() if rows}
+
+
+class Daemon:
+    """`Daemon(settings).run()` serves until SIGTERM/SIGINT and returns the exit code."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config_path: str | Path | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = Path(config_path) if config_path else None
+        self.notifier = notifier or Notifier()
+        self._inbox: queue.Queue[tuple[float, object]] = queue.Queue(
+            maxsize=settings.daemon.queue_size
+        )
+        self._scans: OrderedDict[str, _OpenScan] = OrderedDict()
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(
+            (
+                "lines_received",
+                "lines_scored",
+                "lines_paused",
+                "alerts",
+                "frames",
+                "frame_files",
+                "errors",
+                "scans_evicted",
+                "scans_timed_out",
+            ),
+            0,
+        )
+        self._paused = False
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._started = time.monotonic()
+        self.model: Model | None = None
+        self.sources: list[Any] = []
+        self.publisher: Publisher | None = None
+        self.control: ControlServer | None = None
+        self.metrics = Metrics(self._queue_depths, self._rejected)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, report ready, serve until asked to stop, drain, and return 0."""
+        self._install_signals()
+        try:
+            self.start()
+        except StartupError as exc:
+            log.error("startup_failed", error=str(exc))
+            self._close()
+            return 1
+        self.serve()
+        self.shutdown()
+        return 0
+
+    def start(self) -> None:
+        """Load the model and warm numba first, then bind everything; READY comes last."""
+        s = self.settings
+        self.notifier.status("loading model, compiling kernels")
+        try:
+            self.model = load_model(s.model.path)
+        except ModelError as exc:
+            raise StartupError(f"model: {exc}") from exc
+        warm = warm_up()
+        self.publisher = Publisher(
+            s.publish.endpoint,
+            hwm=s.publish.hwm,
+            line_queue=s.publish.line_queue,
+            heartbeat_interval=s.publish.heartbeat_interval,
+            heartbeat=self._heartbeat,
+            curve=(s.curve.server_secret_key, s.curve.authorized_keys) if s.curve.enabled else None,
+        )
+        self.control = ControlServer(s.control.endpoint, self.command)
+        self._bind(self.publisher.start, "publish.endpoint", s.publish.endpoint)
+        self._bind(self.control.start, "control.endpoint", s.control.endpoint)
+        if s.metrics.address:
+            serve_metrics = lambda: self.metrics.serve(*s.metrics.host_port)  # noqa: E731
+            self._bind(serve_metrics, "metrics.address", s.metrics.address)
+        for source in self._make_sources():
+            self._bind(source.start, f"{source.name} source", getattr(source, "endpoint", ""))
+            self.sources.append(source)
+        self._started = time.monotonic()
+        status = f"scoring; model {self._model_name()}; warm-up {warm:.2f} s"
+        self.notifier.ready(status)
+        log.info(
+            "ready",
+            warm_up_s=round(warm, 3),
+            model=self._model_name(),
+            publish=self.publisher.bound_endpoint,
+            control=s.control.endpoint,
+            metrics=s.metrics.address or None,
+            sources=[source.name for source in self.sources],
+        )
+
+    def serve(self) -> None:
+        """The main loop: score what arrives, keep house, until `request_stop`."""
+        watchdog = self.notifier.watchdog_interval
+        next_ping = time.monotonic()
+        next_sweep = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            try:
+                received, item = self._inbox.get(timeout=_TICK)
+            except queue.Empty:
+                pass
+            else:
+                self._handle(received, item)
+            now = time.monotonic()
+            if watchdog is not None and now >= next_ping:
+                self.notifier.watchdog()
+                next_ping = now + watchdog
+            if now >= next_sweep:
+                self._expire_idle(now)
+                next_sweep = now + 1.0
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+
+    def shutdown(self) -> None:
+        """Stop the sources, score and publish everything queued, send final counters, close."""
+        self.notifier.stopping()
+        log.info("stopping", queued=self._inbox.qsize(), open_scans=len(self._scans))
+        for source in self.sources:
+            source.stop(timeout=0)  # ask all at once; they finish while the inbox drains
+        deadline = time.monotonic() + _DRAIN_TIMEOUT
+        drained = 0
+        while time.monotonic() < deadline:
+            try:
+                received, item = self._inbox.get(timeout=_TICK)
+            except queue.Empty:
+                if not any(getattr(s, "running", False) for s in self.sources):
+                    break
+                continue
+            self._handle(received, item)
+            drained += 1
+        for scan_id in list(self._scans):
+            self._close_scan(scan_id, "shutdown")
+        for source in self.sources:
+            source.stop()
+        self._close()
+        log.info("stopped", drained=drained, **self._snapshot_counts())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def _install_signals(self) -> None:
+        """Handlers only set flags: the main loop acts on them between two items."""
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def _bind(self, start: Any, what: str, address: str) -> None:
+        try:
+            start()
+        except Exception as exc:  # zmq.ZMQError, OSError: name what could not be bound
+            raise StartupError(f"{what} {address}: {exc}") from exc
+
+    def _make_sources(self) -> list[Any]:
+        s = self.settings
+        made: list[Any] = []
+        if s.lines.enabled:
+            from spmwatch.sources.linesocket import LineReceiver
+
+            made.append(LineReceiver(s.lines.endpoint, self._sink))
+        if s.watch.folders:
+            from spmwatch.sources.folder import FolderWatcher, SeenFiles
+
+            made.append(
+                FolderWatcher(
+                    list(s.watch.folders),
+                    self._sink,
+                    recursive=s.watch.recursive,
+                    existing=s.watch.existing,
+                    settle=s.watch.settle,
+                    seen=SeenFiles(Path(s.watch.state_file) if s.watch.state_file else None),
+                )
+            )
+        if s.scope.buffer_dir:
+            from spmwatch.sources.scope import ScopeFollower
+
+            made.append(ScopeFollower(Path(s.scope.buffer_dir), self._sink))
+        return made
+
+    def _close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.stop(final={"final_counters": self._snapshot_counts()})
+            self.publisher = None
+        if self.control is not None:
+            self.control.stop()
+            self.control = None
+        self.metrics.close()
+
+    def _sink(self, item: object) -> None:
+        """What the sources call: stamp the hand-over time (latency starts here) and queue."""
+        self._inbox.put((time.perf_counter(), item))
+
+    # -- items ------------------------------------------------------------------------------------
+
+    def _handle(self, received: float, item: object) -> None:
+        try:
+            if isinstance(item, Line):
+                self._on_line(received, item)
+            elif isinstance(item, protocol.EndOfScan):
+                self._on_end(item.scan_id)
+            elif isinstance(item, FrameFile):
+                self._on_frame_file(item)
+            elif isinstance(item, SourceError):
+                self._error(item.source, None, item.subject, item.reason)
+            else:
+                self._error("daemon", None, type(item).__name__, "unknown item from a source")
+        except Exception as exc:  # one bad line or file must not stop the daemon
+            scan_id = getattr(item, "scan_id", None) or getattr(
+                getattr(item, "scan", None), "scan_id", None
+            )
+            log.exception("item_failed", item=type(item).__name__, scan_id=scan_id)
+            self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
+
+    def _on_line(self, received: float, line: Line) -> None:
+        self._count("lines_received")
+        if self._paused:
+            self._count("lines_paused")
+            return
+        scan = self._scans.get(line.scan_id)
+        if scan is None:
+            scan = self._open(line)
+        scan.last_seen = time.monotonic()
+        score = scan.scorer.push(line)
+        for name, rows in scan.rows.items():
+            values = line.channels.get(name)
+            rows.append(
+                np.asarray(values, dtype=np.float32)
+                if values is not None and np.shape(values) == (scan.scorer.points,)
+                else np.full(scan.scorer.points, np.nan, dtype=np.float32)
+            )
+        scan.count += 1
+        self.metrics.latency.observe(time.perf_counter() - received)
+        self.metrics.lines_scored.labels(line.source).inc()
+        self._count("lines_scored")
+        assert self.publisher is not None
+        if self.settings.publish.line_topic:
+            self.publisher.publish(
+                protocol.TOPIC_LINE, line.scan_id, line.source, protocol.line_fields(score)
+            )
+        alert = scan.scorer.alert
+        if alert is not None and not scan.alerted:
+            scan.alerted = True
+            frame = scan.scorer.frame()
+            verdict = self._verdict(frame, scan.channels(), finished=False)
+            origin, seen = protocol.LIVE, scan.count
+            self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
+        if scan.count >= scan.scorer.expected_lines:
+            self._close_scan(line.scan_id, "complete")
+
+    def _open(self, line: Line) -> _OpenScan:
+        while len(self._scans) >= self.settings.daemon.max_open_scans:
+            oldest = next(iter(self._scans))
+            log.warning("scan_evicted", scan_id=oldest, open_scans=len(self._scans))
+            self._count("scans_evicted")
+            self._close_scan(oldest, "evicted")
+        names = list(line.channels)
+        scorer = ScanScorer(line.scan_id, names, line.points, line.n_lines, self.settings.scoring)
+        scan = _OpenScan(scorer, line.source, time.monotonic(), {name: [] for name in names})
+        with self._lock:
+            self._scans[line.scan_id] = scan
+            self.metrics.open_scans.set(len(self._scans))
+        log.info("scan_opened", scan_id=line.scan_id, source=line.source, lines=line.n_lines)
+        return scan
+
+    def _on_end(self, scan_id: str) -> None:
+        if scan_id in self._scans:
+            self._close_scan(scan_id, "end")
+        else:
+            log.debug("end_of_closed_scan", scan_id=scan_id)
+
+    def _close_scan(self, scan_id: str, closed_by: str) -> None:
+        with self._lock:
+            scan = self._scans.pop(scan_id)
+            self.metrics.open_scans.set(len(self._scans))
+        frame = scan.scorer.finish()
+        verdict = self._verdict(frame, scan.channels(), finished=True)
+        self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)
+
+    def _on_frame_file(self, item: FrameFile) -> None:
+        self._count("frame_files")
+        if self._paused:
+            log.info("frame_file_skipped_paused", file=str(item.path))
+            return
+        frame = score_scan(item.scan, self.settings.scoring)
+        verdict = self._verdict(frame, item.scan.channels, finished=True)
+        scan_id = item.scan.scan_id
+        if frame.alert is not None:
+            self._publish_alert(
+                frame.alert, verdict, scan_id, "folder", protocol.SAVED_FRAME, frame.n_lines
+            )
+        self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.path.name)
+
+    def _expire_idle(self, now: float) -> None:
+        limit = self.settings.daemon.scan_timeout
+        for scan_id in [k for k, v in self._scans.items() if now - v.last_seen > limit]:
+            log.warning("scan_timed_out", scan_id=scan_id, idle_s=limit)
+            self._count("scans_timed_out")
+            self._close_scan(scan_id, "timeout")
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    def _verdict(
+        self, frame: FrameScores, channels: Mapping[str, np.ndarray], finished: bool
+    ) -> Verdict:
+        assert self.model is not None
+        return self.model.verdict(frame, channels, finished=finished)
+
+    def _publish_alert(
+        self, alert: Alert, verdict: Verdict, scan_id: str, source: str, origin: str, seen: int
+    ) -> None:
+        assert self.publisher is not None
+        action = suggested_action(alert.kind, alert.severity)
+        fields = protocol.alert_fields(alert, verdict, action, origin, seen)
+        seq = self.publisher.publish(protocol.TOPIC_ALERT, scan_id, source, fields)
+        self._count("alerts")
+        self.metrics.alerts.labels(alert.kind, alert.severity).inc()
+        log.warning("alert", scan_id=scan_id, seq=seq, **fields)
+
+    def _publish_frame(
+        self,
+        frame: FrameScores,
+        verdict: Verdict,
+        source: str,
+        origin: str,
+        closed_by: str,
+        file: str | None = None,
+    ) -> None:
+        assert self.publisher is not None
+        fields = protocol.frame_fields(frame, verdict, origin, closed_by, file)
+        self.publisher.publish(protocol.TOPIC_FRAME, frame.scan_id, source, fields)
+        self._count("frames")
+        self.metrics.frames.labels(verdict.verdict).inc()
+        log.info(
+            "frame",
+            scan_id=frame.scan_id,
+            verdict=verdict.verdict,
+            probability=fields["probability"],
+            lines=frame.n_lines,
+            closed_by=closed_by,
+            file=file,
+        )
+
+    def _error(self, source: str, scan_id: str | None, subject: str, reason: str) -> None:
+        self._count("errors")
+        self.metrics.errors.labels(source).inc()
+        log.warning("source_error", source=source, subject=subject, reason=reason)
+        if self.publisher is not None:
+            fields = protocol.error_fields(subject, reason)
+            self.publisher.publish(protocol.TOPIC_ERROR, scan_id, source, fields)
+
+    # -- control (called from the control thread) -------------------------------------------------
+
+    def command(self, cmd: str) -> dict[str, Any]:
+        if cmd == "status":
+            return self.status()
+        if cmd in ("pause", "resume"):
+            self._paused = cmd == "pause"
+            self.metrics.paused.set(int(self._paused))
+            log.info("paused" if self._paused else "resumed")
+            return {"paused": self._paused}
+        if cmd == "reload-model":
+            return self.reload_model(self.settings.model.path)
+        raise protocol.ProtocolError(f"unknown control command {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            scans = [
+                {
+                    "scan_id": scan_id,
+                    "source": scan.source,
+                    "lines": scan.count,
+                    "expected_lines": scan.scorer.expected_lines,
+                    "alerted": scan.alerted,
+                }
+                for scan_id, scan in self._scans.items()
+            ]
+        return {
+            "paused": self._paused,
+            "model": self._model_name(),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "counters": self._snapshot_counts(),
+            "open_scans": scans,
+            "queue": self._inbox.qsize(),
+            "sources": {s.name: s.counters.snapshot() for s in self.sources},
+            "publisher": self.publisher.counters() if self.publisher else {},
+        }
+
+    def reload_model(self, path: str) -> dict[str, Any]:
+        """Load `path` (or the shipped model); on failure keep the current one and say why."""
+        try:
+            model = load_model(path)
+        except ModelError as exc:
+            log.error("model_reload_failed", error=str(exc), kept=self._model_name())
+            return {"ok": False, "error": str(exc), "model": self._model_name()}
+        self.model = model
+        log.info("model_loaded", model=self._model_name())
+        return {"model": self._model_name()}
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and the model; on any error keep both as they are."""
+        if self.config_path is None:
+            log.warning("reload_ignored", reason="no config file was given")
+            return
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc))
+            return
+        old = self.settings
+        reply = self.reload_model(new.model.path)
+        if not reply.get("ok", True):
+            log.error("config_reload_failed", error="model: " + reply["error"])
+            return
+        fixed = {
+            f.name: getattr(old, f.name)
+            for f in dataclasses.fields(Settings)
+            if f.name not in _LIVE_SECTIONS
+        }
+        needs_restart = [name for name, value in fixed.items() if getattr(new, name) != value]
+        self.settings = dataclasses.replace(new, **fixed)
+        if new.logging != old.logging:
+            setup_logging(new.logging.level, new.logging.format)
+        if needs_restart:
+            log.warning("config_needs_restart", sections=needs_restart)
+        log.info("config_reloaded", path=str(self.config_path), model=self._model_name())
+
+    # -- counters ---------------------------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts[name] += 1
+
+    def _snapshot_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def _model_name(self) -> str:
+        return getattr(self.model, "name", "none")
+
+    def _heartbeat(self) -> dict[str, Any]:
+        return {
+            "counters": self._snapshot_counts(),
+            "model": self._model_name(),
+            "paused": self._paused,
+            "open_scans": len(self._scans),
+            "queue": self._inbox.qsize(),
+        }
+
+    def _queue_depths(self) -> dict[str, int]:
+        pub = self.publisher.counters() if self.publisher else {}
+        return {
+            "inbox": self._inbox.qsize(),
+            "publish_priority": int(pub.get("priority_queue", 0)),
+            "publish_lines": int(pub.get("line_queue", 0)),
+        }
+
+    def _rejected(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for source in self.sources:
+            rejected = source.counters.snapshot().get("rejected", {})
+            out[source.name] = dict(rejected) if isinstance(rejected, dict) else {}
+        return out

@@ -1,0 +1,269 @@
+"""The daemon end to end: a real subprocess, real sockets on loopback, a real line producer.
+
+One daemon serves the module's tests (start-up costs seconds); tests that stop or reload a
+daemon start their own. Every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from spmwatch import protocol
+from spmwatch.model import Scan
+from spmwatch.scoring.scorer import score_scan
+from spmwatch.synth import clean_scan, failing_scan
+from tests.daemon_helpers import (
+    DaemonProcess,
+    Subscriber,
+    assert_seq_increasing,
+    ctl,
+    send_scan,
+    wait_for,
+    write_config,
+)
+
+LINES, POINTS = 64, 128
+
+
+def _good(scan_id: str) -> Scan:
+    scan = dataclasses.replace(clean_scan(1, LINES, POINTS), scan_id=scan_id)
+    assert score_scan(scan).alert is None  # the premise: offline scoring finds nothing
+    return scan
+
+
+def _failing(scan_id: str) -> Scan:
+    scan, _ = failing_scan(1, LINES, POINTS, fault="dropout", at=0.5)
+    return dataclasses.replace(scan, scan_id=scan_id)
+
+
+@dataclasses.dataclass
+class Running:
+    daemon: DaemonProcess
+    sub: Subscriber
+    endpoints: dict[str, str]
+    folder: Path
+
+
+def _start(tmp: Path, extra: str = "") -> Running:
+    config, endpoints = write_config(tmp, extra)
+    daemon = DaemonProcess(config)
+    daemon.wait_ready()
+    sub = Subscriber(endpoints["publish"])
+    wait_for(lambda: sub.of(protocol.TOPIC_HEARTBEAT), timeout=10)  # subscription is live
+    return Running(daemon, sub, endpoints, tmp)
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("daemon")
+    watched = tmp / "watched"
+    watched.mkdir()
+    run = _start(tmp, f'[watch]\nfolders = ["{watched}"]\nsettle = 0.2\n')
+    run.folder = watched
+    yield run
+    run.sub.close()
+    assert run.daemon.stop() == 0
+
+
+def _frame(run: Running, scan_id: str, timeout: float = 30.0) -> dict:
+    return wait_for(lambda: run.sub.of(protocol.TOPIC_FRAME, scan_id=scan_id), timeout)[0]
+
+
+def test_failing_scan_gives_one_alert_then_the_frame(running: Running) -> None:
+    scan = _failing("fail-1")
+    offline = score_scan(scan)
+    assert offline.alert is not None
+    send_scan(running.endpoints["lines"], scan)
+    frame = _frame(running, "fail-1")
+    alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id="fail-1")
+    assert len(alerts) == 1
+    alert = alerts[0]
+    # live scoring raises the alert at the line offline scoring does
+    assert (alert["line"], alert["kind"]) == (offline.alert.line, offline.alert.kind)
+    assert alert["severity"] in ("low", "medium", "high") and 0 <= alert["probability"] <= 1
+    assert alert["action"] in ("notify_only", "rescan", "stop_scan", "withdraw")
+    assert alert["origin"] == "live" and alert["source"] == "socket"
+    order = [(t, p.get("scan_id")) for t, p, _ in running.sub.events]
+    assert order.index((protocol.TOPIC_ALERT, "fail-1")) < order.index(
+        (protocol.TOPIC_FRAME, "fail-1")
+    )
+    assert frame["verdict"] == "fail" and frame["alert"]["line"] == alert["line"]
+    assert frame["lines"] == frame["expected_lines"] == LINES and frame["partial"] is False
+    assert any(e["kind"] == offline.alert.kind for e in frame["events"])
+    lines = running.sub.of(protocol.TOPIC_LINE, scan_id="fail-1")
+    assert len(lines) == LINES and any(line["flagged"] for line in lines)
+
+
+def test_good_scan_passes_without_alert(running: Running) -> None:
+    send_scan(running.endpoints["lines"], _good("good-1"))
+    frame = _frame(running, "good-1")
+    assert frame["verdict"] == "pass" and frame["alert"] is None
+    assert running.sub.of(protocol.TOPIC_ALERT, scan_id="good-1") == []
+
+
+def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
+    pytest.importorskip("spmwatch.sources.folder")
+    from spmwatch.synth import write
+
+    scan = _failing("saved-1")
+    write(scan, running.folder / "saved-1.ibw")
+    frame = wait_for(lambda: running.sub.of(protocol.TOPIC_FRAME, file="saved-1.ibw"), 30)[0]
+    assert frame["origin"] == "saved_frame" and frame["source"] == "folder"
+    assert frame["verdict"] == "fail" and frame["lines"] == LINES
+    alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id=frame["scan_id"])
+    assert len(alerts) == 1 and alerts[0]["origin"] == "saved_frame"
+
+
+def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Running) -> None:
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.connect(running.endpoints["lines"])
+    push.send_multipart([b"{not json"])
+    push.send_multipart([json.dumps({"v": 1, "scan_id": "../etc", "line": 0}).encode()])
+    push.close()
+    errors = wait_for(
+        lambda: (
+            len(running.sub.of(protocol.TOPIC_ERROR)) >= 2 and running.sub.of(protocol.TOPIC_ERROR)
+        )
+    )
+    assert {e["source"] for e in errors} == {"socket"}
+    assert any("not valid JSON" in e["reason"] for e in errors)
+    assert any("scan_id" in e["reason"] for e in errors)
+    send_scan(running.endpoints["lines"], _good("after-bad"))
+    assert _frame(running, "after-bad")["verdict"] == "pass"
+    status = json.loads(ctl(running.endpoints["control"], "status").stdout)
+    assert status["sources"]["socket"]["rejected"]  # counted by reason
+    metrics = urllib.request.urlopen(f"http://{running.endpoints['metrics']}/metrics").read()
+    assert b"spmwatch_rejected_messages_total{" in metrics
+    assert b"spmwatch_lines_scored_total" in metrics
+
+
+def test_ctl_status_pause_resume(running: Running) -> None:
+    result = ctl(running.endpoints["control"], "status")
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["ok"] and status["paused"] is False and status["model"]
+    assert status["counters"]["lines_scored"] >= 0 and status["uptime"] > 0
+
+    assert json.loads(ctl(running.endpoints["control"], "pause").stdout)["paused"] is True
+    before = json.loads(ctl(running.endpoints["control"], "status").stdout)
+    assert before["paused"] is True
+    send_scan(running.endpoints["lines"], _failing("while-paused"))
+    wait_for(
+        lambda: (
+            json.loads(ctl(running.endpoints["control"], "status").stdout)["counters"][
+                "lines_paused"
+            ]
+            == before["counters"]["lines_paused"] + LINES
+        )
+    )
+    assert running.sub.of(protocol.TOPIC_ALERT, scan_id="while-paused") == []
+    beat = wait_for(lambda: [b for b in running.sub.of(protocol.TOPIC_HEARTBEAT) if b["paused"]])
+    assert beat[-1]["paused"] is True
+
+    assert json.loads(ctl(running.endpoints["control"], "resume").stdout)["paused"] is False
+    send_scan(running.endpoints["lines"], _failing("after-resume"))
+    _frame(running, "after-resume")
+    assert len(running.sub.of(protocol.TOPIC_ALERT, scan_id="after-resume")) == 1
+
+
+def test_reload_model_keeps_serving(running: Running) -> None:
+    result = ctl(running.endpoints["control"], "reload-model")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"]
+
+
+def test_seq_strictly_increasing_per_topic(running: Running) -> None:
+    send_scan(running.endpoints["lines"], _good("seq-1"))
+    _frame(running, "seq-1")
+    for topic in protocol.TOPICS:
+        events = running.sub.of(topic)
+        assert_seq_increasing(events)
+    alerts = running.sub.of(protocol.TOPIC_ALERT)
+    seqs = [a["seq"] for a in alerts]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no alert lost
+
+
+def test_ctl_without_daemon_says_so(tmp_path: Path) -> None:
+    from tests.daemon_helpers import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    result = ctl(endpoint, "status", timeout=0.5)
+    assert result.returncode == 1
+    assert f"no spmwatch daemon answered at {endpoint}" in result.stderr
+
+
+def test_bad_config_key_exits_2_before_binding(tmp_path: Path) -> None:
+    config, endpoints = write_config(tmp_path, "[scoring]\nflag_zz = 3\n")
+    daemon = DaemonProcess(config)
+    assert daemon.proc.wait(60) == 2
+    err = daemon.stderr()
+    assert "scoring.flag_zz: unknown key" in err and str(config) in err
+    # nothing was bound: the ports are still free
+    import socket as sockets
+
+    for name in ("publish", "control", "lines"):
+        port = int(endpoints[name].rsplit(":", 1)[1])
+        with sockets.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
+    run = _start(tmp_path)
+    try:
+        scans = [_good(f"drain-{i}") for i in range(3)]
+        sent = sum(send_scan(run.endpoints["lines"], scan, end=False) for scan in scans)
+        wait_for(
+            lambda: (
+                json.loads(ctl(run.endpoints["control"], "status").stdout)["sources"]["socket"][
+                    "lines"
+                ]
+                == sent
+            )
+        )
+        run.daemon.proc.send_signal(signal.SIGTERM)
+        assert run.daemon.proc.wait(60) == 0
+        final = wait_for(
+            lambda: [b for b in run.sub.of(protocol.TOPIC_HEARTBEAT) if b.get("final")]
+        )
+    finally:
+        run.sub.close()
+        run.daemon.kill()
+    assert final[0]["final_counters"]["lines_scored"] == sent
+    for scan in scans:
+        assert run.sub.of(protocol.TOPIC_FRAME, scan_id=scan.scan_id)
+    assert run.daemon.logged("stopped")
+
+
+def test_sighup_reloads_config(tmp_path: Path) -> None:
+    run = _start(tmp_path)
+    config = tmp_path / "spmwatch.toml"
+    try:
+        text = config.read_text()
+        config.write_text(text + "[scoring.alert]\nk = 4\n")
+        run.daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: run.daemon.logged("config_reloaded"), 30)
+
+        config.write_text(text.replace("[lines]", "[lines]\nbogus = 1"))
+        run.daemon.proc.send_signal(signal.SIGHUP)
+        failed = wait_for(lambda: run.daemon.logged("config_reload_failed"), 30)
+        assert "lines.bogus: unknown key" in failed[0]["error"]
+
+        moved = text.replace(run.endpoints["control"], "tcp://127.0.0.1:1")
+        config.write_text(moved)
+        run.daemon.proc.send_signal(signal.SIGHUP)
+        restart = wait_for(lambda: run.daemon.logged("config_needs_restart"), 30)
+        assert restart[0]["sections"] == ["control"]
+        # the old control endpoint still answers: sockets are not moved by a reload
+        assert ctl(run.endpoints["control"], "status").returncode == 0
+    finally:
+        run.sub.close()
+        assert run.daemon.stop() == 0
