@@ -13,7 +13,7 @@ import sys
 
 from spmwatch import __version__
 
-COMMANDS: tuple[str, ...] = ("inspect", "keys", "run", "ctl")
+COMMANDS: tuple[str, ...] = ("inspect", "keys", "replay", "run", "ctl")
 
 
 def build_parser() -> argparse.ArgumentParser:
