@@ -253,6 +253,41 @@ def error_fields(subject: str, reason: str) -> dict[str, Any]:
     return {"subject": subject, "reason": reason}
 
 
+# What the responder did about an alert: an instrument action, a notice, a skipped alert
+# (stale, duplicate, debounced, capped) or a resync after a gap in the alerts' seq.
+ACTIONS: tuple[str, ...] = ("stop_scan", "withdraw", "rescan", "notify_only", "skip", "resync")
+OUTCOMES: tuple[str, ...] = ("ok", "failed", "skipped")
+
+
+def action_fields(
+    action: str,
+    outcome: str,
+    reason: str,
+    alert: Mapping[str, Any],
+    igor_commands: Sequence[str] = (),
+    scan_status: float | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """spmwatch.action: one responder decision about one alert, and what Igor reported back."""
+    if action not in ACTIONS or outcome not in OUTCOMES:
+        raise ProtocolError(f"action {action!r} / outcome {outcome!r} is not a known pair")
+    return {
+        "action": action,
+        "outcome": outcome,
+        "ok": outcome == "ok",
+        "reason": reason,
+        "alert_seq": alert.get("seq"),
+        "alert_time": alert.get("time"),
+        "alert_source": alert.get("source"),
+        "kind": alert.get("kind"),
+        "severity": alert.get("severity"),
+        "line": alert.get("line"),
+        "igor_commands": list(igor_commands),
+        "scan_status": scan_status,
+        "dry_run": dry_run,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Control socket (REQ -> REP): JSON request {"v":1,"cmd":...}, JSON reply {"v":1,"ok":...}
 # ---------------------------------------------------------------------------------------------
