@@ -579,7 +579,9 @@ def score_line(
     state[I_BASE_HEAD] = (bh + 1) % window
     state[I_BASE_N] = min(state[I_BASE_N] + 1, window)
     state[I_SINCE_REFRESH] += 1
-    if not flagged and osc_ch >= 0 and m >= 8:
+    # the running spectrum learns only from lines without a ringing hint, so a growing
+    # oscillation is not absorbed before it is flagged
+    if not flagged and out[F_RING] < 0.5 * cfg[S_FLAG_Z] and osc_ch >= 0 and m >= 8:
         logp = work[4, :m]
         alpha = cfg[S_SPEC_ALPHA] if state[I_SPEC_N] > 0 else 1.0
         for k in range(int(cfg[S_SPEC_KLO]), m - 1):

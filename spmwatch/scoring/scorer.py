@@ -227,7 +227,10 @@ def line_kind(row: np.ndarray, settings: ScoringSettings) -> str | None:
     """The event kind of a flagged feature row: its dominant family."""
     if row[K.F_DROPOUT] >= settings.dropout_fraction:
         return "dropout"
-    return FAMILY_KIND[int(np.argmax(row[: K.N_FAMILIES - 1]))]
+    family = int(np.argmax(row[: K.N_FAMILIES - 1]))
+    if family == K.F_SHARP and row[K.F_DECOR] >= settings.flag_z / 2:
+        return "tracking_loss"  # sharpness changed *and* the line lost its neighbour: noise
+    return FAMILY_KIND[family]
 
 
 class ScanScorer:
@@ -351,17 +354,30 @@ def score_scan(scan: Scan, settings: ScoringSettings | None = None) -> FrameScor
 
 
 def synthetic_scan(
-    lines: int = 24, points: int = 64, pairs: int = 2, seed: int = 0, scan_id: str = "synthetic"
+    lines: int = 24,
+    points: int = 64,
+    pairs: int = 2,
+    seed: int = 0,
+    lag: int = 3,
+    noise: float = 0.05,
+    scan_id: str = "synthetic",
 ) -> Scan:
-    """A small smooth random surface with trace/retrace pairs (warm-up and tests)."""
+    """A smooth random 2-D surface with trace/retrace pairs, the retrace `lag` px behind.
+
+    Used by the warm-up and the tests; `spmwatch.synth` is the full fault simulator.
+    """
     rng = np.random.default_rng(seed)
-    x = np.linspace(0.0, 6.0 * np.pi, points)
+    y, x = np.mgrid[0:lines, 0 : points + abs(lag)] / 16.0
     channels: dict[str, np.ndarray] = {}
     for p in range(pairs):
-        phase = rng.uniform(0, 2 * np.pi, size=(lines, 1))
-        surface = np.sin(x + phase) + 0.1 * rng.standard_normal((lines, points))
-        channels[f"Ch{p}Trace"] = surface
-        channels[f"Ch{p}Retrace"] = surface + 0.05 * rng.standard_normal((lines, points))
+        surface = np.zeros_like(x)
+        for _ in range(4):
+            kx, ky, phase = rng.uniform(0.3, 1.5), rng.uniform(0.1, 0.8), rng.uniform(0, 6.3)
+            surface += np.sin(kx * x + ky * y + phase)
+        trace = surface[:, :points] + noise * rng.standard_normal((lines, points))
+        retrace = surface[:, lag : lag + points] + noise * rng.standard_normal((lines, points))
+        channels[f"Ch{p}Trace"] = trace
+        channels[f"Ch{p}Retrace"] = retrace
     return Scan(scan_id, channels, {}, lines, False)
 
 

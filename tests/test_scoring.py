@@ -1,0 +1,206 @@
+"""Scorer: numba kernels against their numpy twins, streaming == batch, faults found and placed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from spmwatch.model import Line
+from spmwatch.scoring import kernels as K
+from spmwatch.scoring import reference as R
+from spmwatch.scoring.scorer import (
+    FEATURE_NAMES,
+    ScanScorer,
+    ScoringSettings,
+    _fft_tables,
+    score_scan,
+    synthetic_scan,
+    warm_up,
+)
+from tests import scoring_helpers as faults
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+lines = arrays(np.float64, st.integers(8, 300), elements=finite)
+
+
+def kernel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = np.empty_like(x)
+    stats = np.empty(5)
+    K.line_stats(x, d, stats)
+    return d, stats
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines)
+def test_line_stats_matches_numpy(x: np.ndarray) -> None:
+    d, stats = kernel_stats(x)
+    d_ref, stats_ref = R.line_stats(x)
+    np.testing.assert_allclose(stats, stats_ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-9, atol=1e-7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(16, 200), st.integers(-20, 20), st.integers(0, 2**32 - 1))
+def test_residual_and_lag_match_numpy(n: int, lag: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t, r = rng.standard_normal(n), rng.standard_normal(n)
+    out = np.empty(3)
+    K.residual(t, r, lag, out)
+    np.testing.assert_allclose(out, R.residual(t, r, lag), rtol=1e-9, atol=1e-12)
+    corr, rms = K.line_pair(t, r)
+    np.testing.assert_allclose((corr, rms), R.line_pair(t, r), rtol=1e-9)
+    assert K.best_lag(t, r, 8, out) == R.best_lag(t, r, 8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(32, 128))
+def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    history = rng.standard_normal((K.HIST_DEPTH, 1, n))
+    width = int(rng.integers(1, 5))
+    history[-1 - width : -1, 0, 5 : 5 + n // 2] += rng.uniform(0.5, 3.0)  # a band
+    head = K.HIST_DEPTH - 1  # newest slot; kernel reads the ring backwards from it
+    got = K.scar_fraction(history, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16)
+    want = R.scar_fraction(history[:, 0, :], 1.0, 0.666, 0.25, 16)
+    assert got[0] == pytest.approx(want[0]) and got[1] == want[1]
+
+
+def test_scar_fraction_finds_a_band() -> None:
+    history = np.zeros((K.HIST_DEPTH, 1, 100))
+    history[-3:-1, 0, 10:60] = 1.0  # a 2-line band, 50 px long
+    frac, width = K.scar_fraction(history, K.HIST_DEPTH - 1, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16)
+    assert (frac, width) == (0.5, 2)
+
+
+@pytest.mark.parametrize("points", [64, 256, 512, 300])
+def test_power_spectrum_matches_numpy_fft(points: int) -> None:
+    rng = np.random.default_rng(points)
+    x = rng.standard_normal(points)
+    bitrev, tw_re, tw_im = _fft_tables(points)
+    m = len(bitrev)
+    power = np.empty(m)
+    K.power_spectrum(x, bitrev, tw_re, tw_im, np.empty(m), np.empty(m), power)
+    np.testing.assert_allclose(power, R.power_spectrum(x, m), rtol=1e-9, atol=1e-9)
+    base = rng.standard_normal(m)
+    peak = K.spectral_peak(power, base, 4, True, np.empty(m))
+    assert peak == pytest.approx(R.spectral_peak(power, base, 4))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 32), st.integers(0, 2**32 - 1))
+def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ring = rng.standard_normal((count, 5))
+    floors = np.array([0.0, 0.1, 0.5, 1.0, 0.0])
+    med, scale = np.empty(5), np.empty(5)
+    K.robust_baseline(ring, count, floors, med, scale, np.empty(32), np.empty(32), np.empty(32))
+    med_ref, scale_ref = R.robust_baseline(ring, floors)
+    np.testing.assert_allclose(med, med_ref)
+    np.testing.assert_allclose(scale, scale_ref)
+
+
+def test_streaming_equals_batch_and_is_causal() -> None:
+    scan, _ = faults.tracking_loss(synthetic_scan(160, 128, seed=3), 100, 12)
+    batch = score_scan(scan)
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
+    alerts_seen = []
+    for line in scan.lines():
+        scorer.push(line)
+        alerts_seen.append(scorer.alert)
+    live = scorer.finish()
+    np.testing.assert_array_equal(live.features, batch.features)
+    assert live.lines == batch.lines and live.events == batch.events and live.alert == batch.alert
+    assert batch.alert is not None
+    # alert changes exactly once, from None to the final alert
+    assert alerts_seen.index(batch.alert) == batch.alert.position
+    assert all(a is None for a in alerts_seen[: batch.alert.position])
+    assert all(a == batch.alert for a in alerts_seen[batch.alert.position :])
+    # causal: scoring only the first 110 lines gives the same first 110 rows
+    head = score_scan(_first_lines(scan, 110))
+    np.testing.assert_array_equal(head.features, batch.features[:110])
+
+
+def _first_lines(scan, n):
+    order = scan.acquisition_order()[:n]
+    cut = synthetic_scan(1, scan.n_points)
+    cut.channels = {k: v[np.sort(order)] for k, v in scan.channels.items()}
+    cut.expected_lines = scan.expected_lines
+    cut.scan_down = scan.scan_down
+    return cut
+
+
+def test_feature_matrix_shape_and_names() -> None:
+    frame = score_scan(synthetic_scan(40, 64))
+    assert frame.features.shape == (40, len(FEATURE_NAMES))
+    assert frame.feature_names == FEATURE_NAMES
+    assert np.all(np.isfinite(frame.features))
+
+
+def test_malformed_lines_are_dropouts_not_crashes() -> None:
+    scan = synthetic_scan(40, 64)
+    scorer = ScanScorer("bad", list(scan.channels), 64, 40)
+    for line in scan.lines():
+        channels = dict(line.channels)
+        if 20 <= line.position < 23:
+            channels.pop("Ch0Trace")
+            channels["Ch1Trace"] = channels["Ch1Trace"][:10]
+        result = scorer.push(Line("bad", line.index, line.position, 40, channels))
+        if 20 <= line.position < 23:
+            assert result.flagged and result.kind == "dropout"
+    assert scorer.alert is not None and scorer.alert.kind == "dropout"
+    assert scorer.alert.position == 21  # two consecutive dropout lines
+
+
+def test_partial_frame_event() -> None:
+    scan = synthetic_scan(30, 64)
+    scan.expected_lines = 64
+    frame = score_scan(scan)
+    partial = [e for e in frame.events if e.kind == "partial_frame"]
+    assert len(partial) == 1 and (partial[0].start, partial[0].end) == (30, 63)
+
+
+def test_warm_up_compiles() -> None:
+    assert warm_up() >= 0.0
+
+
+def test_clean_simulated_scans_do_not_alert() -> None:
+    for seed in range(4):
+        assert score_scan(synthetic_scan(256, 256, seed=seed)).alert is None
+
+
+@pytest.mark.parametrize(
+    ("inject", "kind"),
+    [
+        (lambda s: faults.zero_lines(s, 120, 4), "dropout"),
+        (lambda s: faults.tracking_loss(s, 120, 20), "tracking_loss"),
+        (lambda s: faults.tip_change(s, 120, 30), "tip_change"),
+        (lambda s: faults.streaks(s, 120, 40), "streak"),
+        (lambda s: faults.ringing(s, "Ch0Trace", 120, 40), "oscillation"),
+    ],
+)
+def test_simulated_fault_is_found_and_placed(inject, kind: str) -> None:
+    scan, rows = inject(synthetic_scan(256, 256, seed=7))
+    # streaks and ringing need slow_k of slow_m lines (AlertRule), the rest k of m
+    within = 16 if kind in ("streak", "oscillation") else 6
+    assert_fault_found(score_scan(scan), rows, kind, start_position=120, within=within)
+
+
+def assert_fault_found(frame, rows, kind: str, start_position: int, within: int = 12) -> None:
+    assert frame.alert is not None, f"no alert for {kind}"
+    assert frame.alert.kind == kind
+    assert start_position <= frame.alert.position <= start_position + within
+    hits = [e for e in frame.events if e.kind == kind]
+    assert hits, frame.events
+    covered = {i for e in hits for i in range(e.start, e.end + 1)}
+    assert len(covered & set(rows.tolist())) >= min(3, len(rows))
+    # no event of the fault's kind far from the fault
+    assert all(e.end >= rows.min() - 6 and e.start <= rows.max() + 6 for e in hits)
+
+
+def test_settings_defaults_are_consistent() -> None:
+    s = ScoringSettings()
+    assert s.min_baseline <= s.window and 0 < s.scar_soft < s.scar_hard
+    assert len(s.as_array()) == K.N_SETTINGS
