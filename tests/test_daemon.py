@@ -267,3 +267,32 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
     finally:
         run.sub.close()
         assert run.daemon.stop() == 0
+
+
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
+    """Under a fake systemd: READY=1 once warm, WATCHDOG=1 pings, STOPPING=1 on SIGTERM."""
+    import socket as sockets
+
+    address = str(tmp_path / "notify")
+    receiver = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    receiver.bind(address)
+    receiver.settimeout(60)
+    config, _ = write_config(tmp_path)
+    daemon = DaemonProcess(config, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+    messages: list[str] = []
+    try:
+        while not any(m.startswith("READY=1") for m in messages):
+            messages.append(receiver.recv(4096).decode())
+        assert daemon.wait_ready()["warm_up_s"] >= 0
+        ready = next(m for m in messages if m.startswith("READY=1"))
+        assert "warm-up" in ready
+        pings = 0
+        while pings < 3:
+            pings += receiver.recv(4096) == b"WATCHDOG=1"
+        daemon.proc.send_signal(signal.SIGTERM)
+        while (message := receiver.recv(4096)) != b"STOPPING=1":
+            assert message == b"WATCHDOG=1"
+        assert daemon.proc.wait(60) == 0
+    finally:
+        receiver.close()
+        daemon.kill()
