@@ -77,7 +77,7 @@ class ScoringSettings:
     floor_decorrelation: float = 0.05
     floor_scar: float = 0.05
     floor_tr_decorrelation: float = 0.05
-    floor_ringing: float = 0.5
+    floor_ringing: float = 0.35
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
