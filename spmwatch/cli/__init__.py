@@ -13,7 +13,17 @@ import sys
 
 from spmwatch import __version__
 
-COMMANDS: tuple[str, ...] = ("inspect", "keys", "replay", "run", "ctl")
+COMMANDS: tuple[str, ...] = (
+    "inspect",
+    "keys",
+    "replay",
+    "run",
+    "ctl",
+    "train",
+    "evaluate",
+    "respond",
+    "score",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,52 @@
+"""`spmwatch score` as a subprocess on files written with igorwriter (through ibw.write_scan)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from spmwatch.ibw import write_scan
+from spmwatch.scoring.scorer import synthetic_scan
+from tests import scoring_helpers as faults
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spmwatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spmwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_score_json_good_bad_and_unreadable(tmp_path: Path) -> None:
+    good = synthetic_scan(128, 128, seed=2, scan_id="good")
+    bad, rows = faults.zero_lines(synthetic_scan(128, 128, seed=2, scan_id="bad"), 60, 4)
+    write_scan(good, tmp_path / "good.ibw")
+    write_scan(bad, tmp_path / "bad.ibw")
+    (tmp_path / "junk.ibw").write_bytes(b"not an igor wave")
+    files = [str(tmp_path / n) for n in ("good.ibw", "junk.ibw", "bad.ibw")]
+    done = spmwatch("score", "--json", *files)
+    assert done.returncode == 2
+    assert "junk.ibw" in done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [Path(r["file"]).name for r in records] == ["good.ibw", "bad.ibw"]
+    ok, failed = records
+    assert ok["verdict"] == "pass" and ok["alert"] is None and len(ok["lines"]) == 128
+    assert failed["verdict"] == "fail" and failed["alert"]["kind"] == "dropout"
+    assert failed["alert"]["line"] in rows.tolist()
+    assert any(e["kind"] == "dropout" for e in failed["events"])
+    assert failed["channels"] == list(bad.channels)
+
+
+def test_score_human_output(tmp_path: Path) -> None:
+    scan, _ = faults.tracking_loss(synthetic_scan(128, 128, seed=4), 60, 20)
+    write_scan(scan, tmp_path / "a.ibw")
+    done = spmwatch("score", str(tmp_path / "a.ibw"))
+    assert done.returncode == 0, done.stderr
+    assert "fail" in done.stdout and "tracking_loss" in done.stdout
