@@ -1,0 +1,498 @@
+"""The responder: turns alerts into Igor actions under safety rules and reports every outcome.
+
+It runs on the AFM controller PC, subscribes to `spmwatch.alert`, and for each alert either
+acts (stop_scan, withdraw, rescan through `igor.IgorLink`) or says why it did not, publishing
+one `spmwatch.action` message per decision. The rules, in the order they are applied:
+
+1. duplicate: an alert already handled (same daemon stream, seq and time, remembered across
+   restarts in the state file) is skipped, so one alert never causes two actions;
+2. seq gap: the first alert after a gap in seq (some alerts lost or reordered) is not acted on;
+   a `resync` notice is published and the next alert is judged normally;
+3. stale: an alert older than `alert_ttl` seconds is logged and skipped;
+4. policy: kind x severity -> actions; notify_only just publishes a notice;
+5. debounce: at most one acting response per (scan, kind);
+6. rescan cap: at most `max_rescans_per_hour` rescans in any hour.
+
+The decision is written to the state file *before* Igor is touched, so a crash mid-action can
+at worst miss an action, never repeat one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+import zmq
+
+from spmwatch import protocol
+from spmwatch.config import ConfigError, build, load_toml
+from spmwatch.curve import configure_client
+from spmwatch.igor import IgorError, IgorLink, igor_name
+from spmwatch.model import EVENT_KINDS, SEVERITIES
+from spmwatch.publish import Publisher
+
+log = structlog.get_logger("spmwatch.respond")
+
+Action = Literal["stop_scan", "withdraw", "rescan", "notify_only"]
+HOUR = 3600.0
+_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings (config/respond.toml lists every key with these defaults)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_actions(name: str, actions: tuple[str, ...]) -> None:
+    if not actions:
+        raise ValueError(f'{name} is empty; use ["notify_only"] to only publish a notice')
+    if len(set(actions)) != len(actions):
+        raise ValueError(f"{name} = {list(actions)} repeats an action")
+    if "notify_only" in actions and len(actions) > 1:
+        raise ValueError(f"{name}: notify_only cannot be combined with other actions")
+    if "rescan" in actions and "withdraw" in actions:
+        raise ValueError(f"{name}: rescan after withdraw would scan with the tip retracted")
+
+
+@dataclass(frozen=True)
+class SeverityActions:
+    """The actions for one alert kind, per severity, run in the order listed."""
+
+    low: tuple[Action, ...] = ("notify_only",)
+    medium: tuple[Action, ...] = ("notify_only",)
+    high: tuple[Action, ...] = ("notify_only",)
+
+    def __post_init__(self) -> None:
+        for severity in SEVERITIES:
+            _check_actions(severity, getattr(self, severity))
+
+
+_STOP_AND_WITHDRAW = partial(SeverityActions, high=("stop_scan", "withdraw"))
+_STOP = partial(SeverityActions, high=("stop_scan",))
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Only high-severity alerts act by default; everything else is a notice."""
+
+    tip_change: SeverityActions = field(default_factory=_STOP_AND_WITHDRAW)
+    streak: SeverityActions = field(default_factory=SeverityActions)
+    tracking_loss: SeverityActions = field(default_factory=_STOP_AND_WITHDRAW)
+    oscillation: SeverityActions = field(default_factory=_STOP)
+    dropout: SeverityActions = field(default_factory=_STOP)
+    partial_frame: SeverityActions = field(default_factory=SeverityActions)
+
+    def actions_for(self, kind: str, severity: str) -> tuple[Action, ...]:
+        return getattr(getattr(self, kind), severity)
+
+
+@dataclass(frozen=True)
+class RescanSettings:
+    """How a `rescan` action restarts the frame; unset values leave Igor's setting alone."""
+
+    direction: Literal["down", "up"] = "down"
+    setpoint: float | None = None
+    setpoint_kind: Literal["amplitude", "deflection"] = "amplitude"
+    integral_gain: float | None = None
+    scan_rate: float | None = None
+    base_name_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.scan_rate is not None and not self.scan_rate > 0:
+            raise ValueError(f"scan_rate = {self.scan_rate} must be > 0")
+        if self.base_name_prefix:
+            igor_name(self.base_name_prefix, "base_name_prefix")
+
+    def base_name(self, scan_id: str) -> str | None:
+        """Prefix + scan id, cut to Igor's 31 characters, so a retry file says what it retries."""
+        if not self.base_name_prefix:
+            return None
+        text = self.base_name_prefix + "".join(c if c.isalnum() else "_" for c in scan_id)
+        return text[:31]
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """CURVE for both sockets; one key pair (`spmwatch keys`) serves as client and server."""
+
+    enabled: bool = False
+    secret_key: str = ""
+    daemon_public_key: str = ""
+    authorized_keys: str = ""
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.secret_key and self.daemon_public_key):
+            raise ValueError("enabled = true needs secret_key and daemon_public_key")
+
+
+@dataclass(frozen=True)
+class RespondSettings:
+    subscribe: str = protocol.PUB_ENDPOINT
+    actions_endpoint: str = protocol.ACTIONS_ENDPOINT
+    dry_run: bool = False
+    alert_ttl: float = 10.0
+    igor_timeout: float = 5.0
+    confirm_reads: int = 3
+    confirm_interval: float = 0.3
+    withdraw_control: str = "Withdraw_0"
+    max_rescans_per_hour: int = 2
+    state_file: str = "~/.local/state/spmwatch/respond-state.json"
+    heartbeat_interval: float = 1.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    rescan: RescanSettings = field(default_factory=RescanSettings)
+    curve: CurveSettings = field(default_factory=CurveSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("subscribe", "actions_endpoint"):
+            if not getattr(self, name).startswith(_SCHEMES):
+                raise ValueError(f"{name} = {getattr(self, name)!r} must start with tcp://, ...")
+        for name in ("alert_ttl", "igor_timeout", "confirm_interval", "heartbeat_interval"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
+        if self.confirm_reads < 1:
+            raise ValueError(f"confirm_reads = {self.confirm_reads} must be >= 1")
+        if self.max_rescans_per_hour < 0:
+            raise ValueError(f"max_rescans_per_hour = {self.max_rescans_per_hour} must be >= 0")
+        if not self.state_file:
+            raise ValueError("state_file must be set: it is what stops a restart acting twice")
+        igor_name(self.withdraw_control, "withdraw_control")
+
+
+def load_respond_settings(path: str | Path) -> RespondSettings:
+    """Read and check config/respond.toml; a problem is a ConfigError naming file and key."""
+    try:
+        return build(RespondSettings, load_toml(path))
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts in, and the state that must survive a restart
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IncomingAlert:
+    """The fields of a `spmwatch.alert` the responder relies on, checked."""
+
+    stream: str  # which publisher's seq counter: the daemon id when sent, else one stream
+    seq: int
+    time: float
+    scan_id: str
+    kind: str
+    severity: str
+    payload: Mapping[str, Any]
+
+    @property
+    def key(self) -> str:
+        """Identity of one alert: seq alone repeats when a daemon restarts, seq + time does not."""
+        return f"{self.stream}|{self.seq}|{self.time!r}"
+
+
+def parse_alert(payload: Mapping[str, Any]) -> IncomingAlert:
+    """Check an alert payload (already through protocol.decode_event); ProtocolError if bad."""
+    kind, severity, stamp = payload.get("kind"), payload.get("severity"), payload.get("time")
+    if kind not in EVENT_KINDS:
+        raise protocol.ProtocolError(f"alert kind {kind!r} is not one of {EVENT_KINDS}")
+    if severity not in SEVERITIES:
+        raise protocol.ProtocolError(f"alert severity {severity!r} is not one of {SEVERITIES}")
+    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+        raise protocol.ProtocolError(f"alert time {stamp!r} is not a number")
+    return IncomingAlert(
+        stream=str(payload.get("daemon", "")),
+        seq=int(payload["seq"]),
+        time=float(stamp),
+        scan_id=protocol.valid_scan_id(payload.get("scan_id")),
+        kind=kind,
+        severity=severity,
+        payload=payload,
+    )
+
+
+class ResponderState:
+    """Handled alerts, acted-on (scan, kind) pairs and rescan times, saved atomically as JSON."""
+
+    KEEP = 2000  # enough for hours of alerts; old entries cannot come back over PUB/SUB
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handled: dict[str, None] = {}  # insertion-ordered sets
+        self.acted: dict[str, None] = {}
+        self.rescans: list[float] = []
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResponderState:
+        state = cls(Path(path).expanduser())
+        try:
+            data = json.loads(state.path.read_text(encoding="utf-8"))
+            state.handled = dict.fromkeys(str(k) for k in data["handled"])
+            state.acted = dict.fromkeys(str(k) for k in data["acted"])
+            state.rescans = [float(t) for t in data["rescans"]]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Refusing to start would leave a failing tip unattended; say it loudly instead.
+            log.error("state_file_unreadable", path=str(state.path), error=str(exc))
+        return state
+
+    def save(self) -> None:
+        """Write to a temporary file, fsync, rename: a crash leaves the old or the new file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "handled": list(self.handled)[-self.KEEP :],
+            "acted": list(self.acted)[-self.KEEP :],
+            "rescans": self.rescans,
+        }
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+    def rescans_in_last_hour(self, now: float) -> int:
+        self.rescans = [t for t in self.rescans if now - t < HOUR]
+        return len(self.rescans)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions and actions
+# ---------------------------------------------------------------------------------------------
+
+Emit = Callable[[str | None, dict[str, Any]], Any]
+
+
+class Responder:
+    """Applies the rules to each alert and runs the chosen actions; `emit` publishes outcomes."""
+
+    def __init__(
+        self,
+        settings: RespondSettings,
+        link: IgorLink,
+        emit: Emit,
+        state: ResponderState,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.link = link
+        self.emit = emit
+        self.state = state
+        self.clock = clock
+        self._last_seq: dict[str, int] = {}  # per stream, this session only
+
+    def handle(self, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Decide about one alert payload; returns the outcome fields it published."""
+        try:
+            alert = parse_alert(payload)
+        except protocol.ProtocolError as exc:
+            log.warning("alert_rejected", error=str(exc), seq=payload.get("seq"))
+            return []
+        if alert.key in self.state.handled:
+            return [self._notice(alert, "skip", "duplicate: this alert was already handled")]
+        gap = self._seq_gap(alert)
+        self.state.handled[alert.key] = None
+        if gap:
+            self.state.save()
+            log.warning("alert_seq_gap", scan_id=alert.scan_id, reason=gap)
+            return [self._notice(alert, "resync", gap)]
+        age = self.clock() - alert.time
+        if abs(age) > self.settings.alert_ttl:
+            self.state.save()
+            why = f"stale: alert is {age:.1f} s old, alert_ttl is {self.settings.alert_ttl:g} s"
+            log.warning("alert_stale", scan_id=alert.scan_id, seq=alert.seq, age=round(age, 3))
+            return [self._notice(alert, "skip", why)]
+        actions = self.settings.policy.actions_for(alert.kind, alert.severity)
+        if actions == ("notify_only",):
+            self.state.save()
+            why = f"policy for {alert.severity} {alert.kind} is notify_only"
+            return [self._notice(alert, "notify_only", why, outcome="ok")]
+        debounce = f"{alert.stream}|{alert.scan_id}|{alert.kind}"
+        if debounce in self.state.acted:
+            self.state.save()
+            why = f"debounced: already acted on {alert.kind} in scan {alert.scan_id}"
+            return [self._notice(alert, "skip", why)]
+        self.state.acted[debounce] = None
+        self.state.save()  # before touching Igor: at most once, even across a crash
+        return [self._act(action, alert) for action in actions]
+
+    def _seq_gap(self, alert: IncomingAlert) -> str | None:
+        """A reason if alerts were lost before this one; seq 0 after a higher seq is a restart."""
+        last = self._last_seq.get(alert.stream)
+        self._last_seq[alert.stream] = alert.seq
+        if last is None or alert.seq == last + 1 or alert.seq == 0:
+            return None
+        if alert.seq > last + 1:
+            missing = alert.seq - last - 1
+            return f"seq gap: expected {last + 1}, got {alert.seq} ({missing} alert(s) missing)"
+        return f"seq went back from {last} to {alert.seq}: alerts reordered or a restart missed"
+
+    def _act(self, action: Action, alert: IncomingAlert) -> dict[str, Any]:
+        settings = self.settings
+        expect: Callable[[float], bool] | None = None
+        commands: list[str] = []
+        try:
+            if action == "stop_scan":
+                commands = self.link.stop_scan()
+                expect = _stopped
+            elif action == "withdraw":
+                commands = self.link.withdraw(settings.withdraw_control)
+            else:
+                now = self.clock()
+                cap = settings.max_rescans_per_hour
+                if self.state.rescans_in_last_hour(now) >= cap:
+                    return self._notice(
+                        alert, "rescan", f"rescan cap reached: {cap} per hour", outcome="skipped"
+                    )
+                self.state.rescans.append(now)
+                self.state.save()
+                rescan = settings.rescan
+                commands = self.link.rescan(
+                    rescan.direction,
+                    setpoint=rescan.setpoint,
+                    integral_gain=rescan.integral_gain,
+                    scan_rate=rescan.scan_rate,
+                    base_name=rescan.base_name(alert.scan_id),
+                    setpoint_kind=rescan.setpoint_kind,
+                )
+                expect = _scanning
+        except IgorError as exc:
+            log.error("igor_action_failed", action=action, scan_id=alert.scan_id, error=str(exc))
+            return self._notice(alert, action, str(exc), outcome="failed", commands=commands)
+        return self._confirm(action, alert, commands, expect)
+
+    def _confirm(
+        self,
+        action: Action,
+        alert: IncomingAlert,
+        commands: list[str],
+        expect: Callable[[float], bool] | None,
+    ) -> dict[str, Any]:
+        """Read ScanStatus back (a few times: Igor may take a moment to stop)."""
+        if self.link.dry_run:
+            self.link.scan_status()  # logs the read it would make
+            return self._notice(alert, action, "dry run: commands logged, not sent", "ok", commands)
+        status: float | None = None
+        for attempt in range(self.settings.confirm_reads):
+            if attempt:
+                time.sleep(self.settings.confirm_interval)
+            try:
+                status = self.link.scan_status()
+            except IgorError as exc:
+                why = f"sent, but the read-back failed: {exc}"
+                return self._notice(alert, action, why, "failed", commands)
+            if status is not None and (expect is None or expect(status)):
+                return self._notice(
+                    alert, action, "confirmed by ScanStatus", "ok", commands, status
+                )
+        why = f"sent, but ScanStatus is still {status:g} after {self.settings.confirm_reads} reads"
+        return self._notice(alert, action, why, "failed", commands, status)
+
+    def _notice(
+        self,
+        alert: IncomingAlert,
+        action: str,
+        reason: str,
+        outcome: str = "skipped",
+        commands: list[str] | tuple[str, ...] = (),
+        scan_status: float | None = None,
+    ) -> dict[str, Any]:
+        fields = protocol.action_fields(
+            action,
+            outcome,
+            reason,
+            alert.payload,
+            igor_commands=commands,
+            scan_status=scan_status,
+            dry_run=self.link.dry_run,
+        )
+        log.info(
+            "action",
+            action=action,
+            outcome=outcome,
+            reason=reason,
+            scan_id=alert.scan_id,
+            alert_seq=alert.seq,
+            igor_commands=list(commands),
+        )
+        self.emit(alert.scan_id, fields)
+        return fields
+
+
+def _stopped(status: float) -> bool:
+    return status == 0
+
+
+def _scanning(status: float) -> bool:
+    return status != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The service loop
+# ---------------------------------------------------------------------------------------------
+
+
+def serve(
+    settings: RespondSettings,
+    stop: threading.Event,
+    link: IgorLink | None = None,
+    context: zmq.Context | None = None,
+) -> None:
+    """Subscribe to alerts and publish outcomes until `stop` is set."""
+    link = link or IgorLink(settings.igor_timeout, settings.dry_run)
+    link.connect()
+    context = context or zmq.Context.instance()
+    curve = settings.curve
+    publisher = Publisher(
+        settings.actions_endpoint,
+        heartbeat_interval=settings.heartbeat_interval,
+        heartbeat=lambda: {"role": "responder", "dry_run": settings.dry_run},
+        curve=(curve.secret_key, curve.authorized_keys)
+        if curve.enabled and curve.authorized_keys
+        else None,
+        context=context,
+    )
+    publisher.start()
+    sub = context.socket(zmq.SUB)
+    try:
+        if curve.enabled:
+            configure_client(sub, curve.secret_key, curve.daemon_public_key)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.subscribe(protocol.TOPIC_ALERT.encode())
+        sub.connect(settings.subscribe)
+        state = ResponderState.load(settings.state_file)
+
+        def emit(scan_id: str | None, fields: dict[str, Any]) -> None:
+            publisher.publish(protocol.TOPIC_ACTION, scan_id, "responder", fields)
+
+        responder = Responder(settings, link, emit, state)
+        log.info(
+            "responder_ready",
+            subscribe=settings.subscribe,
+            actions=publisher.bound_endpoint,
+            dry_run=settings.dry_run,
+            state_file=str(state.path),
+        )
+        while not stop.is_set():
+            if not sub.poll(200):
+                continue
+            try:
+                topic, payload = protocol.decode_event(sub.recv_multipart())
+            except protocol.ProtocolError as exc:
+                log.warning("message_rejected", error=str(exc))
+                continue
+            if topic == protocol.TOPIC_ALERT:
+                responder.handle(payload)
+    finally:
+        sub.close(linger=0)
+        publisher.stop()

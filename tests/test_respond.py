@@ -1,0 +1,256 @@
+"""The responder's rules and service, in dry-run (no aespm needed; see test_respond_aespm.py).
+
+Rule tests drive `Responder.handle` with real settings, a real dry-run IgorLink and a real
+state file; the service test runs `spmwatch respond` as a subprocess between a fake daemon
+PUB and an action subscriber on loopback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
+
+from spmwatch import config, respond
+from spmwatch.igor import IgorLink
+from spmwatch.model import EVENT_KINDS
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP = 'ARExecuteControl("StopScan_0","MasterPanel",0,"")'
+WITHDRAW = 'ARExecuteControl("Withdraw_0","MasterPanel",0,"")'
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_shipped_config_is_exactly_the_defaults() -> None:
+    assert respond.load_respond_settings(ROOT / "config" / "respond.toml") == (
+        respond.RespondSettings()
+    )
+
+
+def test_policy_covers_every_alert_kind() -> None:
+    names = {f.name for f in dataclasses.fields(respond.PolicySettings)}
+    assert names == set(EVENT_KINDS)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("alert_tll = 3\n", "alert_tll: unknown key"),
+        ("[policy.tip_change]\nhigh = ['explode']\n", "policy.tip_change.high[0]: 'explode'"),
+        ("[policy.streak]\nhigh = ['notify_only', 'stop_scan']\n", "cannot be combined"),
+        ("[policy.dropout]\nhigh = ['withdraw', 'rescan']\n", "rescan after withdraw"),
+        ("[policy.dropout]\nlow = []\n", "low is empty"),
+        ('withdraw_control = "Withdraw\\")"\n', "withdraw_control"),
+        ("igor_timeout = 0\n", "igor_timeout = 0"),
+        ("[curve]\nenabled = true\n", "needs secret_key"),
+        ('[rescan]\nbase_name_prefix = "1bad"\n', "base_name_prefix"),
+    ],
+)
+def test_bad_settings_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "respond.toml"
+    path.write_text(text)
+    with pytest.raises(config.ConfigError, match=r"respond\.toml") as info:
+        respond.load_respond_settings(path)
+    assert message in str(info.value)
+
+
+# -- rules ------------------------------------------------------------------------------------
+
+
+class Harness:
+    """A dry-run responder whose published outcomes land in a list; `restart` reloads state."""
+
+    def __init__(self, tmp_path: Path, **overrides: Any) -> None:
+        self.settings = respond.RespondSettings(
+            dry_run=True, state_file=str(tmp_path / "state.json"), **overrides
+        )
+        self.published: list[tuple[str | None, dict[str, Any]]] = []
+        self.restart()
+
+    def restart(self) -> None:
+        state = respond.ResponderState.load(self.settings.state_file)
+        link = IgorLink(self.settings.igor_timeout, dry_run=True)
+        self.responder = respond.Responder(
+            self.settings, link, lambda scan, fields: self.published.append((scan, fields)), state
+        )
+
+    def handle(self, payload: dict[str, Any]) -> list[tuple[str, str]]:
+        return [(o["action"], o["outcome"]) for o in self.responder.handle(payload)]
+
+
+def test_high_tip_change_stops_and_withdraws_once_per_scan(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.handle(alert_payload(0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    scan, fields = h.published[0]
+    assert scan == "scanA"
+    assert fields["igor_commands"] == [STOP]
+    assert fields["dry_run"] is True and fields["alert_seq"] == 0
+    assert h.published[1][1]["igor_commands"] == [WITHDRAW]
+    assert h.handle(alert_payload(1)) == [("skip", "skipped")]
+    assert "debounced" in h.published[-1][1]["reason"]
+    # another kind in the same scan, and the same kind in another scan, still act
+    assert h.handle(alert_payload(2, kind="dropout")) == [("stop_scan", "ok")]
+    assert h.handle(alert_payload(3, scan_id="scanB")) == [("stop_scan", "ok"), ("withdraw", "ok")]
+
+
+def test_notify_only_does_not_use_up_the_debounce(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.handle(alert_payload(0, severity="low")) == [("notify_only", "ok")]
+    assert h.published[-1][1]["igor_commands"] == []
+    assert h.handle(alert_payload(1, severity="high")) == [("stop_scan", "ok"), ("withdraw", "ok")]
+
+
+def test_stale_alert_is_logged_not_acted_on(tmp_path: Path) -> None:
+    h = Harness(tmp_path, alert_ttl=5.0)
+    assert h.handle(alert_payload(0, age=30.0)) == [("skip", "skipped")]
+    assert "stale" in h.published[-1][1]["reason"]
+    assert h.handle(alert_payload(1, age=-30.0)) == [("skip", "skipped")]  # clock far ahead
+    assert h.handle(alert_payload(2, age=1.0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+
+
+def test_seq_gap_publishes_resync_and_the_next_alert_acts(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.handle(alert_payload(4, kind="dropout")) == [("stop_scan", "ok")]  # first: baseline
+    assert h.handle(alert_payload(7, scan_id="scanB")) == [("resync", "skipped")]
+    assert "expected 5, got 7 (2 alert(s) missing)" in h.published[-1][1]["reason"]
+    assert h.handle(alert_payload(8, scan_id="scanB")) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    assert h.handle(alert_payload(6, scan_id="scanC")) == [("resync", "skipped")]  # went back
+    assert h.handle(alert_payload(0, scan_id="scanD")) == [("stop_scan", "ok"), ("withdraw", "ok")]
+
+
+def test_restart_never_acts_twice_on_one_alert(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    first = alert_payload(0)
+    assert h.handle(first) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    h.restart()
+    assert h.handle(first) == [("skip", "skipped")]
+    assert "duplicate" in h.published[-1][1]["reason"]
+    # a daemon restart reuses seq 0 with a new time: a new alert, but the scan is debounced
+    assert h.handle(alert_payload(0, scan_id="scanA")) == [("skip", "skipped")]
+    assert "debounced" in h.published[-1][1]["reason"]
+
+
+def test_rescans_are_capped_per_hour(tmp_path: Path) -> None:
+    policy = respond.PolicySettings(streak=respond.SeverityActions(high=("stop_scan", "rescan")))
+    rescan = respond.RescanSettings(scan_rate=0.5, base_name_prefix="retry_")
+    h = Harness(tmp_path, policy=policy, rescan=rescan, max_rescans_per_hour=1)
+    assert h.handle(alert_payload(0, kind="streak")) == [("stop_scan", "ok"), ("rescan", "ok")]
+    assert h.published[-1][1]["igor_commands"] == [
+        'ARExecuteControl("ScanRateSetVar_0","MasterPanel",0.5,"")',
+        'ChangeName("retry_scanA")',
+        'ARExecuteControl("DownScan_0","MasterPanel",0,"")',
+    ]
+    h.restart()  # the cap survives a restart too
+    outcome = h.handle(alert_payload(1, kind="streak", scan_id="scanB"))
+    assert outcome == [("stop_scan", "ok"), ("rescan", "skipped")]
+    assert "rescan cap reached: 1 per hour" in h.published[-1][1]["reason"]
+
+
+def test_malformed_alerts_are_rejected_without_action(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.responder.handle({**alert_payload(0), "kind": "meltdown"}) == []
+    assert h.responder.handle({**alert_payload(1), "scan_id": "../../etc"}) == []
+    assert h.published == []
+
+
+def test_unreadable_state_file_starts_empty(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text("{not json")
+    h = Harness(tmp_path)
+    assert h.handle(alert_payload(0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    assert respond.ResponderState.load(tmp_path / "state.json").acted  # rewritten, readable
+
+
+# -- the service, as a subprocess ---------------------------------------------------------------
+
+
+def _start_responder(config_file: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "spmwatch", "respond", "--config", str(config_file), "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    return process.returncode, out
+
+
+def test_responder_service_end_to_end(tmp_path: Path) -> None:
+    actions_endpoint = free_tcp_endpoint()
+    context = zmq.Context()
+    daemon = FakeDaemon(context)
+    config_file = tmp_path / "respond.toml"
+    config_file.write_text(
+        f'subscribe = "{daemon.endpoint}"\n'
+        f'actions_endpoint = "{actions_endpoint}"\n'
+        f'state_file = "{tmp_path / "state.json"}"\n'
+        'heartbeat_interval = 0.2\nalert_ttl = 5.0\nlog_format = "json"\n'
+    )
+    listener = ActionListener(context, actions_endpoint)
+    process = _start_responder(config_file)
+    try:
+        daemon.wait_subscriber()
+        listener.wait_heartbeat()
+        daemon.send(alert_payload(0, scan_id="scanA"))
+        daemon.send(alert_payload(1, scan_id="scanA"))  # same scan and kind: debounced
+        daemon.send(alert_payload(2, scan_id="scanB", age=60.0))  # stale
+        daemon.send(alert_payload(5, scan_id="scanC"))  # gap: resync, not acted on
+        last = daemon.send(alert_payload(6, scan_id="scanC"))
+        got = listener.actions(6)
+        assert [(a["scan_id"], a["action"], a["outcome"]) for a in got] == [
+            ("scanA", "stop_scan", "ok"),
+            ("scanA", "withdraw", "ok"),
+            ("scanA", "skip", "skipped"),
+            ("scanB", "skip", "skipped"),
+            ("scanC", "resync", "skipped"),
+            ("scanC", "stop_scan", "ok"),
+        ]
+        assert got[0]["igor_commands"] == [STOP] and got[1]["igor_commands"] == [WITHDRAW]
+        assert all(a["source"] == "responder" and a["dry_run"] for a in got)
+        assert listener.actions(1)[0]["action"] == "withdraw"
+        code, out = _stop(process)
+        assert code == 0, out
+        logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        commands = [e["command"] for e in logged if e["event"] == "igor_command"]
+        assert commands == [STOP, WITHDRAW, STOP, WITHDRAW]  # dry-run logs the exact lines
+
+        listener.wait_heartbeat(final=True)  # the first run has ended
+        process = _start_responder(config_file)  # restart with the same state file
+        daemon.wait_subscriber()
+        listener.wait_heartbeat()
+        daemon.send(last)  # the very same alert again
+        (again,) = listener.actions(1)
+        assert (again["action"], again["outcome"]) == ("skip", "skipped")
+        assert "duplicate" in again["reason"]
+    finally:
+        if process.poll() is None:
+            _stop(process)
+        listener.close()
+        daemon.close()
+        context.term()
+
+
+def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
+    config_file = tmp_path / "respond.toml"
+    config_file.write_text("dry_runn = true\n")
+    process = _start_responder(config_file)
+    out, _ = process.communicate(timeout=20)
+    assert process.returncode == 2
+    assert "dry_runn: unknown key" in out
