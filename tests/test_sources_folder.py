@@ -253,3 +253,18 @@ def test_broken_outcome_carries_the_kind(tmp_path: Path) -> None:
     result = Readiness(read_frame, settle=0.0).poll(path)
     assert isinstance(result, Broken) and result.kind == "unsupported_version"
     assert isinstance(SourceError("folder", str(path), result.reason).reason, str)
+
+
+def test_unsavable_state_file_is_reported_and_watching_goes_on(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    (tmp_path / "not_a_folder").write_text("a file where the state folder should be")
+    seen = SeenFiles(tmp_path / "not_a_folder" / "seen.json")
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=seen)
+    start(watcher, stop_after)
+    (watched / "a.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert wait_for(lambda: len(sink.frames) == 1 and len(sink.errors) == 1)
+    assert "state file not saved" in sink.errors[0].reason
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 5)
+    assert len(sink.frames) == 1 and watcher.running

@@ -81,7 +81,9 @@ class SourceThread:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"{self.name} source already started")
-        self._thread = threading.Thread(target=self._run, name=f"spmwatch-{self.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, name=f"spmwatch-{self.name}", daemon=True
+        )
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
@@ -95,6 +97,14 @@ class SourceThread:
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:
+            # A bug, not bad input: say so loudly (running turns False) instead of dying mute.
+            self._emit_error(self.name, f"source stopped: {type(exc).__name__}: {exc}")
+            raise
 
     def _run(self) -> None:
         raise NotImplementedError

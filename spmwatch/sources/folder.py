@@ -265,7 +265,10 @@ class FolderWatcher(SourceThread):
         else:
             self._sink(FrameFile(result.path, result.scan))
             self.counters.add("frames")
-        self.seen.add(result.path, result.stamp)
+        try:
+            self.seen.add(result.path, result.stamp)  # in memory even when the save fails
+        except OSError as exc:
+            self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
 
     def _start_observer(self, folder: _Folder) -> None:
         observer = Observer()
