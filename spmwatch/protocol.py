@@ -253,6 +253,30 @@ def error_fields(subject: str, reason: str) -> dict[str, Any]:
     return {"subject": subject, "reason": reason}
 
 
+class SeqTracker:
+    """Follows each publisher's per-topic seq and says when messages went missing.
+
+    Streams are keyed by topic and the payload's optional "daemon" field, so subscribers of a
+    proxy that merges several daemons need each daemon to send one. seq 0 after a higher seq is
+    a publisher restart, not a gap; the first message seen only sets the baseline.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], int] = {}
+
+    def gap(self, topic: str, payload: Mapping[str, Any]) -> str | None:
+        """Record this message; return why it does not follow the previous one, or None."""
+        key = (topic, str(payload.get("daemon", "")))
+        seq = int(payload["seq"])
+        last = self._last.get(key)
+        self._last[key] = seq
+        if last is None or seq == last + 1 or seq == 0:
+            return None
+        if seq > last + 1:
+            return f"seq gap: expected {last + 1}, got {seq} ({seq - last - 1} missing)"
+        return f"seq went back from {last} to {seq}: reordered, or a restart's first ones missed"
+
+
 # What the responder did about an alert: an instrument action, a notice, a skipped alert
 # (stale, duplicate, debounced, capped) or a resync after a gap in the alerts' seq.
 ACTIONS: tuple[str, ...] = ("stop_scan", "withdraw", "rescan", "notify_only", "skip", "resync")

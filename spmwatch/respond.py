@@ -289,7 +289,7 @@ class Responder:
         self.emit = emit
         self.state = state
         self.clock = clock
-        self._last_seq: dict[str, int] = {}  # per stream, this session only
+        self._seq = protocol.SeqTracker()  # this session only: a restart is a fresh baseline
 
     def handle(self, payload: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Decide about one alert payload; returns the outcome fields it published."""
@@ -300,7 +300,7 @@ class Responder:
             return []
         if alert.key in self.state.handled:
             return [self._notice(alert, "skip", "duplicate: this alert was already handled")]
-        gap = self._seq_gap(alert)
+        gap = self._seq.gap(protocol.TOPIC_ALERT, alert.payload)
         self.state.handled[alert.key] = None
         if gap:
             self.state.save()
@@ -325,17 +325,6 @@ class Responder:
         self.state.acted[debounce] = None
         self.state.save()  # before touching Igor: at most once, even across a crash
         return [self._act(action, alert) for action in actions]
-
-    def _seq_gap(self, alert: IncomingAlert) -> str | None:
-        """A reason if alerts were lost before this one; seq 0 after a higher seq is a restart."""
-        last = self._last_seq.get(alert.stream)
-        self._last_seq[alert.stream] = alert.seq
-        if last is None or alert.seq == last + 1 or alert.seq == 0:
-            return None
-        if alert.seq > last + 1:
-            missing = alert.seq - last - 1
-            return f"seq gap: expected {last + 1}, got {alert.seq} ({missing} alert(s) missing)"
-        return f"seq went back from {last} to {alert.seq}: alerts reordered or a restart missed"
 
     def _act(self, action: Action, alert: IncomingAlert) -> dict[str, Any]:
         settings = self.settings

@@ -123,7 +123,7 @@ def test_seq_gap_publishes_resync_and_the_next_alert_acts(tmp_path: Path) -> Non
     h = Harness(tmp_path)
     assert h.handle(alert_payload(4, kind="dropout")) == [("stop_scan", "ok")]  # first: baseline
     assert h.handle(alert_payload(7, scan_id="scanB")) == [("resync", "skipped")]
-    assert "expected 5, got 7 (2 alert(s) missing)" in h.published[-1][1]["reason"]
+    assert "expected 5, got 7 (2 missing)" in h.published[-1][1]["reason"]
     assert h.handle(alert_payload(8, scan_id="scanB")) == [("stop_scan", "ok"), ("withdraw", "ok")]
     assert h.handle(alert_payload(6, scan_id="scanC")) == [("resync", "skipped")]  # went back
     assert h.handle(alert_payload(0, scan_id="scanD")) == [("stop_scan", "ok"), ("withdraw", "ok")]
