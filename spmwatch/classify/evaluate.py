@@ -17,14 +17,22 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import (
-    average_precision_score,
     precision_recall_curve,
     roc_auc_score,
     roc_curve,
 )
-from sklearn.model_selection import StratifiedKFold
 
-from spmwatch.classify.train import Dataset, Record, fit, with_bank
+from spmwatch import synth
+from spmwatch.classify.classifier import Classifier
+from spmwatch.classify.splits import Predictor, leave_family_out, metrics, within_family
+from spmwatch.classify.train import (
+    Record,
+    build_dataset,
+    default_scorer,
+    progress,
+    read_folders,
+    recipe_predictor,
+)
 
 SUMMARY_FIELDS = (
     "split",
@@ -44,8 +52,6 @@ SUMMARY_FIELDS = (
     "median_delay_lines",
 )
 
-Predictor = Callable[[Sequence[Record], Sequence[Record]], np.ndarray]
-
 
 @dataclass
 class SplitResult:
@@ -58,38 +64,6 @@ class SplitResult:
     latency_ms: float = float("nan")
 
 
-def metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Threshold metrics plus the ranking metrics (NaN when one class is absent)."""
-    labels = np.asarray(labels).astype(int)
-    predicted = np.asarray(scores) >= threshold
-    tp = int((predicted & (labels == 1)).sum())
-    fp = int((predicted & (labels == 0)).sum())
-    fn = int((~predicted & (labels == 1)).sum())
-    n_good = int((labels == 0).sum())
-    both = 0 < labels.sum() < len(labels)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else float("nan")
-    return {
-        "n_good": n_good,
-        "n_bad": int(labels.sum()),
-        "accuracy": float((predicted == labels.astype(bool)).mean()) if len(labels) else np.nan,
-        "precision": precision,
-        "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "false_alarm": fp / n_good if n_good else float("nan"),
-        "auroc": float(roc_auc_score(labels, scores)) if both else float("nan"),
-        "pr_auc": float(average_precision_score(labels, scores)) if both else float("nan"),
-    }
-
-
-def spmwatch_predictor(seed: int = 0, use_bank: bool = False) -> Predictor:
-    def predict(train: Sequence[Record], test: Sequence[Record]) -> np.ndarray:
-        estimator, bank = fit(train, seed=seed, use_bank=use_bank)
-        return estimator.predict_proba(with_bank(test, bank))[:, 1]
-
-    return predict
-
-
 def baseline_predictor(seed: int = 0) -> Predictor:
     from spmwatch.classify.baseline import make_baseline
 
@@ -99,39 +73,6 @@ def baseline_predictor(seed: int = 0) -> Predictor:
         return forest.predict_proba(np.array([r.baseline for r in test]))[:, 1]
 
     return predict
-
-
-def leave_family_out(data: Dataset, predict: Predictor) -> tuple[list[Record], np.ndarray]:
-    """Held-out scores of every real record, each from a model that never saw its family."""
-    real = [r for r in data.records if not r.synthetic]
-    held, scores = [], []
-    for family in sorted({r.family for r in real}):
-        train = [r for r in data.records if r.family != family]
-        test = [r for r in real if r.family == family]
-        if len({r.label for r in train}) < 2:
-            scores.append(np.full(len(test), np.nan))
-        else:
-            scores.append(predict(train, test))
-        held += test
-    return held, np.concatenate(scores) if scores else np.array([])
-
-
-def within_family(
-    data: Dataset, family: str, predict: Predictor, folds: int = 4, seed: int = 0
-) -> tuple[list[Record], np.ndarray]:
-    """Stratified folds inside one family; the rest of the data stays in every training set."""
-    inside = [r for r in data.records if r.family == family and not r.synthetic]
-    outside = [r for r in data.records if r.family != family]
-    labels = np.array([r.label for r in inside])
-    n_splits = min(folds, int(np.bincount(labels, minlength=2).min()))
-    if n_splits < 2:
-        return [], np.array([])
-    scores = np.full(len(inside), np.nan)
-    splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for train_idx, test_idx in splitter.split(np.zeros(len(inside)), labels):
-        train = outside + [inside[i] for i in train_idx]
-        scores[test_idx] = predict(train, [inside[i] for i in test_idx])
-    return inside, scores
 
 
 def summary_row(result: SplitResult, extra: dict[str, float] | None = None) -> dict[str, object]:
@@ -209,3 +150,167 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return float(np.median(times))
+
+
+def online_run(classifier: Classifier, scan, step: int = 4) -> tuple[int | None, float]:
+    """Stream a scan line by line as the daemon does; return the first acquisition position
+    at which the frame-so-far fails (checked every `step` lines) and the final probability."""
+    from spmwatch.scoring.scorer import ScanScorer
+
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
+    order = scan.acquisition_order()
+    first = None
+    for line in scan.lines():
+        scorer.push(line)
+        seen = line.position + 1
+        if first is None and seen % step == 0:
+            so_far = {name: data[order[:seen]] for name, data in scan.channels.items()}
+            if (
+                classifier.predict_proba(scorer.frame(), so_far, finished=False)
+                >= classifier.threshold
+            ):
+                first = line.position
+    final = classifier.predict_proba(scorer.finish(), scan.channels, finished=True)
+    if first is None and final >= classifier.threshold:
+        first = scan.n_lines
+    return first, final
+
+
+def synthetic_rows(
+    classifier: Classifier,
+    per_kind: int,
+    seed: int,
+    lines: int = 256,
+    points: int = 256,
+    quiet: bool = False,
+) -> list[dict[str, object]]:
+    """Per-kind detection rate and median alert delay (lines after the fault starts)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for kind in (*synth.FAULT_KINDS, "clean"):
+        detected, delays, names = [], [], []
+        for i in progress(range(per_kind), f"synthetic {kind}", quiet):
+            base = synth.clean_scan(
+                int(rng.integers(2**31)),
+                lines,
+                points,
+                traces=bool(i % 2),
+                scan_down=bool(i % 3 == 0),
+            )
+            if kind == "clean":
+                scan, truth = base, synth.clean_truth(base)
+            else:
+                scan, truth = synth.inject(
+                    base, kind, int(rng.integers(2**31)), at=float(rng.uniform(0.2, 0.6))
+                )
+            first, final = online_run(classifier, scan)
+            detected.append(final >= classifier.threshold)
+            names.append(scan.scan_id)
+            if first is not None and truth.first_position is not None:
+                delays.append(first - truth.first_position)
+        labels = np.full(per_kind, 0 if kind == "clean" else 1)
+        result = SplitResult(
+            f"synthetic:{kind}",
+            classifier.name,
+            names,
+            labels,
+            np.array(detected, dtype=float),
+            classifier.threshold,
+        )
+        rows.append(
+            summary_row(
+                result,
+                {
+                    "detection_rate": float(np.mean(detected)),
+                    "median_delay_lines": float(np.median(delays)) if delays else float("nan"),
+                },
+            )
+        )
+    return rows
+
+
+def run_evaluation(
+    good: Path,
+    bad: Path,
+    out: Path,
+    classifier: Classifier,
+    synthetic: int = 300,
+    per_kind: int = 10,
+    seed: int = 0,
+    cv: bool = True,
+    quiet: bool = False,
+) -> list[dict[str, object]]:
+    """Everything `spmwatch evaluate` writes: summary.csv, per_file.csv, roc_pr.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    real, skipped = read_folders(good, bad)
+    score = default_scorer()
+    names, labels, scores, latency = [], [], [], []
+    for scan, label, _family in progress(real, "scoring", quiet):
+        frame = score(scan)
+        scores.append(classifier.predict_proba(frame, scan))
+        latency.append(timed(lambda f=frame, s=scan: classifier.predict_proba(f, s), 3))
+        names.append(Path(scan.path or scan.scan_id).name)
+        labels.append(label)
+    results = [
+        SplitResult(
+            "given",
+            classifier.name,
+            names,
+            np.array(labels),
+            np.array(scores),
+            classifier.threshold,
+            float(np.median(latency)) if latency else float("nan"),
+        )
+    ]
+    if cv:
+        results += cross_validated(real, classifier, synthetic, seed, quiet)
+    rows = [summary_row(r) for r in results]
+    if per_kind:
+        rows += synthetic_rows(classifier, per_kind, seed + 7919, quiet=quiet)
+    write_summary(rows, out / "summary.csv")
+    write_table(results, out / "per_file.csv")
+    plot_curves(results, out / "roc_pr.png")
+    if skipped:
+        (out / "skipped.txt").write_text("\n".join(skipped) + "\n", "utf-8")
+    return rows
+
+
+def cross_validated(
+    real: list, classifier: Classifier, synthetic: int, seed: int, quiet: bool
+) -> list[SplitResult]:
+    """Refit the recipe and the baseline on grouped splits; both see the same training data."""
+    data = build_dataset(real, synthetic, seed=seed, quiet=quiet)
+    models: list[tuple[str, Predictor, float]] = [
+        ("spmwatch", recipe_predictor(seed, classifier.bank is not None), classifier.threshold),
+        ("ofdspm-rf", baseline_predictor(seed), 0.5),
+    ]
+    bad_families = sorted({r.family for r in data.records if r.label == 1 and not r.synthetic})
+    results = []
+    for model, predict, threshold in models:
+        held, scores = leave_family_out(data.records, predict)
+        real_mask = np.array([not r.synthetic for r in held])
+        results.append(_result("lofo", model, held, scores, threshold, real_mask))
+        for family in bad_families:
+            mask = real_mask & np.array([r.family == family for r in held])
+            results.append(_result(f"lofo:{family}", model, held, scores, threshold, mask))
+            inside, within = within_family(data.records, family, predict, seed=seed)
+            results.append(_result(f"within:{family}", model, inside, within, threshold))
+    only_real = [r for r in data.records if not r.synthetic]
+    for family in bad_families:
+        inside, within = within_family(only_real, family, baseline_predictor(seed), seed=seed)
+        results.append(_result(f"within:{family}:real-only", "ofdspm-rf", inside, within, 0.5))
+    return results
+
+
+def _result(split, model, records, scores, threshold, mask=None) -> SplitResult:
+    mask = np.ones(len(records), bool) if mask is None else mask
+    mask = mask & np.isfinite(scores)
+    chosen = [r for r, keep in zip(records, mask, strict=True) if keep]
+    return SplitResult(
+        split,
+        model,
+        [r.name for r in chosen],
+        np.array([r.label for r in chosen]),
+        np.asarray(scores)[mask],
+        threshold,
+    )

@@ -9,6 +9,7 @@ Every record carries its sample family so that splits never put one family on bo
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,8 @@ from sklearn.metrics import f1_score
 
 from spmwatch import synth
 from spmwatch.classify.baseline import baseline_vector
-from spmwatch.classify.features import LineBank, frame_vector
+from spmwatch.classify.features import LineBank, feature_names, frame_vector
+from spmwatch.classify.splits import Predictor, leave_family_out, metrics
 from spmwatch.ibw import IbwError, read_scan
 from spmwatch.model import FrameScores, Scan
 
@@ -34,6 +36,7 @@ FAMILY_ALIASES: tuple[tuple[str, str], ...] = (
     (r"^wtv_loc", "WTV"),
 )
 BANK_SIZE = 3000
+SYNTHETIC_FOLDS = 5
 
 
 def family_of(name: str) -> str:
@@ -159,7 +162,12 @@ def build_dataset(
         data.records.append(record_of(scan, label, family, score))
     bases = [(scan, family) for scan, label, family in real if label == 0 and not scan.partial]
     batch = synth.synthetic_set(synthetic, seed=seed, bases=bases, lines=lines, points=points)
-    items = list(zip(batch.scans, batch.truths, batch.groups, strict=True))
+    # Generated scans belong to no real family: spread them over SYNTHETIC_FOLDS groups so
+    # that grouped splits hold each part out once. Injected ones keep their base's family.
+    groups = [
+        f"{g}-{i % SYNTHETIC_FOLDS}" if g == "synthetic" else g for i, g in enumerate(batch.groups)
+    ]
+    items = list(zip(batch.scans, batch.truths, groups, strict=True))
     for scan, truth, group in progress(items, "synthetic scans", quiet):
         data.records.append(record_of(scan, int(truth.bad), group, score, truth))
     return data
@@ -234,3 +242,90 @@ def thresholds(labels: np.ndarray, scores: np.ndarray, false_alarm: float = 0.01
     allowed = int(np.floor(false_alarm * len(good)))
     far = 0.5 if len(good) == 0 else float(np.nextafter(good[len(good) - 1 - allowed], np.inf))
     return {"max_f1": best, "false_alarm": min(far, 1.0), "false_alarm_target": false_alarm}
+
+
+def recipe_predictor(seed: int = 0, use_bank: bool = True) -> Predictor:
+    """The training recipe as a predictor, for grouped cross-validation."""
+
+    def predict(train: Sequence[Record], test: Sequence[Record]) -> np.ndarray:
+        estimator, bank = fit(train, seed=seed, use_bank=use_bank)
+        return estimator.predict_proba(with_bank(test, bank))[:, 1]
+
+    return predict
+
+
+def cv_figures(records: Sequence[Record], scores: np.ndarray, threshold: float) -> dict:
+    """Held-out figures: all real frames, synthetic frames, and each real family with bad frames."""
+    real = np.array([not r.synthetic for r in records])
+    labels = np.array([r.label for r in records])
+    ok = np.isfinite(scores)
+    out = {
+        "lofo_real": metrics(labels[real & ok], scores[real & ok], threshold),
+        "lofo_synthetic": metrics(labels[~real & ok], scores[~real & ok], threshold),
+    }
+    families = np.array([r.family for r in records])
+    for family in sorted({r.family for r in records if r.label == 1 and not r.synthetic}):
+        mask = real & ok & (families == family)
+        out[f"lofo_{family}"] = metrics(labels[mask], scores[mask], threshold)
+    return out
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    sidecar: dict
+    skipped: list[str]
+
+
+def train_model(
+    good: Path,
+    bad: Path,
+    out: Path,
+    synthetic: int = 400,
+    seed: int = 0,
+    use_bank: bool = True,
+    false_alarm: float = 0.01,
+    rule: str = "false_alarm",
+    quiet: bool = False,
+    command: str = "",
+) -> TrainResult:
+    """Score the folders, cross-validate by family, pick the thresholds, fit on all, save."""
+    from spmwatch.classify.classifier import save
+    from spmwatch.scoring.scorer import FEATURE_NAMES
+
+    real, skipped = read_folders(good, bad)
+    data = build_dataset(real, synthetic, seed=seed, quiet=quiet)
+    held, scores = leave_family_out(data.records, recipe_predictor(seed, use_bank))
+    labels = np.array([r.label for r in held])
+    ok = np.isfinite(scores)
+    if len(set(labels[ok])) < 2:
+        raise ValueError("cross-validation produced no held-out scores for both classes")
+    points = thresholds(labels[ok], scores[ok], false_alarm)
+    threshold = points[rule]
+    figures = cv_figures(held, scores, threshold)
+    estimator, bank = fit(data.records, seed=seed, use_bank=use_bank)
+    paths = list_scans(good) + list_scans(bad)
+    sidecar = {
+        "feature_names": list(feature_names(FEATURE_NAMES, bank=bank is not None)),
+        "line_feature_names": list(FEATURE_NAMES),
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "thresholds": points,
+        "metrics": figures,
+        "estimator": "CalibratedClassifierCV(sigmoid) of HistGradientBoostingClassifier",
+        "training": {
+            "good": str(good),
+            "bad": str(bad),
+            "n_good": int(sum(1 for _, label, _ in real if label == 0)),
+            "n_bad": int(sum(1 for _, label, _ in real if label == 1)),
+            "families": sorted({family for _, _, family in real}),
+            "synthetic": synthetic,
+            "seed": seed,
+            "data_sha256": data_digest(paths, synthetic, seed),
+            "skipped": skipped,
+            "command": command,
+        },
+        "cv": "leave-one-family-out",
+    }
+    path = save(out, estimator, sidecar, bank)
+    return TrainResult(path, json.loads(path.with_suffix(".json").read_text("utf-8")), skipped)

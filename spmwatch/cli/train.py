@@ -1,0 +1,94 @@
+"""`spmwatch train --good DIR --bad DIR [--synthetic N] --out models/NAME`: fit the pass/fail model.
+
+Prints the leave-one-family-out figures before it writes `<NAME>.skops` and `<NAME>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the pass/fail classifier from labelled folders plus synthetic scans",
+        description="Score every .ibw in --good and --bad, add synthetic labelled scans, "
+        "cross-validate by sample family, choose the threshold and write the model.",
+    )
+    parser.add_argument("--good", type=Path, required=True, help="folder of good .ibw scans")
+    parser.add_argument("--bad", type=Path, required=True, help="folder of failed .ibw scans")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=400,
+        metavar="N",
+        help="synthetic labelled scans to add (default 400)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="model path, e.g. models/NAME")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--false-alarm",
+        type=float,
+        default=0.01,
+        help="target false-alarm rate on good frames (default 0.01)",
+    )
+    parser.add_argument(
+        "--threshold-rule",
+        choices=("false_alarm", "max_f1"),
+        default="false_alarm",
+        help="which threshold ships (default false_alarm)",
+    )
+    parser.add_argument(
+        "--no-bank", action="store_true", help="leave out the good-line memory bank features"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def _fmt(value: float) -> str:
+    return "  -  " if value != value else f"{value:5.3f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from spmwatch.classify.train import train_model
+
+    command = "spmwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        result = train_model(
+            args.good,
+            args.bad,
+            args.out,
+            synthetic=args.synthetic,
+            seed=args.seed,
+            use_bank=not args.no_bank,
+            false_alarm=args.false_alarm,
+            rule=args.threshold_rule,
+            quiet=args.quiet,
+            command=command,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"spmwatch train: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    side = result.sidecar
+    for line in result.skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    print("leave-one-family-out (held-out family never seen in training):")
+    print(f"  {'split':<24} {'good':>4} {'bad':>4}  auroc  recall false_alarm")
+    for split, m in side["metrics"].items():
+        print(
+            f"  {split:<24} {m['n_good']:>4} {m['n_bad']:>4}  {_fmt(m['auroc'])}  "
+            f"{_fmt(m['recall'])}  {_fmt(m['false_alarm'])}"
+        )
+    points = side["thresholds"]
+    print(
+        f"thresholds: max F1 {points['max_f1']:.4f}, "
+        f"{points['false_alarm_target']:.0%} false alarms {points['false_alarm']:.4f}; "
+        f"shipped: {side['threshold']:.4f} ({side['threshold_rule']})"
+    )
+    print(f"wrote {result.path} and {result.path.with_suffix('.json')}")
+    return 0
