@@ -55,6 +55,10 @@ def test_residual_and_lag_match_numpy(n: int, lag: int, seed: int) -> None:
     assert K.best_lag(t, r, 8, out) == R.best_lag(t, r, 8)
 
 
+def scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty(n), np.empty(n)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(32, 128))
 def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
@@ -63,7 +67,7 @@ def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
     width = int(rng.integers(1, 5))
     history[-1 - width : -1, 0, 5 : 5 + n // 2] += rng.uniform(0.5, 3.0)  # a band
     head = K.HIST_DEPTH - 1  # newest slot; kernel reads the ring backwards from it
-    got = K.scar_fraction(history, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16)
+    got = K.scar_fraction(history, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, *scratch(n))
     want = R.scar_fraction(history[:, 0, :], 1.0, 0.666, 0.25, 16)
     assert got[0] == pytest.approx(want[0]) and got[1] == want[1]
 
@@ -71,7 +75,9 @@ def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
 def test_scar_fraction_finds_a_band() -> None:
     history = np.zeros((K.HIST_DEPTH, 1, 100))
     history[-3:-1, 0, 10:60] = 1.0  # a 2-line band, 50 px long
-    frac, width = K.scar_fraction(history, K.HIST_DEPTH - 1, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16)
+    frac, width = K.scar_fraction(
+        history, K.HIST_DEPTH - 1, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, *scratch(100)
+    )
     assert (frac, width) == (0.5, 2)
 
 

@@ -225,14 +225,15 @@ def best_lag(trace, retrace, max_lag, work):
 
 
 @njit(**_OPTS)
-def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len):
+def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, bmin, bmax):
     """Causal scar score: share of the previous lines' pixels inside a confirmed scar band.
 
     `hist[head]` is the newest line (just arrived). A band is 1-4 lines just before it; a
     pixel belongs to a scar when the whole band sits above (or below) both neighbours, the
     newest line and the line before the band, by `soft * scale`, in a run of at least
     `min_len` px that reaches `hard * scale` somewhere. Returns (fraction, band width);
-    the band is confirmed only now, so its flag is delayed by 1-4 lines.
+    the band is confirmed only now, so its flag is delayed by 1-4 lines. `bmin`/`bmax` are
+    scratch rows holding the band's running min/max as the band widens.
     """
     depth = hist.shape[0]
     n = hist.shape[2]
@@ -242,10 +243,12 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len):
         return best, best_w
     hard_t = hard * scale
     soft_t = soft * scale
+    newest = hist[head, ch]
     for w in range(1, SCAR_MAX_WIDTH + 1):
         if count < w + 2:
             break
-        old = (head - w - 1) % depth
+        added = hist[(head - w) % depth, ch]
+        old = hist[(head - w - 1) % depth, ch]
         marked = 0
         run_p = 0
         hit_p = False
@@ -255,16 +258,17 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len):
             e_pos = -np.inf
             e_neg = -np.inf
             if i < n:
-                bmin = np.inf
-                bmax = -np.inf
-                for k in range(1, w + 1):
-                    v = hist[(head - k) % depth, ch, i]
-                    bmin = min(bmin, v)
-                    bmax = max(bmax, v)
-                a = hist[head, ch, i]
-                b = hist[old, ch, i]
-                e_pos = bmin - max(a, b)
-                e_neg = min(a, b) - bmax
+                v = added[i]
+                if w == 1:
+                    bmin[i] = v
+                    bmax[i] = v
+                else:
+                    bmin[i] = min(bmin[i], v)
+                    bmax[i] = max(bmax[i], v)
+                a = newest[i]
+                b = old[i]
+                e_pos = bmin[i] - max(a, b)
+                e_neg = min(a, b) - bmax[i]
             if e_pos >= soft_t:
                 run_p += 1
                 hit_p = hit_p or e_pos >= hard_t
@@ -495,6 +499,8 @@ def score_line(
                 cfg[S_SCAR_HARD],
                 cfg[S_SCAR_SOFT],
                 int(cfg[S_SCAR_MIN_LEN]),
+                work[5],
+                work[6],
             )
             raw[c * N_CH_RAW + CH_SCAR] = frac
             if frac > scar_best:
