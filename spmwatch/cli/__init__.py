@@ -23,6 +23,8 @@ COMMANDS: tuple[str, ...] = (
     "evaluate",
     "respond",
     "score",
+    "subscribe",
+    "proxy",
 )
 
 

@@ -1,0 +1,92 @@
+"""`spmwatch proxy`: one socket where a dashboard or responder can follow many daemons.
+
+An XSUB socket connects to every daemon's PUB socket (so no daemon needs a config change) and
+an XPUB socket binds for subscribers; ZeroMQ forwards events one way and subscriptions the
+other, so each daemon only sends the topics somebody asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+import zmq
+
+from spmwatch.curve import CurveError, configure_client, configure_server
+
+PROXY_ENDPOINT = "tcp://127.0.0.1:5570"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "proxy",
+        help="XSUB/XPUB proxy: follow several daemons through one endpoint",
+        description="Connect to several daemons' PUB sockets and republish everything on one "
+        "XPUB endpoint (docs/responder.md, Several microscopes).",
+    )
+    parser.add_argument(
+        "--connect", nargs="+", required=True, metavar="ENDPOINT", help="daemons' PUB sockets"
+    )
+    parser.add_argument(
+        "--bind", default=PROXY_ENDPOINT, help=f"where subscribers connect ({PROXY_ENDPOINT})"
+    )
+    parser.add_argument("--secret-key", help="CURVE: the proxy's NAME.key_secret")
+    parser.add_argument("--daemon-key", help="CURVE: the daemons' public NAME.key (client side)")
+    parser.add_argument(
+        "--authorized-keys", help="CURVE: folder of subscribers' *.key allowed on --bind"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.daemon_key or args.authorized_keys) and not args.secret_key:
+        print("spmwatch proxy: CURVE options need --secret-key", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    context = zmq.Context()
+    try:
+        return _serve(context, args, stop)
+    except (CurveError, zmq.ZMQError) as exc:
+        print(f"spmwatch proxy: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        context.term()
+
+
+def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event) -> int:
+    frontend = context.socket(zmq.XSUB)
+    backend = context.socket(zmq.XPUB)
+    control = context.socket(zmq.PAIR)
+    steer = context.socket(zmq.PAIR)
+    auth = None
+    sockets = (frontend, backend, control, steer)
+    try:
+        for socket in sockets:
+            socket.setsockopt(zmq.LINGER, 0)
+        if args.daemon_key:
+            configure_client(frontend, args.secret_key, args.daemon_key)
+        if args.authorized_keys:
+            auth = configure_server(backend, args.secret_key, args.authorized_keys, context)
+        backend.bind(args.bind)
+        for endpoint in args.connect:
+            frontend.connect(endpoint)
+        control.bind("inproc://spmwatch-proxy-control")
+        steer.connect("inproc://spmwatch-proxy-control")
+        worker = threading.Thread(
+            target=zmq.proxy_steerable, args=(frontend, backend, None, control), daemon=True
+        )
+        worker.start()
+        print(f"spmwatch proxy: {' '.join(args.connect)} -> {args.bind}", flush=True)
+        stop.wait()
+        steer.send(b"TERMINATE")
+        worker.join(timeout=5)
+        return 0
+    finally:
+        for socket in sockets:
+            socket.close(linger=0)
+        if auth is not None:
+            auth.stop()

@@ -1,0 +1,103 @@
+"""`spmwatch subscribe`: print what a daemon (or responder, or proxy) publishes, and any gaps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import zmq
+
+from spmwatch import protocol
+from spmwatch.curve import CurveError, configure_client
+
+_ENVELOPE = ("v", "seq", "time", "scan_id", "source")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "subscribe",
+        help="print published events (alerts, frames, lines, heartbeats, actions)",
+        description="Subscribe to a spmwatch PUB socket and print each event; seq gaps are "
+        "reported on stderr.",
+    )
+    parser.add_argument("--endpoint", default=protocol.PUB_ENDPOINT, help="PUB socket to read")
+    parser.add_argument(
+        "--topic",
+        action="append",
+        choices=protocol.TOPICS,
+        help="topic to follow (repeatable; default: all)",
+    )
+    parser.add_argument("--count", type=int, help="exit after this many events")
+    parser.add_argument("--timeout", type=float, help="exit 1 if this many seconds pass idle")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--secret-key", help="CURVE: this subscriber's NAME.key_secret")
+    parser.add_argument("--server-key", help="CURVE: the publisher's public NAME.key")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.secret_key is None) != (args.server_key is None):
+        print("spmwatch subscribe: CURVE needs both --secret-key and --server-key", file=sys.stderr)
+        return 2
+    context = zmq.Context()
+    socket = context.socket(zmq.SUB)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        if args.secret_key:
+            configure_client(socket, args.secret_key, args.server_key)
+        for topic in args.topic or protocol.TOPICS:
+            socket.subscribe(topic.encode())
+        socket.connect(args.endpoint)
+        return _print_events(socket, args)
+    except (CurveError, zmq.ZMQError) as exc:
+        print(f"spmwatch subscribe: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        socket.close(linger=0)
+        context.term()
+
+
+def _print_events(socket: zmq.Socket, args: argparse.Namespace) -> int:
+    seq = protocol.SeqTracker()
+    seen = 0
+    idle_since = time.monotonic()
+    while args.count is None or seen < args.count:
+        if not socket.poll(100):
+            if args.timeout is not None and time.monotonic() - idle_since > args.timeout:
+                print(f"spmwatch subscribe: nothing for {args.timeout:g} s", file=sys.stderr)
+                return 1
+            continue
+        idle_since = time.monotonic()
+        try:
+            topic, payload = protocol.decode_event(socket.recv_multipart())
+        except protocol.ProtocolError as exc:
+            print(f"spmwatch subscribe: bad message: {exc}", file=sys.stderr)
+            continue
+        gap = seq.gap(topic, payload)
+        if gap:
+            print(f"spmwatch subscribe: {topic}: {gap}", file=sys.stderr, flush=True)
+        print(_render(topic, payload, args.json), flush=True)
+        seen += 1
+    return 0
+
+
+def _render(topic: str, payload: dict[str, Any], as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"topic": topic, **payload}, separators=(",", ":"))
+    stamp = payload.get("time")
+    when = (
+        datetime.fromtimestamp(stamp).strftime("%H:%M:%S.%f")[:-3]
+        if isinstance(stamp, int | float)
+        else "?"
+    )
+    rest = " ".join(f"{k}={_short(v)}" for k, v in payload.items() if k not in _ENVELOPE)
+    return f"{when} {topic} #{payload['seq']} {payload.get('scan_id') or '-'} {rest}"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
