@@ -45,6 +45,7 @@ class FakeIgor:
     base_name: str | None = None
     commands: list[str] = field(default_factory=list)  # action lines run (reads excluded)
     unknown: list[str] = field(default_factory=list)  # lines a real Igor would ignore (/Z)
+    ignored: set[str] = field(default_factory=set)  # controls this Igor lacks
     invocations: int = 0
     hanging: threading.Event = field(default_factory=threading.Event)
     _release: threading.Event = field(default_factory=threading.Event)
@@ -113,7 +114,7 @@ class FakeIgor:
     def _act(self, line: str) -> bool:
         if match := _CONTROL.fullmatch(line):
             control, panel, value = match[1], match[2], float(match[3])
-            if panel != "MasterPanel":
+            if panel != "MasterPanel" or control in self.ignored:
                 return False
             if control == "StopScan_0":
                 self.scanning = False

@@ -1,0 +1,144 @@
+"""The responder driving the real aespm module against a fake Igor (aespm venv: .ci/run-aespm)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from fake_igor import FakeIgor
+from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
+
+from spmwatch import respond
+from spmwatch.igor import IgorLink
+
+pytest.importorskip(
+    "aespm", reason="aespm is not installed here (it pins numpy<2); .ci/run-aespm runs these"
+)
+
+pytestmark = pytest.mark.aespm
+
+STOP = 'ARExecuteControl("StopScan_0","MasterPanel",0,"")'
+WITHDRAW = 'ARExecuteControl("Withdraw_0","MasterPanel",0,"")'
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeIgor]:
+    instrument = FakeIgor(tmp_path / "buffer").install(monkeypatch)
+    yield instrument
+    instrument.release()
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> respond.RespondSettings:
+    return respond.RespondSettings(
+        state_file=str(tmp_path / "state.json"), confirm_interval=0.05, **overrides
+    )
+
+
+def test_service_stops_and_withdraws_through_aespm(tmp_path: Path, fake: FakeIgor) -> None:
+    context = zmq.Context()
+    daemon = FakeDaemon(context)
+    settings = _settings(
+        tmp_path,
+        subscribe=daemon.endpoint,
+        actions_endpoint=free_tcp_endpoint(),
+        heartbeat_interval=0.2,
+        igor_timeout=5.0,
+    )
+    listener = ActionListener(context, settings.actions_endpoint)
+    stop = threading.Event()
+    service = threading.Thread(
+        target=respond.serve, args=(settings, stop), kwargs={"context": context}
+    )
+    service.start()
+    try:
+        daemon.wait_subscriber()
+        listener.wait_heartbeat()
+        daemon.send(alert_payload(0, scan_id="scan1"))
+        daemon.send(alert_payload(1, scan_id="scan1"))  # debounced: exactly one stop
+        stop_out, withdraw_out, skipped = listener.actions(3)
+    finally:
+        stop.set()
+        service.join(timeout=20)
+        listener.close()
+        daemon.close()
+        context.term()
+    assert fake.commands == [STOP, WITHDRAW]
+    assert fake.unknown == []
+    assert (fake.scanning, fake.withdrawn) == (False, True)
+    assert (stop_out["action"], stop_out["outcome"], stop_out["scan_status"]) == (
+        "stop_scan",
+        "ok",
+        0.0,
+    )
+    assert stop_out["igor_commands"] == [STOP] and stop_out["dry_run"] is False
+    assert (withdraw_out["action"], withdraw_out["outcome"]) == ("withdraw", "ok")
+    assert (skipped["action"], skipped["outcome"]) == ("skip", "skipped")
+
+
+class Recorder:
+    def __init__(self, tmp_path: Path, timeout: float) -> None:
+        settings = _settings(tmp_path, igor_timeout=timeout)
+        self.responder = respond.Responder(
+            settings,
+            IgorLink(settings.igor_timeout),
+            lambda scan, fields: None,
+            respond.ResponderState.load(settings.state_file),
+        )
+
+    def handle(self, payload: dict[str, Any]) -> list[tuple[str, str, str]]:
+        return [(o["action"], o["outcome"], o["reason"]) for o in self.responder.handle(payload)]
+
+
+def test_igor_not_running_fails_the_action_and_the_responder_goes_on(
+    tmp_path: Path, fake: FakeIgor
+) -> None:
+    fake.mode = "not_running"
+    recorder = Recorder(tmp_path, timeout=0.3)
+    (stop, withdraw) = recorder.handle(alert_payload(0, scan_id="scan1"))
+    assert stop[:2] == ("stop_scan", "failed") and "no answer from Igor within 0.3 s" in stop[2]
+    assert withdraw[:2] == ("withdraw", "failed") and "earlier Igor call" in withdraw[2]
+    assert fake.invocations == 1
+    fake.mode = "normal"
+    fake.release()  # Igor is back
+    fake.hanging.clear()
+    outcomes = recorder.handle(alert_payload(1, scan_id="scan2", kind="dropout"))
+    assert [o[:2] for o in outcomes] == [("stop_scan", "ok")]
+    assert fake.commands == [STOP]
+
+
+def test_silent_igor_is_not_taken_for_a_stopped_scan(tmp_path: Path, fake: FakeIgor) -> None:
+    fake.mode = "silent"
+    fake.readout_file.write_text("0\n")  # a stale "not scanning" from an earlier read
+    recorder = Recorder(tmp_path, timeout=2.0)
+    ((action, outcome, reason),) = recorder.handle(alert_payload(0, kind="oscillation"))
+    assert (action, outcome) == ("stop_scan", "failed")
+    assert "read-back failed" in reason and "did not run the read" in reason
+    assert fake.scanning  # the fake Igor really did nothing
+
+
+def test_rescan_confirmed_and_a_stop_that_does_not_stop_is_reported(
+    tmp_path: Path, fake: FakeIgor
+) -> None:
+    policy = respond.PolicySettings(
+        dropout=respond.SeverityActions(high=("rescan",)),
+        oscillation=respond.SeverityActions(high=("stop_scan",)),
+    )
+    settings = _settings(tmp_path, policy=policy, confirm_reads=2)
+    responder = respond.Responder(
+        settings,
+        IgorLink(2.0),
+        lambda scan, fields: None,
+        respond.ResponderState.load(settings.state_file),
+    )
+    fake.scanning = False
+    (rescan,) = responder.handle(alert_payload(0, kind="dropout"))
+    assert (rescan["outcome"], rescan["scan_status"]) == ("ok", 1.0)
+    assert fake.commands == ['ARExecuteControl("DownScan_0","MasterPanel",0,"")']
+    fake.ignored.add("StopScan_0")  # e.g. a panel that names the control differently
+    (stop,) = responder.handle(alert_payload(1, kind="oscillation", scan_id="scanB"))
+    assert stop["outcome"] == "failed"
+    assert stop["reason"] == "sent, but ScanStatus is still 1 after 2 reads"
