@@ -216,6 +216,9 @@ def _note_abuse(bases: list[bytes], rng: np.random.Generator) -> Iterator[tuple[
         yield f"scanlines{lines}", scan_bytes(scan)
     noisy = make_scan(lines=4, points=16, note={f"Key{i}": "x" * 200 for i in range(2000)})
     yield "long_note", scan_bytes(noisy)
+    # ~1 MiB of note: real Asylum notes are ~20 kB, and the parser's cost grows with the note.
+    big = make_scan(lines=4, points=16, note={f"Key{i}": "x" * 200 for i in range(5000)})
+    yield "note_1mib", scan_bytes(big)
     binary = make_scan(lines=4, points=16, note={"Junk": rng.bytes(300).hex()})
     yield "hex_note", scan_bytes(binary)
 
