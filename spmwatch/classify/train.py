@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from spmwatch import synth
 from spmwatch.classify.baseline import baseline_vector
@@ -174,17 +176,16 @@ def build_dataset(
 
 
 def make_estimator(seed: int = 0) -> CalibratedClassifierCV:
-    """Shallow, regularised boosting (few, robust features; tiny data), sigmoid-calibrated."""
-    booster = HistGradientBoostingClassifier(
-        max_depth=3,
-        max_iter=150,
-        learning_rate=0.08,
-        min_samples_leaf=8,
-        l2_regularization=1.0,
-        class_weight="balanced",
-        random_state=seed,
+    """Regularised, class-weighted logistic regression on standardised features, calibrated.
+
+    Chosen over gradient boosting: with tens of real frames it generalises across families at
+    least as well, and it predicts in well under a millisecond (the daemon's budget is 20 ms).
+    """
+    linear = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=0.3, class_weight="balanced", max_iter=5000, random_state=seed),
     )
-    return CalibratedClassifierCV(booster, method="sigmoid", cv=3)
+    return CalibratedClassifierCV(linear, method="sigmoid", cv=3)
 
 
 def build_bank(records: Sequence[Record], seed: int = 0) -> LineBank | None:
@@ -285,7 +286,7 @@ def train_model(
     seed: int = 0,
     use_bank: bool = True,
     false_alarm: float = 0.01,
-    rule: str = "false_alarm",
+    rule: str = "max_f1",
     quiet: bool = False,
     command: str = "",
 ) -> TrainResult:
@@ -312,7 +313,7 @@ def train_model(
         "threshold_rule": rule,
         "thresholds": points,
         "metrics": figures,
-        "estimator": "CalibratedClassifierCV(sigmoid) of HistGradientBoostingClassifier",
+        "estimator": "CalibratedClassifierCV(sigmoid): StandardScaler + LogisticRegression(C=0.3)",
         "training": {
             "good": str(good),
             "bad": str(bad),

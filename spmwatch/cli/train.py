@@ -40,8 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threshold-rule",
         choices=("false_alarm", "max_f1"),
-        default="false_alarm",
-        help="which threshold ships (default false_alarm)",
+        default="max_f1",
+        help="which threshold ships (default max_f1)",
     )
     parser.add_argument(
         "--no-bank", action="store_true", help="leave out the good-line memory bank features"

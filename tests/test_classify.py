@@ -1,0 +1,227 @@
+"""Classifier: features on partial frames, safe model files (no pickle, checked sidecar),
+an end-to-end train on a small synthetic set, evaluate's outputs, and the shipped model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spmwatch import synth
+from spmwatch.classify import classifier as C
+from spmwatch.classify.features import channel_features, feature_names, frame_vector
+from spmwatch.classify.train import (
+    family_of,
+    thresholds,
+    train_model,
+)
+from spmwatch.scoring.scorer import FEATURE_NAMES, score_scan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> tuple[Path, Path]:
+    """Small labelled folders of generated .ibw files (good: clean, bad: one fault each)."""
+    root = tmp_path_factory.mktemp("labelled")
+    good, bad = root / "good", root / "bad"
+    good.mkdir()
+    bad.mkdir()
+    for i in range(6):
+        synth.write(synth.clean_scan(100 + i, 48, 64), good / f"Clean{'AB'[i % 2]}_{i:04d}.ibw")
+        kind = ("tip_change", "dropout", "tracking_loss")[i % 3]
+        scan, _ = synth.failing_scan(seed=200 + i, lines=48, points=64, fault=kind, at=0.4)
+        synth.write(scan, bad / f"Fault{'AB'[i % 2]}_{i:04d}.ibw")
+    return good, bad
+
+
+@pytest.fixture(scope="module")
+def model(folders, tmp_path_factory) -> Path:
+    good, bad = folders
+    out = tmp_path_factory.mktemp("model") / "small"
+    return train_model(good, bad, out, synthetic=16, quiet=True).path
+
+
+def test_family_grouping_follows_the_data_readme():
+    assert family_of("Cs50MA50approx_0032.ibw") == "perovskite"
+    for name in ("approx5050CsMA0012", "H_90Cs10MA_0004", "PositionC_30Cs70M0000"):
+        assert family_of(name) == "perovskite"
+    assert family_of("approx5050compos_0011") == "perovskite"
+    assert family_of("PTO_AC_0000_b") == "PTO_AC"
+    assert family_of("BSFO_AC_0004") == "BSFO_AC"
+    assert family_of("WTV_Loc013_0001") == "WTV"
+
+
+def test_features_work_on_a_frame_in_progress():
+    scan, _ = synth.failing_scan(seed=3, lines=64, points=64, fault="dropout", at=0.3)
+    frame = score_scan(scan)
+    names = feature_names(FEATURE_NAMES)
+    full = frame_vector(frame, scan.channels)
+    assert full.shape == (len(names),) and np.isfinite(full).all()
+    half = synth.inject(scan, "partial_frame", seed=0, at=0.5)[0]
+    done = frame_vector(score_scan(half), half.channels, finished=True)
+    live = frame_vector(score_scan(half), half.channels, finished=False)
+    missing = names.index("missing_frac")
+    assert done[missing] == pytest.approx(0.5) and live[missing] == 0.0
+
+
+def test_channel_statistics_see_dropouts_and_ignore_units():
+    scan = synth.clean_scan(4, 64, 64)
+    base = channel_features(scan.channels)
+    scaled = channel_features({k: v * 1e6 + 3 for k, v in scan.channels.items()})
+    np.testing.assert_allclose(base, scaled, rtol=1e-6, atol=1e-9)
+    broken, _ = synth.inject(scan, "dropout", seed=1, at=0.5)
+    flat = channel_features(broken.channels)
+    assert flat[8] > base[8]  # flat_frac median
+
+
+def test_thresholds_meet_their_definitions():
+    labels = np.array([0] * 100 + [1] * 20)
+    scores = np.concatenate([np.linspace(0, 0.6, 100), np.linspace(0.5, 1, 20)])
+    points = thresholds(labels, scores, false_alarm=0.01)
+    assert (scores[labels == 0] >= points["false_alarm"]).mean() <= 0.01
+    assert 0.5 <= points["max_f1"] <= 0.61
+
+
+def test_train_end_to_end_writes_a_loadable_model(model: Path):
+    side = json.loads(model.with_suffix(".json").read_text())
+    assert side["model_sha256"] == C.sha256_of(model)
+    assert side["training"]["n_good"] == 6 and side["training"]["n_bad"] == 6
+    assert set(side["thresholds"]) >= {"max_f1", "false_alarm"}
+    loaded = C.Classifier.load(model)
+    scan, _ = synth.failing_scan(seed=9, lines=48, points=64, fault="dropout", at=0.3)
+    verdict = loaded.verdict(score_scan(scan), scan)
+    assert verdict.scan_id == scan.scan_id and 0 <= verdict.probability <= 1
+    assert verdict.verdict == ("fail" if verdict.probability >= loaded.threshold else "pass")
+
+
+def _copy_model(model: Path, tmp_path: Path) -> Path:
+    target = tmp_path / model.name
+    target.write_bytes(model.read_bytes())
+    target.with_suffix(".json").write_bytes(model.with_suffix(".json").read_bytes())
+    return target
+
+
+def test_load_refuses_a_tampered_model_file(model: Path, tmp_path: Path):
+    copy = _copy_model(model, tmp_path)
+    copy.write_bytes(copy.read_bytes() + b"\0")
+    with pytest.raises(C.ModelError, match=r"small\.skops: SHA-256 .* was changed or replaced"):
+        C.Classifier.load(copy)
+
+
+def test_load_refuses_a_sidecar_for_other_features(model: Path, tmp_path: Path):
+    copy = _copy_model(model, tmp_path)
+    side = json.loads(copy.with_suffix(".json").read_text())
+    side["feature_names"] = [*side["feature_names"][:-1], "entropy_of_doom"]
+    copy.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(C.ModelError, match=r"trained for other features.*entropy_of_doom"):
+        C.Classifier.load(copy)
+
+
+def test_load_refuses_a_missing_sidecar_and_untrusted_types(model: Path, tmp_path: Path):
+    copy = _copy_model(model, tmp_path)
+    copy.with_suffix(".json").unlink()
+    with pytest.raises(C.ModelError, match=r"sidecar small\.json is missing"):
+        C.Classifier.load(copy)
+    from fractions import Fraction
+
+    import skops.io as sio
+    from sklearn.ensemble import ExtraTreesClassifier
+
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    sneaky = tmp_path / "sneaky.skops"
+    sio.dump(
+        {"estimator": ExtraTreesClassifier(2).fit(X, X[:, 0] > 0), "x": Fraction(1, 3)}, sneaky
+    )
+    with pytest.raises(C.ModelError, match=r"outside the trusted allow-list: fractions\.Fraction"):
+        C._check_types(sneaky)
+
+
+def test_no_pickle_anywhere_in_the_package():
+    offenders = [
+        str(p.relative_to(REPO))
+        for p in (REPO / "spmwatch").rglob("*.py")
+        if "import pickle" in p.read_text() or "joblib.dump" in p.read_text()
+    ]
+    assert offenders == []
+
+
+def test_evaluate_writes_summary_plot_and_table(folders, model: Path, tmp_path: Path):
+    good, bad = folders
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spmwatch",
+            "evaluate",
+            "--good",
+            str(good),
+            "--bad",
+            str(bad),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--synthetic",
+            "8",
+            "--per-kind",
+            "1",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = (out / "summary.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"accuracy", "precision", "recall", "f1", "auroc", "pr_auc", "latency_ms"} <= set(header)
+    splits = {r.split(",")[0] for r in rows[1:]}
+    assert {"given", "lofo", "synthetic:tip_change", "synthetic:clean"} <= splits
+    assert (out / "roc_pr.png").stat().st_size > 1000
+    table = (out / "per_file.csv").read_text().splitlines()
+    assert sum(1 for line in table if line.startswith("given,")) == 12
+
+
+def test_evaluate_names_a_bad_model_clearly(folders, tmp_path: Path):
+    good, bad = folders
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spmwatch",
+            "evaluate",
+            "--good",
+            str(good),
+            "--bad",
+            str(bad),
+            "--model",
+            str(tmp_path / "nope.skops"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "nope.skops: model file not found" in result.stderr
+
+
+def test_shipped_default_model_separates_failing_from_clean_scans():
+    model = C.load_default()
+    clean = [synth.clean_scan(900 + i, 128, 128) for i in range(4)]
+    failing = [
+        synth.failing_scan(seed=950 + i, lines=128, points=128, fault=kind, at=0.3)[0]
+        for i, kind in enumerate(("dropout", "tracking_loss", "streak", "tip_change"))
+    ]
+    p_clean = [model.predict_proba(score_scan(s), s) for s in clean]
+    p_fail = [model.predict_proba(score_scan(s), s) for s in failing]
+    assert np.mean(p_fail) > np.mean(p_clean)
+    assert sum(p > max(p_clean) for p in p_fail) >= 3
