@@ -14,6 +14,7 @@ import sys
 from spmwatch import __version__
 
 COMMANDS: tuple[str, ...] = (
+    "demo",
     "inspect",
     "keys",
     "replay",
@@ -25,6 +26,7 @@ COMMANDS: tuple[str, ...] = (
     "score",
     "subscribe",
     "proxy",
+    "report",
 )
 
 

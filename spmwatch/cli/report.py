@@ -1,0 +1,45 @@
+"""`spmwatch report FILE --out DIR`: a PNG, the score JSON and a per-line mask for one scan."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from spmwatch.cli.score import frame_json
+from spmwatch.ibw import IbwError, read_scan
+from spmwatch.report import write_report
+from spmwatch.scoring.scorer import score_scan
+
+EXIT_WRITE_FAILED = 1
+EXIT_UNREADABLE = 2
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write a PNG, the score JSON and a flag mask for one .ibw scan",
+        description="Score FILE as `spmwatch score` does and write <scan_id>.png, "
+        "<scan_id>.json (the `score --json` record) and <scan_id>_mask.npy (flag per stored "
+        "line) into DIR. Exit 0 when written, 1 when DIR cannot be written, 2 when FILE "
+        "cannot be read.",
+    )
+    parser.add_argument("file", metavar="FILE", help="an Asylum .ibw scan")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        scan = read_scan(args.file)
+    except (IbwError, OSError) as exc:
+        print(f"spmwatch report: cannot read {args.file}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    frame = score_scan(scan)
+    try:
+        paths = write_report(scan, frame, frame_json(args.file, frame), args.out)
+    except OSError as exc:
+        print(f"spmwatch report: cannot write the report into {args.out}: {exc}", file=sys.stderr)
+        return EXIT_WRITE_FAILED
+    for path in paths.values():
+        print(path)
+    return 0

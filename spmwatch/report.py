@@ -1,0 +1,431 @@
+"""A scored frame for a person: one PNG, the score record as JSON, and a per-line flag mask.
+
+Why: an alert is only trusted when a microscopist can check at a glance where it fired and
+what the lines looked like there. The PNG puts the channels, the trace-minus-retrace residual
+and the per-line score side by side on one shared line axis, so a shaded event band can be
+followed across every panel. The JSON is the exact `spmwatch score --json` record and the mask
+is the flag per stored line, for scripts. Rendering uses matplotlib's object API on an Agg
+canvas (no pyplot state, no display), so the daemon can call it from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from spmwatch.model import EVENT_KINDS, FrameScores, Scan, split_direction
+from spmwatch.protocol import safe_scan_id
+from spmwatch.scoring.scorer import ScanScorer, ScoringSettings
+
+MAX_CHANNEL_PANELS = 4
+KIND_COLOURS: dict[str, str] = dict(
+    zip(
+        EVENT_KINDS,
+        ("#e41a1c", "#ff7f00", "#984ea3", "#1f78b4", "#a65628", "#666666"),
+        strict=True,
+    )
+)
+OTHER_KIND_COLOUR = "#4daf4a"  # a kind added to the scorer after this palette
+ALERT_COLOUR = "#00e000"
+DPI = 110
+# Display units by channel prefix: length channels are stored in metres, Phase in degrees.
+_LENGTH_PREFIXES = ("height", "zsensor", "amplitude", "deflection")
+
+
+# ------------------------------------------------------------------------------ pure maths
+
+
+def flag_mask(frame: FrameScores, n_lines: int) -> np.ndarray:
+    """Boolean flag per stored line index (lines not scored stay False)."""
+    mask = np.zeros(n_lines, dtype=bool)
+    for line in frame.lines:
+        if 0 <= line.index < n_lines:
+            mask[line.index] = line.flagged
+    return mask
+
+
+def pair_lags(scan: Scan, settings: ScoringSettings | None = None) -> dict[str, int]:
+    """The scorer's trace/retrace lag per pair prefix after streaming the whole frame.
+
+    The daemon already holds a scorer and passes its `lags`; a saved file is streamed through
+    a fresh `ScanScorer` so the residual map uses exactly the lag the scorer used.
+    """
+    if not any(t and r for t, r in scan.pairs.values()):
+        return {}
+    scorer = ScanScorer(
+        scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines, settings
+    )
+    for line in scan.lines():
+        scorer.push(line)
+    return scorer.lags
+
+
+def level_lines(image: np.ndarray) -> np.ndarray:
+    """Each line minus its median: removes the per-line offsets that hide the topography."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN dropout lines stay NaN
+        return image - np.nanmedian(image, axis=1, keepdims=True)
+
+
+def robust_limits(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
+    """Colour limits at the low/high percentiles of the finite values, so spikes do not wash out."""
+    finite = image[np.isfinite(image)]
+    if finite.size == 0:
+        return -1.0, 1.0
+    lo, hi = np.percentile(finite, [low, high])
+    if hi <= lo:
+        return float(lo) - 0.5, float(lo) + 0.5
+    return float(lo), float(hi)
+
+
+def residual_map(trace: np.ndarray, retrace: np.ndarray, lag: int) -> np.ndarray:
+    """trace[:, i + lag] - retrace[:, i] per line, offset and slope removed (as the scorer does).
+
+    Columns follow the retrace; those without a lag-shifted trace partner are NaN.
+    """
+    lines, points = trace.shape
+    out = np.full((lines, points), np.nan)
+    i0, i1 = max(0, -lag), min(points, points - lag)
+    if i1 - i0 < 4:
+        return out
+    d = trace[:, i0 + lag : i1 + lag].astype(float) - retrace[:, i0:i1]
+    x = np.arange(i1 - i0) - 0.5 * (i1 - i0 - 1)
+    d = d - d.mean(axis=1, keepdims=True)
+    d = d - np.outer((d * x).sum(axis=1) / (x * x).sum(), x)
+    out[:, i0:i1] = d
+    return out
+
+
+def display_unit(name: str, image: np.ndarray) -> tuple[float, str]:
+    """(factor, unit) for a channel's colour bar; length channels in metres are shown in nm."""
+    prefix = split_direction(name)[0].lower()
+    finite = image[np.isfinite(image)]
+    typical = float(np.max(np.abs(finite))) if finite.size else 0.0
+    if prefix.startswith(_LENGTH_PREFIXES) and 0.0 < typical < 1e-3:
+        return 1e9, "nm"
+    if prefix.startswith("phase"):
+        return 1.0, "deg"
+    return 1.0, ""
+
+
+def shown_channels(scan: Scan) -> list[str]:
+    """First direction of each channel (trace when saved), at most MAX_CHANNEL_PANELS."""
+    names = [trace or retrace for trace, retrace in scan.pairs.values()]
+    return [n for n in names if n is not None][:MAX_CHANNEL_PANELS]
+
+
+def first_pair(scan: Scan) -> tuple[str, str, str] | None:
+    """(prefix, trace, retrace) of the first channel saved in both directions."""
+    for prefix, (trace, retrace) in scan.pairs.items():
+        if trace and retrace:
+            return prefix, trace, retrace
+    return None
+
+
+# ------------------------------------------------------------------------------ drawing
+
+
+def _fast_size_um(scan: Scan) -> float | None:
+    for key in ("FastScanSize", "ScanSize"):
+        value = scan.meta.get(key)
+        if isinstance(value, (int, float)) and value > 0:
+            return float(value) * 1e6
+    return None
+
+
+def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tuple[str, str]:
+    """Headline (file, verdict, probability, alert) and a detail line (size, flags, events)."""
+    name = Path(str(record.get("file", scan.path or scan.scan_id))).name
+    verdict = str(record.get("verdict", "?")).upper()
+    probability = record.get("probability")
+    prob = f"p = {probability:.2f}" if isinstance(probability, (int, float)) else "p = ?"
+    alert = record.get("alert")
+    if isinstance(alert, Mapping):
+        said = f"alert at line {alert['line']}: {alert['kind']} ({alert['severity']})"
+    else:
+        said = "no alert"
+    head = f"{name}   |   {verdict} ({prob})   |   {said}"
+    parts = [
+        f"{scan.n_lines} of {scan.expected_lines} lines"
+        if scan.partial
+        else f"{scan.n_lines} lines",
+        f"{scan.n_points} points",
+    ]
+    size = _fast_size_um(scan)
+    if size is not None:
+        parts.append(f"{size:g} µm")
+    if scan.scan_rate:
+        parts.append(f"{scan.scan_rate:g} Hz")
+    parts.append("scanned top to bottom" if scan.scan_down else "scanned bottom to top")
+    flagged = sum(line.flagged for line in frame.lines)
+    parts.append(f"{flagged} flagged line{'s' * (flagged != 1)}")
+    counts: dict[str, int] = {}
+    for event in frame.events:
+        counts[event.kind] = counts.get(event.kind, 0) + 1
+    if counts:
+        parts.append("events: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+    if scan.problems:
+        parts.append(f"{len(scan.problems)} data problem(s)")
+    return head, "   ·   ".join(parts)
+
+
+def _colour(kind: str) -> str:
+    return KIND_COLOURS.get(kind, OTHER_KIND_COLOUR)
+
+
+def _mark_events(ax: Axes, frame: FrameScores, n_lines: int, labels: bool) -> None:
+    """Events as horizontal bands of their kind's colour (a solid strip at the left edge, a faint
+    wash across: fainter over images, which must stay readable), the alert line as a distinct
+    dashed line; with `labels`, the kind as text beside its band."""
+    wash = 0.25 if labels else 0.12
+    last_label = -np.inf
+    for event in sorted(frame.events, key=lambda e: e.start):
+        lo, hi = max(event.start, 0) - 0.5, min(event.end, n_lines - 1) + 0.5
+        if hi <= lo:
+            continue  # partial_frame: the missing lines are not in the image
+        colour = _colour(event.kind)
+        ax.axhspan(lo, hi, color=colour, alpha=wash, lw=0, zorder=3)
+        ax.axhspan(lo, hi, xmin=0.0, xmax=0.035, color=colour, lw=0.6, ec=colour, zorder=4)
+        mid = 0.5 * (lo + hi)
+        if labels and mid - last_label > 0.04 * n_lines:
+            ax.text(
+                0.05,
+                mid,
+                event.kind,
+                transform=ax.get_yaxis_transform(),
+                ha="left",
+                va="center",
+                fontsize=8,
+                color=colour,
+                zorder=6,
+                bbox={"fc": "white", "ec": "none", "alpha": 0.75, "pad": 1},
+            )
+            last_label = mid
+    if frame.alert is not None:
+        ax.axhline(frame.alert.line, color=ALERT_COLOUR, lw=1.4, ls=(0, (4, 2)), zorder=5)
+
+
+def _image_panel(
+    fig: Figure,
+    ax: Axes,
+    image: np.ndarray,
+    title: str,
+    unit: str,
+    extent: tuple[float, float, float, float],
+    cmap: str,
+    limits: tuple[float, float],
+) -> None:
+    shown = ax.imshow(
+        image,
+        origin="lower",
+        cmap=cmap,
+        extent=extent,
+        aspect="auto",
+        interpolation="nearest",
+        vmin=limits[0],
+        vmax=limits[1],
+    )
+    ax.set_title(title, fontsize=10)
+    bar = fig.colorbar(shown, ax=ax, location="bottom", shrink=0.85, pad=0.02, aspect=30)
+    bar.ax.tick_params(labelsize=8)
+    if unit:
+        bar.set_label(unit, fontsize=8, labelpad=1)
+
+
+def _score_panel(ax: Axes, frame: FrameScores, n_lines: int, threshold: float) -> None:
+    ordered = sorted(frame.lines, key=lambda s: s.index)
+    index = np.array([s.index for s in ordered])
+    score = np.array([s.score for s in ordered])
+    flagged = np.array([s.flagged for s in ordered], dtype=bool)
+    if len(index):
+        ax.plot(score, index, color="#333333", lw=0.8, zorder=4)
+        ax.plot(
+            score[flagged],
+            index[flagged],
+            "o",
+            ms=3.5,
+            mfc="none",
+            mec="#e41a1c",
+            mew=1.0,
+            zorder=5,
+        )
+    ax.axvline(threshold, color="#e41a1c", lw=1.0, ls="--", zorder=4)
+    top = max(float(score.max()) if len(score) else 0.0, threshold) * 1.15
+    ax.set_xlim(0.0, top)
+    ax.set_ylim(-0.5, n_lines - 0.5)
+    ax.set_title("per-line score", fontsize=10)
+    ax.set_xlabel("score (robust z)", fontsize=9)
+    ax.grid(axis="x", color="#dddddd", lw=0.6)
+    _mark_events(ax, frame, n_lines, labels=True)
+
+
+def _legend(fig: Figure, frame: FrameScores, threshold: float) -> None:
+    labels: dict[str, str] = {}
+    for event in frame.events:
+        missing = f" (lines {event.start}–{event.end} not saved)"
+        labels.setdefault(event.kind, event.kind + missing * (event.kind == "partial_frame"))
+    handles: list[Patch | Line2D] = [
+        Patch(color=_colour(kind), alpha=0.6, label=label) for kind, label in labels.items()
+    ]
+    if frame.alert is not None:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=ALERT_COLOUR,
+                lw=1.4,
+                ls=(0, (4, 2)),
+                label=f"alert line {frame.alert.line}",
+            )
+        )
+    handles.append(
+        Line2D([], [], color="#e41a1c", lw=1.0, ls="--", label=f"flag threshold {threshold:g}")
+    )
+    handles.append(
+        Line2D([], [], ls="none", marker="o", ms=4, mfc="none", mec="#e41a1c", label="flagged line")
+    )
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False
+    )
+
+
+def render_png(
+    scan: Scan,
+    frame: FrameScores,
+    record: Mapping[str, object],
+    lags: Mapping[str, int],
+    threshold: float,
+) -> Figure:
+    """The report figure: channels, residual map and score on one shared line axis."""
+    channels = shown_channels(scan)
+    pair = first_pair(scan)
+    n_images = len(channels) + (pair is not None)
+    n_lines = scan.n_lines
+    size_um = _fast_size_um(scan)
+    width_x = size_um if size_um is not None else float(scan.n_points)
+    extent = (0.0, width_x, -0.5, n_lines - 0.5)
+    xlabel = "fast axis (µm)" if size_um is not None else "point"
+    # Square-ish panels for a full frame; a partial frame is squeezed, but never below half.
+    ratio = min(max(n_lines / max(scan.expected_lines, 1), 0.5), 1.0)
+    score_w = 2.4
+    panel_w = max(3.4, (10.0 - score_w) / max(n_images, 1))
+    fig_w = panel_w * n_images + score_w
+    title_h = 0.75  # inches kept free above the panels for the two title lines
+    fig_h = panel_w * ratio + 1.5 + title_h
+    fig = Figure(figsize=(fig_w, fig_h), dpi=DPI, layout="constrained")
+    fig.get_layout_engine().set(rect=(0.0, 0.0, 1.0, 1.0 - title_h / fig_h))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n_images + 1, sharey=True, width_ratios=[panel_w] * n_images + [score_w])
+    head, detail = _title(scan, frame, record)
+    failed = str(record.get("verdict")) == "fail"
+    fig.text(
+        0.5,
+        1.0 - 0.12 / fig_h,
+        head,
+        ha="center",
+        va="top",
+        fontsize=14,
+        fontweight="bold",
+        color="#b00000" if failed else "#006000",
+    )
+    fig.text(0.5, 1.0 - 0.45 / fig_h, detail, ha="center", va="top", fontsize=10, color="#333333")
+    for ax, name in zip(axes, channels, strict=False):
+        image = level_lines(np.asarray(scan.channels[name], dtype=float))
+        factor, unit = display_unit(name, image)
+        image = image * factor
+        _image_panel(
+            fig, ax, image, f"{name} (line-levelled)", unit, extent, "gray", robust_limits(image)
+        )
+    if pair is not None:
+        prefix, trace, retrace = pair
+        lag = int(lags.get(prefix, 0))
+        res = residual_map(
+            np.asarray(scan.channels[trace], float), np.asarray(scan.channels[retrace], float), lag
+        )
+        factor, unit = display_unit(trace, res)
+        res = res * factor
+        lo, hi = robust_limits(res)
+        edge = max(abs(lo), abs(hi))
+        _image_panel(
+            fig,
+            axes[len(channels)],
+            res,
+            f"{prefix} trace − retrace (lag {lag} px)",
+            unit,
+            extent,
+            "RdBu_r",
+            (-edge, edge),
+        )
+    for ax in axes[:n_images]:
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        _mark_events(ax, frame, n_lines, labels=False)
+    axes[0].set_ylabel("stored line index (line 0 at bottom)", fontsize=9)
+    _score_panel(axes[-1], frame, n_lines, threshold)
+    axes[-1].tick_params(labelsize=8, labelleft=True)
+    _legend(fig, frame, threshold)
+    return fig
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:  # a handle, because np.save appends .npy to other names
+        np.save(handle, array, allow_pickle=False)
+
+
+def write_report(
+    scan: Scan,
+    frame: FrameScores,
+    record: Mapping[str, object],
+    out_dir: str | Path,
+    lags: Mapping[str, int] | None = None,
+    threshold: float | None = None,
+) -> dict[str, Path]:
+    """Write `<scan_id>.png`, `<scan_id>.json` and `<scan_id>_mask.npy` into `out_dir`.
+
+    `record` is the `spmwatch score --json` record of the frame, written as it is. `lags` is the
+    scorer's per-pair lag (computed from the scan when None); `threshold` the flag score
+    (ScoringSettings' default when None). Returns {"png", "json", "mask"} -> path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = safe_scan_id(scan.scan_id)
+    paths = {
+        "png": out / f"{stem}.png",
+        "json": out / f"{stem}.json",
+        "mask": out / f"{stem}_mask.npy",
+    }
+    lags = pair_lags(scan) if lags is None else lags
+    threshold = ScoringSettings().flag_z if threshold is None else threshold
+    fig = render_png(scan, frame, record, lags, threshold)
+    _write_atomic(paths["png"], lambda p: fig.savefig(p, format="png", dpi=DPI))
+    text = json.dumps(record, indent=1) + "\n"
+    _write_atomic(paths["json"], lambda p: p.write_text(text, encoding="utf-8"))
+    mask = flag_mask(frame, scan.n_lines)
+    _write_atomic(paths["mask"], lambda p: _save_npy(p, mask))
+    return paths
