@@ -1,0 +1,134 @@
+"""`spmwatch report` as a real subprocess on .ibw fixtures, plus the report's pure maths."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from spmwatch import synth
+from spmwatch.report import level_lines, pair_lags, residual_map, robust_limits
+from spmwatch.scoring.scorer import synthetic_scan
+from tests.ibw_fixtures import make_scan, write_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def spmwatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spmwatch", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the PNG signature."""
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def check_report(path: Path, out: Path, stem: str) -> dict:
+    """Run report and score on `path`; check the three files agree with `score --json`."""
+    done = spmwatch("report", str(path), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    png, record_path, mask_path = (out / f"{stem}{end}" for end in (".png", ".json", "_mask.npy"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in (png, record_path, mask_path)
+    )
+    width, height = png_size(png)
+    assert width >= 1000 and height >= 300
+    scored = spmwatch("score", "--json", str(path))
+    assert scored.returncode == 0, scored.stderr
+    record = json.loads(record_path.read_text())
+    assert record == json.loads(scored.stdout)
+    mask = np.load(mask_path, allow_pickle=False)
+    assert mask.dtype == np.bool_
+    assert len(mask) == len(record["lines"])
+    flagged = sorted(line["index"] for line in record["lines"] if line["flagged"])
+    assert np.flatnonzero(mask).tolist() == flagged
+    return record
+
+
+def test_report_of_a_failing_synthetic_scan(tmp_path: Path) -> None:
+    scan, truth = synth.failing_scan(seed=3, lines=96, points=128, fault="dropout", at=0.4)
+    path = synth.write(scan, tmp_path / f"{scan.scan_id}.ibw")
+    assert "+" in path.stem  # an unsafe character the output names must not carry
+    out = tmp_path / "out"
+    record = check_report(path, out, path.stem.replace("+", "_"))
+    assert record["verdict"] == "fail" and record["alert"]["kind"] == "dropout"
+    mask = np.load(out / f"{path.stem.replace('+', '_')}_mask.npy")
+    assert len(mask) == scan.n_lines
+    assert (mask & truth.mask).any()  # the report marks lines of the injected fault
+
+
+def test_report_of_a_partial_trace_retrace_fixture(tmp_path: Path) -> None:
+    scan = make_scan(lines=48, points=96, expected_lines=64, scan_down=True, scan_id="fix")
+    path = write_fixture(tmp_path, scan)
+    record = check_report(path, tmp_path / "out", "fix")
+    assert [e["kind"] for e in record["events"]][-1] == "partial_frame"
+    assert len(record["lines"]) == 48
+
+
+def test_report_exit_codes_for_broken_input_and_unwritable_output(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.ibw"
+    broken.write_bytes(b"\x05\x00" + b"not an igor wave" * 4)
+    out = tmp_path / "out"
+    done = spmwatch("report", str(broken), "--out", str(out))
+    assert done.returncode == 2
+    assert "broken.ibw" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+    good = write_fixture(tmp_path, make_scan(scan_id="good"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    done = spmwatch("report", str(good), "--out", str(blocker))
+    assert done.returncode == 1
+    assert "a_file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_residual_map_cancels_at_the_scorers_lag() -> None:
+    scan = synthetic_scan(lines=48, points=96, pairs=1, lag=5, noise=0.01)
+    assert pair_lags(scan) == {"Ch0": 5}
+    trace, retrace = scan.channels["Ch0Trace"], scan.channels["Ch0Retrace"]
+    matched = residual_map(trace, retrace, 5)
+    unmatched = residual_map(trace, retrace, 0)
+    assert np.isnan(matched[:, -5:]).all() and np.isfinite(matched[:, :-5]).all()
+    assert np.nanstd(matched) < 0.05 < np.nanstd(unmatched)
+
+
+def test_level_lines_and_robust_limits() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.normal(size=(20, 50)) + np.arange(20)[:, None] * 100.0
+    image[3] = np.nan  # a dropout line stays NaN and does not break the others
+    levelled = level_lines(image)
+    assert np.isnan(levelled[3]).all()
+    assert np.allclose(np.nanmedian(np.delete(levelled, 3, axis=0), axis=1), 0.0)
+    levelled[0, 0] = 1e6  # a spike does not stretch the colour scale
+    lo, hi = robust_limits(levelled)
+    assert -4.0 < lo < 0.0 < hi < 4.0
+    assert robust_limits(np.full((3, 3), np.nan)) == (-1.0, 1.0)
+
+
+def test_pair_lags_is_empty_without_a_pair() -> None:
+    scan = make_scan(channels=("HeightRetrace", "PhaseRetrace"))
+    assert pair_lags(scan) == {}
+
+
+@pytest.mark.parametrize("lag", [-4, 7])
+def test_residual_map_of_identical_shifted_lines_is_zero(lag: int) -> None:
+    base = np.sin(np.linspace(0, 12, 80))[None, :].repeat(3, axis=0)
+    trace = np.roll(base, lag, axis=1)  # trace[i + lag] == retrace[i] away from the wrap
+    residual = residual_map(trace, base, lag)
+    finite = residual[np.isfinite(residual)]
+    assert finite.size == 3 * (80 - abs(lag))
+    assert np.abs(finite).max() < 1e-9
