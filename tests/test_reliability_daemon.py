@@ -1,0 +1,572 @@
+"""Reliability and security of the running daemon: a real `spmwatch run` subprocess, real files,
+real sockets on loopback. Bad files in the watched folder, SIGKILL and restart, a folder that
+goes away, refused configurations and models, loopback-only binds, CURVE against eavesdroppers
+and forgers, and no pickle anywhere. Every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import pickle  # only to build a hostile model file: the point is that spmwatch never loads it
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from daemon_helpers import (
+    REPO,
+    DaemonProcess,
+    Subscriber,
+    free_port,
+    send_scan,
+    wait_for,
+    write_config,
+)
+from fuzz_corpus import corpus, write_corpus
+
+from spmwatch import protocol
+from spmwatch.curve import configure_client, configure_server, write_keypair
+from spmwatch.model import Scan
+from spmwatch.synth import clean_scan, failing_scan, write
+
+LINES, POINTS = 64, 128
+FUZZ_FILES = 200
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def _good(scan_id: str, seed: int = 1) -> Scan:
+    return dataclasses.replace(clean_scan(seed, LINES, POINTS), scan_id=scan_id)
+
+
+def _failing(scan_id: str, seed: int = 1) -> Scan:
+    scan, _ = failing_scan(seed, LINES, POINTS, fault="dropout", at=0.5)
+    return dataclasses.replace(scan, scan_id=scan_id)
+
+
+@dataclasses.dataclass
+class Watching:
+    daemon: DaemonProcess
+    sub: Subscriber
+    endpoints: dict[str, str]
+    folder: Path
+
+
+def _watch_config(tmp: Path, folder: Path, extra: str = "") -> tuple[Path, dict[str, str]]:
+    return write_config(tmp, f'[watch]\nfolders = ["{folder}"]\nsettle = 0.2\n{extra}')
+
+
+@pytest.fixture(scope="module")
+def watching(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watching]:
+    tmp = tmp_path_factory.mktemp("reliability")
+    folder = tmp / "watched"
+    folder.mkdir()
+    config, endpoints = _watch_config(tmp, folder)
+    daemon = DaemonProcess(config)
+    daemon.wait_ready()
+    sub = Subscriber(endpoints["publish"])
+    wait_for(lambda: sub.of(protocol.TOPIC_HEARTBEAT), timeout=10)
+    yield Watching(daemon, sub, endpoints, folder)
+    sub.close()
+    assert daemon.stop() == 0
+
+
+def _answers(run: Watching, name: str) -> list[tuple[str, dict]]:
+    """Every frame or error event about the file `name` (frames name it, errors carry its path)."""
+    stem = name.removesuffix(".ibw")
+    frames = [("frame", p) for p in run.sub.of(protocol.TOPIC_FRAME) if p.get("file") == name]
+    errors = [
+        ("error", p)
+        for p in run.sub.of(protocol.TOPIC_ERROR)
+        if str(p.get("subject", "")).endswith(f"/{name}") or p.get("scan_id") == stem
+    ]
+    return frames + errors
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the fuzz slice dropped into the watched folder
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_damaged_file_in_the_folder_is_answered_and_the_daemon_survives(
+    watching: Watching,
+) -> None:
+    paths = write_corpus(corpus(FUZZ_FILES), watching.folder)
+    names = [p.name for p in paths]
+    # Files that stay truncated are reported once they have not changed for the watcher's
+    # give-up time (30 s): a file Igor is still writing must not be called broken.
+    wait_for(lambda: all(_answers(watching, n) for n in names), timeout=90, interval=0.5)
+    assert watching.daemon.proc.poll() is None
+    twice = {n: _answers(watching, n) for n in names if len(_answers(watching, n)) != 1}
+    assert not twice, f"answered more than once: {twice}"
+    for name in names:
+        ((kind, payload),) = _answers(watching, name)
+        if kind == "error":
+            assert payload["reason"].strip(), name
+        if "_valid_" in name:
+            assert kind == "frame", (name, payload)
+    errors = sum(_answers(watching, n)[0][0] == "error" for n in names)
+    assert 0 < errors < len(names)
+    write(_failing("after_fuzz"), watching.folder / "after_fuzz.ibw")
+    frame = wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file="after_fuzz.ibw"), 30)[0]
+    assert frame["verdict"] == "fail"
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the watched folder goes away and comes back
+# ---------------------------------------------------------------------------------------------
+
+
+def _gone_reports(run: Watching) -> list[dict]:
+    return [
+        p
+        for p in run.sub.of(protocol.TOPIC_ERROR)
+        if p.get("subject") == str(run.folder) and "gone" in p.get("reason", "")
+    ]
+
+
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_folder_that_vanishes_is_reported_and_watched_again_when_back(
+    watching: Watching, how: str
+) -> None:
+    before = len(_gone_reports(watching))
+    away = watching.folder.with_name("watched.away")
+    if how == "renamed":
+        watching.folder.rename(away)
+    else:
+        shutil.rmtree(watching.folder)
+    wait_for(lambda: len(_gone_reports(watching)) > before, timeout=15)
+    if how == "renamed":
+        away.rename(watching.folder)
+    else:
+        watching.folder.mkdir()
+    name = f"back_{how}.ibw"
+    write(_good(f"back_{how}"), watching.folder / name)
+    frame = wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file=name), timeout=20)[0]
+    assert frame["verdict"] == "pass"
+    assert watching.daemon.proc.poll() is None
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) security of the running daemon
+# ---------------------------------------------------------------------------------------------
+
+
+def _listening(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket process `pid` listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for row in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            if width == 8:
+                address = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                address = socket.inet_ntop(socket.AF_INET6, words)
+            found.append((address, int(hex_port, 16)))
+    return found
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route, if it has one that is not loopback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks a route
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_every_listening_socket_is_on_loopback(watching: Watching) -> None:
+    listening = _listening(watching.daemon.proc.pid)
+    ports = {int(e.rsplit(":", 1)[1]) for e in watching.endpoints.values()}
+    assert ports <= {port for _, port in listening}  # publish, lines, control, metrics
+    assert all(address in ("127.0.0.1", "::1") for address, _ in listening), listening
+    other = _non_loopback_address()
+    if other is None:
+        return
+    for port in ports:
+        with pytest.raises(OSError), socket.create_connection((other, port), timeout=2):
+            pass
+
+
+def test_default_settings_bind_loopback_only() -> None:
+    from spmwatch.settings import Settings
+
+    s = Settings()
+    for endpoint in (s.publish.endpoint, s.lines.endpoint, s.control.endpoint):
+        assert endpoint.startswith("tcp://127.0.0.1:"), endpoint
+    assert s.metrics.address.startswith("127.0.0.1:")
+
+
+def test_scan_id_with_path_characters_is_rejected_and_touches_no_file(
+    watching: Watching, tmp_path: Path
+) -> None:
+    before = sorted(p.name for p in watching.folder.parent.rglob("*"))
+    target = tmp_path / "escaped"
+    hostile = [f"../../{target}", str(target), "..", "a/b", "a\\b", "~root", "\x00x"]
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.connect(watching.endpoints["lines"])
+    header = {"v": 1, "line": 0, "n_lines": 4, "points": 8, "channels": ["HeightRetrace"]}
+    for scan_id in hostile:
+        push.send_multipart([json.dumps({**header, "scan_id": scan_id}).encode(), bytes(32)])
+        push.send_multipart([json.dumps({"v": 1, "scan_id": scan_id, "end": True}).encode()])
+    push.close()
+    expected = 2 * len(hostile)
+
+    def rejections() -> list[dict]:
+        errors = watching.sub.of(protocol.TOPIC_ERROR, source="socket")
+        return [e for e in errors if "scan_id" in e["reason"]]
+
+    wait_for(lambda: len(rejections()) >= expected, timeout=10)
+    assert not target.exists()
+    assert sorted(p.name for p in watching.folder.parent.rglob("*")) == before
+    assert not any(p.get("scan_id") in hostile for p in watching.sub.of(protocol.TOPIC_FRAME))
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) SIGKILL mid-scan, restart with the same state file
+# ---------------------------------------------------------------------------------------------
+
+
+def _logged_frames(daemon: DaemonProcess, scan_id: str) -> list[dict]:
+    return [e for e in daemon.logged("frame") if e.get("scan_id") == scan_id]
+
+
+def _logged_alerts(daemon: DaemonProcess, scan_id: str) -> list[dict]:
+    return [e for e in daemon.logged("alert") if e.get("scan_id") == scan_id]
+
+
+def test_sigkill_mid_scan_then_restart_neither_repeats_nor_misses_a_frame(tmp_path: Path) -> None:
+    folder = tmp_path / "watched"
+    folder.mkdir()
+    state = tmp_path / "state" / "seen.json"
+    extra = f'existing = true\nstate_file = "{state}"\n'
+    config, endpoints = _watch_config(tmp_path, folder, extra)
+
+    first = DaemonProcess(config)
+    first.wait_ready()
+    write(_failing("reported"), folder / "reported.ibw")
+    wait_for(lambda: _logged_frames(first, "reported"), timeout=30)
+    assert len(_logged_alerts(first, "reported")) == 1
+    live = _failing("live_scan", seed=5)
+    lines = list(live.lines(source="test"))
+    from spmwatch.sources.linesocket import LineSender
+
+    with LineSender(endpoints["lines"], linger=10.0) as sender:
+        for line in lines[: LINES // 2]:
+            sender.send(line)
+    wait_for(lambda: any(e.get("scan_id") == "live_scan" for e in first.logged("scan_opened")))
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.proc.wait(10) == -signal.SIGKILL
+    assert json.loads(state.read_text())["files"]  # written atomically: always whole JSON
+
+    write(_good("while_down"), folder / "while_down.ibw")
+    write(_failing("while_down_bad", seed=7), folder / "while_down_bad.ibw")
+    second = DaemonProcess(config)
+    try:
+        second.wait_ready()
+        wait_for(lambda: _logged_frames(second, "while_down_bad"), timeout=30)
+        wait_for(lambda: _logged_frames(second, "while_down"), timeout=30)
+        send_scan(endpoints["lines"], live)  # the producer restarts the interrupted scan
+        wait_for(lambda: _logged_frames(second, "live_scan"), timeout=30)
+        write(_good("canary"), folder / "canary.ibw")  # a last file, so late repeats show up
+        wait_for(lambda: _logged_frames(second, "canary"), timeout=30)
+    finally:
+        assert second.stop() == 0
+    assert _logged_frames(second, "reported") == []
+    assert _logged_alerts(second, "reported") == []
+    assert len(_logged_frames(second, "while_down")) == 1
+    assert len(_logged_frames(second, "while_down_bad")) == 1
+    assert len(_logged_alerts(second, "while_down_bad")) == 1
+    assert len(_logged_frames(second, "live_scan")) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) refused at start: bad config, tampered or hostile model files
+# ---------------------------------------------------------------------------------------------
+
+
+def _tiny_model(folder: Path) -> Path:
+    """A real, loadable .skops model with its sidecar (a logistic regression on random rows)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from spmwatch.classify.classifier import expected_feature_names, save
+
+    names = expected_feature_names(False)
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(40, len(names)))
+    estimator = LogisticRegression().fit(rows, np.arange(40) % 2)
+    sidecar = {"feature_names": list(names), "threshold": 0.5}
+    return save(folder / "tiny.skops", estimator, sidecar)
+
+
+class _Trap:
+    """Unpickling this writes a marker file: proof that something ran pickle.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def _bad_configs(tmp: Path, ports: dict[str, int]) -> dict[str, tuple[str, str]]:
+    """name -> (config text, words the refusal must contain)."""
+    base = (
+        f'[publish]\nendpoint = "tcp://127.0.0.1:{ports["publish"]}"\n'
+        f'[lines]\nendpoint = "tcp://127.0.0.1:{ports["lines"]}"\n'
+        f'[control]\nendpoint = "tcp://127.0.0.1:{ports["control"]}"\n'
+        f'[metrics]\naddress = "127.0.0.1:{ports["metrics"]}"\n'
+    )
+    good = _tiny_model(tmp / "good")
+    tampered = _tiny_model(tmp / "tampered")
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(data))
+    mismatched = _tiny_model(tmp / "mismatched")
+    side = mismatched.with_suffix(".json")
+    sidecar = json.loads(side.read_text())
+    sidecar["feature_names"] = [*sidecar["feature_names"][:-1], "not_a_feature"]
+    side.write_text(json.dumps(sidecar))
+    hostile = tmp / "hostile" / "model.skops"
+    hostile.parent.mkdir()
+    hostile.write_bytes(pickle.dumps(_Trap(tmp / "UNPICKLED")))
+    hostile_side = json.loads(good.with_suffix(".json").read_text())
+    from spmwatch.classify.classifier import sha256_of
+
+    hostile_side["model_sha256"] = sha256_of(hostile)
+    hostile.with_suffix(".json").write_text(json.dumps(hostile_side))
+    nosidecar = tmp / "nosidecar.skops"
+    shutil.copy(good, nosidecar)
+
+    def model(path: Path) -> str:
+        return f'[model]\npath = "{path}"\n'
+
+    return {
+        "unknown key": (base + "[daemon]\nqueue_sise = 10\n", "queue_sise"),
+        "unknown section": (base + "[wacth]\nfolders = []\n", "wacth"),
+        "wrong type": (base + '[daemon]\nqueue_size = "many"\n', "queue_size"),
+        "bad endpoint": (base.replace("tcp://127.0.0.1", "udp://127.0.0.1", 1), "endpoint"),
+        "negative settle": (base + "[watch]\nsettle = -1.0\n", "settle"),
+        "not TOML": (base + "[daemon\n", "TOML"),
+        "curve without keys": (base + "[curve]\nenabled = true\n", "server_secret_key"),
+        "missing model": (base + model(tmp / "absent.skops"), "absent.skops"),
+        "tampered model": (base + model(tampered), "SHA-256"),
+        "mismatched model": (base + model(mismatched), "not_a_feature"),
+        "model without sidecar": (base + model(nosidecar), "sidecar"),
+        "pickle as model": (base + model(hostile), "model.skops"),
+    }
+
+
+def test_bad_configs_and_models_are_refused_before_any_socket_is_bound(tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("publish", "lines", "control", "metrics")}
+    cases = _bad_configs(tmp_path, ports)
+    running = {}
+    for i, (name, (text, _)) in enumerate(cases.items()):
+        path = tmp_path / f"bad{i}.toml"
+        path.write_text(text)
+        running[name] = subprocess.Popen(
+            [sys.executable, "-m", "spmwatch", "run", "--config", str(path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+            cwd=REPO,
+            text=True,
+        )
+    for name, proc in running.items():
+        output, _ = proc.communicate(timeout=120)
+        words = cases[name][1]
+        assert proc.returncode != 0, f"{name}: started anyway\n{output}"
+        assert words in output, f"{name}: refusal does not name {words!r}:\n{output}"
+        assert '"event": "ready"' not in output and "Traceback" not in output, output
+    assert not (tmp_path / "UNPICKLED").exists()
+    for port in ports.values():  # nothing was left bound (and nothing is bound now)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+    sanity = tmp_path / "good.toml"
+    sanity.write_text(cases["unknown key"][0].split("[daemon]")[0])
+    sanity.write_text(
+        sanity.read_text() + f'[model]\npath = "{tmp_path / "good" / "tiny.skops"}"\n'
+    )
+    daemon = DaemonProcess(sanity)  # the same files and ports with a good model do start
+    try:
+        assert daemon.wait_ready()["model"] != "alert-rule"
+    finally:
+        assert daemon.stop() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) CURVE: eavesdroppers get nothing, forged alerts are not acted on
+# ---------------------------------------------------------------------------------------------
+
+
+def _respond_config(tmp: Path, subscribe: str, actions: str, keys: Path) -> Path:
+    path = tmp / "respond.toml"
+    path.write_text(
+        f'subscribe = "{subscribe}"\nactions_endpoint = "{actions}"\ndry_run = true\n'
+        f'state_file = "{tmp / "respond-state.json"}"\nlog_format = "json"\n'
+        f'[curve]\nenabled = true\nsecret_key = "{keys / "responder.key_secret"}"\n'
+        f'daemon_public_key = "{keys / "daemon.key"}"\n'
+    )
+    return path
+
+
+def _forged_alert(seq: int) -> list[bytes]:
+    payload = {
+        "v": 1,
+        "seq": seq,
+        "time": time.time(),
+        "scan_id": "forged",
+        "source": "socket",
+        "line": 3,
+        "position": 3,
+        "kind": "tip_change",
+        "severity": "high",
+        "score": 40.0,
+        "probability": 1.0,
+        "threshold": 0.5,
+        "model": "forged",
+        "action": "stop_scan",
+        "origin": "live",
+        "lines_seen": 4,
+    }
+    return protocol.encode_event(protocol.TOPIC_ALERT, payload)
+
+
+def test_curve_shuts_out_eavesdroppers_and_forgers(tmp_path: Path) -> None:
+    keys, authorised, outsider = tmp_path / "keys", tmp_path / "authorised", tmp_path / "outsider"
+    for name in ("daemon", "responder", "subscriber", "forger"):
+        write_keypair(keys, name)
+    write_keypair(outsider, "stranger")
+    authorised.mkdir()
+    for name in ("responder", "subscriber"):
+        shutil.copy(keys / f"{name}.key", authorised)
+    pub_port = free_port()
+    publish = f"tcp://127.0.0.1:{pub_port}"
+    actions = f"tcp://127.0.0.1:{free_port()}"
+    context = zmq.Context.instance()
+
+    # A forger holds the daemon's address first: it even admits the responder's key.
+    forger = context.socket(zmq.PUB)
+    auth = configure_server(forger, keys / "forger.key_secret", authorised)
+    forger.bind(publish)
+    responder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spmwatch",
+            "respond",
+            "--config",
+            str(_respond_config(tmp_path, publish, actions, keys)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+        cwd=REPO,
+        text=True,
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(responder.stdout or []), daemon=True)
+    reader.start()
+    outcomes = Subscriber(actions, (protocol.TOPIC_ACTION,))
+    try:
+        wait_for(lambda: any("responder_ready" in line for line in output), timeout=30)
+        deadline = time.monotonic() + 3.0
+        seq = 0
+        while time.monotonic() < deadline:  # 3 s of forged alerts, fresh each time
+            forger.send_multipart(_forged_alert(seq))
+            seq += 1
+            time.sleep(0.05)
+        assert outcomes.of(protocol.TOPIC_ACTION) == [], "the responder acted on a forged alert"
+        forger.close(linger=0)
+        auth.stop()
+
+        # The real daemon takes its address back, with CURVE on.
+        config, endpoints = write_config(
+            tmp_path,
+            f'[curve]\nenabled = true\nserver_secret_key = "{keys / "daemon.key_secret"}"\n'
+            f'authorized_keys = "{authorised}"\n',
+            publish=pub_port,
+        )
+        daemon = DaemonProcess(config)
+        try:
+            daemon.wait_ready()
+            plain = Subscriber(publish)  # no CURVE at all
+            stranger = context.socket(zmq.SUB)
+            configure_client(stranger, outsider / "stranger.key_secret", keys / "daemon.key")
+            stranger.setsockopt(zmq.SUBSCRIBE, b"")
+            stranger.connect(publish)
+            member = context.socket(zmq.SUB)
+            configure_client(member, keys / "subscriber.key_secret", keys / "daemon.key")
+            member.setsockopt(zmq.SUBSCRIBE, b"")
+            member.connect(publish)
+            assert member.poll(10_000), "an authorised subscriber hears heartbeats"
+            send_scan(endpoints["lines"], _failing("genuine"))
+            acted = wait_for(lambda: outcomes.of(protocol.TOPIC_ACTION, scan_id="genuine"), 30)
+            assert acted and not outcomes.of(protocol.TOPIC_ACTION, scan_id="forged")
+            assert stranger.poll(500) == 0, "a subscriber with an unknown key heard something"
+            assert plain.events == [], "a subscriber without CURVE heard something"
+            stranger.close(linger=0)
+            member.close(linger=0)
+            plain.close()
+        finally:
+            assert daemon.stop() == 0
+    finally:
+        outcomes.close()
+        responder.terminate()
+        responder.wait(30)
+        reader.join(10)
+    logged = [json.loads(line) for line in output if line.startswith("{")]
+    assert not [e for e in logged if e.get("scan_id") == "forged"]
+
+
+# ---------------------------------------------------------------------------------------------
+# No pickle anywhere
+# ---------------------------------------------------------------------------------------------
+
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve"}
+
+
+def test_no_module_can_unpickle() -> None:
+    """skops (with an allow-list) and JSON only: no import of a pickle family module, no
+    `allow_pickle=True`, no `trusted=True` blanket for skops."""
+    offenders = []
+    for path in sorted((REPO / "spmwatch").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module.split(".")[0]]
+            if set(names) & UNSAFE_MODULES:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} imports {names}")
+            unsafe_flag = isinstance(node, ast.keyword) and node.arg in ("allow_pickle", "trusted")
+            if unsafe_flag and isinstance(node.value, ast.Constant) and node.value.value is True:
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno} {node.arg}=True")
+    assert not offenders, offenders
