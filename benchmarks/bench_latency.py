@@ -57,7 +57,7 @@ def rss_mb(pid: int) -> float:
 
 def bench_alerts(seconds: float, rate: float, rss_lines: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        config, endpoints = write_config(Path(tmp), "[daemon]\nqueue_size = 100000\n")
+        config, endpoints = write_config(Path(tmp))
         config.write_text(config.read_text().replace('level = "debug"', 'level = "info"'))
         daemon = DaemonProcess(config)
         daemon.wait_ready(120)

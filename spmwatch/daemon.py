@@ -22,14 +22,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import structlog
 
 from spmwatch import protocol
 from spmwatch.advice import suggested_action
-from spmwatch.classify.classifier import Classifier, ModelError
+from spmwatch.classify.classifier import Classifier, ModelError, load_default
 from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.logs import setup_logging
@@ -53,28 +53,9 @@ class StartupError(RuntimeError):
     """The daemon cannot start (model unusable, address in use); the text says why."""
 
 
-class Model(Protocol):
-    name: str
-
-    def verdict(
-        self, frame: FrameScores, channels: Any = None, finished: bool = True
-    ) -> Verdict: ...
-
-
-class AlertRuleModel:
-    """Provisional stand-in until models/default.skops ships: fail iff the scorer alerted."""
-
-    name = "alert-rule"
-    threshold = 0.5
-
-    def verdict(self, frame: FrameScores, channels: Any = None, finished: bool = True) -> Verdict:
-        fail = frame.alert is not None
-        return Verdict(frame.scan_id, "fail" if fail else "pass", float(fail), 0.5, self.name)
-
-
-def load_model(path: str) -> Model:
+def load_model(path: str) -> Classifier:
     """The classifier at `path`, or the shipped one; ModelError when it cannot be used."""
-    return Classifier.load(path) if path else AlertRuleModel()
+    return Classifier.load(path) if path else load_default()
 
 
 @dataclasses.dataclass
@@ -127,7 +108,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
-        self.model: Model | None = None
+        self.model: Classifier | None = None
         self.sources: list[Any] = []
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None

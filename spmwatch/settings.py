@@ -130,7 +130,7 @@ class CurveSettings:
 class DaemonSettings:
     """Bounds that keep memory flat whatever the producers do."""
 
-    queue_size: int = 10_000
+    queue_size: int = 2_000
     max_open_scans: int = 16
     scan_timeout: float = 600.0
 
