@@ -20,9 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("command", choices=protocol.CONTROL_COMMANDS)
     where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--endpoint", help=f"control socket (default {protocol.CONTROL_ENDPOINT})"
-    )
+    where.add_argument("--endpoint", help=f"control socket (default {protocol.CONTROL_ENDPOINT})")
     where.add_argument("--config", metavar="FILE", help="take the endpoint from this config")
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for a reply (default 5)"
