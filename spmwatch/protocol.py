@@ -97,7 +97,7 @@ def encode_line(line: Line, dtype: str = "float32") -> list[bytes]:
     names = list(line.channels)
     header = {
         "v": PROTOCOL_VERSION,
-        "scan_id": line.scan_id,
+        "scan_id": valid_scan_id(line.scan_id),
         "line": line.index,
         "position": line.position,
         "n_lines": line.n_lines,

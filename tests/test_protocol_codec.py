@@ -132,3 +132,10 @@ def test_control_request_and_reply() -> None:
         decode_request(json.dumps({"v": 1, "cmd": "reboot"}).encode())
     reply = decode_reply(encode_reply(True, paused=False, lines=np.int64(12)))
     assert reply == {"v": 1, "ok": True, "paused": False, "lines": 12}
+
+
+def test_encoder_refuses_an_unsafe_scan_id_before_it_reaches_the_wire() -> None:
+    line = _line()
+    unsafe = Line(**{**line.__dict__, "scan_id": "synth+tip change"})
+    with pytest.raises(ProtocolError, match="scan_id 'synth\\+tip change'"):
+        encode_line(unsafe)

@@ -1,0 +1,237 @@
+"""`spmwatch demo`: the whole chain on one machine, no microscope, in well under a minute.
+
+It writes a generated scan whose tip fails part-way, starts the real daemon and the responder
+(dry-run) as subprocesses on free loopback ports, replays the scan into the daemon's line socket
+as a live producer would, and prints what a user would see: the alert the moment it is
+published, the Igor commands the responder would send, the frame verdict, and a report PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import zmq
+
+from spmwatch import protocol, synth
+from spmwatch.cli.score import frame_json
+from spmwatch.control import request
+from spmwatch.report import write_report
+from spmwatch.scoring.scorer import score_scan
+from spmwatch.sources.linesocket import LineSender
+from spmwatch.sources.replay import replay_lines
+
+START_TIMEOUT = 60.0  # a cold numba cache compiles the kernels on the first start
+RESULT_TIMEOUT = 20.0
+
+
+class DemoError(RuntimeError):
+    """A step of the demo did not happen in time; the text says which."""
+
+
+@dataclass
+class Endpoints:
+    pub: str
+    lines: str
+    control: str
+    actions: str
+
+    @classmethod
+    def free(cls) -> Endpoints:
+        return cls(*(f"tcp://127.0.0.1:{_free_port()}" for _ in range(4)))
+
+
+@dataclass
+class Seen:
+    """What arrived on the subscriber, filled by the listening thread."""
+
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+
+def run_demo(
+    out_dir: Path,
+    fault: str = "tip_change",
+    seed: int = 3,
+    rate: float = 100.0,
+    say: TextIO = sys.stdout,
+) -> int:
+    """Run the demo in `out_dir`; return 0 when the alert, the action and the verdict all came."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scan, truth = synth.failing_scan(seed=seed, fault=fault)
+    scan.scan_id = "demo_0001"
+    scan_file = synth.write(scan, out_dir / f"{scan.scan_id}.ibw")
+    first = truth.first_position or 0
+    where = f"line {scan.acquisition_order()[first]}, the {_ordinal(first + 1)} scanned"
+    print(f"scan      {scan_file}: {scan.n_lines} lines, {fault} from {where}", file=say)
+    ends = Endpoints.free()
+    daemon_cfg, respond_cfg = _write_configs(out_dir, ends)
+    seen = Seen()
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        daemon = stack.enter_context(_process("run", daemon_cfg, out_dir / "daemon.log"))
+        responder = stack.enter_context(_process("respond", respond_cfg, out_dir / "respond.log"))
+        listener = threading.Thread(target=_listen, args=(ends, seen, stop, say), daemon=True)
+        listener.start()
+        stack.callback(listener.join, 2.0)
+        stack.callback(stop.set)
+        _wait(lambda: _ready(ends.control), "the daemon to report ready", daemon)
+        _wait(
+            lambda: "responder_ready" in _read(out_dir / "respond.log"), "the responder", responder
+        )
+        print(f"daemon    ready on {ends.pub}; responder in dry-run", file=say)
+        print(f"replay    {scan.n_lines} lines at {rate:g} lines/s -> {ends.lines}", file=say)
+        with LineSender(ends.lines, send_timeout=10.0) as sender:
+            for line in replay_lines(scan, rate):
+                sender.send(line)
+            sender.end(scan.scan_id)
+        _wait_seen(seen, lambda: bool(seen.frames and seen.alerts and seen.actions), daemon)
+    frame = score_scan(scan)
+    paths = write_report(scan, frame, frame_json(str(scan_file), frame), out_dir / "report")
+    print(f"report    {paths['png']}", file=say)
+    print(f"logs      {out_dir / 'daemon.log'}, {out_dir / 'respond.log'}", file=say)
+    return 0
+
+
+def _listen(ends: Endpoints, seen: Seen, stop: threading.Event, say: TextIO) -> None:
+    """Print alerts, actions and verdicts as they are published, and keep them for the checks."""
+    context = zmq.Context.instance()
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (protocol.TOPIC_ALERT, protocol.TOPIC_FRAME, protocol.TOPIC_ACTION):
+        sub.subscribe(topic.encode())
+    sub.connect(ends.pub)
+    sub.connect(ends.actions)
+    try:
+        while not stop.is_set():
+            if not sub.poll(100):
+                continue
+            topic, event = protocol.decode_event(sub.recv_multipart())
+            print(_describe(topic, event), file=say, flush=True)
+            with seen.changed:
+                {
+                    protocol.TOPIC_ALERT: seen.alerts,
+                    protocol.TOPIC_FRAME: seen.frames,
+                    protocol.TOPIC_ACTION: seen.actions,
+                }[topic].append(event)
+                seen.changed.notify_all()
+    finally:
+        sub.close()
+
+
+def _describe(topic: str, event: dict[str, Any]) -> str:
+    if topic == protocol.TOPIC_ALERT:
+        return (
+            f"ALERT     line {event['line']} (the {_ordinal(event['position'] + 1)} scanned): "
+            f"{event['kind']}, severity {event['severity']}, "
+            f"probability {event['probability']:.2f}; suggested: {event['action']}"
+        )
+    if topic == protocol.TOPIC_ACTION:
+        commands = "; ".join(event.get("igor_commands") or []) or "(no Igor command)"
+        mode = "would send" if event.get("dry_run") else "sent"
+        return f"ACTION    {event['action']} {event['outcome']}: {mode} {commands}"
+    events = ", ".join(f"{e['kind']} {e['start']}-{e['end']}" for e in event.get("events", []))
+    return (
+        f"FRAME     {event['scan_id']}: {event['verdict'].upper()} "
+        f"(probability {event['probability']:.2f}); events: {events or 'none'}"
+    )
+
+
+def _write_configs(out_dir: Path, ends: Endpoints) -> tuple[Path, Path]:
+    daemon_cfg = out_dir / "spmwatch.toml"
+    daemon_cfg.write_text(
+        "[lines]\n"
+        f'endpoint = "{ends.lines}"\n'
+        "[publish]\n"
+        f'endpoint = "{ends.pub}"\n'
+        "line_topic = false\n"
+        "[control]\n"
+        f'endpoint = "{ends.control}"\n'
+        "[metrics]\n"
+        'address = ""\n'
+        "[logging]\n"
+        'format = "json"\n'
+    )
+    respond_cfg = out_dir / "respond.toml"
+    respond_cfg.write_text(
+        f'subscribe = "{ends.pub}"\n'
+        f'actions_endpoint = "{ends.actions}"\n'
+        "dry_run = true\n"
+        f'state_file = "{(out_dir / "respond-state.json").as_posix()}"\n'
+        'log_format = "json"\n'
+    )
+    return daemon_cfg, respond_cfg
+
+
+@contextlib.contextmanager
+def _process(command: str, config: Path, log_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `spmwatch COMMAND --config CONFIG` child logging to `log_file`, ended on exit."""
+    with log_file.open("wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "spmwatch", command, "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            yield child
+        finally:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def _ready(endpoint: str) -> bool:
+    try:
+        return bool(request(endpoint, "status", timeout=0.5).get("ok"))
+    except TimeoutError:
+        return False
+
+
+def _wait(predicate: Callable[[], bool], what: str, child: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while not predicate():
+        if child.poll() is not None:
+            raise DemoError(f"waiting for {what}: the process exited with code {child.returncode}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"{what} did not come within {START_TIMEOUT:g} s")
+        time.sleep(0.05)
+
+
+def _wait_seen(seen: Seen, done: Callable[[], bool], daemon: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    with seen.changed:
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0 or daemon.poll() is not None:
+                missing = [n for n in ("alerts", "actions", "frames") if not getattr(seen, n)]
+                raise DemoError(f"no {', no '.join(missing)} published within {RESULT_TIMEOUT:g} s")
+            seen.changed.wait(min(left, 0.2))
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

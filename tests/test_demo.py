@@ -1,0 +1,35 @@
+"""`spmwatch demo`, the README's first command, run as a user runs it: a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def test_demo_raises_the_alert_the_responder_acts_and_the_report_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "spmwatch", "demo", "--out", str(out), "--seed", "0"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    alerts = [line for line in lines if line.startswith("ALERT")]
+    actions = [line for line in lines if line.startswith("ACTION")]
+    frames = [line for line in lines if line.startswith("FRAME")]
+    assert len(alerts) == 1, done.stdout
+    assert "tip_change" in alerts[0]
+    assert actions and all("ok" in line for line in actions), done.stdout
+    assert len(frames) == 1 and "FAIL" in frames[0], done.stdout
+    # The alert comes before the verdict of the finished frame: it was raised while scanning.
+    assert lines.index(alerts[0]) < lines.index(frames[0])
+    png = out / "report" / "demo_0001.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mask = np.load(out / "report" / "demo_0001_mask.npy")
+    assert mask.dtype == bool and mask.any()
+    assert "responder_ready" in (out / "respond.log").read_text()
