@@ -29,7 +29,7 @@ import structlog
 
 from spmwatch import protocol
 from spmwatch.advice import suggested_action
-from spmwatch.classify.classifier import Classifier, ModelError, load_default
+from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.logs import setup_logging
@@ -51,11 +51,6 @@ _LIVE_SECTIONS = ("scoring", "model", "logging", "daemon")
 
 class StartupError(RuntimeError):
     """The daemon cannot start (model unusable, address in use); the text says why."""
-
-
-def load_model(path: str) -> Classifier:
-    """The classifier at `path`, or the shipped one; ModelError when it cannot be used."""
-    return Classifier.load(path) if path else load_default()
 
 
 @dataclasses.dataclass

@@ -22,10 +22,10 @@ from typing import Any, TextIO
 import zmq
 
 from spmwatch import protocol, synth
-from spmwatch.cli.score import frame_json
+from spmwatch.classify.classifier import load_default
+from spmwatch.cli.score import assess, frame_json
 from spmwatch.control import request
 from spmwatch.report import write_report
-from spmwatch.scoring.scorer import score_scan
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.sources.replay import replay_lines
 
@@ -96,8 +96,10 @@ def run_demo(
                 sender.send(line)
             sender.end(scan.scan_id)
         _wait_seen(seen, lambda: bool(seen.frames and seen.alerts and seen.actions), daemon)
-    frame = score_scan(scan)
-    paths = write_report(scan, frame, frame_json(str(scan_file), frame), out_dir / "report")
+    frame, verdict = assess(scan, load_default())
+    paths = write_report(
+        scan, frame, frame_json(str(scan_file), frame, verdict), out_dir / "report"
+    )
     print(f"report    {paths['png']}", file=say)
     print(f"logs      {out_dir / 'daemon.log'}, {out_dir / 'respond.log'}", file=say)
     return 0

@@ -229,6 +229,11 @@ def load_default() -> Classifier:
     return Classifier.load(default_model_path())
 
 
+def load_model(path: str | Path | None = None) -> Classifier:
+    """The classifier at `path`, or the shipped one; ModelError when it cannot be used."""
+    return Classifier.load(path) if path else load_default()
+
+
 def save(
     path: str | Path,
     estimator: Any,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spmwatch.cli.score import frame_json
+from spmwatch.cli.score import (
+    EXIT_BAD_MODEL,
+    EXIT_UNREADABLE,
+    add_model_option,
+    assess,
+    frame_json,
+    open_model,
+)
 from spmwatch.ibw import IbwError, read_scan
 from spmwatch.report import write_report
-from spmwatch.scoring.scorer import score_scan
 
 EXIT_WRITE_FAILED = 1
-EXIT_UNREADABLE = 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,18 +30,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file", metavar="FILE", help="an Asylum .ibw scan")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
+    add_model_option(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    model = open_model(args.model, "report")
+    if model is None:
+        return EXIT_BAD_MODEL
     try:
         scan = read_scan(args.file)
     except (IbwError, OSError) as exc:
         print(f"spmwatch report: cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
-    frame = score_scan(scan)
+    frame, verdict = assess(scan, model)
     try:
-        paths = write_report(scan, frame, frame_json(args.file, frame), args.out)
+        paths = write_report(scan, frame, frame_json(args.file, frame, verdict), args.out)
     except OSError as exc:
         print(f"spmwatch report: cannot write the report into {args.out}: {exc}", file=sys.stderr)
         return EXIT_WRITE_FAILED

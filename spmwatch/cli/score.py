@@ -6,27 +6,53 @@ import argparse
 import json
 import sys
 
+from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.ibw import IbwError, read_scan
-from spmwatch.model import FrameScores
+from spmwatch.model import FrameScores, Scan, Verdict
 from spmwatch.scoring.scorer import score_scan
-from spmwatch.scoring.verdict import verdict
+
+EXIT_UNREADABLE = 2
+EXIT_BAD_MODEL = 3
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="score .ibw scans line by line")
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    add_model_option(parser)
     parser.set_defaults(func=run)
 
 
-def frame_json(path: str, frame: FrameScores) -> dict[str, object]:
+def add_model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", metavar="PATH", help="classifier .skops file (default: the shipped model)"
+    )
+
+
+def open_model(path: str | None, command: str) -> Classifier | None:
+    """The classifier, or None after printing why it cannot be used."""
+    try:
+        return load_model(path)
+    except ModelError as exc:
+        print(f"spmwatch {command}: {exc}", file=sys.stderr)
+        return None
+
+
+def assess(scan: Scan, model: Classifier) -> tuple[FrameScores, Verdict]:
+    """Score a whole saved frame and decide it, exactly as the daemon does for a finished frame."""
+    frame = score_scan(scan)
+    return frame, model.verdict(frame, scan.channels, finished=True)
+
+
+def frame_json(path: str, frame: FrameScores, verdict: Verdict) -> dict[str, object]:
     """The score record of one file (also written by `spmwatch report`)."""
-    result, probability = verdict(frame)
     alert = frame.alert
     return {
         "file": path,
-        "verdict": result,
-        "probability": probability,
+        "verdict": verdict.verdict,
+        "probability": round(float(verdict.probability), 4),
+        "threshold": round(float(verdict.threshold), 4),
+        "model": verdict.model,
         "alert": None
         if alert is None
         else {"line": alert.line, "kind": alert.kind, "severity": alert.severity},
@@ -60,14 +86,18 @@ def _human(record: dict[str, object]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    model = open_model(args.model, "score")
+    if model is None:
+        return EXIT_BAD_MODEL
     status = 0
     for path in args.files:
         try:
-            frame = score_scan(read_scan(path))
+            scan = read_scan(path)
         except (IbwError, OSError) as exc:
             print(f"spmwatch score: cannot read {path}: {exc}", file=sys.stderr)
-            status = 2
+            status = EXIT_UNREADABLE
             continue
-        record = frame_json(path, frame)
+        frame, verdict = assess(scan, model)
+        record = frame_json(path, frame, verdict)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     return status
