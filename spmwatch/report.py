@@ -150,6 +150,9 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
     verdict = str(record.get("verdict", "?")).upper()
     probability = record.get("probability")
     prob = f"p = {probability:.2f}" if isinstance(probability, (int, float)) else "p = ?"
+    threshold = record.get("threshold")
+    if isinstance(threshold, (int, float)):
+        prob += f", fail at ≥ {threshold:.2f}"
     alert = record.get("alert")
     if isinstance(alert, Mapping):
         said = f"alert at line {alert['line']}: {alert['kind']} ({alert['severity']})"
@@ -381,12 +384,22 @@ def render_png(
 # ------------------------------------------------------------------------------ files
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask is process-wide, not thread-safe
+
+
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, so a reader never sees half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is for people to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

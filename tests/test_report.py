@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -30,6 +31,12 @@ def spmwatch(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def png_size(path: Path) -> tuple[int, int]:
     """(width, height) from the IHDR chunk, after checking the PNG signature."""
     head = path.read_bytes()[:24]
@@ -47,6 +54,7 @@ def check_report(path: Path, out: Path, stem: str) -> dict:
         p.name for p in (png, record_path, mask_path)
     )
     width, height = png_size(png)
+    assert png.stat().st_mode & 0o444 == 0o444 & ~_umask()  # readable as any new file
     assert width >= 1000 and height >= 300
     scored = spmwatch("score", "--json", str(path))
     assert scored.returncode == 0, scored.stderr
