@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import signal
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -140,6 +141,7 @@ class Daemon:
             heartbeat_interval=s.publish.heartbeat_interval,
             heartbeat=self._heartbeat,
             curve=(s.curve.server_secret_key, s.curve.authorized_keys) if s.curve.enabled else None,
+            name=s.daemon.name or socket.gethostname(),
         )
         self.control = ControlServer(s.control.endpoint, self.command)
         self._bind(self.publisher.start, "publish.endpoint", s.publish.endpoint)

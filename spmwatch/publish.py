@@ -53,10 +53,16 @@ class Publisher:
         heartbeat: Callable[[], Mapping[str, Any]] = dict,
         curve: tuple[str | Path, str | Path] | None = None,
         context: zmq.Context | None = None,
+        name: str = "",
+        source: str = "daemon",
     ) -> None:
         """`heartbeat` returns the daemon's fields for each heartbeat; `curve` is
-        (server secret key file, authorised client keys folder) or None for plain TCP."""
+        (server secret key file, authorised client keys folder) or None for plain TCP.
+        `name`, when given, goes into every payload as "daemon": it tells a subscriber behind a
+        proxy which publisher's seq counter an event belongs to. `source` labels heartbeats."""
         self.endpoint = endpoint
+        self._name = name
+        self._source = source
         self._hwm = hwm
         self._line_capacity = line_queue
         self._interval = heartbeat_interval
@@ -144,10 +150,12 @@ class Publisher:
             raise protocol.ProtocolError(f"unknown topic {topic!r}")
         seq = self._seq[topic]
         self._seq[topic] = seq + 1
+        identity = {"daemon": self._name} if self._name else {}
         return {
             "v": protocol.PROTOCOL_VERSION,
             "seq": seq,
             "time": time.time(),
+            **identity,
             "scan_id": scan_id,
             "source": source,
             **_finite(fields),
@@ -200,7 +208,7 @@ class Publisher:
             fields = {**self.counters(), **extra}
         fields["interval"] = self._interval
         with self._cond:
-            payload = self._envelope(protocol.TOPIC_HEARTBEAT, None, "daemon", fields)
+            payload = self._envelope(protocol.TOPIC_HEARTBEAT, None, self._source, fields)
         frames = protocol.encode_event(protocol.TOPIC_HEARTBEAT, payload)
         socket.send_multipart(frames)
         self._count(frames[0])

@@ -38,6 +38,7 @@ from spmwatch.curve import configure_client
 from spmwatch.igor import IgorError, IgorLink, igor_name
 from spmwatch.model import EVENT_KINDS, SEVERITIES
 from spmwatch.publish import Publisher
+from spmwatch.sdnotify import Notifier
 
 log = structlog.get_logger("spmwatch.respond")
 
@@ -446,6 +447,7 @@ def serve(
         settings.actions_endpoint,
         heartbeat_interval=settings.heartbeat_interval,
         heartbeat=lambda: {"role": "responder", "dry_run": settings.dry_run},
+        source="responder",
         curve=(curve.secret_key, curve.authorized_keys)
         if curve.enabled and curve.authorized_keys
         else None,
@@ -472,7 +474,14 @@ def serve(
             dry_run=settings.dry_run,
             state_file=str(state.path),
         )
+        notifier = Notifier()
+        notifier.ready("dry-run" if settings.dry_run else "acting on alerts")
+        ping = notifier.watchdog_interval
+        next_ping = 0.0
         while not stop.is_set():
+            if ping is not None and time.monotonic() >= next_ping:
+                notifier.watchdog()  # from this loop: a hung Igor call is caught by its time-out
+                next_ping = time.monotonic() + ping
             if not sub.poll(200):
                 continue
             try:
@@ -483,5 +492,6 @@ def serve(
             if topic == protocol.TOPIC_ALERT:
                 responder.handle(payload)
     finally:
+        Notifier().stopping()
         sub.close(linger=0)
         publisher.stop()

@@ -130,6 +130,7 @@ class CurveSettings:
 class DaemonSettings:
     """Bounds that keep memory flat whatever the producers do."""
 
+    name: str = ""
     queue_size: int = 2_000
     max_open_scans: int = 16
     scan_timeout: float = 600.0

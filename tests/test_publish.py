@@ -96,3 +96,20 @@ def test_unknown_topic_is_refused(endpoint: str) -> None:
             pub.publish("spmwatch.nope", None, "daemon", {})
     finally:
         pub.stop()
+
+
+def test_named_publisher_stamps_every_event(endpoint: str) -> None:
+    """Behind `spmwatch proxy` the "daemon" field keeps each publisher's seq counter apart."""
+    pub = Publisher(endpoint, heartbeat_interval=0.05, name="afm-2", source="responder")
+    pub.start()
+    sub = Subscriber(endpoint)
+    try:
+        _connected(sub)
+        pub.publish(protocol.TOPIC_ALERT, "s0", "socket", {"line": 3})
+        wait_for(lambda: sub.of(protocol.TOPIC_ALERT))
+    finally:
+        pub.stop()
+        sub.close()
+    assert sub.of(protocol.TOPIC_ALERT)[0]["daemon"] == "afm-2"
+    beat = sub.of(protocol.TOPIC_HEARTBEAT)[0]
+    assert (beat["daemon"], beat["source"]) == ("afm-2", "responder")

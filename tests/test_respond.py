@@ -174,8 +174,10 @@ def test_unreadable_state_file_starts_empty(tmp_path: Path) -> None:
 # -- the service, as a subprocess ---------------------------------------------------------------
 
 
-def _start_responder(config_file: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def _start_responder(
+    config_file: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "spmwatch", "respond", "--config", str(config_file), "--dry-run"],
         cwd=ROOT,
@@ -254,3 +256,31 @@ def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     out, _ = process.communicate(timeout=20)
     assert process.returncode == 2
     assert "dry_runn: unknown key" in out
+
+
+def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
+    """Type=notify in spmwatch-respond.service: READY=1 once subscribed, pings, STOPPING=1."""
+    import socket as sockets
+
+    address = str(tmp_path / "notify")
+    receiver = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    receiver.bind(address)
+    receiver.settimeout(60)
+    config_file = tmp_path / "respond.toml"
+    config_file.write_text(
+        f'subscribe = "{free_tcp_endpoint()}"\n'
+        f'actions_endpoint = "{free_tcp_endpoint()}"\n'
+        f'state_file = "{tmp_path / "state.json"}"\n'
+    )
+    process = _start_responder(config_file, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+    try:
+        assert receiver.recv(4096).decode().startswith("READY=1\nSTATUS=dry-run")
+        assert [receiver.recv(4096) for _ in range(3)] == [b"WATCHDOG=1"] * 3
+        process.send_signal(signal.SIGTERM)
+        while (message := receiver.recv(4096)) != b"STOPPING=1":
+            assert message == b"WATCHDOG=1"
+        assert process.wait(20) == 0
+    finally:
+        receiver.close()
+        if process.poll() is None:
+            _stop(process)
