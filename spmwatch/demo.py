@@ -62,7 +62,7 @@ class Seen:
 def run_demo(
     out_dir: Path,
     fault: str = "tip_change",
-    seed: int = 3,
+    seed: int = 0,
     rate: float = 100.0,
     say: TextIO = sys.stdout,
 ) -> int:

@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, help="folder for the scan, logs and report (default: a new temp folder)"
     )
     parser.add_argument("--fault", choices=FAULT_KINDS, default="tip_change")
-    parser.add_argument("--seed", type=int, default=3, help="seed of the generated scan")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated scan")
     parser.add_argument("--rate", type=float, default=100.0, help="replay rate in lines/s")
     parser.set_defaults(func=run)
 
