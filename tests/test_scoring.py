@@ -24,6 +24,7 @@ from tests import scoring_helpers as faults
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 lines = arrays(np.float64, st.integers(8, 300), elements=finite)
+SCAR_SCRATCH = np.zeros(3 * K.SCAR_MAX_WIDTH, dtype=np.int64)
 
 
 def kernel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -48,26 +49,25 @@ def test_residual_and_lag_match_numpy(n: int, lag: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     t, r = rng.standard_normal(n), rng.standard_normal(n)
     out = np.empty(3)
-    K.residual(t, r, lag, out)
+    K.residual(t, r, lag, out, np.empty(n))
     np.testing.assert_allclose(out, R.residual(t, r, lag), rtol=1e-9, atol=1e-12)
     corr, rms = K.line_pair(t, r)
     np.testing.assert_allclose((corr, rms), R.line_pair(t, r), rtol=1e-9)
-    assert K.best_lag(t, r, 8, out) == R.best_lag(t, r, 8)
+    prefix = np.empty((6, n + 1))
+    assert K.best_lag(t, r, -8, 8, prefix) == R.best_lag(t, r, -8, 8)
+    assert K.best_lag(t, r, lag - 2, lag + 2, prefix) == R.best_lag(t, r, lag - 2, lag + 2)
 
 
-def scratch(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.empty(n), np.empty(n)
-
-
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(32, 128))
 def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
     rng = np.random.default_rng(seed)
     history = rng.standard_normal((K.HIST_DEPTH, 1, n))
     width = int(rng.integers(1, 5))
-    history[-1 - width : -1, 0, 5 : 5 + n // 2] += rng.uniform(0.5, 3.0)  # a band
+    start, length = rng.integers(0, n // 2), rng.integers(12, n // 2)  # runs near 16 px too
+    history[-1 - width : -1, 0, start : start + length] += rng.uniform(0.5, 3.0)  # a band
     head = K.HIST_DEPTH - 1  # newest slot; kernel reads the ring backwards from it
-    got = K.scar_fraction(history, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, *scratch(n))
+    got = K.scar_fraction(history, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, SCAR_SCRATCH)
     want = R.scar_fraction(history[:, 0, :], 1.0, 0.666, 0.25, 16)
     assert got[0] == pytest.approx(want[0]) and got[1] == want[1]
 
@@ -76,7 +76,7 @@ def test_scar_fraction_finds_a_band() -> None:
     history = np.zeros((K.HIST_DEPTH, 1, 100))
     history[-3:-1, 0, 10:60] = 1.0  # a 2-line band, 50 px long
     frac, width = K.scar_fraction(
-        history, K.HIST_DEPTH - 1, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, *scratch(100)
+        history, K.HIST_DEPTH - 1, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, SCAR_SCRATCH
     )
     assert (frac, width) == (0.5, 2)
 
@@ -85,10 +85,10 @@ def test_scar_fraction_finds_a_band() -> None:
 def test_power_spectrum_matches_numpy_fft(points: int) -> None:
     rng = np.random.default_rng(points)
     x = rng.standard_normal(points)
-    bitrev, tw_re, tw_im = _fft_tables(points)
+    bitrev, tw = _fft_tables(points)
     m = len(bitrev)
     power = np.empty(m)
-    K.power_spectrum(x, bitrev, tw_re, tw_im, np.empty(m), np.empty(m), power)
+    K.power_spectrum(x, bitrev, tw, np.empty(m), np.empty(m), power)
     np.testing.assert_allclose(power, R.power_spectrum(x, m), rtol=1e-9, atol=1e-9)
     base = rng.standard_normal(m)
     peak = K.spectral_peak(power, base, 4, True, np.empty(m))
@@ -99,13 +99,21 @@ def test_power_spectrum_matches_numpy_fft(points: int) -> None:
 @given(st.integers(1, 32), st.integers(0, 2**32 - 1))
 def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    ring = rng.standard_normal((count, 5))
+    ring = rng.standard_normal((count + 40, 5))
+    ring[:, 4] = np.round(ring[:, 4])  # ties
     floors = np.array([0.0, 0.1, 0.5, 1.0, 0.0])
+    # the kernel keeps each column sorted as a ring of `count` values is overwritten in turn
+    cols = np.zeros((5, count))
+    for i, row in enumerate(ring):
+        for f in range(5):
+            old = ring[i - count, f] if i >= count else 0.0
+            K.sorted_replace(cols[f], min(i, count), old, row[f], i >= count)
+    np.testing.assert_array_equal(cols, np.sort(ring[-count:].T, axis=1))
     med, scale = np.empty(5), np.empty(5)
-    K.robust_baseline(ring, count, floors, med, scale, np.empty(32), np.empty(32), np.empty(32))
-    med_ref, scale_ref = R.robust_baseline(ring, floors)
-    np.testing.assert_allclose(med, med_ref)
-    np.testing.assert_allclose(scale, scale_ref)
+    K.robust_baseline(cols, count, floors, med, scale)
+    med_ref, scale_ref = R.robust_baseline(ring[-count:], floors)
+    np.testing.assert_array_equal(med, med_ref)
+    np.testing.assert_allclose(scale, scale_ref, rtol=1e-15)
 
 
 def test_streaming_equals_batch_and_is_causal() -> None:

@@ -60,8 +60,9 @@ N_FAMILIES = 10  # families F_LEVEL..F_DROPOUT compete for the score and the kin
     S_SPEC_KLO,
     S_LEVEL_FLOOR,
     S_CLIP,
-) = range(17)
-N_SETTINGS = 17
+    S_LAG_RECHECK,
+) = range(18)
+N_SETTINGS = 18
 
 # Integer state vector.
 I_LINES, I_HIST_N, I_HIST_HEAD, I_BASE_N, I_BASE_HEAD, I_SINCE_REFRESH, I_VOTES, I_SPEC_N = range(8)
@@ -70,8 +71,46 @@ N_STATE = 8
 SCAR_MAX_WIDTH = 4
 HIST_DEPTH = SCAR_MAX_WIDTH + 2  # band of 4 + the older neighbour + the newest line
 TINY = 1e-300
+KEY_MAX = 0x7FFFFFFFFFFFFFFF
 
-_OPTS = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy"}
+# Reassociation lets LLVM vectorise the sums (results move by rounding only); no-NaN/no-inf
+# flags are left out on purpose, they would fold away the isfinite tests of the dropout check.
+_OPTS = {
+    "cache": True,
+    "nogil": True,
+    "fastmath": {"reassoc", "nsz", "contract"},
+    "error_model": "numpy",
+}
+
+
+@njit(**_OPTS)
+def _order_key(bits):
+    """An int64 that orders like the float64 whose bits these are (finite values, -0 < +0).
+
+    Integer min/max reductions vectorise; float ones do not without no-NaN fast-math, which
+    would also fold away the isfinite tests. The map is its own inverse.
+    """
+    return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+
+
+@njit(**_OPTS)
+def _key_value(key, scratch):
+    """The float64 whose order key is `key` (a bit cast through one slot of `scratch`)."""
+    scratch.view(np.int64)[0] = _order_key(key)
+    return scratch[0]
+
+
+@njit(**_OPTS)
+def _finite_range(x):
+    """(min, max) of the finite samples: the slow path for lines holding NaN or inf."""
+    lo = np.inf
+    hi = -np.inf
+    for i in range(x.shape[0]):
+        v = x[i]
+        if math.isfinite(v):
+            lo = min(lo, v)
+            hi = max(hi, v)
+    return lo, hi
 
 
 @njit(**_OPTS)
@@ -80,31 +119,38 @@ def line_stats(x, out_detrended, stats):
 
     stats <- [level, slope, rms, diff_rms, bad_fraction]; bad_fraction is the largest share of
     non-finite, exactly zero, or saturated samples (equal to the line max or min), 1.0 when the
-    line is constant. Non-finite samples are written as 0 in `out_detrended`.
+    line is constant. Non-finite samples are written as 0 in `out_detrended`. Two passes, both
+    branch-free so they vectorise; x must be contiguous (its bits are read for the min/max).
     """
     n = x.shape[0]
     half = 0.5 * (n - 1)
+    bits = x.view(np.int64)
     s = 0.0
     sx = 0.0
     sxx = 0.0
     good = 0
     zeros = 0
-    lo = np.inf
-    hi = -np.inf
+    key_lo = KEY_MAX
+    key_hi = -KEY_MAX
     for i in range(n):
         v = x[i]
-        if not math.isfinite(v):
-            continue
+        finite = math.isfinite(v)
         xc = i - half
-        good += 1
-        s += v
-        sx += v * xc
-        sxx += xc * xc
-        if v == 0.0:
-            zeros += 1
-        lo = min(lo, v)
-        hi = max(hi, v)
+        vf = v if finite else 0.0
+        good += finite
+        s += vf
+        sx += vf * xc
+        sxx += xc * xc if finite else 0.0
+        zeros += v == 0.0
+        k = _order_key(bits[i])
+        key_lo = k if k < key_lo else key_lo
+        key_hi = k if k > key_hi else key_hi
     nonfinite = n - good
+    if nonfinite:
+        lo, hi = _finite_range(x)
+    else:
+        lo = _key_value(key_lo, out_detrended)
+        hi = _key_value(key_hi, out_detrended)
     if good < 2 or hi == lo:
         for i in range(n):
             out_detrended[i] = 0.0
@@ -119,23 +165,17 @@ def line_stats(x, out_detrended, stats):
     n_hi = 0
     n_lo = 0
     ss = 0.0
-    sd = 0.0
-    last = 0.0
     for i in range(n):
         v = x[i]
-        if not math.isfinite(v):
-            out_detrended[i] = 0.0
-            continue
-        if v == hi:
-            n_hi += 1
-        if v == lo:
-            n_lo += 1
-        d = v - mean - slope * (i - half)
+        n_hi += v == hi
+        n_lo += v == lo
+        d = v - mean - slope * (i - half) if math.isfinite(v) else 0.0
         out_detrended[i] = d
         ss += d * d
-        if i > 0:
-            sd += (d - last) * (d - last)
-        last = d
+    sd = 0.0
+    for i in range(1, n):
+        e = out_detrended[i] - out_detrended[i - 1]
+        sd += e * e
     worst = max(nonfinite, zeros, n_hi, n_lo)
     stats[0] = mean
     stats[1] = slope
@@ -164,11 +204,12 @@ def line_pair(a, b):
 
 
 @njit(**_OPTS)
-def residual(trace, retrace, lag, out):
+def residual(trace, retrace, lag, out, scratch):
     """Trace minus retrace after shifting by `lag` px: trace[i + lag] - retrace[i].
 
     The residual over the overlap has its own offset and slope removed (the two directions
     drift apart slightly). out <- [rms, max |residual|, trace/retrace correlation].
+    `scratch` (>= len(trace) floats, contiguous) holds |residual| for the max.
     """
     n = trace.shape[0]
     i0 = max(0, -lag)
@@ -180,112 +221,197 @@ def residual(trace, retrace, lag, out):
         out[2] = 1.0
         return
     half = 0.5 * (m - 1)
+    tt = trace[i0 + lag : i1 + lag]  # the overlap, so the loops index from 0 and vectorise
+    rr = retrace[i0:i1]
     s = 0.0
     sx = 0.0
-    sxx = 0.0
     stt = 0.0
     srr = 0.0
     str_ = 0.0
-    for i in range(i0, i1):
-        t = trace[i + lag]
-        r = retrace[i]
+    for i in range(m):
+        t = tt[i]
+        r = rr[i]
         d = t - r
-        xc = (i - i0) - half
         s += d
-        sx += d * xc
-        sxx += xc * xc
+        sx += d * (i - half)
         stt += t * t
         srr += r * r
         str_ += t * r
+    sxx = m * (m * m - 1.0) / 12.0
     mean = s / m
     slope = sx / sxx
     ss = 0.0
-    mx = 0.0
-    for i in range(i0, i1):
-        d = trace[i + lag] - retrace[i] - mean - slope * ((i - i0) - half)
+    for i in range(m):
+        d = tt[i] - rr[i] - mean - slope * (i - half)
         ss += d * d
-        mx = max(mx, abs(d))
+        scratch[i] = abs(d)
+    # the largest |d| as the largest int64 of its bits: non-negative floats order like them
+    bits = scratch.view(np.int64)
+    top = bits[0]
+    for i in range(1, m):
+        top = bits[i] if bits[i] > top else top
     denom = math.sqrt(stt * srr)
     out[0] = math.sqrt(ss / m)
-    out[1] = mx
+    out[1] = _key_value(top, scratch)
     out[2] = str_ / denom if denom > 0.0 else 0.0
 
 
 @njit(**_OPTS)
-def best_lag(trace, retrace, max_lag, work):
-    """The shift (|lag| <= max_lag) minimising the residual RMS of one line pair."""
-    best = 0
-    best_rms = np.inf
-    for lag in range(-max_lag, max_lag + 1):
-        residual(trace, retrace, lag, work)
-        if work[0] < best_rms:
-            best_rms = work[0]
+def best_lag(trace, retrace, lo, hi, prefix):
+    """The shift in [lo, hi] minimising the residual RMS of one line pair (first on ties).
+
+    Same criterion as `residual` at every lag, but from running sums: only the cross
+    product trace[i + lag] * retrace[i] costs a pass per lag, the sums of t, i t, t^2 (and
+    the same of r) over any overlap come from prefix sums in `prefix` (6 x (n + 1) floats).
+    """
+    n = trace.shape[0]
+    pt, pit, ptt = prefix[0], prefix[1], prefix[2]
+    pr, pir, prr = prefix[3], prefix[4], prefix[5]
+    pt[0] = pit[0] = ptt[0] = pr[0] = pir[0] = prr[0] = 0.0
+    for i in range(n):
+        t = trace[i]
+        r = retrace[i]
+        pt[i + 1] = pt[i] + t
+        pit[i + 1] = pit[i] + i * t
+        ptt[i + 1] = ptt[i] + t * t
+        pr[i + 1] = pr[i] + r
+        pir[i + 1] = pir[i] + i * r
+        prr[i + 1] = prr[i] + r * r
+    best = lo
+    best_ms = np.inf
+    for lag in range(lo, hi + 1):
+        i0 = max(0, -lag)
+        i1 = min(n, n - lag)
+        m = i1 - i0
+        if m < 4:
+            ms = 0.0  # as `residual`: too little overlap scores 0
+        else:
+            tt = trace[i0 + lag : i1 + lag]
+            rr = retrace[i0:i1]
+            dot = 0.0
+            for i in range(m):
+                dot += tt[i] * rr[i]
+            j0 = i0 + lag
+            j1 = i1 + lag
+            st = pt[j1] - pt[j0]
+            sr = pr[i1] - pr[i0]
+            sd = st - sr
+            # sum over the overlap of (i - i0) * d_i, then centred
+            sid = (pit[j1] - pit[j0]) - j0 * st - ((pir[i1] - pir[i0]) - i0 * sr)
+            sxd = sid - 0.5 * (m - 1) * sd
+            sdd = (ptt[j1] - ptt[j0]) + (prr[i1] - prr[i0]) - 2.0 * dot
+            sxx = m * (m * m - 1.0) / 12.0
+            ms = max(sdd - sd * sd / m - sxd * sxd / sxx, 0.0) / m
+        if ms < best_ms:
+            best_ms = ms
             best = lag
     return best
 
 
+@njit(inline="always", **_OPTS)
+def _band_excess(newest, r1, r2, r3, r4, r5, w, i, sign):
+    """How far the band of the w lines r1..rw before the newest sits above (sign > 0) or
+    below both neighbours at pixel i: the newest line and the line before the band."""
+    a = newest[i]
+    lo = hi = r1[i]
+    b = r2[i]
+    if w >= 2:
+        lo, hi = min(lo, b), max(hi, b)
+        b = r3[i]
+    if w >= 3:
+        lo, hi = min(lo, b), max(hi, b)
+        b = r4[i]
+    if w >= 4:
+        lo, hi = min(lo, b), max(hi, b)
+        b = r5[i]
+    if sign > 0:
+        return lo - max(a, b)
+    return min(a, b) - hi
+
+
+@njit(inline="always", **_OPTS)
+def _scar_run(newest, r1, r2, r3, r4, r5, w, anchor, sign, soft_t, hard_t):
+    """The run [lo, hi) of pixels around `anchor` whose band excess reaches soft_t, and
+    whether any of them reaches hard_t."""
+    n = newest.shape[0]
+    hit = _band_excess(newest, r1, r2, r3, r4, r5, w, anchor, sign) >= hard_t
+    lo = anchor
+    while lo > 0:
+        e = _band_excess(newest, r1, r2, r3, r4, r5, w, lo - 1, sign)
+        if e < soft_t:
+            break
+        hit = hit or e >= hard_t
+        lo -= 1
+    hi = anchor + 1
+    while hi < n:
+        e = _band_excess(newest, r1, r2, r3, r4, r5, w, hi, sign)
+        if e < soft_t:
+            break
+        hit = hit or e >= hard_t
+        hi += 1
+    return lo, hi, hit
+
+
 @njit(**_OPTS)
-def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, bmin, bmax):
+def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
     """Causal scar score: share of the previous lines' pixels inside a confirmed scar band.
 
     `hist[head]` is the newest line (just arrived). A band is 1-4 lines just before it; a
     pixel belongs to a scar when the whole band sits above (or below) both neighbours, the
     newest line and the line before the band, by `soft * scale`, in a run of at least
     `min_len` px that reaches `hard * scale` somewhere. Returns (fraction, band width);
-    the band is confirmed only now, so its flag is delayed by 1-4 lines. `bmin`/`bmax` are
-    scratch rows holding the band's running min/max as the band widens.
+    the band is confirmed only now, so its flag is delayed by 1-4 lines.
+
+    Every run of `min_len` px or more covers a pixel whose index is a multiple of `min_len`,
+    so only those anchor pixels are tested (all widths and both signs from one read of the
+    six lines there), and a run is traced out from an anchor that passes: the same runs as a
+    full scan at about 1/min_len of the reads on a clean line. `scratch`: >= 12 int64
+    (per width and sign, the end of the last run traced; per width, the pixels marked).
     """
     depth = hist.shape[0]
     n = hist.shape[2]
     best = 0.0
     best_w = 0
-    if scale <= 0.0:
+    widths = min(SCAR_MAX_WIDTH, count - 2)
+    if scale <= 0.0 or widths < 1:
         return best, best_w
     hard_t = hard * scale
     soft_t = soft * scale
     newest = hist[head, ch]
-    for w in range(1, SCAR_MAX_WIDTH + 1):
-        if count < w + 2:
-            break
-        added = hist[(head - w) % depth, ch]
-        old = hist[(head - w - 1) % depth, ch]
-        marked = 0
-        run_p = 0
-        hit_p = False
-        run_n = 0
-        hit_n = False
-        for i in range(n + 1):
-            e_pos = -np.inf
-            e_neg = -np.inf
-            if i < n:
-                v = added[i]
-                if w == 1:
-                    bmin[i] = v
-                    bmax[i] = v
-                else:
-                    bmin[i] = min(bmin[i], v)
-                    bmax[i] = max(bmax[i], v)
-                a = newest[i]
-                b = old[i]
-                e_pos = bmin[i] - max(a, b)
-                e_neg = min(a, b) - bmax[i]
-            if e_pos >= soft_t:
-                run_p += 1
-                hit_p = hit_p or e_pos >= hard_t
+    r1 = hist[(head - 1) % depth, ch]
+    r2 = hist[(head - 2) % depth, ch]
+    r3 = hist[(head - 3) % depth, ch]
+    r4 = hist[(head - 4) % depth, ch]
+    r5 = hist[(head - 5) % depth, ch]
+    for j in range(3 * SCAR_MAX_WIDTH):
+        scratch[j] = 0
+    marked = scratch[2 * SCAR_MAX_WIDTH :]
+    for anchor in range(0, n, max(min_len, 1)):
+        a = newest[anchor]
+        lo = hi = r1[anchor]
+        for w in range(1, widths + 1):
+            if w == 1:
+                b = r2[anchor]  # the line before the band
+            elif w == 2:
+                lo, hi, b = min(lo, r2[anchor]), max(hi, r2[anchor]), r3[anchor]
+            elif w == 3:
+                lo, hi, b = min(lo, r3[anchor]), max(hi, r3[anchor]), r4[anchor]
             else:
-                if run_p >= min_len and hit_p:
-                    marked += run_p
-                run_p = 0
-                hit_p = False
-            if e_neg >= soft_t:
-                run_n += 1
-                hit_n = hit_n or e_neg >= hard_t
-            else:
-                if run_n >= min_len and hit_n:
-                    marked += run_n
-                run_n = 0
-                hit_n = False
-        frac = marked / n
+                lo, hi, b = min(lo, r4[anchor]), max(hi, r4[anchor]), r5[anchor]
+            for side in range(2):
+                sign = 1 if side == 0 else -1
+                e = lo - max(a, b) if sign > 0 else min(a, b) - hi
+                slot = 2 * (w - 1) + side
+                if e < soft_t or anchor < scratch[slot]:
+                    continue
+                start, end, hit = _scar_run(
+                    newest, r1, r2, r3, r4, r5, w, anchor, sign, soft_t, hard_t
+                )
+                scratch[slot] = end
+                if end - start >= min_len and hit:
+                    marked[w - 1] += end - start
+    for w in range(1, widths + 1):
+        frac = marked[w - 1] / n
         if frac > best:
             best = frac
             best_w = w
@@ -293,34 +419,45 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, bmin, bmax)
 
 
 @njit(**_OPTS)
-def power_spectrum(x, bitrev, tw_re, tw_im, z_re, z_im, power):
+def power_spectrum(x, bitrev, tw, z_re, z_im, power):
     """Power of the real DFT of x[:2M] at bins 0..M-1 (M = len(bitrev), a power of two).
 
     Packs the real samples into M complex ones, runs an in-place radix-2 FFT, then unpacks
-    the even/odd halves: half the work of a complex FFT of 2M points.
+    the even/odd halves: half the work of a complex FFT of 2M points. tw rows: the unpack
+    twiddles exp(-i pi k / M) (re, im), then each stage's twiddles stored contiguously
+    (stage of half-size h at [h, 2h)) so the butterfly loops read them in order.
     """
     m = bitrev.shape[0]
     for k in range(m):
         j = bitrev[k]
         z_re[k] = x[2 * j]
         z_im[k] = x[2 * j + 1]
-    size = 2
-    while size <= m:
-        halfsize = size // 2
-        step = m // size
-        for start in range(0, m, size):
-            for k in range(halfsize):
-                wr = tw_re[k * step * 2]
-                wi = tw_im[k * step * 2]
+    for a in range(0, m, 2):  # first stage: twiddle 1
+        tr = z_re[a + 1]
+        ti = z_im[a + 1]
+        z_re[a + 1] = z_re[a] - tr
+        z_im[a + 1] = z_im[a] - ti
+        z_re[a] += tr
+        z_im[a] += ti
+    st_re = tw[2]
+    st_im = tw[3]
+    h = 2
+    while h < m:
+        for start in range(0, m, 2 * h):
+            for k in range(h):
+                wr = st_re[h + k]
+                wi = st_im[h + k]
                 a = start + k
-                b = a + halfsize
+                b = a + h
                 tr = z_re[b] * wr - z_im[b] * wi
                 ti = z_re[b] * wi + z_im[b] * wr
                 z_re[b] = z_re[a] - tr
                 z_im[b] = z_im[a] - ti
                 z_re[a] += tr
                 z_im[a] += ti
-        size *= 2
+        h *= 2
+    tw_re = tw[0]
+    tw_im = tw[1]
     for k in range(m):
         c = (m - k) % m
         er = 0.5 * (z_re[k] + z_re[c])
@@ -351,15 +488,35 @@ def spectral_peak(power, base, klo, have_base, log_out):
 
 
 @njit(**_OPTS)
-def _sorted_copy(src, count, dst):
-    """Insertion sort of src[:count] into dst[:count] (no allocation)."""
-    for i in range(count):
-        v = src[i]
-        j = i - 1
-        while j >= 0 and dst[j] > v:
-            dst[j + 1] = dst[j]
-            j -= 1
-        dst[j + 1] = v
+def sorted_replace(col, count, old, new, has_old):
+    """Keep col[:count] sorted while `old` is replaced by `new` (no allocation).
+
+    Without `has_old` the column grows: `new` is inserted into col[:count + 1]. Costs the
+    distance between the two values' ranks, not a sort.
+    """
+    if not has_old:
+        p = count
+        while p > 0 and col[p - 1] > new:
+            col[p] = col[p - 1]
+            p -= 1
+        col[p] = new
+        return
+    lo = 0
+    hi = count - 1
+    while lo < hi:  # leftmost p with col[p] >= old
+        mid = (lo + hi) // 2
+        if col[mid] < old:
+            lo = mid + 1
+        else:
+            hi = mid
+    p = lo
+    while p + 1 < count and col[p + 1] < new:
+        col[p] = col[p + 1]
+        p += 1
+    while p > 0 and col[p - 1] > new:
+        col[p] = col[p - 1]
+        p -= 1
+    col[p] = new
 
 
 @njit(**_OPTS)
@@ -371,22 +528,40 @@ def _median_sorted(a, count):
 
 
 @njit(**_OPTS)
-def robust_baseline(ring, count, floors, med, scale, col, buf_a, buf_b):
-    """Median and MAD scale of each column of ring[:count].
+def median_mad_sorted(col, count):
+    """(median, MAD) of a sorted column, the MAD by merging the distances on both sides.
+
+    The distances |x - median| of the values above the median rise to the right, those below
+    rise to the left; walking both outwards gives them in order without sorting them.
+    """
+    med = _median_sorted(col, count)
+    right = 0
+    while right < count and col[right] < med:
+        right += 1
+    left = right - 1
+    want = count // 2  # the MAD is the median of count distances: items want-1 and want
+    prev = 0.0
+    cur = 0.0
+    for _ in range(want + 1):
+        prev = cur
+        if left < 0 or (right < count and abs(col[right] - med) <= abs(col[left] - med)):
+            cur = abs(col[right] - med)
+            right += 1
+        else:
+            cur = abs(col[left] - med)
+            left -= 1
+    return med, cur if count % 2 else 0.5 * (prev + cur)
+
+
+@njit(**_OPTS)
+def robust_baseline(sorted_cols, count, floors, med, scale):
+    """Median and MAD scale of each sorted column sorted_cols[f, :count].
 
     scale = max(1.4826 MAD, floor): the floor keeps a feature that is nearly constant on good
     lines (a scar share of 0, the log RMS of a flat substrate) from turning noise into huge z.
     """
-    n_feat = ring.shape[1]
-    for f in range(n_feat):
-        for i in range(count):
-            col[i] = ring[i, f]
-        _sorted_copy(col, count, buf_a)
-        m = _median_sorted(buf_a, count)
-        for i in range(count):
-            col[i] = abs(ring[i, f] - m)
-        _sorted_copy(col, count, buf_b)
-        mad = _median_sorted(buf_b, count)
+    for f in range(sorted_cols.shape[0]):
+        m, mad = median_mad_sorted(sorted_cols[f], count)
         med[f] = m
         scale[f] = max(1.4826 * mad, floors[f])
 
@@ -420,14 +595,14 @@ def score_line(
     hist,
     hist_good,
     base_ring,
+    base_sorted,
     base_med,
     base_scale,
     lags,
     lag_votes,
     spec_base,
     fft_bitrev,
-    fft_tw_re,
-    fft_tw_im,
+    fft_tw,
     work,
     iwork,
     raw,
@@ -499,8 +674,7 @@ def score_line(
                 cfg[S_SCAR_HARD],
                 cfg[S_SCAR_SOFT],
                 int(cfg[S_SCAR_MIN_LEN]),
-                work[5],
-                work[6],
+                iwork,
             )
             raw[c * N_CH_RAW + CH_SCAR] = frac
             if frac > scar_best:
@@ -508,14 +682,19 @@ def score_line(
                 scar_width = w
     out[F_SCAR_FRACTION] = scar_best
     out[F_SCAR_WIDTH] = scar_width
-    # 3. trace/retrace residual with the per-scan lag (votes: first lines, then every Nth)
+    # 3. trace/retrace residual with the per-scan lag: a full search on the first lines, then
+    # every Nth line a narrow re-check around the current lag; the lag is the votes' median
     n_votes_max = lag_votes.shape[0]
-    vote = state[I_VOTES] < n_votes_max or state[I_LINES] % int(cfg[S_LAG_EVERY]) == 0
-    if vote and n_pairs > 0:
+    lag_max = int(cfg[S_LAG_MAX])
+    searching = state[I_VOTES] < n_votes_max
+    if n_pairs > 0 and (searching or state[I_LINES] % int(cfg[S_LAG_EVERY]) == 0):
         slot = state[I_VOTES] % n_votes_max
+        reach = lag_max if searching else int(cfg[S_LAG_RECHECK])
         for p in range(n_pairs):
+            lo = max(lags[p] - reach, -lag_max) if not searching else -lag_max
+            hi = min(lags[p] + reach, lag_max) if not searching else lag_max
             lag_votes[slot, p] = best_lag(
-                hist[head, pair_t[p]], hist[head, pair_r[p]], int(cfg[S_LAG_MAX]), pair_out
+                hist[head, pair_t[p]], hist[head, pair_r[p]], lo, hi, work[10:16]
             )
         state[I_VOTES] += 1
         n_votes = min(state[I_VOTES], n_votes_max)
@@ -523,7 +702,7 @@ def score_line(
             lags[p] = _median_int(lag_votes[:, p], n_votes, iwork)
     off = n_ch * N_CH_RAW
     for p in range(n_pairs):
-        residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], pair_out)
+        residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], pair_out, work[2])
         raw[off + p * N_PAIR_RAW + PR_RMS] = math.log(pair_out[0] + TINY)
         raw[off + p * N_PAIR_RAW + PR_MAX] = math.log(pair_out[1] + TINY)
         raw[off + p * N_PAIR_RAW + PR_DECOR] = 1.0 - pair_out[2]
@@ -534,9 +713,7 @@ def score_line(
     if osc_ch >= 0 and m >= 8:
         power = work[3, :m]
         logp = work[4, :m]
-        power_spectrum(
-            hist[head, osc_ch], fft_bitrev, fft_tw_re, fft_tw_im, work[8, :m], work[9, :m], power
-        )
+        power_spectrum(hist[head, osc_ch], fft_bitrev, fft_tw, work[8, :m], work[9, :m], power)
         raw[ring_i] = spectral_peak(
             power,
             spec_base,
@@ -577,10 +754,13 @@ def score_line(
     # a genuine change of the sample is absorbed within about half a window
     bh = state[I_BASE_HEAD]
     clip = cfg[S_CLIP]
+    n_base = state[I_BASE_N]
+    full = n_base == window
     for i in range(n_raw):
         v = raw[i]
         if flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
+        sorted_replace(base_sorted[i], n_base, base_ring[bh, i], v, full)
         base_ring[bh, i] = v
     state[I_BASE_HEAD] = (bh + 1) % window
     state[I_BASE_N] = min(state[I_BASE_N] + 1, window)
@@ -595,16 +775,7 @@ def score_line(
         state[I_SPEC_N] += 1
     if state[I_BASE_N] < window or state[I_SINCE_REFRESH] >= cfg[S_REFRESH]:
         n_base = state[I_BASE_N]
-        robust_baseline(
-            base_ring,
-            n_base,
-            floors,
-            base_med,
-            base_scale,
-            work[5, :n_base],
-            work[6, :n_base],
-            work[7, :n_base],
-        )
+        robust_baseline(base_sorted, n_base, floors, base_med, base_scale)
         # a level step is judged against the line's own roughness as well as level drift
         for c in range(n_ch):
             lv = c * N_CH_RAW + CH_LEVEL
@@ -629,14 +800,14 @@ def score_frame(
     hist,
     hist_good,
     base_ring,
+    base_sorted,
     base_med,
     base_scale,
     lags,
     lag_votes,
     spec_base,
     fft_bitrev,
-    fft_tw_re,
-    fft_tw_im,
+    fft_tw,
     work,
     iwork,
     raw,
@@ -659,14 +830,14 @@ def score_frame(
             hist,
             hist_good,
             base_ring,
+            base_sorted,
             base_med,
             base_scale,
             lags,
             lag_votes,
             spec_base,
             fft_bitrev,
-            fft_tw_re,
-            fft_tw_im,
+            fft_tw,
             work,
             iwork,
             raw,

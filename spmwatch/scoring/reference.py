@@ -24,7 +24,6 @@ def line_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     slope = np.sum(xs * xc[finite]) / np.sum(xc[finite] ** 2)
     d = np.where(finite, x - level - slope * xc, 0.0)
     diff = np.diff(d)
-    # the kernel skips the step into and out of a non-finite sample; only matters for dropouts
     bad = max(n - finite.sum(), (xs == 0).sum(), (xs == xs.max()).sum(), (xs == xs.min()).sum())
     rms = np.sqrt(np.mean(d**2))
     return d, np.array([level, slope, rms, np.sqrt(np.mean(diff**2)), bad / n])
@@ -53,8 +52,9 @@ def residual(trace: np.ndarray, retrace: np.ndarray, lag: int) -> np.ndarray:
     return np.array([np.sqrt(np.mean(d**2)), np.abs(d).max(), corr])
 
 
-def best_lag(trace: np.ndarray, retrace: np.ndarray, max_lag: int) -> int:
-    lags = np.arange(-max_lag, max_lag + 1)
+def best_lag(trace: np.ndarray, retrace: np.ndarray, lo: int, hi: int) -> int:
+    """The lag in [lo, hi] with the smallest residual RMS (the first on ties)."""
+    lags = np.arange(lo, hi + 1)
     rms = [residual(trace, retrace, int(lag))[0] for lag in lags]
     return int(lags[int(np.argmin(rms))])
 

@@ -66,8 +66,9 @@ class ScoringSettings:
     scar_soft: float = 0.25  # ... soft threshold
     scar_min_len: int = 16  # shortest scar, px
     lag_max: int = 32  # largest trace/retrace lag searched, px
-    lag_votes: int = 16  # per-line lag estimates kept; the lag is their median
-    lag_every: int = 16  # after the first lag_votes lines, re-estimate every this many lines
+    lag_votes: int = 16  # lines whose full lag search votes first; the lag is the votes' median
+    lag_every: int = 32  # then re-check the lag every this many lines ...
+    lag_recheck: int = 2  # ... within this many px of the current lag (a slow drift)
     spec_alpha: float = 1.0 / 16  # EMA weight of a good line in the running log spectrum
     spec_klo: int = 4  # lowest spectral bin considered for ringing (skips topography)
     level_floor: float = 1.0  # level z scale >= this x the line RMS baseline
@@ -101,6 +102,7 @@ class ScoringSettings:
         cfg[K.S_SPEC_KLO] = self.spec_klo
         cfg[K.S_LEVEL_FLOOR] = self.level_floor
         cfg[K.S_CLIP] = self.clip
+        cfg[K.S_LAG_RECHECK] = self.lag_recheck
         return cfg
 
 
@@ -159,17 +161,28 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
     )
 
 
-def _fft_tables(points: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Bit-reversal order and twiddles for the packed real FFT of the first 2M points."""
+def _fft_tables(points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bit-reversal order and twiddles for the packed real FFT of the first 2M points.
+
+    Twiddle rows (see kernels.power_spectrum): unpack cos/sin of -pi k / M, then per stage of
+    half-size h the cos/sin of -pi j / h at [h + j] (j < h).
+    """
     m = 1
     while 4 * m <= points:
         m *= 2
     if m < 8:
-        return np.zeros(0, np.int64), np.zeros(1), np.zeros(1)
+        return np.zeros(0, np.int64), np.zeros((4, 1))
     bits = m.bit_length() - 1
     bitrev = np.array([int(format(k, f"0{bits}b")[::-1], 2) for k in range(m)], dtype=np.int64)
-    angle = -2.0 * np.pi * np.arange(m) / (2 * m)
-    return bitrev, np.cos(angle), np.sin(angle)
+    tw = np.zeros((4, m))
+    angle = -np.pi * np.arange(m) / m
+    tw[0], tw[1] = np.cos(angle), np.sin(angle)
+    h = 1
+    while h < m:
+        stage = -np.pi * np.arange(h) / h
+        tw[2, h : 2 * h], tw[3, h : 2 * h] = np.cos(stage), np.sin(stage)
+        h *= 2
+    return bitrev, tw
 
 
 class ScanState:
@@ -183,14 +196,15 @@ class ScanState:
         self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
         self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
+        self.base_sorted = np.zeros((layout.n_raw, settings.window))  # each column, sorted
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
-        self.fft_bitrev, self.fft_tw_re, self.fft_tw_im = _fft_tables(points)
+        self.fft_bitrev, self.fft_tw = _fft_tables(points)
         self.spec_base = np.zeros(max(len(self.fft_bitrev), 1))
-        self.work = np.zeros((10, max(points, settings.window, 8)))
-        self.iwork = np.zeros(settings.lag_votes, dtype=np.int64)
+        self.work = np.zeros((16, max(points + 1, settings.window, 8)))
+        self.iwork = np.zeros(max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH), dtype=np.int64)
         self.raw = np.zeros(layout.n_raw)
 
     def args(self, layout: Layout) -> tuple:
@@ -209,14 +223,14 @@ class ScanState:
             self.hist,
             self.hist_good,
             self.base_ring,
+            self.base_sorted,
             self.base_med,
             self.base_scale,
             self.lags,
             self.lag_votes,
             self.spec_base,
             self.fft_bitrev,
-            self.fft_tw_re,
-            self.fft_tw_im,
+            self.fft_tw,
             self.work,
             self.iwork,
             self.raw,
