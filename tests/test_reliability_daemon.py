@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pickle  # only to build a hostile model file: the point is that spmwatch never loads it
+import re
 import shutil
 import signal
 import socket
@@ -34,8 +35,10 @@ from daemon_helpers import (
     write_config,
 )
 from fuzz_corpus import corpus, write_corpus
+from reliability_helpers import tiny_model
 
 from spmwatch import protocol
+from spmwatch.classify.classifier import Classifier, sha256_of
 from spmwatch.curve import configure_client, configure_server, write_keypair
 from spmwatch.model import Scan
 from spmwatch.synth import clean_scan, failing_scan, write
@@ -119,7 +122,7 @@ def test_every_damaged_file_in_the_folder_is_answered_and_the_daemon_survives(
     assert 0 < errors < len(names)
     write(_failing("after_fuzz"), watching.folder / "after_fuzz.ibw")
     frame = wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file="after_fuzz.ibw"), 30)[0]
-    assert frame["verdict"] == "fail"
+    assert frame["lines"] == LINES and frame["alert"] is not None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +156,7 @@ def test_folder_that_vanishes_is_reported_and_watched_again_when_back(
     name = f"back_{how}.ibw"
     write(_good(f"back_{how}"), watching.folder / name)
     frame = wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file=name), timeout=20)[0]
-    assert frame["verdict"] == "pass"
+    assert frame["lines"] == LINES and frame["origin"] == "saved_frame"
     assert watching.daemon.proc.poll() is None
 
 
@@ -311,20 +314,6 @@ def test_sigkill_mid_scan_then_restart_neither_repeats_nor_misses_a_frame(tmp_pa
 # ---------------------------------------------------------------------------------------------
 
 
-def _tiny_model(folder: Path) -> Path:
-    """A real, loadable .skops model with its sidecar (a logistic regression on random rows)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from spmwatch.classify.classifier import expected_feature_names, save
-
-    names = expected_feature_names(False)
-    rng = np.random.default_rng(0)
-    rows = rng.normal(size=(40, len(names)))
-    estimator = LogisticRegression().fit(rows, np.arange(40) % 2)
-    sidecar = {"feature_names": list(names), "threshold": 0.5}
-    return save(folder / "tiny.skops", estimator, sidecar)
-
-
 class _Trap:
     """Unpickling this writes a marker file: proof that something ran pickle.load."""
 
@@ -335,59 +324,66 @@ class _Trap:
         return (Path.write_text, (self.marker, "unpickled"))
 
 
-def _bad_configs(tmp: Path, ports: dict[str, int]) -> dict[str, tuple[str, str]]:
-    """name -> (config text, words the refusal must contain)."""
-    base = (
-        f'[publish]\nendpoint = "tcp://127.0.0.1:{ports["publish"]}"\n'
-        f'[lines]\nendpoint = "tcp://127.0.0.1:{ports["lines"]}"\n'
-        f'[control]\nendpoint = "tcp://127.0.0.1:{ports["control"]}"\n'
-        f'[metrics]\naddress = "127.0.0.1:{ports["metrics"]}"\n'
-    )
-    good = _tiny_model(tmp / "good")
-    tampered = _tiny_model(tmp / "tampered")
+def _bad_models(tmp: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (model file, words the refusal must contain); each starts from a good model."""
+    tampered = tiny_model(tmp / "tampered")
     data = bytearray(tampered.read_bytes())
     data[len(data) // 2] ^= 0x01
     tampered.write_bytes(bytes(data))
-    mismatched = _tiny_model(tmp / "mismatched")
+    mismatched = tiny_model(tmp / "mismatched")
     side = mismatched.with_suffix(".json")
     sidecar = json.loads(side.read_text())
     sidecar["feature_names"] = [*sidecar["feature_names"][:-1], "not_a_feature"]
     side.write_text(json.dumps(sidecar))
-    hostile = tmp / "hostile" / "model.skops"
-    hostile.parent.mkdir()
+    # A pickle posing as a model, with a sidecar whose SHA-256 matches it.
+    hostile = tiny_model(tmp / "hostile")
     hostile.write_bytes(pickle.dumps(_Trap(tmp / "UNPICKLED")))
-    hostile_side = json.loads(good.with_suffix(".json").read_text())
-    from spmwatch.classify.classifier import sha256_of
-
-    hostile_side["model_sha256"] = sha256_of(hostile)
-    hostile.with_suffix(".json").write_text(json.dumps(hostile_side))
-    nosidecar = tmp / "nosidecar.skops"
-    shutil.copy(good, nosidecar)
-
-    def model(path: Path) -> str:
-        return f'[model]\npath = "{path}"\n'
-
+    side = hostile.with_suffix(".json")
+    sidecar = json.loads(side.read_text())
+    sidecar["model_sha256"] = sha256_of(hostile)
+    side.write_text(json.dumps(sidecar))
     return {
-        "unknown key": (base + "[daemon]\nqueue_sise = 10\n", "queue_sise"),
-        "unknown section": (base + "[wacth]\nfolders = []\n", "wacth"),
-        "wrong type": (base + '[daemon]\nqueue_size = "many"\n', "queue_size"),
-        "bad endpoint": (base.replace("tcp://127.0.0.1", "udp://127.0.0.1", 1), "endpoint"),
-        "negative settle": (base + "[watch]\nsettle = -1.0\n", "settle"),
-        "not TOML": (base + "[daemon\n", "TOML"),
-        "curve without keys": (base + "[curve]\nenabled = true\n", "server_secret_key"),
-        "missing model": (base + model(tmp / "absent.skops"), "absent.skops"),
-        "tampered model": (base + model(tampered), "SHA-256"),
-        "mismatched model": (base + model(mismatched), "not_a_feature"),
-        "model without sidecar": (base + model(nosidecar), "sidecar"),
-        "pickle as model": (base + model(hostile), "model.skops"),
+        "tampered model": (tampered, "SHA-256"),
+        "mismatched model": (mismatched, "not_a_feature"),
+        "pickle as model": (hostile, "tiny.skops"),
     }
 
 
-def test_bad_configs_and_models_are_refused_before_any_socket_is_bound(tmp_path: Path) -> None:
-    ports = {name: free_port() for name in ("publish", "lines", "control", "metrics")}
-    cases = _bad_configs(tmp_path, ports)
+CONFIG_ERRORS = {  # TOML appended to a good config -> words the refusal must contain
+    "unknown key": ("[daemon]\nqueue_sise = 10\n", "queue_sise"),
+    "unknown section": ("[wacth]\nfolders = []\n", "wacth"),
+    "wrong type": ('[daemon]\nqueue_size = "many"\n', "queue_size"),
+    "bad endpoint": ('[control]\nendpoint = "udp://127.0.0.1:1"\n', "endpoint"),
+    "negative settle": ("[watch]\nsettle = -1.0\n", "settle"),
+    "not TOML": ("[daemon\n", "TOML"),
+    "curve without keys": ("[curve]\nenabled = true\n", "server_secret_key"),
+}
+
+
+@pytest.mark.parametrize("name", CONFIG_ERRORS)
+def test_config_error_names_the_key(tmp_path: Path, name: str) -> None:
+    from spmwatch.config import ConfigError
+    from spmwatch.settings import load_settings
+
+    text, words = CONFIG_ERRORS[name]
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_settings(path)
+
+
+def test_bad_config_and_models_are_refused_before_any_socket_is_bound(tmp_path: Path) -> None:
+    """As real `spmwatch run` processes: non-zero exit, the problem named, nothing bound."""
+    config, endpoints = write_config(tmp_path)
+    good = config.read_text()
+    models = _bad_models(tmp_path)
+    Classifier.load(tiny_model(tmp_path / "good"))  # the starting point is a usable model
+    texts = {"unknown key": good + CONFIG_ERRORS["unknown key"][0]}
+    texts |= {name: good + f'[model]\npath = "{path}"\n' for name, (path, _) in models.items()}
+    words = {"unknown key": CONFIG_ERRORS["unknown key"][1]}
+    words |= {name: word for name, (_, word) in models.items()}
     running = {}
-    for i, (name, (text, _)) in enumerate(cases.items()):
+    for i, (name, text) in enumerate(texts.items()):
         path = tmp_path / f"bad{i}.toml"
         path.write_text(text)
         running[name] = subprocess.Popen(
@@ -400,24 +396,13 @@ def test_bad_configs_and_models_are_refused_before_any_socket_is_bound(tmp_path:
         )
     for name, proc in running.items():
         output, _ = proc.communicate(timeout=120)
-        words = cases[name][1]
         assert proc.returncode != 0, f"{name}: started anyway\n{output}"
-        assert words in output, f"{name}: refusal does not name {words!r}:\n{output}"
+        assert words[name] in output, f"{name}: refusal does not name {words[name]!r}:\n{output}"
         assert '"event": "ready"' not in output and "Traceback" not in output, output
     assert not (tmp_path / "UNPICKLED").exists()
-    for port in ports.values():  # nothing was left bound (and nothing is bound now)
+    for endpoint in endpoints.values():  # nothing was left bound (and nothing is bound now)
         with socket.socket() as probe:
-            probe.bind(("127.0.0.1", port))
-    sanity = tmp_path / "good.toml"
-    sanity.write_text(cases["unknown key"][0].split("[daemon]")[0])
-    sanity.write_text(
-        sanity.read_text() + f'[model]\npath = "{tmp_path / "good" / "tiny.skops"}"\n'
-    )
-    daemon = DaemonProcess(sanity)  # the same files and ports with a good model do start
-    try:
-        assert daemon.wait_ready()["model"] != "alert-rule"
-    finally:
-        assert daemon.stop() == 0
+            probe.bind(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +500,10 @@ def test_curve_shuts_out_eavesdroppers_and_forgers(tmp_path: Path) -> None:
         )
         daemon = DaemonProcess(config)
         try:
-            daemon.wait_ready()
+            try:
+                daemon.wait_ready()
+            except RuntimeError:
+                raise AssertionError("".join(daemon.raw)) from None
             plain = Subscriber(publish)  # no CURVE at all
             stranger = context.socket(zmq.SUB)
             configure_client(stranger, outsider / "stranger.key_secret", keys / "daemon.key")
