@@ -1,84 +1,290 @@
 """Scorer speed: 512-point lines, 4 trace/retrace pairs (8 channels). Prints figures only.
 
-numba per line (ScanScorer.push and the kernel alone), the numpy reference per line, the
-speed-up, whole-frame lines/s (score_scan, one core) and allocations per line in steady state.
+    NUMBA_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_scorer.py [--repeat 7]
+
+Every figure is timed `--repeat` times; the best (the machine at its quietest) and the median
+are printed, because the machine is shared. Input is float32 like real .ibw data. Figures:
+numba per line (the kernel looping over a frame, one kernel call per line from Python, and
+ScanScorer.push with its Python bookkeeping), the numpy reference per line and the speed-up,
+whole-frame score_scan lines/s on one core, allocations kept per line in steady state
+(tracemalloc), and a per-kernel breakdown (each kernel looped inside numba on the scan state
+after 64 lines, amortised per line by how often score_line runs it).
 """
 
 from __future__ import annotations
 
+import argparse
+import math
+import statistics
 import time
 import tracemalloc
+from collections.abc import Callable
 
 import numpy as np
+from numba import njit
 
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring import reference as R
-from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
+from spmwatch.scoring.scorer import ScanScorer, ScoringSettings, score_scan, synthetic_scan, warm_up
 
 LINES, POINTS, PAIRS = 512, 512, 4
 
 
-def per_line(fn, n: int) -> float:
-    started = time.perf_counter()
-    for i in range(n):
-        fn(i)
-    return (time.perf_counter() - started) / n * 1e6
+def timed(fn: Callable[[], None], repeat: int) -> tuple[float, float]:
+    """(best, median) seconds of fn() over `repeat` runs."""
+    runs = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - started)
+    return min(runs), statistics.median(runs)
+
+
+def us(pair: tuple[float, float], per: float) -> str:
+    return f"best {pair[0] / per * 1e6:8.2f}  median {pair[1] / per * 1e6:8.2f} us"
+
+
+# Kernel loops for the breakdown: each runs one kernel `reps` times inside numba, so the
+# figure holds no Python call overhead.
+@njit
+def _loop_stats(x, hist, head, reps):
+    stats = np.empty(5)
+    for _ in range(reps):
+        for c in range(x.shape[0]):
+            K.line_stats(x[c], hist[head, c], stats)
+
+
+@njit
+def _loop_pair(hist, head, prev, reps):
+    acc = 0.0
+    for _ in range(reps):
+        for c in range(hist.shape[1]):
+            acc += K.line_pair(hist[head, c], hist[prev, c])[0]
+    return acc
+
+
+@njit
+def _loop_scar(hist, head, scar_ch, base_med, scratch, reps):
+    acc = 0.0
+    for _ in range(reps):
+        for c in scar_ch:
+            scale = math.exp(base_med[c * K.N_CH_RAW + K.CH_VDIFF])
+            acc += K.scar_fraction(hist, head, K.HIST_DEPTH, c, scale, 0.666, 0.25, 16, scratch)[0]
+    return acc
+
+
+@njit
+def _loop_residual(hist, head, pair_t, pair_r, lags, work, reps):
+    for _ in range(reps):
+        for p in range(pair_t.shape[0]):
+            K.residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], work[1], work[2])
+
+
+@njit
+def _loop_lag(hist, head, pair_t, pair_r, lags, reach, work, reps):
+    acc = 0
+    for _ in range(reps):
+        for p in range(pair_t.shape[0]):
+            t, r = hist[head, pair_t[p]], hist[head, pair_r[p]]
+            acc += K.best_lag(t, r, lags[p] - reach, lags[p] + reach)
+    return acc
+
+
+@njit
+def _loop_fft(x, bitrev, tw, work, reps):
+    m = bitrev.shape[0]
+    for _ in range(reps):
+        K.power_spectrum(x, bitrev, tw, work[8, :m], work[9, :m], work[3, :m])
+
+
+@njit
+def _loop_peak(power, base, work, reps):
+    acc = 0.0
+    for _ in range(reps):
+        acc += K.spectral_peak(power, base, 4, True, work[4, : power.shape[0]])
+    return acc
+
+
+@njit
+def _loop_sorted(ring, cols, values, reps):
+    window = ring.shape[0]
+    head = 0
+    for r in range(reps):
+        row = values[r % values.shape[0]]
+        for i in range(ring.shape[1]):
+            K.sorted_replace(cols[i], window, ring[head, i], row[i], True)
+            ring[head, i] = row[i]
+        head = (head + 1) % window
+
+
+@njit
+def _loop_baseline(cols, floors, med, scale, reps):
+    for _ in range(reps):
+        K.robust_baseline(cols, cols.shape[1], floors, med, scale)
+
+
+def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[str, float, float]]:
+    """(kernel, best us per call set, amortised us per line) on the state after 64 lines."""
+    settings = ScoringSettings()
+    scorer = ScanScorer("breakdown", names, POINTS, LINES)
+    scorer.score_frame(frame[:64], list(range(64)))
+    st, lay = scorer._state, scorer.layout
+    head = int(st.state[K.I_HIST_HEAD])
+    prev = (head - 1) % K.HIST_DEPTH
+    m = len(st.fft_bitrev)
+    osc = st.hist[head, lay.osc_ch]
+    power = np.abs(np.fft.rfft(osc[: 2 * m]))[:m] ** 2
+    rng = np.random.default_rng(0)
+    values = st.base_ring + 0.1 * st.base_ring.std(axis=0) * rng.standard_normal(st.base_ring.shape)
+    n_init = settings.lag_votes
+    cases = [
+        ("line_stats x channels", _loop_stats, (frame[64], st.hist.copy(), head), 1.0),
+        ("line_pair x channels", _loop_pair, (st.hist, head, prev), 1.0),
+        (
+            "scar_fraction x channels",
+            _loop_scar,
+            (st.hist, head, lay.scar_ch, st.base_med, st.iwork.copy()),
+            1.0,
+        ),
+        (
+            "residual x pairs",
+            _loop_residual,
+            (st.hist, head, lay.pair_t, lay.pair_r, st.lags, st.work.copy()),
+            1.0,
+        ),
+        (
+            f"lag search +-{settings.lag_max} x pairs",
+            _loop_lag,
+            (st.hist, head, lay.pair_t, lay.pair_r, st.lags * 0, settings.lag_max, st.work.copy()),
+            n_init / LINES,  # the first lag_votes lines of a LINES-line frame
+        ),
+        (
+            f"lag re-check +-{settings.lag_recheck} x pairs",
+            _loop_lag,
+            (st.hist, head, lay.pair_t, lay.pair_r, st.lags, settings.lag_recheck, st.work.copy()),
+            1.0 / settings.lag_every,
+        ),
+        (
+            "power_spectrum (1 channel)",
+            _loop_fft,
+            (osc, st.fft_bitrev, st.fft_tw, st.work.copy()),
+            1.0,
+        ),
+        ("spectral_peak (logs)", _loop_peak, (power, st.spec_base, st.work.copy()), 1.0),
+        (
+            "sorted baseline columns",
+            _loop_sorted,
+            (st.base_ring.copy(), st.base_sorted.copy(), values),
+            1.0,
+        ),
+        (
+            "median/MAD refresh",
+            _loop_baseline,
+            (st.base_sorted, lay.floors, st.base_med.copy(), st.base_scale.copy()),
+            1.0 / settings.refresh,
+        ),
+    ]
+    rows = []
+    for name, loop, args, share in cases:
+        loop(*args, 1)  # compile
+        reps = 20 if "+-32" in name else 2000
+        best, _ = timed(lambda loop=loop, args=args, reps=reps: loop(*args, reps), repeat)
+        per_call = best / reps * 1e6
+        rows.append((name, per_call, per_call * share))
+    return rows
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=7, help="timings per figure")
+    repeat = parser.parse_args().repeat
+
     print(f"warm-up (compile or load cache): {warm_up():.2f} s")
     scan = synthetic_scan(LINES, POINTS, PAIRS, seed=1, lag=14)
+    scan.channels = {name: a.astype(np.float32) for name, a in scan.channels.items()}
     names = list(scan.channels)
-    frame = np.stack([scan.channels[n] for n in names], axis=1)  # (lines, channels, points)
+    frame = np.ascontiguousarray(np.stack([scan.channels[n] for n in names], axis=1), np.float64)
     lines = list(scan.lines())
 
-    scorer = ScanScorer("bench", names, POINTS, LINES)
+    def kernel_frame() -> None:
+        scorer = ScanScorer("k", names, POINTS, LINES)
+        K.score_frame(frame, 0, *scorer._args, scorer._features)
+
+    def kernel_calls() -> None:
+        scorer = ScanScorer("c", names, POINTS, LINES)
+        args, rows = scorer._args, scorer._features
+        for k in range(LINES):
+            K.score_frame(frame[k : k + 1], k, *args, rows)
+
+    def push() -> None:
+        scorer = ScanScorer("p", names, POINTS, LINES)
+        for line in lines:
+            scorer.push(line)
+
+    t_frame = timed(kernel_frame, repeat)
+    t_calls = timed(kernel_calls, repeat)
+    t_push = timed(push, repeat)
+
+    layout = ScanScorer("n", names, POINTS, LINES).layout
+    m = 1 << (int(math.log2(POINTS)) - 1)
+    lags = np.full(PAIRS, 14)
+    n_numpy = 64
+
+    def numpy_lines() -> None:
+        for k in range(1, n_numpy + 1):
+            R.line_features(
+                frame[k], frame[k - 1], layout.pair_t, layout.pair_r, lags, layout.osc_ch, m
+            )
+
+    t_numpy = timed(numpy_lines, max(3, repeat // 2))
+    t_scan = timed(lambda: score_scan(scan), repeat)
+
+    # allocations kept in steady state: the kernel alone, then push (sized for its lines)
+    scorer = ScanScorer("alloc", names, POINTS, 4 * LINES)
     for line in lines[:64]:
         scorer.push(line)
-    args = scorer._state.args(scorer.layout)
-    row = np.zeros(K.N_FEATURES)
-    us_kernel = per_line(lambda i: K.score_line(frame[64 + i % 400], *args, row), 4000)
-    scorer2 = ScanScorer("bench2", names, POINTS, 10**6)
-    us_push = per_line(lambda i: scorer2.push(lines[i % LINES]), 4000)
-
-    layout = scorer.layout
-    m = len(scorer._state.fft_bitrev)
-    lags = np.full(PAIRS, 14)
-    us_numpy = per_line(
-        lambda i: R.line_features(
-            frame[i % LINES],
-            frame[i % LINES - 1],
-            layout.pair_t,
-            layout.pair_r,
-            lags,
-            layout.osc_ch,
-            m,
-        ),
-        500,
-    )
-    score_scan(scan)
-    started = time.perf_counter()
-    reps = 20
-    for _ in range(reps):
-        score_scan(scan)
-    lines_per_s = reps * LINES / (time.perf_counter() - started)
-
+    args, rows = scorer._args, scorer._features
+    n_alloc = LINES - 64
     tracemalloc.start()
-    K.score_line(frame[10], *args, row)
     before = tracemalloc.take_snapshot()
-    for i in range(1000):
-        K.score_line(frame[i % LINES], *args, row)
+    for k in range(64, LINES):
+        K.score_frame(frame[k : k + 1], k, *args, rows)
+    middle = tracemalloc.take_snapshot()
+    for line in lines[64:]:
+        scorer.push(line)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    grown = sum(s.count_diff for s in after.compare_to(before, "filename") if s.count_diff > 0)
+    kernel_kept = sum(max(d.count_diff, 0) for d in middle.compare_to(before, "filename"))
+    push_diff = after.compare_to(middle, "filename")
+    push_blocks = sum(max(d.count_diff, 0) for d in push_diff)
+    push_bytes = sum(max(d.size_diff, 0) for d in push_diff)
 
-    print(f"lines: {POINTS} points x {len(names)} channels ({PAIRS} trace/retrace pairs)")
-    print(f"numba kernel score_line      : {us_kernel:8.2f} us/line")
-    print(f"numba ScanScorer.push (total): {us_push:8.2f} us/line")
-    print(f"numpy reference features     : {us_numpy:8.2f} us/line")
-    print(f"speed-up kernel vs numpy     : {us_numpy / us_kernel:8.1f} x")
-    print(f"whole frame score_scan       : {lines_per_s:10.0f} lines/s (one core)")
-    print(f"allocations kept per 1000 kernel calls (tracemalloc): {grown}")
+    print(
+        f"lines: {POINTS} points x {len(names)} channels ({PAIRS} trace/retrace pairs), "
+        "float32 input"
+    )
+    print(f"numba score_frame, in-kernel loop : {us(t_frame, LINES)}/line")
+    print(f"numba kernel, one call per line   : {us(t_calls, LINES)}/line")
+    print(f"numba ScanScorer.push (total)     : {us(t_push, LINES)}/line")
+    print(f"numpy reference features          : {us(t_numpy, n_numpy)}/line")
+    print(
+        f"speed-up kernel vs numpy (best)   : {t_numpy[0] / n_numpy / (t_frame[0] / LINES):8.1f} x"
+    )
+    print(
+        f"speed-up push vs numpy (best)     : {t_numpy[0] / n_numpy / (t_push[0] / LINES):8.1f} x"
+    )
+    print(
+        f"whole frame score_scan, one core  : best {LINES / t_scan[0]:10.0f}  "
+        f"median {LINES / t_scan[1]:10.0f} lines/s"
+    )
+    print(
+        f"kept per line in steady state      : kernel {kernel_kept / n_alloc:.3f} blocks; push "
+        f"{push_blocks / n_alloc:.2f} blocks, {push_bytes / n_alloc:.0f} B "
+        "(the LineScore record that frame() returns)"
+    )
+    print("per-kernel breakdown (best us per call set; amortised us per line):")
+    for name, per_call, per_line in breakdown(frame, names, repeat):
+        print(f"  {name:34s} {per_call:9.2f} {per_line:9.2f}")
 
 
 if __name__ == "__main__":

@@ -257,26 +257,44 @@ def residual(trace, retrace, lag, out, scratch):
 
 
 @njit(**_OPTS)
-def best_lag(trace, retrace, lo, hi, prefix):
+def _line_sums(x):
+    """(sum x, sum i x, sum x^2) over the whole line."""
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(x.shape[0]):
+        v = x[i]
+        s0 += v
+        s1 += i * v
+        s2 += v * v
+    return s0, s1, s2
+
+
+@njit(**_OPTS)
+def _window_sums(x, a, b, s0, s1, s2):
+    """The sums of `_line_sums` over x[a:b], from the whole line's by taking off both ends."""
+    for i in range(a):
+        s0 -= x[i]
+        s1 -= i * x[i]
+        s2 -= x[i] * x[i]
+    for i in range(b, x.shape[0]):
+        s0 -= x[i]
+        s1 -= i * x[i]
+        s2 -= x[i] * x[i]
+    return s0, s1, s2
+
+
+@njit(**_OPTS)
+def best_lag(trace, retrace, lo, hi):
     """The shift in [lo, hi] minimising the residual RMS of one line pair (first on ties).
 
-    Same criterion as `residual` at every lag, but from running sums: only the cross
-    product trace[i + lag] * retrace[i] costs a pass per lag, the sums of t, i t, t^2 (and
-    the same of r) over any overlap come from prefix sums in `prefix` (6 x (n + 1) floats).
+    Same criterion as `residual` at every lag, but from sums: only the cross product
+    trace[i + lag] * retrace[i] costs a pass per lag; the sums of t, i t, t^2 (and of r) over
+    an overlap are the whole line's less the few samples the shift leaves out.
     """
     n = trace.shape[0]
-    pt, pit, ptt = prefix[0], prefix[1], prefix[2]
-    pr, pir, prr = prefix[3], prefix[4], prefix[5]
-    pt[0] = pit[0] = ptt[0] = pr[0] = pir[0] = prr[0] = 0.0
-    for i in range(n):
-        t = trace[i]
-        r = retrace[i]
-        pt[i + 1] = pt[i] + t
-        pit[i + 1] = pit[i] + i * t
-        ptt[i + 1] = ptt[i] + t * t
-        pr[i + 1] = pr[i] + r
-        pir[i + 1] = pir[i] + i * r
-        prr[i + 1] = prr[i] + r * r
+    t0, t1, t2 = _line_sums(trace)
+    r0, r1, r2 = _line_sums(retrace)
     best = lo
     best_ms = np.inf
     for lag in range(lo, hi + 1):
@@ -292,16 +310,13 @@ def best_lag(trace, retrace, lo, hi, prefix):
             for i in range(m):
                 dot += tt[i] * rr[i]
             j0 = i0 + lag
-            j1 = i1 + lag
-            st = pt[j1] - pt[j0]
-            sr = pr[i1] - pr[i0]
+            st, sit, stt = _window_sums(trace, j0, i1 + lag, t0, t1, t2)
+            sr, sir, srr = _window_sums(retrace, i0, i1, r0, r1, r2)
             sd = st - sr
             # sum over the overlap of (i - i0) * d_i, then centred
-            sid = (pit[j1] - pit[j0]) - j0 * st - ((pir[i1] - pir[i0]) - i0 * sr)
-            sxd = sid - 0.5 * (m - 1) * sd
-            sdd = (ptt[j1] - ptt[j0]) + (prr[i1] - prr[i0]) - 2.0 * dot
+            sxd = (sit - j0 * st) - (sir - i0 * sr) - 0.5 * (m - 1) * sd
             sxx = m * (m * m - 1.0) / 12.0
-            ms = max(sdd - sd * sd / m - sxd * sxd / sxx, 0.0) / m
+            ms = max(stt + srr - 2.0 * dot - sd * sd / m - sxd * sxd / sxx, 0.0) / m
         if ms < best_ms:
             best_ms = ms
             best = lag
@@ -362,11 +377,12 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
     `min_len` px that reaches `hard * scale` somewhere. Returns (fraction, band width);
     the band is confirmed only now, so its flag is delayed by 1-4 lines.
 
-    Every run of `min_len` px or more covers a pixel whose index is a multiple of `min_len`,
-    so only those anchor pixels are tested (all widths and both signs from one read of the
-    six lines there), and a run is traced out from an anchor that passes: the same runs as a
-    full scan at about 1/min_len of the reads on a clean line. `scratch`: >= 12 int64
-    (per width and sign, the end of the last run traced; per width, the pixels marked).
+    A run of min_len px or more covers 4 consecutive pixels of the grid of step min_len // 4.
+    So the test runs on the grid first (one branch-free pass: a bit per width and sign), and
+    a run is traced pixel by pixel only from a grid point that starts 4 passing grid points
+    in a row: the same runs as a full scan, at a fraction of the reads and branches on a clean
+    line. `scratch`: int64, >= 3 * SCAR_MAX_WIDTH + points (per width and sign the end of the
+    last run traced, per width the pixels marked, then the grid bits).
     """
     depth = hist.shape[0]
     n = hist.shape[2]
@@ -377,6 +393,8 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
         return best, best_w
     hard_t = hard * scale
     soft_t = soft * scale
+    need = min(4, max(min_len, 1))  # consecutive grid points a long enough run must cover
+    step = max(min_len // need, 1)
     newest = hist[head, ch]
     r1 = hist[(head - 1) % depth, ch]
     r2 = hist[(head - 2) % depth, ch]
@@ -385,31 +403,51 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
     r5 = hist[(head - 5) % depth, ch]
     for j in range(3 * SCAR_MAX_WIDTH):
         scratch[j] = 0
-    marked = scratch[2 * SCAR_MAX_WIDTH :]
-    for anchor in range(0, n, max(min_len, 1)):
-        a = newest[anchor]
-        lo = hi = r1[anchor]
-        for w in range(1, widths + 1):
-            if w == 1:
-                b = r2[anchor]  # the line before the band
-            elif w == 2:
-                lo, hi, b = min(lo, r2[anchor]), max(hi, r2[anchor]), r3[anchor]
-            elif w == 3:
-                lo, hi, b = min(lo, r3[anchor]), max(hi, r3[anchor]), r4[anchor]
-            else:
-                lo, hi, b = min(lo, r4[anchor]), max(hi, r4[anchor]), r5[anchor]
-            for side in range(2):
-                sign = 1 if side == 0 else -1
-                e = lo - max(a, b) if sign > 0 else min(a, b) - hi
-                slot = 2 * (w - 1) + side
-                if e < soft_t or anchor < scratch[slot]:
-                    continue
-                start, end, hit = _scar_run(
-                    newest, r1, r2, r3, r4, r5, w, anchor, sign, soft_t, hard_t
-                )
-                scratch[slot] = end
-                if end - start >= min_len and hit:
-                    marked[w - 1] += end - start
+    done = scratch[: 2 * SCAR_MAX_WIDTH]
+    marked = scratch[2 * SCAR_MAX_WIDTH : 3 * SCAR_MAX_WIDTH]
+    bits = scratch[3 * SCAR_MAX_WIDTH :]
+    n_grid = (n + step - 1) // step
+    for g in range(n_grid):
+        i = g * step
+        a = newest[i]
+        v1 = r1[i]
+        v2 = r2[i]
+        v3 = r3[i]
+        v4 = r4[i]
+        v5 = r5[i]
+        # band extremes of widths 1..4 and the line before each band
+        lo2 = min(v1, v2)
+        hi2 = max(v1, v2)
+        lo3 = min(lo2, v3)
+        hi3 = max(hi2, v3)
+        lo4 = min(lo3, v4)
+        hi4 = max(hi3, v4)
+        m = 0
+        m |= (v1 - max(a, v2) >= soft_t) << 0
+        m |= (min(a, v2) - v1 >= soft_t) << 1
+        m |= (lo2 - max(a, v3) >= soft_t) << 2
+        m |= (min(a, v3) - hi2 >= soft_t) << 3
+        m |= (lo3 - max(a, v4) >= soft_t) << 4
+        m |= (min(a, v4) - hi3 >= soft_t) << 5
+        m |= (lo4 - max(a, v5) >= soft_t) << 6
+        m |= (min(a, v5) - hi4 >= soft_t) << 7
+        bits[g] = m & ((1 << (2 * widths)) - 1)
+    for g in range(n_grid - need + 1):
+        c = bits[g]
+        for q in range(1, need):
+            c &= bits[g + q]
+        if c == 0:
+            continue
+        anchor = g * step
+        for slot in range(2 * widths):
+            if not (c >> slot) & 1 or anchor < done[slot]:
+                continue
+            w = slot // 2 + 1
+            sign = 1 if slot % 2 == 0 else -1
+            start, end, hit = _scar_run(newest, r1, r2, r3, r4, r5, w, anchor, sign, soft_t, hard_t)
+            done[slot] = end
+            if end - start >= min_len and hit:
+                marked[w - 1] += end - start
     for w in range(1, widths + 1):
         frac = marked[w - 1] / n
         if frac > best:
@@ -693,9 +731,7 @@ def score_line(
         for p in range(n_pairs):
             lo = max(lags[p] - reach, -lag_max) if not searching else -lag_max
             hi = min(lags[p] + reach, lag_max) if not searching else lag_max
-            lag_votes[slot, p] = best_lag(
-                hist[head, pair_t[p]], hist[head, pair_r[p]], lo, hi, work[10:16]
-            )
+            lag_votes[slot, p] = best_lag(hist[head, pair_t[p]], hist[head, pair_r[p]], lo, hi)
         state[I_VOTES] += 1
         n_votes = min(state[I_VOTES], n_votes_max)
         for p in range(n_pairs):
@@ -787,6 +823,7 @@ def score_line(
 @njit(**_OPTS)
 def score_frame(
     frame,
+    start,
     cfg,
     pair_t,
     pair_r,
@@ -813,7 +850,11 @@ def score_frame(
     raw,
     out,
 ):
-    """score_line over frame[k] (k in acquisition order); out: (lines, N_FEATURES)."""
+    """score_line over frame[k] (k in acquisition order) into out[start + k].
+
+    The one entry point for live lines (a frame of one) and saved frames alike, so both run
+    the same machine code and give bit-identical rows.
+    """
     for k in range(frame.shape[0]):
         score_line(
             frame[k],
@@ -841,5 +882,5 @@ def score_frame(
             work,
             iwork,
             raw,
-            out[k],
+            out[start + k],
         )

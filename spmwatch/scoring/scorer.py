@@ -203,12 +203,13 @@ class ScanState:
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
         self.fft_bitrev, self.fft_tw = _fft_tables(points)
         self.spec_base = np.zeros(max(len(self.fft_bitrev), 1))
-        self.work = np.zeros((16, max(points + 1, settings.window, 8)))
-        self.iwork = np.zeros(max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH), dtype=np.int64)
+        self.work = np.zeros((10, max(points, settings.window, 8)))
+        n_iwork = max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH + points)
+        self.iwork = np.zeros(n_iwork, dtype=np.int64)  # lag median, scar grid
         self.raw = np.zeros(layout.n_raw)
 
     def args(self, layout: Layout) -> tuple:
-        """The kernel arguments after the data, in kernels.score_line order."""
+        """The kernel arguments after the data (and start row), in kernels.score_line order."""
         return (
             self.cfg,
             layout.pair_t,
@@ -265,7 +266,10 @@ class ScanScorer:
         self.expected_lines = int(expected_lines)
         self._state = ScanState(self.layout, self.points, self.settings)
         self._args = self._state.args(self.layout)
-        self._line = np.zeros((len(self.layout.channels), self.points))
+        self._frame1 = np.zeros((1, len(self.layout.channels), self.points))
+        self._rows = list(self._frame1[0])  # one view per channel, made once
+        self._shape = (self.points,)
+        self._flag_z = self.settings.flag_z
         self._features = np.zeros((max(self.expected_lines, 1), K.N_FEATURES))
         self._lines: list[LineScore] = []
         self._events = EventTracker(self.settings.alert)
@@ -288,20 +292,21 @@ class ScanScorer:
     def push(self, line: Line) -> LineScore:
         """Score one line (causal). Missing or misshapen channels make the line a dropout."""
         self._fill(line.channels)
-        row = self._next_row()
-        K.score_line(self._line, *self._args, row)
-        return self._ingest(line.index, row)
+        n = len(self._lines)
+        self._reserve(1)
+        K.score_frame(self._frame1, n, *self._args, self._features)
+        return self._ingest(int(line.index), n)
 
     def _fill(self, channels: Mapping[str, np.ndarray]) -> None:
-        for c, name in enumerate(self.layout.channels):
+        for name, target in zip(self.layout.channels, self._rows, strict=True):
             values = channels.get(name)
-            target = self._line[c]
-            try:
-                np.copyto(target, values, casting="unsafe")  # type: ignore[arg-type]
-                if np.shape(values) != target.shape:
-                    raise ValueError
-            except (TypeError, ValueError):
-                target.fill(np.nan)
+            if getattr(values, "shape", None) == self._shape:
+                try:
+                    np.copyto(target, values, casting="unsafe")  # type: ignore[arg-type]
+                    continue
+                except (TypeError, ValueError):
+                    pass
+            target.fill(np.nan)
 
     def _reserve(self, extra: int) -> None:
         n = len(self._lines)
@@ -310,18 +315,20 @@ class ScanScorer:
             grown[:n] = self._features[:n]
             self._features = grown
 
-    def _next_row(self) -> np.ndarray:
-        self._reserve(1)
-        return self._features[len(self._lines)]
-
-    def _ingest(self, index: int, row: np.ndarray) -> LineScore:
-        score = float(row[K.F_SCORE])
-        flagged = score >= self.settings.flag_z
-        kind = line_kind(row, self.settings) if flagged else None
-        span = int(row[K.F_SCAR_WIDTH]) if kind == "streak" else 0
-        result = LineScore(int(index), len(self._lines), score, flagged, kind)
+    def _ingest(self, index: int, n: int, score: float | None = None) -> LineScore:
+        """Turn feature row n into the line's score, flag and kind, and feed the events."""
+        if score is None:
+            score = float(self._features[n, K.F_SCORE])
+        flagged = score >= self._flag_z
+        kind = None
+        span = 0
+        if flagged:
+            row = self._features[n]
+            kind = line_kind(row, self.settings)
+            span = int(row[K.F_SCAR_WIDTH]) if kind == "streak" else 0
+        result = LineScore(index, n, score, flagged, kind)
         self._lines.append(result)
-        self._events.push(result.index, score, flagged, kind, span)
+        self._events.push(index, score, flagged, kind, span)
         return result
 
     def score_frame(self, frame: np.ndarray, indices: Sequence[int]) -> None:
@@ -329,10 +336,11 @@ class ScanScorer:
         n = len(indices)
         start = len(self._lines)
         self._reserve(n)
-        rows = self._features[start : start + n]
-        K.score_frame(np.ascontiguousarray(frame, dtype=np.float64), *self._args, rows)
-        for index, row in zip(indices, rows, strict=True):
-            self._ingest(index, row)
+        frame = np.ascontiguousarray(frame, dtype=np.float64)
+        K.score_frame(frame, start, *self._args, self._features)
+        scores = self._features[start : start + n, K.F_SCORE].tolist()
+        for k, (index, score) in enumerate(zip(indices, scores, strict=True)):
+            self._ingest(int(index), start + k, score)
 
     def frame(self) -> FrameScores:
         """Everything so far, open events included."""
@@ -362,9 +370,22 @@ def score_scan(scan: Scan, settings: ScoringSettings | None = None) -> FrameScor
     scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, settings)
     order = scan.acquisition_order()
     if len(order):
-        frame = np.stack([scan.channels[name][order] for name in names], axis=1)
-        scorer.score_frame(frame, [int(i) for i in order])
+        frame = np.empty((len(order), len(names), scan.n_points))
+        rows = _as_slice(order)  # a slice copies once, straight into the frame
+        for c, name in enumerate(names):
+            frame[:, c] = scan.channels[name][rows]
+        scorer.score_frame(frame, order.tolist())
     return scorer.finish()
+
+
+def _as_slice(order: np.ndarray) -> slice | np.ndarray:
+    """`order` as a slice when it is a plain up or down run of indices (the usual case)."""
+    n = len(order)
+    first, last = int(order[0]), int(order[-1])
+    step = 1 if last >= first else -1
+    if abs(last - first) == n - 1 and np.array_equal(order, np.arange(first, last + step, step)):
+        return slice(first, None if last + step < 0 else last + step, step)
+    return order
 
 
 def synthetic_scan(
