@@ -33,7 +33,8 @@ from spmwatch.model import Scan
 # Field boundaries inside BinHeader5 (64 bytes) and the WaveHeader5 fields the reader uses.
 BIN_FIELDS = (0, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60, 64)
 WAVE_FIELDS = (68, 72, 76, 80, 82, 88, 89, 90, 96, 128, 132, 136, 140, 144, 148, 200, 320, 384)
-NPNTS_AT, TYPE_AT, NDIM_AT, SFA_AT = 76, 80, 132, 148
+NPNTS_AT, TYPE_AT, NDIM_AT = 76, 80, 132
+NOTE_SIZE_AT, LABELS_SIZE_AT = 12, 44  # BinHeader5 noteSize, dimLabelsSize[2] (channel names)
 INT32_EDGES = (-(2**31), -1, 0, 1, 2**15, 2**31 - 1)
 
 
@@ -86,7 +87,7 @@ def scan_bytes(scan: Scan) -> bytes:
 
 def section_ends(raw: bytes) -> list[int]:
     """Offsets where each BinHeader5 section ends (wave, formula, note, units, labels, ...)."""
-    sizes = struct.unpack_from("<" + "i" * 14, raw, 4)[1:]  # skip the checksum's own field
+    sizes = struct.unpack_from("<15i", raw, 4)  # wfmSize ... optionsSize2
     ends, at = [], BIN_HEADER_SIZE
     for size in sizes:
         at += max(size, 0)
@@ -208,8 +209,8 @@ def _empty_and_random(bases: list[bytes], rng: np.random.Generator) -> Iterator[
 def _note_abuse(bases: list[bytes], rng: np.random.Generator) -> Iterator[tuple[str, bytes]]:
     raw = bases[0]
     for value in (2**31 - 1, 10**9, 10**6, -1, -(2**31)):
-        yield f"notesize{value}", _patched(raw, "<i", 16, value)
-        yield f"labelsize{value}", _patched(raw, "<i", 48, value)
+        yield f"notesize{value}", _patched(raw, "<i", NOTE_SIZE_AT, value)
+        yield f"labelsize{value}", _patched(raw, "<i", LABELS_SIZE_AT, value)
     for lines in (0, -5, 10**5, 10**8, 2**31 - 1, 10**30):
         scan = make_scan(lines=4, points=16, scan_id="note")
         scan.meta["ScanLines"] = scan.expected_lines = lines  # the note claims `lines` lines
