@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -10,27 +9,9 @@ from typing import Any, TypeVar
 import zmq
 
 from spmwatch import protocol
+from tests.polling import free_tcp_endpoint, wait_for  # noqa: F401 (re-exported for the tests)
 
 T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.01) -> T:
-    """Poll `predicate` until it returns something truthy; fail clearly at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
-
-
-def free_tcp_endpoint() -> str:
-    """A loopback endpoint on a port the OS says is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def alert_payload(

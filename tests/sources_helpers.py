@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import numpy as np
 
 from spmwatch.model import Line
 from spmwatch.sources import SourceError
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, poll: float = 0.01) -> bool:
-    """Poll `predicate` until it holds or `timeout` s pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return bool(predicate())
+from tests.polling import wait_for  # noqa: F401 (re-exported for the tests)
 
 
 class Collector:
