@@ -48,7 +48,7 @@ def us(pair: tuple[float, float], per: float) -> str:
 # figure holds no Python call overhead.
 @njit
 def _loop_stats(x, hist, head, reps):
-    stats = np.empty(5)
+    stats = np.empty(6)
     for _ in range(reps):
         for c in range(x.shape[0]):
             K.line_stats(x[c], hist[head, c], stats)

@@ -25,6 +25,7 @@ from reliability_common import (
     Plan,
     Subscriber,
     last_heartbeat,
+    line_shape,
     rss_mib,
     scored,
     start_daemon,
@@ -85,6 +86,7 @@ def run(rate: float, seconds: float, lines: int, points: int, fail_every: int) -
             sub.close()
             code = daemon.stop()
     return {
+        "line_shape": line_shape(plan),
         "target_rate": rate,
         "seconds": round(send_seconds, 2),
         "lines_sent": sent,

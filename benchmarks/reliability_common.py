@@ -96,6 +96,12 @@ def templates(plan: Plan) -> tuple[Scan, Scan]:
     return dataclasses.replace(good, scan_id="good"), dataclasses.replace(bad, scan_id="bad")
 
 
+def line_shape(plan: Plan) -> str:
+    """The shape of one line as sent, for reports: channels x points."""
+    good, _ = templates(plan)
+    return f"{len(good.channels)} channels x {plan.points} points, {plan.lines} lines per scan"
+
+
 def _produce(plan: Plan, results: mp.Queue) -> None:
     """Child process: send the plan, paced, then report (lines sent, scans ended, seconds)."""
     from spmwatch.protocol import encode_end, encode_line

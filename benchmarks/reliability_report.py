@@ -57,10 +57,20 @@ SCENARIOS: list[tuple[str, str, str]] = [
         "faults",
         "SIGKILL mid-scan + restart: no repeat, frames written while down scored",
     ),
+    (
+        "test_frame_queued_but_unpublished",
+        "faults",
+        "SIGKILL while a saved frame waits in the inbox (known bug)",
+    ),
     ("test_folder_that_vanishes", "faults", "watched folder renamed / deleted and restored"),
     ("test_every_listening_socket_is_on_loopback", "security", "listeners on 127.0.0.1 only"),
     ("test_default_settings_bind_loopback_only", "security", "default endpoints are loopback"),
     ("test_scan_id_with_path", "security", "scan ids with path characters rejected"),
+    (
+        "test_a_producer_cannot_make_the_daemon_hold",
+        "bad input",
+        "one producer declaring a 65536 x 65536 scan, 256 MiB sent (known bug)",
+    ),
     (
         "test_curve_shuts_out",
         "security",
@@ -145,7 +155,8 @@ def render(tests: dict, fuzz: dict, burst: dict, soak: dict, full: bool) -> str:
         f"hangs {fuzz['hangs']}, over 100 MiB {fuzz['over_100mib']} | {fuzz['files']} files: "
         f"{fuzz['scored']} scored, {fuzz['typed_errors']} typed errors; slowest "
         f"{fuzz['max_seconds']} s; total {fuzz['total_seconds']} s |",
-        f"| burst: {burst['target_rate']:.0f} lines/s offered for {burst['seconds']} s | "
+        f"| burst: {burst['target_rate']:.0f} lines/s offered for {burst['seconds']} s "
+        f"({burst['line_shape']}) | "
         f"alerts lost {burst['alerts_lost']}, alert seq gaps {burst['alert_seq_gaps']}, "
         f"daemon alive {burst['daemon_alive']} | {burst['lines_sent']} lines sent at "
         f"{burst['send_rate']} lines/s (the socket pushes back at the daemon's pace), "
@@ -153,7 +164,8 @@ def render(tests: dict, fuzz: dict, burst: dict, soak: dict, full: bool) -> str:
         f"{burst['alerts_published']} of {burst['alerts_expected']} expected, "
         f"{burst['false_alerts']} false; RSS {burst['rss_start_mib']} -> max "
         f"{burst['rss_max_mib']} MiB; catch-up {burst['catch_up_s']} s |",
-        f"| soak: {soak['lines_sent']} lines in {soak['frames_sent']} frames | "
+        f"| soak: {soak['lines_sent']} lines in {soak['frames_sent']} frames "
+        f"({soak['line_shape']}) | "
         f"every frame once: {soak['frames_exactly_once']}, frame seq gaps "
         f"{soak['frame_seq_gaps']}, alerts once: {soak['alerts_exactly_once']} | "
         f"{soak['lines_per_s']} lines/s for {soak['seconds']} s; RSS after warm-up "

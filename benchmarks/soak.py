@@ -27,6 +27,7 @@ from reliability_common import (
     Subscriber,
     fd_count,
     last_heartbeat,
+    line_shape,
     rss_mib,
     start_daemon,
     start_producer,
@@ -78,6 +79,7 @@ def run(total_lines: int, frames: int, points: int, fail_every: int) -> dict:
     failing = {plan.scan_id(i) for i in range(ended) if plan.failing(i)}
     alerted = collections.Counter(a["scan_id"] for a in alerts)
     return {
+        "line_shape": line_shape(plan),
         "lines_sent": sent,
         "frames_sent": ended,
         "lines_per_frame": per_frame,

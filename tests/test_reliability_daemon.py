@@ -257,6 +257,40 @@ def test_scan_id_with_path_characters_is_rejected_and_touches_no_file(
     assert not any(p.get("scan_id") in hostile for p in watching.sub.of(protocol.TOPIC_FRAME))
 
 
+def _rss_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the daemon keeps every line of an open scan (daemon._OpenScan.rows) and nothing "
+    "caps a scan's declared size (65536 lines x 65536 points x 32 channels are all allowed): "
+    "one producer can make it hold gigabytes",
+)
+def test_a_producer_cannot_make_the_daemon_hold_hundreds_of_megabytes(watching: Watching) -> None:
+    pid = watching.daemon.proc.pid
+    before = _rss_mib(pid)
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.connect(watching.endpoints["lines"])
+    points, sent = protocol.MAX_POINTS, 1024  # 256 KiB per line, 256 MiB in all
+    data = bytes(4 * points)
+    header = {"v": 1, "scan_id": "huge", "n_lines": protocol.MAX_LINES, "points": points}
+    for line in range(sent):
+        frames = [json.dumps({**header, "line": line, "channels": ["HeightRetrace"]}).encode()]
+        push.send_multipart([*frames, data])
+    push.send_multipart(protocol.encode_end("huge"))
+    push.close()
+
+    def settled() -> bool:
+        refused = watching.sub.of(protocol.TOPIC_ERROR, scan_id="huge")
+        return bool(refused or watching.sub.of(protocol.TOPIC_FRAME, scan_id="huge"))
+
+    wait_for(settled, timeout=60)
+    assert _rss_mib(pid) - before < 128, f"RSS grew from {before:.0f} to {_rss_mib(pid):.0f} MiB"
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) SIGKILL mid-scan, restart with the same state file
 # ---------------------------------------------------------------------------------------------
