@@ -47,7 +47,8 @@ def tip_change(scan: Scan, start: int, count: int = 30) -> tuple[Scan, np.ndarra
     for a in out.channels.values():
         rms = np.median(np.std(a, axis=1))
         for r in rows:
-            a[r] = np.convolve(a[r], kernel, mode="same") + 40 * rms
+            # edge-padded, so the blur does not pull the line ends towards zero
+            a[r] = np.convolve(np.pad(a[r], 2, mode="edge"), kernel, mode="valid") + 40 * rms
     return out, rows
 
 

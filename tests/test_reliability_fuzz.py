@@ -38,7 +38,6 @@ def fuzz_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 # Cases of the slice that hit a known bug, each reproduced by its own strict-xfail test below;
 # delete the entry when the bug is fixed (the xfail test then fails as XPASS to remind you).
 KNOWN_BUGS = {
-    "_scanlines": "test_absurd_scanlines_in_the_note_cannot_make_scoring_allocate",
     "_flipped_data_b2_t3": "test_unparseable_scan_rate_in_the_note_is_not_a_crash",
     "_note_1mib": "test_a_one_mib_note_cannot_make_the_reader_allocate_100_mib",
 }
@@ -94,12 +93,6 @@ def test_every_readable_damaged_file_scores_in_bounded_memory(fuzz_paths: list[P
     assert sum(o.kind == "scan" for o in outcomes) >= 20
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ibw.read_scan trusts the note's ScanLines and ScanScorer.__init__ allocates "
-    "expected_lines x 13 float64 up front (scorer.py): a 17 KB file claiming 10^8 lines costs "
-    "10 GB, 2^31-1 raises MemoryError",
-)
 def test_absurd_scanlines_in_the_note_cannot_make_scoring_allocate(fuzz_paths: list[Path]) -> None:
     absurd = [p for p in fuzz_paths if "_scanlines" in p.name]
     assert len(absurd) >= 4

@@ -29,7 +29,7 @@ SCAR_SCRATCH = np.zeros(3 * K.SCAR_MAX_WIDTH + 128, dtype=np.int64)
 
 def kernel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.empty_like(x)
-    stats = np.empty(5)
+    stats = np.empty(6)
     K.line_stats(x, d, stats)
     return d, stats
 

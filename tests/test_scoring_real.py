@@ -54,7 +54,7 @@ def test_kernels_match_numpy_on_real_lines(dna) -> None:
     rows = dna.channels["HeightTrace"][::37].astype(np.float64)
     for x in rows:
         d = np.empty_like(x)
-        stats = np.empty(5)
+        stats = np.empty(6)
         K.line_stats(x, d, stats)
         d_ref, stats_ref = R.line_stats(x)
         np.testing.assert_allclose(stats, stats_ref, rtol=1e-7)

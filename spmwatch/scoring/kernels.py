@@ -117,10 +117,12 @@ def _finite_range(x):
 def line_stats(x, out_detrended, stats):
     """Detrend one line (offset + slope by least squares) and measure it.
 
-    stats <- [level, slope, rms, diff_rms, bad_fraction]; bad_fraction is the largest share of
-    non-finite, exactly zero, or saturated samples (equal to the line max or min), 1.0 when the
-    line is constant. Non-finite samples are written as 0 in `out_detrended`. Two passes, both
-    branch-free so they vectorise; x must be contiguous (its bits are read for the min/max).
+    stats <- [level, slope, rms, diff_rms, bad_fraction, flat_fraction]; bad_fraction is the
+    larger share of non-finite or exactly zero samples, 1.0 when the line is constant (a lost
+    line); flat_fraction the larger share of samples pinned at the line max or min (a segment
+    of a live line saturated or parachuting: tracking loss, not a dropout). Non-finite samples
+    are written as 0 in `out_detrended`. Two passes, both branch-free so they vectorise; x must
+    be contiguous (its bits are read for the min/max).
     """
     n = x.shape[0]
     half = 0.5 * (n - 1)
@@ -159,6 +161,7 @@ def line_stats(x, out_detrended, stats):
         stats[2] = 0.0
         stats[3] = 0.0
         stats[4] = 1.0
+        stats[5] = 1.0
         return
     mean = s / good
     slope = sx / sxx if sxx > 0.0 else 0.0
@@ -176,12 +179,12 @@ def line_stats(x, out_detrended, stats):
     for i in range(1, n):
         e = out_detrended[i] - out_detrended[i - 1]
         sd += e * e
-    worst = max(nonfinite, zeros, n_hi, n_lo)
     stats[0] = mean
     stats[1] = slope
     stats[2] = math.sqrt(ss / n)
     stats[3] = math.sqrt(sd / (n - 1))
-    stats[4] = worst / n
+    stats[4] = max(nonfinite, zeros) / n
+    stats[5] = max(n_hi, n_lo) / n
 
 
 @njit(**_OPTS)
@@ -636,6 +639,7 @@ def score_line(
     base_sorted,
     base_med,
     base_scale,
+    ref_level,
     lags,
     lag_votes,
     spec_base,
@@ -659,20 +663,27 @@ def score_line(
     depth = hist.shape[0]
     window = base_ring.shape[0]
     z_clip = cfg[S_Z_CLIP]
-    stats = work[0, :5]
+    stats = work[0, :6]
     pair_out = work[1, :3]
+    levels = work[7, :n_ch]
     for f in range(out.shape[0]):
         out[f] = 0.0
     head = (state[I_HIST_HEAD] + 1) % depth
-    # 1. per-channel statistics and the dropout test
+    have_ref = state[I_BASE_N] > 0
+    # 1. per-channel statistics and the dropout test. The level is measured as the step from
+    # the last unflagged line: a tip change is a new persistent state, so the step stays in
+    # view on every line until a line is accepted again, instead of fading into a baseline.
     worst = 0.0
+    flat = 0.0
     for c in range(n_ch):
         line_stats(data[c], hist[head, c], stats)
         base = c * N_CH_RAW
-        raw[base + CH_LEVEL] = stats[0]
+        levels[c] = stats[0]
+        raw[base + CH_LEVEL] = stats[0] - ref_level[c] if have_ref else 0.0
         raw[base + CH_RMS] = math.log(stats[2] + TINY)
-        raw[base + CH_SHARP] = stats[3] / stats[2] if stats[2] > 0.0 else 0.0
+        raw[base + CH_SHARP] = math.log((stats[3] + TINY) / (stats[2] + TINY))
         worst = max(worst, stats[4])
+        flat = max(flat, stats[5])
     state[I_LINES] += 1
     out[F_DROPOUT] = worst
     if worst >= cfg[S_DROPOUT_FRACTION]:
@@ -779,6 +790,8 @@ def score_line(
                 top2[fam] = z
         for f in range(N_FAMILIES - 1):
             out[f] = top2[f] if consensus[f] >= 2 else top1[f]
+    if flat >= cfg[S_SAT_FRACTION]:
+        out[F_RMS] = z_clip  # a pinned segment: the tip lost the surface (tracking loss)
     score = 0.0
     for f in range(N_FAMILIES - 1):
         score = max(score, out[f])
@@ -798,6 +811,9 @@ def score_line(
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
         sorted_replace(base_sorted[i], n_base, base_ring[bh, i], v, full)
         base_ring[bh, i] = v
+    if not flagged or not have_ref:
+        for c in range(n_ch):
+            ref_level[c] = levels[c]
     state[I_BASE_HEAD] = (bh + 1) % window
     state[I_BASE_N] = min(state[I_BASE_N] + 1, window)
     state[I_SINCE_REFRESH] += 1
@@ -812,11 +828,12 @@ def score_line(
     if state[I_BASE_N] < window or state[I_SINCE_REFRESH] >= cfg[S_REFRESH]:
         n_base = state[I_BASE_N]
         robust_baseline(base_sorted, n_base, floors, base_med, base_scale)
-        # a level step is judged against the line's own roughness as well as level drift
+        # a level step is judged against the line-to-line jitter of the level, floored by a
+        # share of the channel's own line-to-line difference RMS (smooth data has no jitter)
         for c in range(n_ch):
             lv = c * N_CH_RAW + CH_LEVEL
-            rm = c * N_CH_RAW + CH_RMS
-            base_scale[lv] = max(base_scale[lv], cfg[S_LEVEL_FLOOR] * math.exp(base_med[rm]))
+            vd = c * N_CH_RAW + CH_VDIFF
+            base_scale[lv] = max(base_scale[lv], cfg[S_LEVEL_FLOOR] * math.exp(base_med[vd]))
         state[I_SINCE_REFRESH] = 0
 
 
@@ -840,6 +857,7 @@ def score_frame(
     base_sorted,
     base_med,
     base_scale,
+    ref_level,
     lags,
     lag_votes,
     spec_base,
@@ -874,6 +892,7 @@ def score_frame(
             base_sorted,
             base_med,
             base_scale,
+            ref_level,
             lags,
             lag_votes,
             spec_base,

@@ -12,21 +12,22 @@ from spmwatch.scoring import kernels as K
 
 
 def line_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(detrended line, [level, slope, rms, diff_rms, bad_fraction])."""
+    """(detrended line, [level, slope, rms, diff_rms, bad_fraction, flat_fraction])."""
     n = len(x)
     finite = np.isfinite(x)
     xs = x[finite]
     if len(xs) < 2 or xs.max() == xs.min():
         level = xs.mean() if len(xs) else 0.0
-        return np.zeros(n), np.array([level, 0.0, 0.0, 0.0, 1.0])
+        return np.zeros(n), np.array([level, 0.0, 0.0, 0.0, 1.0, 1.0])
     xc = np.arange(n) - 0.5 * (n - 1)
     level = xs.mean()
     slope = np.sum(xs * xc[finite]) / np.sum(xc[finite] ** 2)
     d = np.where(finite, x - level - slope * xc, 0.0)
     diff = np.diff(d)
-    bad = max(n - finite.sum(), (xs == 0).sum(), (xs == xs.max()).sum(), (xs == xs.min()).sum())
+    bad = max(n - finite.sum(), (xs == 0).sum())
+    flat = max((xs == xs.max()).sum(), (xs == xs.min()).sum())
     rms = np.sqrt(np.mean(d**2))
-    return d, np.array([level, slope, rms, np.sqrt(np.mean(diff**2)), bad / n])
+    return d, np.array([level, slope, rms, np.sqrt(np.mean(diff**2)), bad / n, flat / n])
 
 
 def line_pair(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -48,6 +48,8 @@ FAMILY_KIND: tuple[str, ...] = (
     "oscillation",
     "dropout",
 )
+# Feature rows allocated up front; more are added by doubling as lines arrive.
+INITIAL_ROWS = 1024
 # Channels whose spectrum shows feedback ringing best (error signals), by name prefix.
 OSCILLATION_PREFIXES: tuple[str, ...] = ("amplitude", "deflection")
 
@@ -61,7 +63,7 @@ class ScoringSettings:
     refresh: int = 4  # recompute the baseline median/MAD every this many good lines
     z_clip: float = 50.0  # robust z values are clipped to [0, z_clip]
     flag_z: float = 12.0  # a line is flagged when its score reaches this
-    dropout_fraction: float = 0.25  # share of bad samples (NaN/zero/saturated) making a dropout
+    dropout_fraction: float = 0.25  # share of NaN/zero samples making a dropout (pinned: tracking)
     scar_hard: float = 0.666  # Gwyddion mark-scars hard threshold (x vertical-difference RMS)
     scar_soft: float = 0.25  # ... soft threshold
     scar_min_len: int = 16  # shortest scar, px
@@ -71,10 +73,10 @@ class ScoringSettings:
     lag_recheck: int = 2  # ... within this many px of the current lag (a slow drift)
     spec_alpha: float = 1.0 / 16  # EMA weight of a good line in the running log spectrum
     spec_klo: int = 4  # lowest spectral bin considered for ringing (skips topography)
-    level_floor: float = 1.0  # level z scale >= this x the line RMS baseline
+    level_floor: float = 0.25  # level-step z scale >= this x the line-to-line difference RMS
     # floors of the robust scale (1.4826 MAD) per feature; RMS-like features are in log units
     floor_log_rms: float = 0.4
-    floor_sharpness: float = 0.05
+    floor_sharpness: float = 0.1
     floor_decorrelation: float = 0.05
     floor_scar: float = 0.05
     floor_tr_decorrelation: float = 0.05
@@ -199,11 +201,12 @@ class ScanState:
         self.base_sorted = np.zeros((layout.n_raw, settings.window))  # each column, sorted
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
+        self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
         self.fft_bitrev, self.fft_tw = _fft_tables(points)
         self.spec_base = np.zeros(max(len(self.fft_bitrev), 1))
-        self.work = np.zeros((10, max(points, settings.window, 8)))
+        self.work = np.zeros((10, max(points, settings.window, n_ch, 8)))
         n_iwork = max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH + points)
         self.iwork = np.zeros(n_iwork, dtype=np.int64)  # lag median, scar grid
         self.raw = np.zeros(layout.n_raw)
@@ -227,6 +230,7 @@ class ScanState:
             self.base_sorted,
             self.base_med,
             self.base_scale,
+            self.ref_level,
             self.lags,
             self.lag_votes,
             self.spec_base,
@@ -241,7 +245,12 @@ class ScanState:
 def line_kind(row: np.ndarray, settings: ScoringSettings) -> str | None:
     """The event kind of a flagged feature row: its dominant family."""
     if row[K.F_DROPOUT] >= settings.dropout_fraction:
-        return "dropout"
+        return "dropout"  # a lost line; a pinned segment of a live line is tracking loss (F_RMS)
+    if row[K.F_RING] >= settings.flag_z and row[K.F_DECOR] < settings.flag_z / 2:
+        # a spectral peak is ringing even when the level and sharpness move with it (ringing
+        # at particle edges): a tip change blurs or echoes, it does not ring. Lines that also
+        # lost their neighbour are broadband noise: tracking loss.
+        return "oscillation"
     family = int(np.argmax(row[: K.N_FAMILIES - 1]))
     if family == K.F_SHARP and row[K.F_DECOR] >= settings.flag_z / 2:
         return "tracking_loss"  # sharpness changed *and* the line lost its neighbour: noise
@@ -270,7 +279,8 @@ class ScanScorer:
         self._rows = list(self._frame1[0])  # one view per channel, made once
         self._shape = (self.points,)
         self._flag_z = self.settings.flag_z
-        self._features = np.zeros((max(self.expected_lines, 1), K.N_FEATURES))
+        # rows grow on demand: expected_lines comes from the file's note and may be absurd
+        self._features = np.zeros((min(max(self.expected_lines, 1), INITIAL_ROWS), K.N_FEATURES))
         self._lines: list[LineScore] = []
         self._events = EventTracker(self.settings.alert)
         self._finished = False
