@@ -33,6 +33,7 @@ class AlertRule:
     medium_lines: int = 4
     high_lines: int = 16
     gap: int = 1
+    band_lines: int = 8  # a level excursion that ends within this many lines was a band
 
 
 def severity(score: float, n_lines: int, rule: AlertRule) -> str:
@@ -72,6 +73,7 @@ class EventTracker:
         self._covered: dict[int, str] = {}  # position -> kind of recent flagged lines
         self._recent_index: deque[int] = deque(maxlen=8)
         self._position = -1
+        self._last_band = -(10**9)  # position where the last band (streak) closed
 
     def push(
         self, index: int, score: float, flagged: bool, kind: str | None, span_back: int = 0
@@ -122,12 +124,20 @@ class EventTracker:
 
     def _close(self) -> None:
         if self._run is not None:
-            self.closed.append(self._event(self._run))
+            event = self._event(self._run, closed=True)
+            if event.kind == "streak":
+                self._last_band = self._position
+            self.closed.append(event)
             self._run = None
 
-    def _event(self, run: _Run) -> Event:
+    def _event(self, run: _Run, closed: bool = False) -> Event:
+        kind = run.kind()
+        if closed and kind == "tip_change" and run.last_position - run.first < self.rule.band_lines:
+            # the level came back: a band of a few lines (a scar or a line jump), not a tip
+            # change, which is a new persistent state
+            kind = "streak"
         return Event(
-            kind=run.kind(),
+            kind=kind,
             start=run.lo,
             end=run.hi,
             severity=severity(run.peak, run.n_flagged, self.rule),
@@ -157,6 +167,8 @@ class EventTracker:
                 peak = max(peak, score)
                 weights[kind or "tracking_loss"] = weights.get(kind or "tracking_loss", 0.0) + score
         kind = max(weights.items(), key=lambda item: item[1])[0]
+        if kind == "tip_change" and position - self._last_band <= self.rule.slow_m:
+            kind = "streak"  # another level excursion right after a band: streaking
         sev = "high" if kind == "dropout" else severity(peak, n, self.rule)
         return Alert(line=index, position=position, kind=kind, severity=sev, score=peak)
 

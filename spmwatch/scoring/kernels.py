@@ -800,14 +800,18 @@ def score_line(
     hist_good[head] = not flagged
     # 6. advance the baseline; a flagged line enters clipped to med +- S_CLIP scale, so a
     # fault moves the baseline only slowly (it does not become the new normal at once) while
-    # a genuine change of the sample is absorbed within about half a window
+    # a genuine change of the sample is absorbed within about half a window. The level step
+    # of a flagged line enters as the median: the step is held against the last good line, so
+    # letting it widen the jitter scale would fade a persistent tip change within a few lines
     bh = state[I_BASE_HEAD]
     clip = cfg[S_CLIP]
     n_base = state[I_BASE_N]
     full = n_base == window
     for i in range(n_raw):
         v = raw[i]
-        if flagged:
+        if flagged and family[i] == F_LEVEL:
+            v = base_med[i]  # a held step is no sample of the line-to-line jitter
+        elif flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
         sorted_replace(base_sorted[i], n_base, base_ring[bh, i], v, full)
         base_ring[bh, i] = v
