@@ -1,0 +1,62 @@
+"""Detection figures on generated failing scans (spmwatch.synth), a small slice of
+benchmarks/detection.py: each persistent fault alerts within a few lines with its kind, and
+clean generated scans raise nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from spmwatch import synth
+from spmwatch.scoring.scorer import score_scan
+
+SEEDS = range(5)
+
+
+def _delay_and_kind(kind: str, seed: int) -> tuple[int | None, str | None, set[str]]:
+    scan, truth = synth.failing_scan(seed, fault=kind)
+    frame = score_scan(scan)
+    events = {e.kind for e in frame.events}
+    if frame.alert is None:
+        return None, None, events
+    return frame.alert.position - int(truth.first_position or 0), frame.alert.kind, events
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tip_change_alerts_within_4_lines_and_stays_an_event(seed: int) -> None:
+    delay, kind, events = _delay_and_kind("tip_change", seed)
+    assert delay is not None and 0 <= delay <= 4 and kind == "tip_change"
+    assert events & {"tip_change", "streak"}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dropout_alerts_on_its_second_line(seed: int) -> None:
+    delay, kind, _ = _delay_and_kind("dropout", seed)
+    assert (delay, kind) == (1, "dropout")
+
+
+def test_tracking_loss_alerts_within_4_lines_and_is_not_called_a_dropout() -> None:
+    results = [_delay_and_kind("tracking_loss", seed) for seed in SEEDS]
+    assert all(d is not None and 0 <= d <= 4 for d, _, _ in results), results
+    kinds = [k for _, k, _ in results]
+    assert "dropout" not in kinds and kinds.count("tracking_loss") >= 3, kinds
+
+
+def test_persistent_streaking_alerts_and_shows_streak_events() -> None:
+    results = [_delay_and_kind("streak", seed) for seed in SEEDS]
+    assert all(d is not None and d >= 0 for d, _, _ in results), results
+    # a band running into the end of the frame cannot be told from a tip change
+    assert sum("streak" in events for _, _, events in results) >= 4, results
+
+
+def test_oscillation_alerts_on_some_generated_scans() -> None:
+    # known gap (docs/scoring.md): weak bursts and edge ringing stay below the flag threshold
+    results = [_delay_and_kind("oscillation", seed) for seed in SEEDS]
+    hits = [(d, k) for d, k, _ in results if d is not None]
+    assert len(hits) >= 2 and all(0 <= d <= 12 and k == "oscillation" for d, k in hits), results
+
+
+@pytest.mark.parametrize("traces", [True, False])
+def test_clean_generated_scans_raise_no_alert(traces: bool) -> None:
+    for seed in range(6):
+        scan = synth.clean_scan(2000 + seed, 128, 256, traces=traces, scan_down=seed % 2 == 1)
+        assert score_scan(scan).alert is None, scan.scan_id
