@@ -167,10 +167,19 @@ class EventTracker:
                 peak = max(peak, score)
                 weights[kind or "tracking_loss"] = weights.get(kind or "tracking_loss", 0.0) + score
         kind = max(weights.items(), key=lambda item: item[1])[0]
-        if kind == "tip_change" and position - self._last_band <= self.rule.slow_m:
-            kind = "streak"  # another level excursion right after a band: streaking
+        if kind == "tip_change" and self._level_came_back(position):
+            kind = "streak"  # a level excursion that returned: bands, not a new tip state
         sev = "high" if kind == "dropout" else severity(peak, n, self.rule)
         return Alert(line=index, position=position, kind=kind, severity=sev, score=peak)
+
+    def _level_came_back(self, position: int) -> bool:
+        """Whether the tip_change evidence of the window is broken by lines of another kind
+        (bands on alternate lines), or follows a band that closed within slow_m lines."""
+        if position - self._last_band <= self.rule.slow_m:
+            return True
+        kinds = [kind for _, kind, _ in list(self._window)[-self.rule.m :]]
+        first = kinds.index("tip_change")
+        return any(kind != "tip_change" for kind in kinds[first:])
 
     def events(self) -> list[Event]:
         """Closed events plus the open run, if any (a snapshot; nothing is closed)."""
