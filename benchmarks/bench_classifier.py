@@ -4,8 +4,8 @@
 
 Runs N rounds of 30 verdicts each and prints the best and the median per-verdict time (the
 median of each round, then their best and median, so a busy moment shows as spread rather
-than as the figure), plus the split into channel statistics, scorer features, memory bank and
-estimator. The budget is 20 ms per frame.
+than as the figure), plus the split into channel statistics, memory bank (if the model has
+one) and estimator. The budget is 20 ms per frame.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from spmwatch import synth
 from spmwatch.classify.classifier import Classifier, load_default
-from spmwatch.classify.features import channel_features, scorer_features
+from spmwatch.classify.features import channel_features
 from spmwatch.scoring.scorer import score_scan
 
 
@@ -44,7 +44,6 @@ def main() -> None:
     parts: dict[str, Callable[[], object]] = {
         "verdict": lambda: model.verdict(frame, scan),
         "channel statistics": lambda: channel_features(scan.channels),
-        "scorer features": lambda: scorer_features(frame),
         "estimator": lambda: model.predict_vectors(vector),
     }
     if model.bank is not None:

@@ -271,21 +271,32 @@ def _tip_change(scan: Scan, rng: np.random.Generator, start: int) -> int:
 
 
 def _streak(scan: Scan, rng: np.random.Generator, start: int) -> list[tuple[int, int]]:
-    """Several bands of 1-4 lines with an offset, some over only part of the line."""
+    """Scars and line jumps as on the real failed frames: many bands of 1-8 lines spread over
+    the rest of the frame, each offset over the whole line or from a jump point to the line's
+    end (the tip jumped and stayed), the error channels often ringing inside the band."""
     remaining = scan.n_lines - start
     spans = []
-    for _ in range(int(rng.integers(3, 9))):
-        width = int(rng.integers(1, 5))
+    for _ in range(int(rng.integers(4, 21))):
+        width = int(rng.integers(1, 9))
         first = start + int(rng.integers(0, max(1, remaining - width)))
         last = min(scan.n_lines - 1, first + width - 1)
         spans.append((first, last))
         rows = _rows(scan, first, last)
-        lo = int(rng.integers(0, scan.n_points // 2))
-        hi = int(rng.integers(lo + scan.n_points // 4, scan.n_points + 1))
+        if rng.random() < 0.6:
+            lo, hi = 0, scan.n_points
+        else:
+            lo = int(rng.integers(0, scan.n_points * 3 // 4))
+            to_end = rng.random() < 0.5
+            hi = scan.n_points if to_end else int(rng.integers(lo + 8, scan.n_points + 1))
         sign = rng.choice([-1.0, 1.0])
-        size = rng.uniform(2.0, 6.0)
-        for data in scan.channels.values():
+        size = rng.uniform(1.0, 5.0)
+        ringing = rng.random() < 0.5
+        period = rng.uniform(2.0, 5.0)
+        wave = np.sin(2 * np.pi * np.arange(hi - lo) / period + rng.uniform(0, 2 * np.pi))
+        for name, data in scan.channels.items():
             data[rows, lo:hi] += sign * size * _scale(data)
+            if ringing and _role(name) != "topography":
+                data[rows, lo:hi] += rng.uniform(1.0, 3.0) * _scale(data) * wave
     return spans
 
 
@@ -317,21 +328,38 @@ def _tracking_loss(scan: Scan, rng: np.random.Generator, start: int) -> int:
 
 
 def _oscillation(scan: Scan, rng: np.random.Generator, start: int) -> int:
-    sustained = rng.random() < 0.5
-    end = scan.n_lines - 1 if sustained else min(scan.n_lines - 1, start + int(rng.integers(6, 30)))
+    """Feedback ringing: a short burst after an edge, a sustained oscillation, or ringing at
+    every steep edge of the topography (the real failure on rough samples), fine-pitched
+    (2-5 px) or slower."""
+    mode = rng.choice(["burst", "sustained", "edges"])
+    end = scan.n_lines - 1
+    if mode == "burst":
+        end = min(scan.n_lines - 1, start + int(rng.integers(6, 30)))
     rows = _rows(scan, start, end)
     x = np.arange(scan.n_points, dtype=float)
-    cycles = rng.uniform(8, 50)
-    onset = rng.integers(0, scan.n_points // 2, size=(len(rows), 1)) if not sustained else 0
-    envelope = np.where(x[None, :] >= onset, 1.0, 0.0)
-    if not sustained:
-        envelope = envelope * np.exp(-np.maximum(x[None, :] - onset, 0) / rng.uniform(20, 80))
-    wave = np.sin(2 * np.pi * cycles * x / scan.n_points + rng.uniform(0, 2 * np.pi)) * envelope
+    period = rng.uniform(2.0, 5.0) if rng.random() < 0.5 else scan.n_points / rng.uniform(8, 50)
+    wave = np.sin(2 * np.pi * x / period + rng.uniform(0, 2 * np.pi))[None, :]
+    if mode == "burst":
+        onset = rng.integers(0, scan.n_points // 2, size=(len(rows), 1))
+        decay = np.exp(-np.maximum(x[None, :] - onset, 0) / rng.uniform(20, 80))
+        envelope = np.where(x[None, :] >= onset, decay, 0.0)
+    elif mode == "edges":
+        envelope = 0.2 + _edges(scan, rows)
+    else:
+        envelope = np.ones((len(rows), 1))
     size = rng.uniform(2.0, 6.0)
     for name, data in scan.channels.items():
         weight = 1.0 if _role(name) != "other" else 0.5
-        data[rows] += weight * size * _scale(data) * wave
+        data[rows] += weight * size * _scale(data) * wave * envelope
     return end
+
+
+def _edges(scan: Scan, rows: np.ndarray) -> np.ndarray:
+    """0..1 weight of steep topography along the lines `rows` (ringing follows edges)."""
+    name = next((n for n in scan.channels if _role(n) == "topography"), next(iter(scan.channels)))
+    slope = np.abs(np.gradient(np.nan_to_num(scan.channels[name][rows]), axis=1))
+    steep = slope > np.quantile(slope, 0.8)
+    return ndimage.uniform_filter1d(steep.astype(float), 9, axis=1)
 
 
 def _dropout(scan: Scan, rng: np.random.Generator, start: int) -> int:

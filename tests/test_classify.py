@@ -15,11 +15,12 @@ from spmwatch import synth
 from spmwatch.classify import classifier as C
 from spmwatch.classify.features import channel_features, feature_names, frame_vector
 from spmwatch.classify.train import (
+    choose_rule,
     family_of,
     thresholds,
     train_model,
 )
-from spmwatch.scoring.scorer import FEATURE_NAMES, score_scan
+from spmwatch.scoring.scorer import score_scan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,25 +59,31 @@ def test_family_grouping_follows_the_data_readme():
 
 def test_features_work_on_a_frame_in_progress():
     scan, _ = synth.failing_scan(seed=3, lines=64, points=64, fault="dropout", at=0.3)
-    frame = score_scan(scan)
-    names = feature_names(FEATURE_NAMES)
-    full = frame_vector(frame, scan.channels)
+    names = feature_names()
+    full = frame_vector(score_scan(scan), scan.channels)
     assert full.shape == (len(names),) and np.isfinite(full).all()
     half = synth.inject(scan, "partial_frame", seed=0, at=0.5)[0]
-    done = frame_vector(score_scan(half), half.channels, finished=True)
-    live = frame_vector(score_scan(half), half.channels, finished=False)
-    missing = names.index("missing_frac")
-    assert done[missing] == pytest.approx(0.5) and live[missing] == 0.0
+    live = frame_vector(score_scan(half), half.channels)
+    assert live.shape == full.shape and np.isfinite(live).all()
 
 
-def test_channel_statistics_see_dropouts_and_ignore_units():
+def _channel_stat(channels, name: str) -> float:
+    return channel_features(channels)[feature_names().index(name)]
+
+
+def test_channel_statistics_see_dropouts_and_bands_and_ignore_units():
     scan = synth.clean_scan(4, 64, 64)
     base = channel_features(scan.channels)
     scaled = channel_features({k: v * 1e6 + 3 for k, v in scan.channels.items()})
     np.testing.assert_allclose(base, scaled, rtol=1e-6, atol=1e-9)
     broken, _ = synth.inject(scan, "dropout", seed=1, at=0.5)
-    flat = channel_features(broken.channels)
-    assert flat[8] > base[8]  # flat_frac median
+    assert _channel_stat(broken.channels, "chan_flat_frac_median") > _channel_stat(
+        scan.channels, "chan_flat_frac_median"
+    )
+    scarred, truth = synth.inject(scan, "streak", seed=2, at=0.1)
+    banded = _channel_stat(scarred.channels, "chan_band_frac_median")
+    assert banded > _channel_stat(scan.channels, "chan_band_frac_median") + 0.05
+    assert banded <= truth.mask.mean() + 0.05  # counts band lines, not the whole frame
 
 
 def test_thresholds_meet_their_definitions():
@@ -85,6 +92,12 @@ def test_thresholds_meet_their_definitions():
     points = thresholds(labels, scores, false_alarm=0.01)
     assert (scores[labels == 0] >= points["false_alarm"]).mean() <= 0.01
     assert 0.5 <= points["max_f1"] <= 0.61
+
+
+def test_auto_rule_ships_the_false_alarm_threshold_only_when_it_still_catches_failures():
+    assert choose_rule("auto", 0.95) == "false_alarm"
+    assert choose_rule("auto", 0.5) == "max_f1"
+    assert choose_rule("max_f1", 1.0) == "max_f1"
 
 
 def test_train_end_to_end_writes_a_loadable_model(model: Path):
@@ -97,6 +110,19 @@ def test_train_end_to_end_writes_a_loadable_model(model: Path):
     verdict = loaded.verdict(score_scan(scan), scan)
     assert verdict.scan_id == scan.scan_id and 0 <= verdict.probability <= 1
     assert verdict.verdict == ("fail" if verdict.probability >= loaded.threshold else "pass")
+
+
+def test_a_frame_stopped_early_fails_by_rule_only_once_finished(model: Path):
+    loaded = C.Classifier.load(model)
+    scan = synth.clean_scan(21, 48, 64)
+    stopped, _ = synth.inject(scan, "partial_frame", seed=1, at=0.6)
+    frame = score_scan(stopped)
+    assert any(e.kind == "partial_frame" for e in frame.events)
+    verdict = loaded.verdict(frame, stopped, finished=True)
+    assert verdict.verdict == "fail" and verdict.probability == 1.0
+    live = loaded.predict_proba(frame, stopped, finished=False)
+    assert live == pytest.approx(loaded.predict_vectors(loaded.features(frame, stopped))[0])
+    assert C.fail_probability(np.array([0.1, 0.2]), np.array([True, False])).tolist() == [1, 0.2]
 
 
 def _copy_model(model: Path, tmp_path: Path) -> Path:

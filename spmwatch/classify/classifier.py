@@ -47,6 +47,22 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
 )
 
 
+def stopped_early(frame: FrameScores, finished: bool) -> bool:
+    """A finished frame with fewer lines than the scan was set up for (the scorer's
+    partial_frame event). A frame in progress is never partial."""
+    return finished and frame.n_lines < frame.expected_lines
+
+
+def fail_probability(model_probability: np.ndarray | float, partial: np.ndarray | bool):
+    """The ONE place where rules meet the model's probability.
+
+    A frame stopped early is a failed frame by label (an operator or the responder stopped it,
+    and it is not a usable image), so it fails with probability 1 whatever the model says; the
+    model is trained only on complete frames and decides everything else.
+    """
+    return np.where(partial, 1.0, model_probability)
+
+
 class ModelError(Exception):
     """A model file that cannot be used; the message names the file and what is wrong."""
 
@@ -64,10 +80,20 @@ def sidecar_path(model_path: Path) -> Path:
 
 
 def expected_feature_names(bank: bool) -> tuple[str, ...]:
-    """The feature names this version of spmwatch computes (the scorer's lines + frame stats)."""
+    """The frame feature names this version of spmwatch computes."""
+    return feature_names(bank=bank)
+
+
+def _check_line_features(path: Path, sidecar: dict[str, Any]) -> None:
+    """A memory bank holds the scorer's per-line features: they must be today's columns."""
     from spmwatch.scoring.scorer import FEATURE_NAMES
 
-    return feature_names(FEATURE_NAMES, bank=bank)
+    stored = list(sidecar.get("line_feature_names", []))
+    if stored != list(FEATURE_NAMES):
+        raise ModelError(
+            f"{path}: its memory bank holds other per-line features than this scorer computes: "
+            f"{_describe_mismatch(stored, FEATURE_NAMES)}; retrain it with `spmwatch train`"
+        )
 
 
 def _check_types(path: Path) -> None:
@@ -146,6 +172,8 @@ class Classifier:
                 f"{_describe_mismatch(sidecar['feature_names'], expected)}"
                 f"; retrain it with `spmwatch train`"
             )
+        if has_bank:
+            _check_line_features(path, sidecar)
         _check_types(path)
         try:
             payload = sio.load(path, trusted=sorted(TRUSTED_TYPES))
@@ -173,11 +201,11 @@ class Classifier:
         self,
         frame: FrameScores,
         channels: Mapping[str, np.ndarray] | Scan | None = None,
-        finished: bool = True,
     ) -> np.ndarray:
+        """The model's input row for a frame (so far) and its channel data, if at hand."""
         if isinstance(channels, Scan):
             channels = channels.channels
-        return frame_vector(frame, channels, finished=finished, bank=self.bank)
+        return frame_vector(frame, channels, bank=self.bank)
 
     def predict_vectors(self, vectors: np.ndarray) -> np.ndarray:
         """Probability of failure for rows of frame features."""
@@ -189,8 +217,10 @@ class Classifier:
         channels: Mapping[str, np.ndarray] | Scan | None = None,
         finished: bool = True,
     ) -> float:
-        """Probability that the frame (so far) is a failed scan."""
-        return float(self.predict_vectors(self.features(frame, channels, finished))[0])
+        """Probability that the frame (so far) is a failed scan, the partial rule applied."""
+        partial = stopped_early(frame, finished)
+        model = 0.0 if partial else self.predict_vectors(self.features(frame, channels))[0]
+        return float(fail_probability(model, partial))
 
     def verdict(
         self,

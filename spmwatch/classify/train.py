@@ -2,7 +2,8 @@
 
 The recipe, shared by `spmwatch train` and `spmwatch evaluate` (which refits it per fold):
 real good/bad frames plus synthetic ones (generated scans, and faults injected into the real
-good scans) -> scorer -> frame features -> calibrated, class-weighted gradient boosting.
+good scans) -> scorer -> frame features -> calibrated, class-weighted logistic regression.
+Frames stopped early are failed by rule (`classifier.fail_probability`), not learnt.
 Every record carries its sample family so that splits never put one family on both sides.
 """
 
@@ -25,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from spmwatch import synth
 from spmwatch.classify.baseline import baseline_vector
+from spmwatch.classify.classifier import fail_probability, stopped_early
 from spmwatch.classify.features import LineBank, feature_names, frame_vector
 from spmwatch.classify.splits import Predictor, leave_family_out, metrics
 from spmwatch.ibw import IbwError, read_scan
@@ -37,7 +39,7 @@ FAMILY_ALIASES: tuple[tuple[str, str], ...] = (
     (r"cs\d*ma|\d+cs\d+m|^approx5050|^positionc", "perovskite"),
     (r"^wtv_loc", "WTV"),
 )
-BANK_SIZE = 3000
+BANK_SIZE = 1000
 SYNTHETIC_FOLDS = 5
 
 
@@ -67,6 +69,7 @@ class Record:
     baseline: np.ndarray
     kind: str | None = None
     synthetic: bool = False
+    partial: bool = False
     first_position: int | None = None
     alert_position: int | None = None
 
@@ -99,11 +102,12 @@ def record_of(
         name=scan.scan_id,
         family=family,
         label=label,
-        vector=frame_vector(frame, scan.channels, finished=True),
+        vector=frame_vector(frame, scan.channels),
         line_features=np.asarray(frame.features, dtype=float),
         baseline=baseline_vector(scan),
         kind=truth.kind if truth else None,
         synthetic=truth is not None,
+        partial=stopped_early(frame, finished=True),
         first_position=truth.first_position if truth else None,
         alert_position=frame.alert.position if frame.alert else None,
     )
@@ -183,7 +187,7 @@ def make_estimator(seed: int = 0) -> CalibratedClassifierCV:
     """
     linear = make_pipeline(
         StandardScaler(),
-        LogisticRegression(C=0.3, class_weight="balanced", max_iter=5000, random_state=seed),
+        LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000, random_state=seed),
     )
     return CalibratedClassifierCV(linear, method="sigmoid", cv=3)
 
@@ -219,7 +223,12 @@ def with_bank(records: Sequence[Record], bank: LineBank | None) -> np.ndarray:
 def fit(
     records: Sequence[Record], seed: int = 0, use_bank: bool = False
 ) -> tuple[CalibratedClassifierCV, LineBank | None]:
-    """Fit the recipe on `records`; returns the estimator and the line bank (if used)."""
+    """Fit the recipe on `records`; returns the estimator and the line bank (if used).
+
+    Frames stopped early are left out: the partial rule fails them, so the model only has to
+    separate complete failed frames from good ones.
+    """
+    records = [r for r in records if not r.partial]
     labels = np.array([r.label for r in records])
     if len(set(labels)) < 2:
         raise ValueError("training needs both good and bad frames")
@@ -245,12 +254,26 @@ def thresholds(labels: np.ndarray, scores: np.ndarray, false_alarm: float = 0.01
     return {"max_f1": best, "false_alarm": min(far, 1.0), "false_alarm_target": false_alarm}
 
 
-def recipe_predictor(seed: int = 0, use_bank: bool = True) -> Predictor:
+RULES = ("max_f1", "false_alarm")
+MIN_RECALL = 0.9  # the false-alarm threshold ships only if it still fails this share of bad frames
+
+
+def choose_rule(rule: str, false_alarm_recall: float) -> str:
+    """`auto`: the target false-alarm threshold when, on held-out real frames, it still fails
+    at least MIN_RECALL of the bad ones; otherwise max F1 (a threshold that misses most
+    failures is worse than a few false alarms)."""
+    if rule != "auto":
+        return rule
+    return "false_alarm" if false_alarm_recall >= MIN_RECALL else "max_f1"
+
+
+def recipe_predictor(seed: int = 0, use_bank: bool = False) -> Predictor:
     """The training recipe as a predictor, for grouped cross-validation."""
 
     def predict(train: Sequence[Record], test: Sequence[Record]) -> np.ndarray:
         estimator, bank = fit(train, seed=seed, use_bank=use_bank)
-        return estimator.predict_proba(with_bank(test, bank))[:, 1]
+        partial = np.array([r.partial for r in test])
+        return fail_probability(estimator.predict_proba(with_bank(test, bank))[:, 1], partial)
 
     return predict
 
@@ -284,9 +307,9 @@ def train_model(
     out: Path,
     synthetic: int = 400,
     seed: int = 0,
-    use_bank: bool = True,
-    false_alarm: float = 0.01,
-    rule: str = "max_f1",
+    use_bank: bool = False,
+    false_alarm: float = 0.05,
+    rule: str = "auto",
     quiet: bool = False,
     command: str = "",
 ) -> TrainResult:
@@ -302,18 +325,22 @@ def train_model(
     if len(set(labels[ok])) < 2:
         raise ValueError("cross-validation produced no held-out scores for both classes")
     points = thresholds(labels[ok], scores[ok], false_alarm)
+    on_real = ok & np.array([not r.synthetic for r in held])
+    at_points = {name: metrics(labels[on_real], scores[on_real], points[name]) for name in RULES}
+    rule = choose_rule(rule, at_points["false_alarm"]["recall"])
     threshold = points[rule]
     figures = cv_figures(held, scores, threshold)
+    figures["lofo_real_at_thresholds"] = at_points
     estimator, bank = fit(data.records, seed=seed, use_bank=use_bank)
     paths = list_scans(good) + list_scans(bad)
     sidecar = {
-        "feature_names": list(feature_names(FEATURE_NAMES, bank=bank is not None)),
+        "feature_names": list(feature_names(bank=bank is not None)),
         "line_feature_names": list(FEATURE_NAMES),
         "threshold": threshold,
         "threshold_rule": rule,
         "thresholds": points,
         "metrics": figures,
-        "estimator": "CalibratedClassifierCV(sigmoid): StandardScaler + LogisticRegression(C=0.3)",
+        "estimator": "CalibratedClassifierCV(sigmoid): StandardScaler + LogisticRegression(C=0.1)",
         "training": {
             "good": str(good),
             "bad": str(bad),

@@ -27,9 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--synthetic",
         type=int,
-        default=400,
+        default=None,
         metavar="N",
-        help="synthetic scans added to each cross-validation fold (default 400)",
+        help="synthetic scans added to the cross-validation data (default: as many as the "
+        "model was trained with, else 400)",
     )
     parser.add_argument(
         "--per-kind",
@@ -55,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
             args.bad,
             args.out,
             classifier,
-            synthetic=args.synthetic,
+            synthetic=args.synthetic
+            if args.synthetic is not None
+            else int(classifier.sidecar.get("training", {}).get("synthetic", 400)),
             per_kind=args.per_kind,
             seed=args.seed,
             cv=not args.no_cv,

@@ -34,17 +34,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--false-alarm",
         type=float,
-        default=0.01,
-        help="target false-alarm rate on good frames (default 0.01)",
+        default=0.05,
+        help="target false-alarm rate on good frames (default 0.05)",
     )
     parser.add_argument(
         "--threshold-rule",
-        choices=("false_alarm", "max_f1"),
-        default="max_f1",
-        help="which threshold ships (default max_f1)",
+        choices=("auto", "false_alarm", "max_f1"),
+        default="auto",
+        help="which threshold ships; auto (default): the false-alarm one if it still fails "
+        ">= 90%% of the held-out real bad frames, else max F1",
     )
     parser.add_argument(
-        "--no-bank", action="store_true", help="leave out the good-line memory bank features"
+        "--bank",
+        action="store_true",
+        help="add the good-line memory bank features (off by default: measured worse on "
+        "never-seen families and 30x slower to cross-validate)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             synthetic=args.synthetic,
             seed=args.seed,
-            use_bank=not args.no_bank,
+            use_bank=args.bank,
             false_alarm=args.false_alarm,
             rule=args.threshold_rule,
             quiet=args.quiet,
@@ -80,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     print("leave-one-family-out (held-out family never seen in training):")
     print(f"  {'split':<24} {'good':>4} {'bad':>4}  auroc  recall false_alarm")
     for split, m in side["metrics"].items():
+        if "auroc" not in m:
+            continue
         print(
             f"  {split:<24} {m['n_good']:>4} {m['n_bad']:>4}  {_fmt(m['auroc'])}  "
             f"{_fmt(m['recall'])}  {_fmt(m['false_alarm'])}"
