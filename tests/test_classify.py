@@ -92,6 +92,10 @@ def test_thresholds_meet_their_definitions():
     points = thresholds(labels, scores, false_alarm=0.01)
     assert (scores[labels == 0] >= points["false_alarm"]).mean() <= 0.01
     assert 0.5 <= points["max_f1"] <= 0.61
+    real_good = np.linspace(0, 0.3, 40)
+    on_real = thresholds(labels, scores, false_alarm=0.05, good_scores=real_good)
+    assert (real_good >= on_real["false_alarm"]).mean() <= 0.05
+    assert on_real["false_alarm"] < points["false_alarm"]
 
 
 def test_auto_rule_ships_the_false_alarm_threshold_only_when_it_still_catches_failures():

@@ -95,11 +95,11 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     p = hist[hist > 0] / max(hist.sum(), 1)
     entropy = float(-(p * np.log(p)).sum() / np.log(ENTROPY_BINS))
     # Texture persistence: lines much rougher (ringing, noise bursts) or smoother (a blunt tip,
-    # a flat-lined loop) than the channel's typical line, and a slow drift of the line spread
-    # between the first and last third of the frame (gain drift, tip change).
+    # a flat-lined loop) than the channel's typical line, and a slow drift of the line texture
+    # between the first and last third of the frame (gain drift, tip change). Texture, not the
+    # line spread: a few large particles in one part of the frame change the spread, not this.
     third = max(1, len(good) // 3)
-    spread = line_std[~flat]
-    drift = abs(np.log((np.median(spread[-third:]) + 1e-30) / (np.median(spread[:third]) + 1e-30)))
+    drift = abs(np.log((np.median(along[-third:]) + 1e-30) / (np.median(along[:third]) + 1e-30)))
     return [
         float(np.quantile(steps, 0.99)),
         float((steps > SCAR_STEP).mean()),

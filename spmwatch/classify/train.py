@@ -237,18 +237,27 @@ def fit(
     return estimator, bank
 
 
-def thresholds(labels: np.ndarray, scores: np.ndarray, false_alarm: float = 0.01) -> dict:
+def thresholds(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    false_alarm: float = 0.05,
+    good_scores: np.ndarray | None = None,
+) -> dict:
     """Two operating points from held-out scores: max F1, and a false-alarm rate on good frames.
 
     The false-alarm threshold is the smallest one that fails at most `false_alarm` of the good
-    frames (just above their corresponding upper quantile).
+    frames (just above their corresponding upper quantile): of `good_scores` when given (the
+    real good frames, whose rate the target is about; generated clean scans are easier), else
+    of the good frames among `scores`. It uses no bad frame, so the share of bad frames it
+    fails is measured, not fitted.
     """
     labels = np.asarray(labels)
     scores = np.asarray(scores, dtype=float)
     candidates = np.unique(np.concatenate([scores, [0.5]]))
     f1s = [f1_score(labels, scores >= t, zero_division=0) for t in candidates]
     best = float(candidates[int(np.argmax(f1s))])
-    good = np.sort(scores[labels == 0])
+    pool = scores[labels == 0] if good_scores is None or not len(good_scores) else good_scores
+    good = np.sort(np.asarray(pool, dtype=float))
     allowed = int(np.floor(false_alarm * len(good)))
     far = 0.5 if len(good) == 0 else float(np.nextafter(good[len(good) - 1 - allowed], np.inf))
     return {"max_f1": best, "false_alarm": min(far, 1.0), "false_alarm_target": false_alarm}
@@ -324,8 +333,8 @@ def train_model(
     ok = np.isfinite(scores)
     if len(set(labels[ok])) < 2:
         raise ValueError("cross-validation produced no held-out scores for both classes")
-    points = thresholds(labels[ok], scores[ok], false_alarm)
     on_real = ok & np.array([not r.synthetic for r in held])
+    points = thresholds(labels[ok], scores[ok], false_alarm, scores[on_real & (labels == 0)])
     at_points = {name: metrics(labels[on_real], scores[on_real], points[name]) for name in RULES}
     rule = choose_rule(rule, at_points["false_alarm"]["recall"])
     threshold = points[rule]
