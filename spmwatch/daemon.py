@@ -101,6 +101,7 @@ class Daemon:
             0,
         )
         self._paused = False
+        self._frames_deferred = False  # some FrameFile was deferred while paused
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
@@ -183,6 +184,7 @@ class Daemon:
                 next_ping = now + watchdog
             if now >= next_sweep:
                 self._expire_idle(now)
+                self._redeliver_if_resumed()
                 next_sweep = now + 1.0
             if self._reload.is_set():
                 self._reload.clear()
@@ -285,11 +287,14 @@ class Daemon:
             else:
                 self._error("daemon", None, type(item).__name__, "unknown item from a source")
         except Exception as exc:  # one bad line or file must not stop the daemon
-            scan_id = getattr(item, "scan_id", None) or getattr(
-                getattr(item, "scan", None), "scan_id", None
-            )
-            log.exception("item_failed", item=type(item).__name__, scan_id=scan_id)
-            self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
+            self._item_failed(item, exc)
+
+    def _item_failed(self, item: object, exc: Exception) -> None:
+        scan_id = getattr(item, "scan_id", None) or getattr(
+            getattr(item, "scan", None), "scan_id", None
+        )
+        log.exception("item_failed", item=type(item).__name__, scan_id=scan_id)
+        self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
 
     def _on_line(self, received: float, line: Line) -> None:
         self._count("lines_received")
@@ -357,10 +362,22 @@ class Daemon:
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)
 
     def _on_frame_file(self, item: FrameFile) -> None:
+        """Acknowledged only once its verdict or error is out: a crash before that means the
+        watcher hands it over again after the restart, never that it is lost. While paused it is
+        deferred, and handed over again on resume."""
         self._count("frame_files")
         if self._paused:
-            log.info("frame_file_skipped_paused", file=str(item.path))
+            log.info("frame_file_deferred", file=str(item.path))
+            self._frames_deferred = True
+            item.defer()
             return
+        try:
+            self._score_frame_file(item)
+        except Exception as exc:
+            self._item_failed(item, exc)
+        item.done()
+
+    def _score_frame_file(self, item: FrameFile) -> None:
         frame = score_scan(item.scan, self.settings.scoring)
         verdict = self._verdict(frame, item.scan.channels, finished=True)
         scan_id = item.scan.scan_id
@@ -369,6 +386,14 @@ class Daemon:
                 frame.alert, verdict, scan_id, "folder", protocol.SAVED_FRAME, frame.n_lines
             )
         self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.path.name)
+
+    def _redeliver_if_resumed(self) -> None:
+        """Frames deferred while paused are asked for again from here, the thread that deferred
+        them, so a resume cannot overtake a deferral still on its way to the source."""
+        if self._frames_deferred and not self._paused:
+            self._frames_deferred = False
+            for source in self.sources:
+                source.redeliver_deferred()
 
     def _expire_idle(self, now: float) -> None:
         limit = self.settings.daemon.scan_timeout

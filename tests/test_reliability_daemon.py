@@ -28,6 +28,7 @@ from daemon_helpers import (
     REPO,
     DaemonProcess,
     Subscriber,
+    ctl,
     free_port,
     send_scan,
     wait_for,
@@ -38,6 +39,7 @@ from reliability_helpers import tiny_model
 
 from spmwatch import protocol
 from spmwatch.classify.classifier import Classifier, sha256_of
+from spmwatch.control import request
 from spmwatch.curve import configure_client, configure_server, write_keypair
 from spmwatch.model import Scan
 from spmwatch.synth import clean_scan, failing_scan, write
@@ -352,12 +354,6 @@ def test_sigkill_mid_scan_then_restart_neither_repeats_nor_misses_a_frame(tmp_pa
     assert len(_logged_frames(second, "live_scan")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: sources/folder.py FolderWatcher._deliver records the file in the state file "
-    "as soon as it is queued, before the daemon has published its verdict; a SIGKILL in "
-    "between loses the frame for good",
-)
 def test_frame_queued_but_unpublished_at_sigkill_is_scored_after_restart(tmp_path: Path) -> None:
     folder = tmp_path / "watched"
     folder.mkdir()
@@ -391,11 +387,20 @@ def test_frame_queued_but_unpublished_at_sigkill_is_scored_after_restart(tmp_pat
     try:
         wait_for(lambda: first.logged("scan_opened"), timeout=30)
         write(_good("queued"), folder / "queued.ibw")
-        wait_for(lambda: state.exists() and "queued.ibw" in state.read_text(), timeout=30)
-        if _logged_frames(first, "queued"):
-            pytest.skip("the frame was published before the kill: no window to test")
+        write(_good("queued_next"), folder / "queued_next.ibw")
+
+        def window() -> str:
+            """Both frames handed over (so the watcher is done with the first), none taken."""
+            status = request(endpoints["control"], "status")
+            if status["counters"]["frame_files"]:
+                return "missed"
+            return "open" if status["sources"]["folder"]["frames"] >= 2 else ""
+
+        seen = wait_for(window, timeout=30, interval=0.002)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
+        if seen == "missed" or _logged_frames(first, "queued"):
+            pytest.skip("the daemon took the frame before the kill: no window to test")
     finally:
         stop.set()
         producer.join(10)
@@ -408,6 +413,26 @@ def test_frame_queued_but_unpublished_at_sigkill_is_scored_after_restart(tmp_pat
     finally:
         assert second.stop() == 0
     assert len(_logged_frames(second, "queued")) == 1
+    assert len(_logged_frames(second, "queued_next")) == 1
+
+
+def test_frame_saved_while_paused_is_scored_on_resume(watching: Watching) -> None:
+    control = watching.endpoints["control"]
+    name = "saved_while_paused.ibw"
+    assert json.loads(ctl(control, "pause").stdout)["paused"] is True
+    try:
+        write(_good("saved_while_paused"), watching.folder / name)
+        deferred = watching.daemon.logged
+        wait_for(
+            lambda: any(e.get("file", "").endswith(name) for e in deferred("frame_file_deferred"))
+        )
+        assert watching.sub.of(protocol.TOPIC_FRAME, file=name) == []
+    finally:
+        assert json.loads(ctl(control, "resume").stdout)["paused"] is False
+    wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file=name), timeout=30)
+    write(_good("after_resume"), watching.folder / "after_resume.ibw")  # late repeats show up
+    wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file="after_resume.ibw"), timeout=30)
+    assert len(watching.sub.of(protocol.TOPIC_FRAME, file=name)) == 1
 
 
 # ---------------------------------------------------------------------------------------------

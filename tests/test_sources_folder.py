@@ -30,6 +30,7 @@ class TimedCollector(Collector):
     def __call__(self, item: object) -> None:
         if isinstance(item, FrameFile):
             self.arrived.setdefault(item.path.name, []).append(time.monotonic())
+            item.done()  # handled, as the daemon says once the verdict is out
         super().__call__(item)
 
     @property
@@ -179,6 +180,35 @@ def test_restart_with_state_file_delivers_only_what_was_written_meanwhile(
     assert wait_for(lambda: restarted.counters.snapshot()["rescans"] >= 5)
     assert sorted(f.path.name for f in second.frames) == ["f3.ibw", "f4.ibw"]
     assert second.errors == []
+
+
+def test_a_frame_is_recorded_only_when_acknowledged_and_a_deferred_one_comes_back(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    state = tmp_path / "seen.json"
+    sink = Collector()  # keeps frames without acknowledging them
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    start(watcher, stop_after)
+    for name in ("kept.ibw", "paused.ibw"):
+        (watched / name).write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert wait_for(lambda: len(sink.of(FrameFile)) == 2)
+    rescans = watcher.counters.snapshot()["rescans"]
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= rescans + 5)
+    assert len(sink.of(FrameFile)) == 2  # in flight: the rescans do not hand them over again
+    assert not state.exists()  # and nothing is recorded before the verdict is out
+    frames = {f.path.name: f for f in sink.of(FrameFile)}
+    frames["kept.ibw"].done()
+    frames["paused.ibw"].defer()
+    assert wait_for(lambda: state.exists() and "kept.ibw" in state.read_text())
+    rescans = watcher.counters.snapshot()["rescans"]
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= rescans + 5)
+    assert len(sink.of(FrameFile)) == 2  # deferred: kept back until asked for
+    watcher.redeliver_deferred()
+    assert wait_for(lambda: len(sink.of(FrameFile)) == 3)
+    again = sink.of(FrameFile)[2]
+    assert again.path.name == "paused.ibw" and "paused.ibw" not in state.read_text()
+    again.done()
+    assert wait_for(lambda: "paused.ibw" in state.read_text())
 
 
 def test_existing_files_only_when_asked(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spmwatch.model import Scan
@@ -21,12 +21,32 @@ Sink = Callable[[object], None]
 MAX_REASONS = 32
 
 
+def _no_acknowledgement(handled: bool) -> None:
+    """For frames whose source keeps no record of them (tests, one-off readers)."""
+
+
 @dataclass(frozen=True)
 class FrameFile:
-    """A complete frame file, read once: the folder watcher's unit of work."""
+    """A complete frame file, read once: the folder watcher's unit of work.
+
+    The consumer acknowledges each one, so the watcher records a file as handled only once its
+    verdict is out: a crash before that means the file is handed over again after a restart
+    (at least once), never that it is lost.
+    """
 
     path: Path
     scan: Scan
+    acknowledge: Callable[[bool], None] = field(
+        default=_no_acknowledgement, compare=False, repr=False
+    )
+
+    def done(self) -> None:
+        """Its verdict (or its error) is published: the source may record it as handled."""
+        self.acknowledge(True)
+
+    def defer(self) -> None:
+        """Not taken now (the daemon is paused): the source keeps it for `redeliver_deferred`."""
+        self.acknowledge(False)
 
 
 @dataclass(frozen=True)
@@ -108,6 +128,9 @@ class SourceThread:
 
     def _run(self) -> None:
         raise NotImplementedError
+
+    def redeliver_deferred(self) -> None:
+        """Hand over again what the consumer deferred (`FrameFile.defer`); most keep none."""
 
     def _emit_error(self, subject: str, reason: str) -> None:
         self._sink(SourceError(self.name, subject, reason))

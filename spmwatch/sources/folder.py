@@ -4,12 +4,19 @@ watchdog events make pick-up prompt, but they are only a hint: a periodic rescan
 whatever they miss (network shares, overflowed event queues, a folder that was away), and the
 `SeenFiles` registry of (path, size, mtime) keeps every frame to one delivery, across
 restarts too when it persists to a state file.
+
+A frame enters the registry only when the consumer acknowledges it (`FrameFile.done`, after
+its verdict is published); until then it is "in flight" and the rescan leaves it alone. So a
+crash between hand-over and verdict costs at most one repeat after the restart, never the frame
+(at least once; the responder acts at most once per scan and kind, so a repeat is harmless).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -166,6 +173,12 @@ class FolderWatcher(SourceThread):
         self._hints_lock = threading.Lock()
         self._wake = threading.Event()
         self._tick = max(0.01, min(0.1, settle / 4))
+        # Handed over, not yet acknowledged; and deferred by the consumer (paused) until
+        # redeliver_deferred. Both are touched by the worker thread only: acknowledgements and
+        # redelivery requests reach it, in order, through _acks (None = redeliver).
+        self._in_flight: set[tuple[Path, Stamp]] = set()
+        self._deferred: set[Path] = set()
+        self._acks: queue.SimpleQueue[tuple[Path, Stamp, bool] | None] = queue.SimpleQueue()
         self.counters = Counters("frames", "broken", "rescans", "folder_gone", "folder_back")
 
     def hint(self, path: Path) -> None:
@@ -173,6 +186,20 @@ class FolderWatcher(SourceThread):
         with self._hints_lock:
             self._hints.add(path)
         self._wake.set()
+
+    def redeliver_deferred(self) -> None:
+        """The consumer takes frames again (resumed): the deferred ones are handed over anew."""
+        self._acks.put(None)
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        stopped = super().stop(timeout)
+        if stopped:
+            # Acknowledgements of frames the consumer finished after the worker ended. A state
+            # file that cannot be saved now goes unreported (nobody would publish it); its
+            # frames are handed over once more after the next start.
+            self._settle_acks(report=False)
+        return stopped
 
     def start(self) -> None:
         """Take the first look before returning, so "already there" means before start()."""
@@ -187,6 +214,7 @@ class FolderWatcher(SourceThread):
             while not self._stop.is_set():
                 self._wake.wait(self._tick)
                 self._wake.clear()
+                self._settle_acks()
                 if time.monotonic() >= next_rescan:
                     self._supervise(first=False)
                     next_rescan = time.monotonic() + self.rescan_interval
@@ -199,8 +227,39 @@ class FolderWatcher(SourceThread):
                 self.counters.set("pending", len(self._readiness))
                 self.counters.set("busy_retries", self._readiness.busy)
         finally:
+            self._settle_acks()
             for folder in self._folders:
                 self._stop_observer(folder)
+
+    def _acknowledged(self, path: Path, stamp: Stamp, handled: bool) -> None:
+        """`FrameFile.acknowledge`, called from the consumer's thread: queued for the worker."""
+        self._acks.put((path, stamp, handled))
+        self._wake.set()
+
+    def _settle_acks(self, report: bool = True) -> None:
+        while True:
+            try:
+                ack = self._acks.get_nowait()
+            except queue.Empty:
+                return
+            if ack is None:
+                deferred, self._deferred = self._deferred, set()
+                for path in deferred:
+                    self._consider(path)
+                continue
+            path, stamp, handled = ack
+            self._in_flight.discard((path, stamp))
+            if handled:
+                self._record(path, stamp, report)
+            else:
+                self._deferred.add(path)
+
+    def _record(self, path: Path, stamp: Stamp, report: bool = True) -> None:
+        try:
+            self.seen.add(path, stamp)  # in memory even when the save fails
+        except OSError as exc:
+            if report:
+                self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
 
     def _supervise(self, first: bool) -> None:
         """Notice folders leaving and coming back; rescan every folder that is there."""
@@ -240,7 +299,7 @@ class FolderWatcher(SourceThread):
             stamp = stamp_of(resolved.stat())
         except OSError:
             return
-        if not self._inside(resolved) or (resolved, stamp) in self.seen:
+        if not self._inside(resolved) or self._handled(resolved, stamp):
             return
         if baseline:
             self.seen.add(resolved, stamp)
@@ -255,20 +314,25 @@ class FolderWatcher(SourceThread):
                 return True
         return False
 
+    def _handled(self, path: Path, stamp: Stamp) -> bool:
+        """Recorded, handed over and not yet acknowledged, or deferred by the consumer."""
+        return (
+            (path, stamp) in self.seen or (path, stamp) in self._in_flight or path in self._deferred
+        )
+
     def _deliver(self, result: Ready | Broken) -> None:
-        if (result.path, result.stamp) in self.seen:
+        if self._handled(result.path, result.stamp):
             return  # the rescan and an event raced to the same version
         if isinstance(result, Broken):
             self.counters.add("broken")
             self.counters.reject(result.kind)
             self._emit_error(str(result.path), result.reason)
-        else:
-            self._sink(FrameFile(result.path, result.scan))
-            self.counters.add("frames")
-        try:
-            self.seen.add(result.path, result.stamp)  # in memory even when the save fails
-        except OSError as exc:
-            self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
+            self._record(result.path, result.stamp)
+            return
+        self._in_flight.add((result.path, result.stamp))
+        acknowledge = functools.partial(self._acknowledged, result.path, result.stamp)
+        self._sink(FrameFile(result.path, result.scan, acknowledge))
+        self.counters.add("frames")
 
     def _start_observer(self, folder: _Folder) -> None:
         observer = Observer()
