@@ -270,7 +270,8 @@ def parse_note(text: str) -> dict[str, str]:
     return note
 
 
-def _typed(key: str, value: str) -> float | int | str:
+def _typed(key: str, value: str) -> float | int | str | None:
+    """The value as its key's type; None for a numeric setting that is not a number."""
     if key in _TEXT_KEYS:
         return value
     if _INT.fullmatch(value):
@@ -278,12 +279,24 @@ def _typed(key: str, value: str) -> float | int | str:
     try:
         return float(value)
     except ValueError:
-        return value
+        return None
 
 
-def note_meta(note: Mapping[str, str]) -> dict[str, float | int | str]:
-    """The settings spmwatch uses, typed: numbers where they parse, text otherwise."""
-    return {key: _typed(key, note[key]) for key in META_KEYS if key in note}
+def note_meta(note: Mapping[str, str]) -> tuple[dict[str, float | int | str], list[str]]:
+    """The settings spmwatch uses, typed, and a problem line per numeric setting that does not
+    parse (a flipped byte makes `ScanRate: 1.0F`): such a key is left out of the settings, so
+    code reading them meets a number or nothing, never text; the note keeps it as written."""
+    meta: dict[str, float | int | str] = {}
+    problems: list[str] = []
+    for key in META_KEYS:
+        if key not in note:
+            continue
+        value = _typed(key, note[key])
+        if value is None:
+            problems.append(f"note: {key} is not a number ({note[key][:40]!r}); ignored")
+        else:
+            meta[key] = value
+    return meta, problems
 
 
 def _channel_names(wave: dict, n_channels: int, utf8: bool, path: str | Path) -> list[str]:
@@ -355,7 +368,7 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
     channels = {name: data[:, :, c].T.copy() for c, name in enumerate(names)}
 
     note = parse_note(_decode(bytes(wave.get("note") or b""), utf8))
-    meta = note_meta(note)
+    meta, note_problems = note_meta(note)
     stored = shape[1]
     scan_lines = meta.get("ScanLines")
     expected = scan_lines if isinstance(scan_lines, int) and scan_lines > 0 else stored
@@ -367,7 +380,7 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
         scan_down=meta.get("ScanDown") == 1,
         path=str(path),
         note=note,
-        problems=nonfinite_problems(channels),
+        problems=note_problems + nonfinite_problems(channels),
     )
 
 

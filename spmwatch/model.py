@@ -6,6 +6,7 @@ Data flows one way: a source yields `Line`s (or a whole `Scan`), the scorer turn
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -123,7 +124,11 @@ class Scan:
 
     @property
     def scan_rate(self) -> float:
-        return float(self.meta.get("ScanRate", 0.0) or 0.0)
+        """Lines per second from the settings; 0.0 when absent or not a finite number."""
+        rate = self.meta.get("ScanRate")
+        if isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate):
+            return float(rate)
+        return 0.0
 
     def acquisition_order(self) -> np.ndarray:
         """Stored line indices in the order the microscope scanned them.

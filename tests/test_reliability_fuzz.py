@@ -38,7 +38,6 @@ def fuzz_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 # Cases of the slice that hit a known bug, each reproduced by its own strict-xfail test below;
 # delete the entry when the bug is fixed (the xfail test then fails as XPASS to remind you).
 KNOWN_BUGS = {
-    "_flipped_data_b2_t3": "test_unparseable_scan_rate_in_the_note_is_not_a_crash",
     "_note_1mib": "test_a_one_mib_note_cannot_make_the_reader_allocate_100_mib",
 }
 
@@ -109,11 +108,6 @@ def test_a_one_mib_note_cannot_make_the_reader_allocate_100_mib(fuzz_paths: list
     _judge([answer(path, read_scan, time_limit=HANG_SECONDS)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ibw.note_meta keeps an unparseable numeric setting as text ('ScanRate: 1.0F') "
-    "and Scan.scan_rate (model.py) calls float() on it: ValueError from inspect_file",
-)
 def test_unparseable_scan_rate_in_the_note_is_not_a_crash(tmp_path: Path) -> None:
     scan = make_scan(lines=4, points=16)
     scan.meta["ScanRate"] = "1.0F"  # one flipped byte in the note of a real file does this
