@@ -31,12 +31,16 @@ HEADER_SIZE = 384  # BinHeader5 + WaveHeader5: the span the header checksum cove
 WAVE_HEADER_SIZE = HEADER_SIZE - BIN_HEADER_SIZE
 KNOWN_VERSIONS = (1, 2, 3, 5, 7)
 MAX_PROBLEM_RUNS = 5  # per channel, so a NaN-flooded file gives a few lines of text
+# Largest wave note whose settings are read: 8x the largest real Asylum note (31.7 kB). The note
+# is parsed here, not by igor2, which holds ~180 bytes per note byte (1 MiB of note: ~185 MiB).
+MAX_NOTE_BYTES = 256 * 1024
 
 # BinHeader5: version, checksum, wfmSize, formulaSize, noteSize, dataEUnitsSize,
 # dimEUnitsSize[4], dimLabelsSize[4], sIndicesSize, optionsSize1, optionsSize2.
 _BIN_HEADER = "hhiiii4i4iiii"
 # Offsets inside the 384-byte header (TN003 WaveHeader5 after the 64-byte BinHeader5).
 _NPNTS_AT, _TYPE_AT, _NOTE_ENCODING_AT, _NDIM_AT = 76, 80, 89, 132
+_NOTE_SIZE_AT = 12  # BinHeader5 noteSize
 _UTF8_ENCODING = 1
 
 # Igor number types: 2 float32, 4 float64, 8 int8, 16 int16, 32 int32, +64 unsigned, +1 complex.
@@ -133,6 +137,12 @@ class _Header:
     @property
     def implied(self) -> int:
         return BIN_HEADER_SIZE + sum(self.section_sizes)
+
+    @property
+    def note_span(self) -> tuple[int, int]:
+        """Where the note lies in the file: after the wave and the dependency formula."""
+        start = BIN_HEADER_SIZE + self.section_sizes[0] + self.section_sizes[1]
+        return start, start + self.section_sizes[2]
 
 
 def _byte_order(head: bytes, path: str | Path) -> tuple[str, int] | None:
@@ -241,14 +251,20 @@ def _validate_layout(header: _Header, path: str | Path) -> tuple[int, ...]:
 
 
 def _load_igor(raw: bytes, header: _Header, path: str | Path) -> dict:
-    """Parse with igor2, turning anything it raises into a typed error."""
+    """Parse with igor2, turning anything it raises into a typed error.
+
+    igor2 gets a copy without the note (`_read_note` reads it): igor2 does not check the
+    header checksum, so the copy only needs its note size zeroed.
+    """
+    start, end = header.note_span
+    patched = bytearray(memoryview(raw)[:start])
+    patched += memoryview(raw)[end:]
+    struct.pack_into(header.order + "i", patched, _NOTE_SIZE_AT, 0)
     if header.npnts == 0:
         # igor2 cannot shape an empty block with nonzero dimensions; hide them from it.
-        patched = bytearray(raw)
         patched[_NDIM_AT : _NDIM_AT + 16] = bytes(16)
-        raw = bytes(patched)
     try:
-        return igor2.binarywave.load(io.BytesIO(raw))["wave"]
+        return igor2.binarywave.load(io.BytesIO(patched))["wave"]
     except Exception as exc:
         raise NotIbwError(
             path, f"igor2 cannot parse the wave: {type(exc).__name__}: {exc}"
@@ -257,6 +273,16 @@ def _load_igor(raw: bytes, header: _Header, path: str | Path) -> dict:
 
 def _decode(value: bytes, utf8: bool) -> str:
     return value.decode("utf-8", errors="replace") if utf8 else value.decode("latin-1")
+
+
+def _read_note(raw: bytes, header: _Header) -> tuple[dict[str, str], list[str]]:
+    """The note's `key: value` pairs; an oversized note is skipped with a problem line, so
+    the frame is still scored, only without its settings."""
+    start, end = header.note_span
+    if end - start > MAX_NOTE_BYTES:
+        limit = f"{MAX_NOTE_BYTES // 1024} KiB"
+        return {}, [f"note of {end - start} bytes is larger than {limit}; its settings ignored"]
+    return parse_note(_decode(raw[start:end], header.note_encoding == _UTF8_ENCODING)), []
 
 
 def parse_note(text: str) -> dict[str, str]:
@@ -367,8 +393,8 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
     # Copy: igor2's array is a read-only view of the file's bytes.
     channels = {name: data[:, :, c].T.copy() for c, name in enumerate(names)}
 
-    note = parse_note(_decode(bytes(wave.get("note") or b""), utf8))
-    meta, note_problems = note_meta(note)
+    note, note_problems = _read_note(raw, header)
+    meta, meta_problems = note_meta(note)
     stored = shape[1]
     scan_lines = meta.get("ScanLines")
     expected = scan_lines if isinstance(scan_lines, int) and scan_lines > 0 else stored
@@ -380,7 +406,7 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
         scan_down=meta.get("ScanDown") == 1,
         path=str(path),
         note=note,
-        problems=note_problems + nonfinite_problems(channels),
+        problems=note_problems + meta_problems + nonfinite_problems(channels),
     )
 
 

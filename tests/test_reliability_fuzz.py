@@ -18,7 +18,7 @@ from fuzz_corpus import Outcome, answer, corpus, write_corpus
 from ibw_fixtures import make_scan, write_fixture
 from sources_helpers import Collector, test_line, wait_for
 
-from spmwatch.ibw import inspect_file, read_scan
+from spmwatch.ibw import MAX_NOTE_BYTES, inspect_file, read_scan
 from spmwatch.model import Line
 from spmwatch.protocol import MAX_POINTS, encode_line
 from spmwatch.scoring.scorer import score_scan
@@ -37,9 +37,7 @@ def fuzz_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 # Cases of the slice that hit a known bug, each reproduced by its own strict-xfail test below;
 # delete the entry when the bug is fixed (the xfail test then fails as XPASS to remind you).
-KNOWN_BUGS = {
-    "_note_1mib": "test_a_one_mib_note_cannot_make_the_reader_allocate_100_mib",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _known_bug(path: Path) -> bool:
@@ -98,14 +96,22 @@ def test_absurd_scanlines_in_the_note_cannot_make_scoring_allocate(fuzz_paths: l
     _judge([answer(p, read_scan, score_scan, time_limit=HANG_SECONDS) for p in absurd])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: igor2 (called by ibw._load_igor) holds ~180 bytes per note byte and takes "
-    "seconds per MB; ibw.py does not cap the note size before parsing",
-)
 def test_a_one_mib_note_cannot_make_the_reader_allocate_100_mib(fuzz_paths: list[Path]) -> None:
     (path,) = [p for p in fuzz_paths if "_note_1mib" in p.name]
     _judge([answer(path, read_scan, time_limit=HANG_SECONDS)])
+
+
+def test_a_note_over_the_cap_is_skipped_with_a_reason_and_the_frame_still_reads(
+    tmp_path: Path,
+) -> None:
+    # 1,310 settings of 200 characters: just over the cap once names and separators count.
+    note = {f"Key{i}": "x" * 200 for i in range(MAX_NOTE_BYTES // 200)}
+    scan = read_scan(write_fixture(tmp_path, make_scan(lines=4, points=16, note=note)))
+    assert scan.n_lines == 4 and scan.meta == {} and scan.note == {}
+    assert any("larger than 256 KiB" in problem for problem in scan.problems), scan.problems
+    under = make_scan(lines=4, points=16, note={"Long": "y" * (MAX_NOTE_BYTES // 2)}, scan_id="u")
+    scan = read_scan(write_fixture(tmp_path, under))
+    assert scan.note["Long"] == "y" * (MAX_NOTE_BYTES // 2) and scan.meta["ScanRate"] == 1.0016
 
 
 def test_unparseable_scan_rate_in_the_note_is_not_a_crash(tmp_path: Path) -> None:
