@@ -152,28 +152,31 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return float(np.median(times))
 
 
-def online_run(classifier: Classifier, scan, step: int = 4) -> tuple[int | None, float]:
+def online_run(
+    classifier: Classifier, scan, step: int = 4
+) -> tuple[int | None, float, list[float]]:
     """Stream a scan line by line as the daemon does; return the first acquisition position
-    at which the frame-so-far fails (checked every `step` lines) and the final probability."""
+    at which the frame-so-far fails (checked every `step` lines), the final probability and
+    the time of each probability (ms: channel statistics of the lines so far + model)."""
     from spmwatch.scoring.scorer import ScanScorer
 
     scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
     order = scan.acquisition_order()
-    first = None
+    first, times = None, []
     for line in scan.lines():
         scorer.push(line)
         seen = line.position + 1
         if first is None and seen % step == 0:
             so_far = {name: data[order[:seen]] for name, data in scan.channels.items()}
-            if (
-                classifier.predict_proba(scorer.frame(), so_far, finished=False)
-                >= classifier.threshold
-            ):
+            start = time.perf_counter()
+            p = classifier.predict_proba(scorer.frame(), so_far, finished=False)
+            times.append((time.perf_counter() - start) * 1e3)
+            if p >= classifier.threshold:
                 first = line.position
     final = classifier.predict_proba(scorer.finish(), scan.channels, finished=True)
     if first is None and final >= classifier.threshold:
         first = scan.n_lines
-    return first, final
+    return first, final, times
 
 
 def synthetic_rows(
@@ -188,7 +191,7 @@ def synthetic_rows(
     rng = np.random.default_rng(seed)
     rows = []
     for kind in (*synth.FAULT_KINDS, "clean"):
-        detected, delays, names = [], [], []
+        detected, delays, names, times = [], [], [], []
         for i in progress(range(per_kind), f"synthetic {kind}", quiet):
             base = synth.clean_scan(
                 int(rng.integers(2**31)),
@@ -203,7 +206,8 @@ def synthetic_rows(
                 scan, truth = synth.inject(
                     base, kind, int(rng.integers(2**31)), at=float(rng.uniform(0.2, 0.6))
                 )
-            first, final = online_run(classifier, scan)
+            first, final, calls = online_run(classifier, scan)
+            times += calls
             detected.append(final >= classifier.threshold)
             names.append(scan.scan_id)
             if first is not None and truth.first_position is not None:
@@ -216,6 +220,7 @@ def synthetic_rows(
             labels,
             np.array(detected, dtype=float),
             classifier.threshold,
+            float(np.median(times)) if times else float("nan"),
         )
         rows.append(
             summary_row(
@@ -263,7 +268,7 @@ def run_evaluation(
         )
     ]
     if cv:
-        results += cross_validated(real, classifier, synthetic, seed, quiet)
+        results += cross_validated(real, classifier, synthetic, seed, quiet, results[0].latency_ms)
     rows = [summary_row(r) for r in results]
     if per_kind:
         rows += synthetic_rows(classifier, per_kind, seed + 7919, quiet=quiet)
@@ -275,11 +280,31 @@ def run_evaluation(
     return rows
 
 
+def baseline_latency(real: list, data, seed: int) -> float:
+    """Median ms for the baseline to judge one real frame: its 22 statistics + the forest."""
+    from spmwatch.classify.baseline import baseline_vector, make_baseline
+
+    labels = np.array([r.label for r in data.records])
+    forest = make_baseline(seed).fit(np.array([r.baseline for r in data.records]), labels)
+    return float(
+        np.median(
+            [
+                timed(lambda s=scan: forest.predict_proba([baseline_vector(s)]), 3)
+                for scan, _label, _family in real[:10]
+            ]
+        )
+    )
+
+
 def cross_validated(
-    real: list, classifier: Classifier, synthetic: int, seed: int, quiet: bool
+    real: list, classifier: Classifier, synthetic: int, seed: int, quiet: bool, latency: float
 ) -> list[SplitResult]:
-    """Refit the recipe and the baseline on grouped splits; both see the same training data."""
+    """Refit the recipe and the baseline on grouped splits; both see the same training data.
+
+    `latency` is the recipe's measured time per frame (the given model's: same features and
+    estimator); the baseline's is measured here."""
     data = build_dataset(real, synthetic, seed=seed, quiet=quiet)
+    latencies = {"spmwatch": latency, "ofdspm-rf": baseline_latency(real, data, seed)}
     models: list[tuple[str, Predictor, float]] = [
         ("spmwatch", recipe_predictor(seed, classifier.bank is not None), classifier.threshold),
         ("ofdspm-rf", baseline_predictor(seed), 0.5),
@@ -299,6 +324,8 @@ def cross_validated(
     for family in bad_families:
         inside, within = within_family(only_real, family, baseline_predictor(seed), seed=seed)
         results.append(_result(f"within:{family}:real-only", "ofdspm-rf", inside, within, 0.5))
+    for result in results:
+        result.latency_ms = latencies[result.model]
     return results
 
 

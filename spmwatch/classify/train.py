@@ -183,13 +183,15 @@ def make_estimator(seed: int = 0) -> CalibratedClassifierCV:
     """Regularised, class-weighted logistic regression on standardised features, calibrated.
 
     Chosen over gradient boosting: with tens of real frames it generalises across families at
-    least as well, and it predicts in well under a millisecond (the daemon's budget is 20 ms).
+    least as well, and it is cheap to apply. One pipeline refit on all data with a sigmoid
+    fitted on 3-fold held-out predictions (ensemble=False), rather than an average of three
+    calibrated copies: the same ranking here, a third of the prediction time.
     """
     linear = make_pipeline(
         StandardScaler(),
         LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000, random_state=seed),
     )
-    return CalibratedClassifierCV(linear, method="sigmoid", cv=3)
+    return CalibratedClassifierCV(linear, method="sigmoid", cv=3, ensemble=False)
 
 
 def build_bank(records: Sequence[Record], seed: int = 0) -> LineBank | None:

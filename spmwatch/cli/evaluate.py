@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "auroc",
         "recall",
         "false_alarm",
+        "latency_ms",
         "detection_rate",
         "median_delay_lines",
     )
