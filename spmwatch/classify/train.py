@@ -290,7 +290,8 @@ def recipe_predictor(seed: int = 0, use_bank: bool = False) -> Predictor:
 
 
 def cv_figures(records: Sequence[Record], scores: np.ndarray, threshold: float) -> dict:
-    """Held-out figures: all real frames, synthetic frames, and each real family with bad frames."""
+    """Held-out figures: all real frames, the complete ones, synthetic frames, and each real
+    family with bad frames."""
     real = np.array([not r.synthetic for r in records])
     labels = np.array([r.label for r in records])
     ok = np.isfinite(scores)
@@ -298,6 +299,9 @@ def cv_figures(records: Sequence[Record], scores: np.ndarray, threshold: float) 
         "lofo_real": metrics(labels[real & ok], scores[real & ok], threshold),
         "lofo_synthetic": metrics(labels[~real & ok], scores[~real & ok], threshold),
     }
+    # The frames the model itself decides: stopped-early frames are failed by rule.
+    complete = real & ok & ~np.array([r.partial for r in records])
+    out["lofo_real_complete"] = metrics(labels[complete], scores[complete], threshold)
     families = np.array([r.family for r in records])
     for family in sorted({r.family for r in records if r.label == 1 and not r.synthetic}):
         mask = real & ok & (families == family)
