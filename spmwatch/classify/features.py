@@ -1,4 +1,4 @@
-"""Frame-level features for the pass/fail classifier: channel statistics of the scan itself.
+"""Frame-level features for the pass/fail classifier: mostly channel statistics of the scan.
 
 Every value describes how the *scan* behaves, not what the *sample* is: no absolute heights,
 no channel-set indicators, and each statistic is pooled over channels by its median, so a
@@ -7,11 +7,12 @@ They measure the extent and persistence of line faults (share of lines in offset
 out-of-texture lines, flat lines, slow drift) rather than single-line peaks: one wild line is
 common on good frames of rough samples, a fault that lasts is what makes a frame unusable.
 
-Why no summary of the scorer's per-line features: measured on never-seen families they
-generalised worse than these statistics and moved with every scorer revision (docs/classifier.md).
-The scorer still raises the online alerts and marks frames stopped early, which the classifier
-fails by rule (`classifier.fail_probability`). Its per-line features remain available to the
-optional good-line memory bank.
+From the scorer, one number: the share of lines it flagged (how much of the frame its online
+detectors object to). Finer summaries of its per-line features (quantiles and means of every
+column, event counts) generalised worse to never-seen families and moved with every scorer
+revision (docs/classifier.md). The scorer also marks frames stopped early, which the
+classifier fails by rule (`classifier.fail_probability`); its per-line features remain
+available to the optional good-line memory bank.
 
 Statistics are computed per channel, per line along the fast axis (axis 1 of a channel array,
 the points), then aggregated over lines; ofdspm computed its statistics across the wrong axis.
@@ -53,7 +54,7 @@ SCAR_STEP = 3.0  # a line step or band offset counts from 3x the pixel-to-pixel 
 
 def feature_names(bank: bool = False) -> tuple[str, ...]:
     """Names of the frame feature vector, in order."""
-    names = [f"chan_{s}_median" for s in CHANNEL_STATS]
+    names = ["flagged_frac", *(f"chan_{s}_median" for s in CHANNEL_STATS)]
     if bank:
         names += list(BANK_STATS)
     return tuple(names)
@@ -161,7 +162,8 @@ def frame_vector(
     `channels` are the frame's lines so far, each (lines, points); without them (e.g. only
     line scores reached the classifier) the channel statistics are zero.
     """
-    values = channel_features(channels or {})
+    flagged = sum(line.flagged for line in frame.lines) / max(frame.n_lines, 1)
+    values = [float(flagged), *channel_features(channels or {})]
     if bank is not None:
         values += bank.stats(frame.features)
     return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0, posinf=1e6, neginf=-1e6)
