@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ class _OpenScan:
     rows: dict[str, list[np.ndarray]]
     alerted: bool = False
     count: int = 0
+    row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
     def channels(self) -> dict[str, np.ndarray]:
         return {name: np.stack(rows) for name, rows in self.rows.items() if rows}
@@ -102,6 +103,7 @@ class Daemon:
         )
         self._paused = False
         self._frames_deferred = False  # some FrameFile was deferred while paused
+        self._held_bytes = 0  # lines kept by the open scans (main thread only)
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
@@ -283,7 +285,7 @@ class Daemon:
             elif isinstance(item, FrameFile):
                 self._on_frame_file(item)
             elif isinstance(item, SourceError):
-                self._error(item.source, None, item.subject, item.reason)
+                self._error(item.source, item.scan_id, item.subject, item.reason)
             else:
                 self._error("daemon", None, type(item).__name__, "unknown item from a source")
         except Exception as exc:  # one bad line or file must not stop the daemon
@@ -314,6 +316,7 @@ class Daemon:
                 else np.full(scan.scorer.points, np.nan, dtype=np.float32)
             )
         scan.count += 1
+        self._held_bytes += scan.row_bytes
         self.metrics.latency.observe(time.perf_counter() - received)
         self.metrics.lines_scored.labels(line.source).inc()
         self._count("lines_scored")
@@ -331,21 +334,42 @@ class Daemon:
             self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
         if scan.count >= scan.scorer.expected_lines:
             self._close_scan(line.scan_id, "complete")
+        if self._held_bytes > self.settings.daemon.max_held_bytes:
+            self._evict_while("max_held_mib", self._over_held_budget)
 
     def _open(self, line: Line) -> _OpenScan:
-        while len(self._scans) >= self.settings.daemon.max_open_scans:
-            oldest = next(iter(self._scans))
-            log.warning("scan_evicted", scan_id=oldest, open_scans=len(self._scans))
-            self._count("scans_evicted")
-            self._close_scan(oldest, "evicted")
+        self._evict_while(
+            "max_open_scans", lambda: len(self._scans) >= self.settings.daemon.max_open_scans
+        )
         names = list(line.channels)
         scorer = ScanScorer(line.scan_id, names, line.points, line.n_lines, self.settings.scoring)
-        scan = _OpenScan(scorer, line.source, time.monotonic(), {name: [] for name in names})
+        rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        row_bytes = line.points * len(names) * 4
+        scan = _OpenScan(scorer, line.source, time.monotonic(), rows, row_bytes=row_bytes)
         with self._lock:
             self._scans[line.scan_id] = scan
             self.metrics.open_scans.set(len(self._scans))
         log.info("scan_opened", scan_id=line.scan_id, source=line.source, lines=line.n_lines)
         return scan
+
+    def _over_held_budget(self) -> bool:
+        return self._held_bytes > self.settings.daemon.max_held_bytes
+
+    def _evict_while(self, limit: str, over: Callable[[], bool]) -> None:
+        """Close the oldest open scans as partial frames while `over()`: `[daemon] limit`
+        (max_open_scans, or max_held_mib for the lines they keep) would be broken."""
+        while self._scans and over():
+            oldest = next(iter(self._scans))
+            held_mib = round(self._held_bytes / 2**20, 1)
+            log.warning(
+                "scan_evicted",
+                scan_id=oldest,
+                limit=limit,
+                open_scans=len(self._scans),
+                held_mib=held_mib,
+            )
+            self._count("scans_evicted")
+            self._close_scan(oldest, "evicted")
 
     def _on_end(self, scan_id: str) -> None:
         if scan_id in self._scans:
@@ -357,6 +381,7 @@ class Daemon:
         with self._lock:
             scan = self._scans.pop(scan_id)
             self.metrics.open_scans.set(len(self._scans))
+        self._held_bytes -= scan.count * scan.row_bytes
         frame = scan.scorer.finish()
         verdict = self._verdict(frame, scan.channels(), finished=True)
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)

@@ -46,6 +46,9 @@ MAX_POINTS = 65_536
 MAX_CHANNELS = 32
 MAX_LINES = 65_536
 MAX_HEADER_BYTES = 65_536
+# Largest scan the line socket opens (n_lines x points x channels as float32): the limits above
+# allow 512 GiB (65,536 x 65,536 x 32), and the daemon keeps every line of an open scan.
+MAX_SCAN_BYTES = 256 * 2**20
 LINE_DTYPES: dict[str, np.dtype] = {
     "float32": np.dtype("<f4"),
     "float64": np.dtype("<f8"),

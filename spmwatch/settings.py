@@ -134,11 +134,17 @@ class DaemonSettings:
     queue_size: int = 2_000
     max_open_scans: int = 16
     scan_timeout: float = 600.0
+    max_held_mib: int = 1024
 
     def __post_init__(self) -> None:
         _check_positive("queue_size", self.queue_size)
         _check_positive("max_open_scans", self.max_open_scans)
         _check_positive("scan_timeout", self.scan_timeout)
+        _check_positive("max_held_mib", self.max_held_mib)
+
+    @property
+    def max_held_bytes(self) -> int:
+        return self.max_held_mib * 2**20
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from spmwatch.classify.classifier import Classifier, sha256_of
 from spmwatch.control import request
 from spmwatch.curve import configure_client, configure_server, write_keypair
 from spmwatch.model import Scan
+from spmwatch.sources.linesocket import LineSender
 from spmwatch.synth import clean_scan, failing_scan, write
 
 LINES, POINTS = 64, 128
@@ -264,12 +265,6 @@ def _rss_mib(pid: int) -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the daemon keeps every line of an open scan (daemon._OpenScan.rows) and nothing "
-    "caps a scan's declared size (65536 lines x 65536 points x 32 channels are all allowed): "
-    "one producer can make it hold gigabytes",
-)
 def test_a_producer_cannot_make_the_daemon_hold_hundreds_of_megabytes(watching: Watching) -> None:
     pid = watching.daemon.proc.pid
     before = _rss_mib(pid)
@@ -285,12 +280,45 @@ def test_a_producer_cannot_make_the_daemon_hold_hundreds_of_megabytes(watching: 
     push.send_multipart(protocol.encode_end("huge"))
     push.close()
 
-    def settled() -> bool:
-        refused = watching.sub.of(protocol.TOPIC_ERROR, scan_id="huge")
-        return bool(refused or watching.sub.of(protocol.TOPIC_FRAME, scan_id="huge"))
+    def all_refused() -> bool:  # every line received and counted, not just the first
+        rejected = request(watching.endpoints["control"], "status")["sources"]["socket"]["rejected"]
+        return rejected.get(f"scan larger than {protocol.MAX_SCAN_BYTES // 2**20} MiB") == sent
 
-    wait_for(settled, timeout=60)
+    wait_for(all_refused, timeout=60)
     assert _rss_mib(pid) - before < 128, f"RSS grew from {before:.0f} to {_rss_mib(pid):.0f} MiB"
+    (refusal,) = wait_for(lambda: watching.sub.of(protocol.TOPIC_ERROR, scan_id="huge"))
+    assert "65536 lines x 65536 points x 1 channels" in refusal["reason"], refusal
+    assert "more than 256 MiB" in refusal["reason"]
+    assert watching.sub.of(protocol.TOPIC_FRAME, scan_id="huge") == []
+
+
+def test_lines_held_for_open_scans_stay_within_the_daemon_budget(tmp_path: Path) -> None:
+    """Past `[daemon] max_held_mib` the oldest open scan is closed as a partial frame."""
+    config, endpoints = _config(tmp_path, "[daemon]\nmax_held_mib = 1\n")
+    first = clean_scan(1, 1024, 256, traces=False, scan_id="first")  # 4 channels: 4 KiB a line
+    second = clean_scan(2, 1024, 256, traces=False, scan_id="second")
+    line_bytes = 256 * len(first.channels) * 4
+    sent = 2**20 // line_bytes * 3 // 4  # each scan alone fits, the two together do not
+    daemon = DaemonProcess(config)
+    sub = Subscriber(endpoints["publish"])
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: sub.of(protocol.TOPIC_HEARTBEAT), timeout=10)  # subscribed
+        with LineSender(endpoints["lines"], linger=10.0) as sender:
+            for scan in (first, second):
+                for line in list(scan.lines(source="test"))[:sent]:
+                    sender.send(line)
+            sender.end("second")
+        wait_for(lambda: len(sub.of(protocol.TOPIC_FRAME)) == 2, timeout=30)
+        frames = {f["scan_id"]: f for f in sub.of(protocol.TOPIC_FRAME)}
+    finally:
+        sub.close()
+        assert daemon.stop() == 0
+    assert frames["first"]["closed_by"] == "evicted" and frames["first"]["lines"] == sent
+    assert frames["first"]["partial"] is True
+    assert frames["second"]["closed_by"] == "end" and frames["second"]["lines"] == sent
+    (evicted,) = daemon.logged("scan_evicted")
+    assert evicted["scan_id"] == "first" and evicted["limit"] == "max_held_mib"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,8 +351,6 @@ def test_sigkill_mid_scan_then_restart_neither_repeats_nor_misses_a_frame(tmp_pa
     wait_for(lambda: state.exists() and "reported.ibw" in state.read_text(), timeout=10)
     live = _failing("live_scan", seed=5)
     lines = list(live.lines(source="test"))
-    from spmwatch.sources.linesocket import LineSender
-
     with LineSender(endpoints["lines"], linger=10.0) as sender:
         for line in lines[: LINES // 2]:
             sender.send(line)

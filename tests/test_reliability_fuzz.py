@@ -20,7 +20,7 @@ from sources_helpers import Collector, test_line, wait_for
 
 from spmwatch.ibw import MAX_NOTE_BYTES, inspect_file, read_scan
 from spmwatch.model import Line
-from spmwatch.protocol import MAX_POINTS, encode_line
+from spmwatch.protocol import MAX_POINTS, MAX_SCAN_BYTES, encode_line
 from spmwatch.scoring.scorer import score_scan
 from spmwatch.sources import MAX_REASONS
 from spmwatch.sources.linesocket import LineReceiver, LineSender
@@ -268,6 +268,26 @@ def test_rejection_reasons_stay_bounded_under_a_flood_of_distinct_errors(
     rejected = recv.counters.snapshot()["rejected"]
     assert sum(rejected.values()) == kinds
     assert len(rejected) <= MAX_REASONS
+
+
+def test_a_scan_declared_over_the_size_cap_is_refused_once_and_each_line_counted(
+    receiver: tuple[LineReceiver, Collector],
+) -> None:
+    recv, sink = receiver
+    points = 4096
+    n_lines = MAX_SCAN_BYTES // (4 * points) + 1  # one channel: just over the cap
+    zeros = {"HeightRetrace": np.zeros(points, np.float32)}
+    with LineSender(recv.endpoint) as sender:
+        for index in range(3):
+            sender.send(Line("big", index, index, n_lines, zeros, {}, "test"))
+        sender.end("big")
+        sender.send(test_line(0, scan_id="big", n_lines=4, points=8))  # the id, free again
+    assert wait_for(lambda: len(sink.lines) == 1)
+    (error,) = sink.errors
+    assert error.scan_id == "big" and f"{n_lines} lines x {points} points" in error.reason
+    rejected = recv.counters.snapshot()["rejected"]
+    assert rejected == {f"scan larger than {MAX_SCAN_BYTES // 2**20} MiB": 3}
+    assert sink.lines[0].n_lines == 4
 
 
 def test_frame_over_the_size_cap_drops_that_peer_and_others_are_still_served(

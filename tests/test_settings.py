@@ -61,6 +61,7 @@ def test_every_key_is_commented() -> None:
         ("[scoring.alert]\nk = 'three'\n", "scoring.alert.k: expected an integer"),
         ("[curve]\nenabled = true\n", "curve: enabled = true needs"),
         ("[daemon]\nmax_open_scans = 0\n", "daemon: max_open_scans = 0 must be > 0"),
+        ("[daemon]\nmax_held_mib = 0\n", "daemon: max_held_mib = 0 must be > 0"),
         ("[nonsense]\n", "nonsense: unknown key"),
     ],
 )

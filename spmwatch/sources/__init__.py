@@ -51,11 +51,13 @@ class FrameFile:
 
 @dataclass(frozen=True)
 class SourceError:
-    """A problem a source met and survived: `subject` is the file, endpoint or slot concerned."""
+    """A problem a source met and survived: `subject` is the file, endpoint or slot concerned;
+    `scan_id` the scan it is about, when there is one."""
 
     source: str
     subject: str
     reason: str
+    scan_id: str | None = None
 
 
 class Counters:
@@ -132,5 +134,5 @@ class SourceThread:
     def redeliver_deferred(self) -> None:
         """Hand over again what the consumer deferred (`FrameFile.defer`); most keep none."""
 
-    def _emit_error(self, subject: str, reason: str) -> None:
-        self._sink(SourceError(self.name, subject, reason))
+    def _emit_error(self, subject: str, reason: str, scan_id: str | None = None) -> None:
+        self._sink(SourceError(self.name, subject, reason, scan_id))

@@ -2,7 +2,8 @@
 
 The receiver checks every message with `protocol.decode_line_message`, drops lines it has
 already seen in the current scan (so a restarted producer may safely resend its last lines),
-and rejects a line whose channels or size differ from the scan's first line. Nothing a
+rejects a line whose channels or size differ from the scan's first line, and refuses a scan
+declared larger than `MAX_SCAN_BYTES` (the daemon keeps an open scan's lines). Nothing a
 producer sends can stop it: bad messages become counted `SourceError`s.
 """
 
@@ -19,6 +20,7 @@ from spmwatch.protocol import (
     LINES_ENDPOINT,
     MAX_HEADER_BYTES,
     MAX_POINTS,
+    MAX_SCAN_BYTES,
     EndOfScan,
     ProtocolError,
     decode_line_message,
@@ -65,6 +67,8 @@ class LineReceiver(SourceThread):
         self._context = context or zmq.Context()
         self._socket: zmq.Socket | None = None
         self._scans: OrderedDict[str, _OpenScan] = OrderedDict()
+        # Scans refused as too large, so their later lines are counted without a report each.
+        self._refused: OrderedDict[str, None] = OrderedDict()
         self.counters = Counters(
             "received", "lines", "ends", "duplicates", "gaps", "orphan_ends", "evicted"
         )
@@ -111,6 +115,7 @@ class LineReceiver(SourceThread):
             self._line(item)
 
     def _end(self, end: EndOfScan) -> None:
+        self._refused.pop(end.scan_id, None)  # after its end, the id may start a new scan
         if self._scans.pop(end.scan_id, None) is None:
             # A repeated end (idempotent resend) or an end for lines never seen: nothing to close.
             self.counters.add("orphan_ends")
@@ -122,6 +127,8 @@ class LineReceiver(SourceThread):
         scan = self._scans.get(line.scan_id)
         if scan is None:
             scan = self._open(line)
+            if scan is None:
+                return
         elif frozenset(line.channels) != scan.channels:
             self._reject(
                 "channels differ from the scan's first line",
@@ -146,7 +153,25 @@ class LineReceiver(SourceThread):
         self.counters.add("lines")
         self._sink(line)
 
-    def _open(self, line: Line) -> _OpenScan:
+    def _open(self, line: Line) -> _OpenScan | None:
+        """Start following a scan, unless it is declared too large to hold (refused: None)."""
+        size = line.n_lines * line.points * len(line.channels) * 4
+        if size > MAX_SCAN_BYTES:
+            key = f"scan larger than {MAX_SCAN_BYTES // 2**20} MiB"
+            if line.scan_id in self._refused:
+                self.counters.reject(key)  # reported with the scan's first line
+                return None
+            self._refused[line.scan_id] = None
+            if len(self._refused) > MAX_OPEN_SCANS:
+                self._refused.popitem(last=False)
+            self._reject(
+                key,
+                f"scan {line.scan_id}: {line.n_lines} lines x {line.points} points x "
+                f"{len(line.channels)} channels is {size / 2**20:.0f} MiB as float32, more than "
+                f"{MAX_SCAN_BYTES // 2**20} MiB; its lines are refused",
+                line.scan_id,
+            )
+            return None
         if len(self._scans) >= MAX_OPEN_SCANS:
             self._scans.popitem(last=False)
             self.counters.add("evicted")
@@ -159,9 +184,9 @@ class LineReceiver(SourceThread):
         self._scans[line.scan_id] = scan
         return scan
 
-    def _reject(self, key: str, reason: str) -> None:
+    def _reject(self, key: str, reason: str, scan_id: str | None = None) -> None:
         self.counters.reject(key)
-        self._emit_error(self.endpoint, reason)
+        self._emit_error(self.endpoint, reason, scan_id)
 
 
 class LineSender:
