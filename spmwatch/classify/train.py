@@ -320,7 +320,7 @@ def train_model(
     good: Path,
     bad: Path,
     out: Path,
-    synthetic: int = 400,
+    synthetic: int = 1000,
     seed: int = 0,
     use_bank: bool = False,
     false_alarm: float = 0.05,

@@ -25,9 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--synthetic",
         type=int,
-        default=400,
+        default=1000,
         metavar="N",
-        help="synthetic labelled scans to add (default 400)",
+        help="synthetic labelled scans to add (default 1000)",
     )
     parser.add_argument("--out", type=Path, required=True, help="model path, e.g. models/NAME")
     parser.add_argument("--seed", type=int, default=0)
