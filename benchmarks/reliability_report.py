@@ -38,12 +38,26 @@ SCENARIOS: list[tuple[str, str, str]] = [
         "bad input",
         "note claiming 10^5..10^30 ScanLines: no huge allocation",
     ),
-    ("test_a_one_mib_note", "bad input", "1 MiB wave note (known bug)"),
-    ("test_unparseable_scan_rate", "bad input", "ScanRate '1.0F' in the note (known bug)"),
+    (
+        "test_a_one_mib_note",
+        "bad input",
+        "1 MiB wave note: < 100 MiB (read by spmwatch, not igor2)",
+    ),
+    (
+        "test_a_note_over_the_cap",
+        "bad input",
+        "note over 256 KiB: settings skipped with a reason, frame still read",
+    ),
+    ("test_unparseable_scan_rate", "bad input", "ScanRate '1.0F' in the note: dropped, reported"),
     ("test_hostile_messages", "bad input", "19 malformed line messages, then a good one"),
     ("test_channel_set_changing", "bad input", "channel set changing mid-scan"),
     ("test_nan_and_inf_floods", "bad input", "200 NaN/Inf lines delivered as data"),
     ("test_rejection_reasons_stay_bounded", "bad input", "160 distinct errors: table bounded"),
+    (
+        "test_a_scan_declared_over_the_size_cap",
+        "bad input",
+        "scan declared over 256 MiB: refused once with its scan_id, each line counted",
+    ),
     ("test_frame_over_the_size_cap", "bad input", "16 MB frame: peer dropped, others served"),
     (
         "test_every_damaged_file_in_the_folder",
@@ -64,7 +78,12 @@ SCENARIOS: list[tuple[str, str, str]] = [
     (
         "test_frame_queued_but_unpublished",
         "faults",
-        "SIGKILL while a saved frame waits in the inbox (known bug)",
+        "SIGKILL while saved frames wait in the inbox: scored after restart",
+    ),
+    (
+        "test_frame_saved_while_paused",
+        "faults",
+        "frame saved while paused: scored once on resume",
     ),
     ("test_folder_that_vanishes", "faults", "watched folder renamed / deleted and restored"),
     ("test_every_listening_socket_is_on_loopback", "security", "listeners on 127.0.0.1 only"),
@@ -73,7 +92,12 @@ SCENARIOS: list[tuple[str, str, str]] = [
     (
         "test_a_producer_cannot_make_the_daemon_hold",
         "bad input",
-        "one producer declaring a 65536 x 65536 scan, 256 MiB sent (known bug)",
+        "one producer declaring a 65536 x 65536 scan, 256 MiB sent: refused, RSS < +128 MiB",
+    ),
+    (
+        "test_lines_held_for_open_scans",
+        "bad input",
+        "lines held for open scans past [daemon] max_held_mib: oldest closed as partial",
     ),
     (
         "test_curve_shuts_out",
