@@ -46,6 +46,7 @@ log = structlog.get_logger("spmwatch.daemon")
 
 _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
 _DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
+_F32 = np.dtype(np.float32)
 # Sections a SIGHUP applies at once; the others own sockets or threads and need a restart.
 _LIVE_SECTIONS = ("scoring", "model", "logging", "daemon")
 
@@ -68,6 +69,18 @@ class _OpenScan:
 
     def channels(self) -> dict[str, np.ndarray]:
         return {name: np.stack(rows) for name, rows in self.rows.items() if rows}
+
+    def keep(self, channels: Mapping[str, np.ndarray]) -> None:
+        """Keep the line's rows for the classifier; a missing or misshapen channel is NaN."""
+        shape = (self.scorer.points,)
+        for name, rows in self.rows.items():
+            values = channels.get(name)
+            if isinstance(values, np.ndarray) and values.shape == shape and values.dtype == _F32:
+                rows.append(values)  # the decoded line's own array: no copy
+            elif values is not None and np.shape(values) == shape:
+                rows.append(np.asarray(values, dtype=np.float32))
+            else:
+                rows.append(np.full(shape, np.nan, dtype=np.float32))
 
 
 class Daemon:
@@ -111,6 +124,7 @@ class Daemon:
         self.sources: list[Any] = []
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None
+        self._scored_by: dict[str, Any] = {}  # lines_scored counter child per source
         self.metrics = Metrics(self._queue_depths, self._rejected)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -299,27 +313,20 @@ class Daemon:
         self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
 
     def _on_line(self, received: float, line: Line) -> None:
-        self._count("lines_received")
         if self._paused:
-            self._count("lines_paused")
+            self._count("lines_received", "lines_paused")
             return
         scan = self._scans.get(line.scan_id)
         if scan is None:
             scan = self._open(line)
         scan.last_seen = time.monotonic()
         score = scan.scorer.push(line)
-        for name, rows in scan.rows.items():
-            values = line.channels.get(name)
-            rows.append(
-                np.asarray(values, dtype=np.float32)
-                if values is not None and np.shape(values) == (scan.scorer.points,)
-                else np.full(scan.scorer.points, np.nan, dtype=np.float32)
-            )
+        scan.keep(line.channels)
         scan.count += 1
         self._held_bytes += scan.row_bytes
         self.metrics.latency.observe(time.perf_counter() - received)
-        self.metrics.lines_scored.labels(line.source).inc()
-        self._count("lines_scored")
+        self._lines_scored(line.source).inc()
+        self._count("lines_received", "lines_scored")
         assert self.publisher is not None
         if self.settings.publish.line_topic:
             self.publisher.publish(
@@ -336,6 +343,13 @@ class Daemon:
             self._close_scan(line.scan_id, "complete")
         if self._held_bytes > self.settings.daemon.max_held_bytes:
             self._evict_while("max_held_mib", self._over_held_budget)
+
+    def _lines_scored(self, source: str) -> Any:
+        """The per-source counter child, looked up once (labels() takes a lock and a dict)."""
+        child = self._scored_by.get(source)
+        if child is None:
+            child = self._scored_by[source] = self.metrics.lines_scored.labels(source)
+        return child
 
     def _open(self, line: Line) -> _OpenScan:
         self._evict_while(
@@ -556,9 +570,10 @@ class Daemon:
 
     # -- counters ---------------------------------------------------------------------------------
 
-    def _count(self, name: str) -> None:
+    def _count(self, *names: str) -> None:
         with self._lock:
-            self._counts[name] += 1
+            for name in names:
+                self._counts[name] += 1
 
     def _snapshot_counts(self) -> dict[str, int]:
         with self._lock:

@@ -148,6 +148,9 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
         )
     wire = LINE_DTYPES[dtype]
     expected = points * wire.itemsize
+    # float32 on the wire is used as it is (a read-only view of the frame, no copy); other
+    # dtypes are converted to float32 copies.
+    native = wire == np.float32
     channels: dict[str, np.ndarray] = {}
     for name, frame in zip(names, frames[1:], strict=True):
         if len(frame) != expected:
@@ -155,7 +158,8 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
                 f"channel {name} has {len(frame)} bytes, expected {expected} "
                 f"({points} points of {dtype})"
             )
-        channels[name] = np.frombuffer(frame, dtype=wire).astype(np.float32)
+        values = np.frombuffer(frame, dtype=wire)
+        channels[name] = values if native else values.astype(np.float32)
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise ProtocolError("meta must be a JSON object")
@@ -179,8 +183,7 @@ def encode_event(topic: str, payload: Mapping[str, Any]) -> list[bytes]:
     """Frames for one published event; `payload` already carries v, seq, time, scan_id, source."""
     if topic not in TOPICS:
         raise ProtocolError(f"unknown topic {topic!r}")
-    body = json.dumps(payload, separators=(",", ":"), allow_nan=False, default=_json_default)
-    return [topic.encode(), body.encode()]
+    return [topic.encode(), _EVENT_ENCODER.encode(payload).encode()]
 
 
 def decode_event(frames: Sequence[bytes]) -> tuple[str, dict[str, Any]]:
@@ -396,7 +399,13 @@ def _jsonable_meta(meta: Mapping[str, object]) -> dict[str, float | int | str]:
     """Keep the scalar, finite entries of scan metadata: what survives a JSON round trip."""
     out: dict[str, float | int | str] = {}
     for key, value in meta.items():
-        if isinstance(value, bool | np.bool_ | int | np.integer):
+        kind = type(value)  # exact-type fast path: every line header carries the meta
+        if kind is str or kind is int:
+            out[str(key)] = value  # type: ignore[assignment]
+        elif kind is float:
+            if math.isfinite(value):  # type: ignore[arg-type]
+                out[str(key)] = value  # type: ignore[assignment]
+        elif isinstance(value, bool | np.bool_ | int | np.integer):
             out[str(key)] = int(value)
         elif isinstance(value, float | np.floating) and math.isfinite(value):
             out[str(key)] = float(value)
@@ -415,3 +424,8 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# One encoder for every published event: json.dumps with options builds a new one per call,
+# which was a measurable share of the per-line cost.
+_EVENT_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)

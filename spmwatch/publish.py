@@ -38,6 +38,7 @@ log = structlog.get_logger("spmwatch.publish")
 
 LINGER_MS = 2_000  # on close, give queued messages this long to reach subscribers
 _LINE_BATCH = 64  # line scores sent between two looks at the priority queue
+_PLAIN = (str, int, bool)  # exact types _finite passes through unchanged
 
 
 class Publisher:
@@ -111,6 +112,7 @@ class Publisher:
         """Queue one event; returns its seq, or None for a line score shed because of load."""
         with self._cond:
             payload = self._envelope(topic, scan_id, source, fields)
+            idle = not self._priority and not self._lines  # else the sender is not waiting
             if topic == protocol.TOPIC_LINE:
                 if len(self._lines) >= self._line_capacity:
                     self._shed += 1
@@ -118,7 +120,8 @@ class Publisher:
                 self._lines.append(protocol.encode_event(topic, payload))
             else:
                 self._priority.append(protocol.encode_event(topic, payload))
-            self._cond.notify()
+            if idle:
+                self._cond.notify()
             return payload["seq"]
 
     def stop(self, final: Mapping[str, Any] | None = None) -> None:
@@ -150,16 +153,13 @@ class Publisher:
             raise protocol.ProtocolError(f"unknown topic {topic!r}")
         seq = self._seq[topic]
         self._seq[topic] = seq + 1
-        identity = {"daemon": self._name} if self._name else {}
-        return {
-            "v": protocol.PROTOCOL_VERSION,
-            "seq": seq,
-            "time": time.time(),
-            **identity,
-            "scan_id": scan_id,
-            "source": source,
-            **_finite(fields),
-        }
+        payload: dict[str, Any] = {"v": protocol.PROTOCOL_VERSION, "seq": seq, "time": time.time()}
+        if self._name:
+            payload["daemon"] = self._name
+        payload["scan_id"] = scan_id
+        payload["source"] = source
+        payload.update(_finite(fields))
+        return payload
 
     def _run(self) -> None:
         socket = self._socket
@@ -216,6 +216,8 @@ class Publisher:
 
 def _finite(value: Any) -> Any:
     """JSON has no NaN or infinity: send null rather than lose the event to an encoding error."""
+    if value is None or type(value) in _PLAIN:  # the common case, checked first: it is per line
+        return value
     if isinstance(value, float | np.floating):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, Mapping):

@@ -7,7 +7,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from spmwatch.demo import DemoError, run_demo
 from spmwatch.synth import FAULT_KINDS
 
 
@@ -29,6 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: spmwatch.demo brings matplotlib (the report), which every other command,
+    # `spmwatch run` among them, would otherwise load at start for nothing.
+    from spmwatch.demo import DemoError, run_demo
+
     out = args.out or Path(tempfile.mkdtemp(prefix="spmwatch-demo-"))
     try:
         return run_demo(out, fault=args.fault, seed=args.seed, rate=args.rate)

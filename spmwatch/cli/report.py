@@ -14,7 +14,6 @@ from spmwatch.cli.score import (
     open_model,
 )
 from spmwatch.ibw import IbwError, read_scan
-from spmwatch.report import write_report
 
 EXIT_WRITE_FAILED = 1
 
@@ -35,6 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib would otherwise load with every command, `spmwatch run` too.
+    from spmwatch.report import write_report
+
     model = open_model(args.model, "report")
     if model is None:
         return EXIT_BAD_MODEL
