@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy import ndimage
 
 from spmwatch.model import FrameScores
@@ -60,6 +61,131 @@ def feature_names(bank: bool = False) -> tuple[str, ...]:
     return tuple(names)
 
 
+# Plain njit, no fast-math: the kernels reproduce numpy's arithmetic (medians, linear quantiles,
+# histogram binning) operation for operation, so the shipped model's features do not move.
+_JIT = {"cache": True, "nogil": True}
+
+
+@njit(**_JIT)
+def _select(buf, n, k):
+    """The k-th smallest of buf[:n], partitioning buf in place (Hoare quickselect)."""
+    lo, hi = 0, n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        # median-of-three pivot keeps sorted and reversed lines linear
+        a, b, c = buf[lo], buf[mid], buf[hi]
+        pivot = max(min(a, b), min(max(a, b), c))
+        i, j = lo, hi
+        while i <= j:
+            while buf[i] < pivot:
+                i += 1
+            while buf[j] > pivot:
+                j -= 1
+            if i <= j:
+                buf[i], buf[j] = buf[j], buf[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return buf[k]
+
+
+@njit(**_JIT)
+def _median(buf, n):
+    """np.median of buf[:n] (the mean of the two middle values for even n); reorders buf."""
+    half = n // 2
+    upper = _select(buf, n, half)
+    if n % 2:
+        return upper
+    lower = buf[0]
+    for i in range(1, half):
+        lower = max(lower, buf[i])
+    return (lower + upper) / 2
+
+
+@njit(**_JIT)
+def _quantile(values, q):
+    """np.quantile(values, q), linear method: the same index, weight and interpolation."""
+    n = values.size
+    buf = values.copy()
+    virtual = (n - 1) * q
+    if virtual >= n - 1:
+        return buf.max()
+    prev = int(np.floor(virtual))
+    a = _select(buf, n, prev)
+    b = buf[prev + 1]
+    for i in range(prev + 2, n):
+        b = min(b, buf[i])
+    t = virtual - prev
+    if t >= 0.5:
+        return b - (b - a) * (1 - t)
+    return a + (b - a) * t
+
+
+@njit(**_JIT)
+def _line_medians(good, stride):
+    """Per line: median step along it, median step to the next line, median level.
+
+    All three on every stride-th point, the values np.diff and np.median would give.
+    """
+    lines, points = good.shape
+    along = np.empty(lines)
+    steps = np.empty(lines - 1)
+    level = np.empty(lines)
+    buf = np.empty(points)
+    for i in range(lines):
+        m = 0
+        for j in range(0, points - 1, stride):
+            buf[m] = abs(good[i, j + 1] - good[i, j])
+            m += 1
+        along[i] = _median(buf, m)
+        m = 0
+        for j in range(0, points, stride):
+            buf[m] = good[i, j]
+            m += 1
+        level[i] = _median(buf, m)
+        if i + 1 < lines:
+            m = 0
+            for j in range(0, points, stride):
+                buf[m] = good[i + 1, j] - good[i, j]
+                m += 1
+            steps[i] = abs(_median(buf, m))
+    return along, steps, level
+
+
+@njit(**_JIT)
+def _histogram(sample, edges):
+    """np.histogram(sample, bins=edges) for equal bins, with numpy's own binning rule."""
+    bins = edges.size - 1
+    first, last = edges[0], edges[-1]
+    denom = last - first
+    counts = np.zeros(bins, np.int64)
+    for x in sample:
+        if x < first or x > last:
+            continue
+        k = int((x - first) / denom * bins)
+        if k == bins:
+            k -= 1
+        if x < edges[k]:
+            k -= 1
+        if x >= edges[k + 1] and k != bins - 1:
+            k += 1
+        counts[k] += 1
+    return counts
+
+
+def _entropy(sample: np.ndarray) -> float:
+    """Shannon entropy of a 64-bin histogram over the 0.5-99.5 % range, normalised to [0, 1]."""
+    lo, hi = _quantile(sample, 0.005), _quantile(sample, 0.995)
+    hist = _histogram(sample, np.linspace(lo, hi if hi > lo else lo + 1.0, ENTROPY_BINS + 1))
+    p = hist[hist > 0] / max(hist.sum(), 1)
+    return float(-(p * np.log(p)).sum() / np.log(ENTROPY_BINS))
+
+
 def _channel_stats(data: np.ndarray) -> list[float]:
     """Per-line statistics of one channel (lines, points), aggregated over lines.
 
@@ -78,23 +204,16 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     # Scar measure: the median step between consecutive lines, against the pixel-to-pixel
     # noise along the line (the same idea as Gwyddion's scar marking, normalised per line).
     # Medians over every stride-th point: as robust, and the medians were most of the cost.
-    stride = max(1, good.shape[1] // MEDIAN_POINTS)
-    sampled = good[:, ::stride]
-    along = np.median(np.abs(np.diff(good, axis=1))[:, ::stride], axis=1)
+    along, steps, level = _line_medians(good, max(1, good.shape[1] // MEDIAN_POINTS))
     noise = float(np.median(along)) or typical_std
-    steps = np.abs(np.median(np.diff(sampled, axis=0), axis=1)) / noise
+    steps /= noise
     # Band measure: a line's level against the running median of its neighbours, so a band
     # of several offset lines counts whole, not only at its two edges.
-    level = np.median(sampled, axis=1)
     width = min(BAND_WINDOW, len(level) - (1 - len(level) % 2))
     bands = np.abs(level - ndimage.median_filter(level, size=width, mode="nearest")) / noise
     ratio = line_std[~flat] / typical_std
-    ratio_lo, ratio_hi = np.quantile(ratio, [0.01, 0.99])
-    sample = good[:: max(1, len(good) // ENTROPY_LINES)].ravel()
-    lo, hi = np.quantile(sample, [0.005, 0.995])
-    hist, _ = np.histogram(sample, bins=ENTROPY_BINS, range=(lo, hi if hi > lo else lo + 1))
-    p = hist[hist > 0] / max(hist.sum(), 1)
-    entropy = float(-(p * np.log(p)).sum() / np.log(ENTROPY_BINS))
+    ratio_lo, ratio_hi = _quantile(ratio, 0.01), _quantile(ratio, 0.99)
+    entropy = _entropy(good[:: max(1, len(good) // ENTROPY_LINES)].ravel())
     # Texture persistence: lines much rougher (ringing, noise bursts) or smoother (a blunt tip,
     # a flat-lined loop) than the channel's typical line, and a slow drift of the line texture
     # between the first and last third of the frame (gain drift, tip change). Texture, not the
@@ -102,7 +221,7 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     third = max(1, len(good) // 3)
     drift = abs(np.log((np.median(along[-third:]) + 1e-30) / (np.median(along[:third]) + 1e-30)))
     return [
-        float(np.quantile(steps, 0.99)),
+        float(_quantile(steps, 0.99)),
         float((steps > SCAR_STEP).mean()),
         float((bands > SCAR_STEP).mean()),
         float(np.log(ratio_hi)),
