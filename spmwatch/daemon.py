@@ -37,7 +37,7 @@ from spmwatch.logs import setup_logging
 from spmwatch.metrics import Metrics
 from spmwatch.model import Alert, FrameScores, Line, Verdict
 from spmwatch.publish import Publisher
-from spmwatch.scoring.scorer import ScanScorer, score_scan, warm_up
+from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
 from spmwatch.sdnotify import Notifier
 from spmwatch.settings import Settings, load_settings
 from spmwatch.sources import FrameFile, SourceError
@@ -150,7 +150,7 @@ class Daemon:
             self.model = load_model(s.model.path)
         except ModelError as exc:
             raise StartupError(f"model: {exc}") from exc
-        warm = warm_up()
+        warm = self._warm_up()
         self.publisher = Publisher(
             s.publish.endpoint,
             hwm=s.publish.hwm,
@@ -181,6 +181,17 @@ class Daemon:
             metrics=s.metrics.address or None,
             sources=[source.name for source in self.sources],
         )
+
+    def _warm_up(self) -> float:
+        """Compile (or load from cache) the scorer's and the classifier's numba kernels on a tiny
+        scan, so the first real line and the first alert's verdict are not slow."""
+        assert self.model is not None
+        started = time.perf_counter()
+        warm_up()
+        scan = synthetic_scan()
+        frame = score_scan(scan)
+        self.model.verdict(frame, scan.channels, finished=False)
+        return time.perf_counter() - started
 
     def serve(self) -> None:
         """The main loop: score what arrives, keep house, until `request_stop`."""
