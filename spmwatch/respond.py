@@ -76,13 +76,16 @@ class SeverityActions:
             _check_actions(severity, getattr(self, severity))
 
 
-_STOP_AND_WITHDRAW = partial(SeverityActions, high=("stop_scan", "withdraw"))
+# A tip that has changed or lost tracking only gets worse while the scan runs: stop at medium
+# (the alert rule already needs several lines of evidence), and also withdraw at high.
+_STOP_AND_WITHDRAW = partial(SeverityActions, medium=("stop_scan",), high=("stop_scan", "withdraw"))
 _STOP = partial(SeverityActions, high=("stop_scan",))
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """Only high-severity alerts act by default; everything else is a notice."""
+    """By default a tip change or tracking loss stops the scan from medium severity on, ringing
+    and dropouts at high; streaks and stopped frames are notices."""
 
     tip_change: SeverityActions = field(default_factory=_STOP_AND_WITHDRAW)
     streak: SeverityActions = field(default_factory=SeverityActions)

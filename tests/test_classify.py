@@ -256,3 +256,22 @@ def test_shipped_default_model_separates_failing_from_clean_scans():
     p_fail = [model.predict_proba(score_scan(s), s) for s in failing]
     assert np.mean(p_fail) > np.mean(p_clean)
     assert sum(p > max(p_clean) for p in p_fail) >= 3
+
+
+def test_a_finished_frame_whose_scan_alerted_fails_but_the_alert_keeps_the_model_probability(
+    model: Path,
+):
+    """Live consistency: a frame the monitor raised an alert on (and the responder may have
+    stopped) is never reported as usable; while scanning, the alert carries the model's view."""
+    loaded = C.Classifier.load(model)
+    scan, _ = synth.failing_scan(seed=2, fault="tip_change")
+    frame = score_scan(scan)
+    assert frame.alert is not None
+    model_only = loaded.predict_vectors(loaded.features(frame, scan))[0]
+    assert loaded.predict_proba(frame, scan, finished=False) == pytest.approx(model_only)
+    verdict = loaded.verdict(frame, scan, finished=True)
+    assert (verdict.verdict, verdict.probability) == ("fail", 1.0)
+    clean = synth.clean_scan(5, 64, 128)
+    clean_frame = score_scan(clean)
+    assert clean_frame.alert is None
+    assert loaded.predict_proba(clean_frame, clean) < 1.0

@@ -53,12 +53,21 @@ def stopped_early(frame: FrameScores, finished: bool) -> bool:
     return finished and frame.n_lines < frame.expected_lines
 
 
+def alerted(frame: FrameScores, finished: bool) -> bool:
+    """A finished frame during which the online monitor raised an alert. A frame in progress
+    never counts, so the probability an alert carries is the model's own."""
+    return finished and frame.alert is not None
+
+
 def fail_probability(model_probability: np.ndarray | float, partial: np.ndarray | bool):
     """The ONE place where rules meet the model's probability.
 
     A frame stopped early is a failed frame by label (an operator or the responder stopped it,
-    and it is not a usable image), so it fails with probability 1 whatever the model says; the
-    model is trained only on complete frames and decides everything else.
+    and it is not a usable image), so it fails with probability 1 whatever the model says; so
+    does a finished frame whose scan raised an online alert (several lines of evidence, none on
+    the 38 good real scans; the responder may have acted on it, and a frame the monitor stopped
+    must not be reported as usable). The model is trained only on complete frames and decides
+    everything else.
     """
     return np.where(partial, 1.0, model_probability)
 
@@ -218,9 +227,9 @@ class Classifier:
         finished: bool = True,
     ) -> float:
         """Probability that the frame (so far) is a failed scan, the partial rule applied."""
-        partial = stopped_early(frame, finished)
-        model = 0.0 if partial else self.predict_vectors(self.features(frame, channels))[0]
-        return float(fail_probability(model, partial))
+        by_rule = stopped_early(frame, finished) or alerted(frame, finished)
+        model = 0.0 if by_rule else self.predict_vectors(self.features(frame, channels))[0]
+        return float(fail_probability(model, by_rule))
 
     def verdict(
         self,
