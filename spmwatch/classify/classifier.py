@@ -59,17 +59,23 @@ def alerted(frame: FrameScores, finished: bool) -> bool:
     return finished and frame.alert is not None
 
 
-def fail_probability(model_probability: np.ndarray | float, partial: np.ndarray | bool):
-    """The ONE place where rules meet the model's probability.
+def failed_by_rule(frame: FrameScores, finished: bool) -> bool:
+    """The rules a verdict applies before the model, in one place.
 
     A frame stopped early is a failed frame by label (an operator or the responder stopped it,
-    and it is not a usable image), so it fails with probability 1 whatever the model says; so
-    does a finished frame whose scan raised an online alert (several lines of evidence, none on
-    the 38 good real scans; the responder may have acted on it, and a frame the monitor stopped
-    must not be reported as usable). The model is trained only on complete frames and decides
-    everything else.
+    and it is not a usable image); so is a finished frame whose scan raised an online alert
+    (several lines of evidence, none on the 38 good real scans; the responder may have acted on
+    it, and a frame the monitor stopped must not be reported as usable). Training and
+    cross-validation apply only the first rule (`stopped_early`), since the model is fitted on
+    complete frames.
     """
-    return np.where(partial, 1.0, model_probability)
+    return stopped_early(frame, finished) or alerted(frame, finished)
+
+
+def fail_probability(model_probability: np.ndarray | float, by_rule: np.ndarray | bool):
+    """Where a rule meets the model's probability: a frame failed by rule fails with
+    probability 1 whatever the model says; the model decides everything else."""
+    return np.where(by_rule, 1.0, model_probability)
 
 
 class ModelError(Exception):
@@ -226,8 +232,8 @@ class Classifier:
         channels: Mapping[str, np.ndarray] | Scan | None = None,
         finished: bool = True,
     ) -> float:
-        """Probability that the frame (so far) is a failed scan, the partial rule applied."""
-        by_rule = stopped_early(frame, finished) or alerted(frame, finished)
+        """Probability that the frame (so far) is a failed scan, the rules applied."""
+        by_rule = failed_by_rule(frame, finished)
         model = 0.0 if by_rule else self.predict_vectors(self.features(frame, channels))[0]
         return float(fail_probability(model, by_rule))
 
