@@ -22,8 +22,8 @@ from typing import Any, TextIO
 import zmq
 
 from spmwatch import protocol, synth
+from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import load_default
-from spmwatch.cli.score import assess, frame_json
 from spmwatch.control import request
 from spmwatch.report import write_report
 from spmwatch.sources.linesocket import LineSender
@@ -98,7 +98,7 @@ def run_demo(
         _wait_seen(seen, lambda: bool(seen.frames and seen.alerts and seen.actions), daemon)
     frame, verdict = assess(scan, load_default())
     paths = write_report(
-        scan, frame, frame_json(str(scan_file), frame, verdict), out_dir / "report"
+        scan, frame, score_record(str(scan_file), frame, verdict), out_dir / "report"
     )
     print(f"report    {paths['png']}", file=say)
     print(f"logs      {out_dir / 'daemon.log'}, {out_dir / 'respond.log'}", file=say)

@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spmwatch.cli.score import (
-    EXIT_BAD_MODEL,
-    EXIT_UNREADABLE,
-    add_model_option,
-    assess,
-    frame_json,
-    open_model,
-)
+from spmwatch.assess import assess, score_record
+from spmwatch.cli.score import EXIT_BAD_MODEL, EXIT_UNREADABLE, add_model_option, open_model
 from spmwatch.ibw import IbwError, read_scan
 
 EXIT_WRITE_FAILED = 1
@@ -47,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     frame, verdict = assess(scan, model)
     try:
-        paths = write_report(scan, frame, frame_json(args.file, frame, verdict), args.out)
+        paths = write_report(scan, frame, score_record(args.file, frame, verdict), args.out)
     except OSError as exc:
         print(f"spmwatch report: cannot write the report into {args.out}: {exc}", file=sys.stderr)
         return EXIT_WRITE_FAILED

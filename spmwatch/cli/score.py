@@ -6,10 +6,9 @@ import argparse
 import json
 import sys
 
+from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.ibw import IbwError, read_scan
-from spmwatch.model import FrameScores, Scan, Verdict
-from spmwatch.scoring.scorer import score_scan
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_MODEL = 3
@@ -36,33 +35,6 @@ def open_model(path: str | None, command: str) -> Classifier | None:
     except ModelError as exc:
         print(f"spmwatch {command}: {exc}", file=sys.stderr)
         return None
-
-
-def assess(scan: Scan, model: Classifier) -> tuple[FrameScores, Verdict]:
-    """Score a whole saved frame and decide it, exactly as the daemon does for a finished frame."""
-    frame = score_scan(scan)
-    return frame, model.verdict(frame, scan.channels, finished=True)
-
-
-def frame_json(path: str, frame: FrameScores, verdict: Verdict) -> dict[str, object]:
-    """The score record of one file (also written by `spmwatch report`)."""
-    alert = frame.alert
-    return {
-        "file": path,
-        "verdict": verdict.verdict,
-        "probability": round(float(verdict.probability), 4),
-        "threshold": round(float(verdict.threshold), 4),
-        "model": verdict.model,
-        "alert": None
-        if alert is None
-        else {"line": alert.line, "kind": alert.kind, "severity": alert.severity},
-        "lines": [
-            {"index": s.index, "score": round(s.score, 3), "flagged": s.flagged}
-            for s in frame.lines
-        ],
-        "events": [e.to_dict() for e in frame.events],
-        "channels": frame.channels,
-    }
 
 
 def _human(record: dict[str, object]) -> str:
@@ -98,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
             status = EXIT_UNREADABLE
             continue
         frame, verdict = assess(scan, model)
-        record = frame_json(path, frame, verdict)
+        record = score_record(path, frame, verdict)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     return status
