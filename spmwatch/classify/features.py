@@ -23,7 +23,8 @@ an online alert.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,77 +121,146 @@ def _quantile(values, q):
     b = buf[prev + 1]
     for i in range(prev + 2, n):
         b = min(b, buf[i])
-    t = virtual - prev
+    return _lerp(a, b, virtual - prev)
+
+
+@njit(**_JIT)
+def _lerp(a, b, t):
+    """numpy's linear interpolation between neighbouring order statistics a <= b."""
     if t >= 0.5:
         return b - (b - a) * (1 - t)
     return a + (b - a) * t
 
 
+# Per-line medians on every stride-th point, the values np.diff and np.median would give on the
+# float64 copy of the frame; every value is widened to float64 before any arithmetic, so a
+# float32 line gives the same numbers as its float64 copy.
+
+
+@njit(**_JIT)
+def _along(row, stride, buf):
+    """Median absolute step along one line."""
+    m = 0
+    for j in range(0, row.size - 1, stride):
+        buf[m] = abs(np.float64(row[j + 1]) - np.float64(row[j]))
+        m += 1
+    return _median(buf, m)
+
+
+@njit(**_JIT)
+def _level(row, stride, buf):
+    """Median level of one line."""
+    m = 0
+    for j in range(0, row.size, stride):
+        buf[m] = row[j]
+        m += 1
+    return _median(buf, m)
+
+
+@njit(**_JIT)
+def _step(row, following, stride, buf):
+    """Absolute median step from one line to the following one."""
+    m = 0
+    for j in range(0, row.size, stride):
+        buf[m] = np.float64(following[j]) - np.float64(row[j])
+        m += 1
+    return abs(_median(buf, m))
+
+
 @njit(**_JIT)
 def _line_medians(good, stride):
-    """Per line: median step along it, median step to the next line, median level.
-
-    All three on every stride-th point, the values np.diff and np.median would give.
-    """
+    """Per line: median step along it, median step to the next line, median level."""
     lines, points = good.shape
     along = np.empty(lines)
     steps = np.empty(lines - 1)
     level = np.empty(lines)
     buf = np.empty(points)
     for i in range(lines):
-        m = 0
-        for j in range(0, points - 1, stride):
-            buf[m] = abs(good[i, j + 1] - good[i, j])
-            m += 1
-        along[i] = _median(buf, m)
-        m = 0
-        for j in range(0, points, stride):
-            buf[m] = good[i, j]
-            m += 1
-        level[i] = _median(buf, m)
+        along[i] = _along(good[i], stride, buf)
+        level[i] = _level(good[i], stride, buf)
         if i + 1 < lines:
-            m = 0
-            for j in range(0, points, stride):
-                buf[m] = good[i + 1, j] - good[i, j]
-                m += 1
-            steps[i] = abs(_median(buf, m))
+            steps[i] = _step(good[i], good[i + 1], stride, buf)
     return along, steps, level
 
 
 @njit(**_JIT)
-def _histogram(sample, edges):
-    """np.histogram(sample, bins=edges) for equal bins, with numpy's own binning rule."""
+def _histogram(data, rows, edges):
+    """np.histogram(data[rows].ravel(), bins=edges) for equal bins, numpy's binning rule."""
     bins = edges.size - 1
     first, last = edges[0], edges[-1]
     denom = last - first
     counts = np.zeros(bins, np.int64)
-    for x in sample:
-        if x < first or x > last:
-            continue
-        k = int((x - first) / denom * bins)
-        if k == bins:
-            k -= 1
-        if x < edges[k]:
-            k -= 1
-        if x >= edges[k + 1] and k != bins - 1:
-            k += 1
-        counts[k] += 1
+    for r in rows:
+        for j in range(data.shape[1]):
+            x = np.float64(data[r, j])
+            if x < first or x > last:
+                continue
+            k = int((x - first) / denom * bins)
+            if k == bins:
+                k -= 1
+            if x < edges[k]:
+                k -= 1
+            if x >= edges[k + 1] and k != bins - 1:
+                k += 1
+            counts[k] += 1
     return counts
 
 
-def _entropy(sample: np.ndarray) -> float:
-    """Shannon entropy of a 64-bin histogram over the 0.5-99.5 % range, normalised to [0, 1]."""
-    lo, hi = _quantile(sample, 0.005), _quantile(sample, 0.995)
-    hist = _histogram(sample, np.linspace(lo, hi if hi > lo else lo + 1.0, ENTROPY_BINS + 1))
+def _entropy(data: np.ndarray, rows: np.ndarray, lo: float, hi: float) -> float:
+    """Shannon entropy of a 64-bin histogram of data[rows] between its 0.5 % and 99.5 %
+    quantiles lo and hi, normalised to [0, 1]."""
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, ENTROPY_BINS + 1)
+    hist = _histogram(data, rows, edges)
     p = hist[hist > 0] / max(hist.sum(), 1)
     return float(-(p * np.log(p)).sum() / np.log(ENTROPY_BINS))
+
+
+def _entropy_rows(n_good: int) -> slice:
+    """The good lines the entropy histogram samples: about ENTROPY_LINES, evenly spaced."""
+    return slice(None, None, max(1, n_good // ENTROPY_LINES))
+
+
+def _summary(
+    scar_q99: float,
+    scar_frac: float,
+    band_frac: float,
+    ratio_lo: float,
+    ratio_hi: float,
+    flat_frac: float,
+    entropy: float,
+    rough_frac: float,
+    smooth_frac: float,
+    texture_first: float,
+    texture_last: float,
+) -> list[float]:
+    """The ten statistics of CHANNEL_STATS from their parts, the last scalar steps shared by
+    the from-scratch and the incremental paths so both round alike."""
+    drift = abs(np.log((texture_last + 1e-30) / (texture_first + 1e-30)))
+    return [
+        float(scar_q99),
+        float(scar_frac),
+        float(band_frac),
+        float(np.log(ratio_hi)),
+        float(-np.log(max(ratio_lo, 1e-6))),
+        float(flat_frac),
+        float(entropy),
+        float(rough_frac),
+        float(smooth_frac),
+        float(drift),
+    ]
+
+
+def _too_few_lines(flat_frac: float) -> list[float]:
+    """Statistics of a channel with fewer than three good lines: only the flat share."""
+    return [0.0, 0.0, 0.0, 0.0, 0.0, flat_frac, 0.0, 0.0, 0.0, 0.0]
 
 
 def _channel_stats(data: np.ndarray) -> list[float]:
     """Per-line statistics of one channel (lines, points), aggregated over lines.
 
     Scale-free: every measure is relative to the channel's own pixel-to-pixel noise or its
-    typical line spread, so units and offsets do not matter.
+    typical line spread, so units and offsets do not matter. This is the definition, computed
+    from scratch; `ChannelStatsAccumulator` gives the same numbers line by line.
     """
     data = np.asarray(data, dtype=float)
     finite_rows = np.isfinite(data).all(axis=1)
@@ -200,7 +270,7 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     flat = (~finite_rows) | (line_std <= 1e-6 * (typical_std or 1.0))
     good = data[~flat]
     if good.shape[0] < 3 or typical_std == 0:
-        return [0.0, 0.0, 0.0, 0.0, 0.0, float(flat.mean()), 0.0, 0.0, 0.0, 0.0]
+        return _too_few_lines(float(flat.mean()))
     # Scar measure: the median step between consecutive lines, against the pixel-to-pixel
     # noise along the line (the same idea as Gwyddion's scar marking, normalised per line).
     # Medians over every stride-th point: as robust, and the medians were most of the cost.
@@ -212,34 +282,369 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     width = min(BAND_WINDOW, len(level) - (1 - len(level) % 2))
     bands = np.abs(level - ndimage.median_filter(level, size=width, mode="nearest")) / noise
     ratio = line_std[~flat] / typical_std
-    ratio_lo, ratio_hi = _quantile(ratio, 0.01), _quantile(ratio, 0.99)
-    entropy = _entropy(good[:: max(1, len(good) // ENTROPY_LINES)].ravel())
+    sample = good[_entropy_rows(len(good))]
+    pooled = sample.ravel()
+    entropy = _entropy(
+        sample, np.arange(len(sample)), _quantile(pooled, 0.005), _quantile(pooled, 0.995)
+    )
     # Texture persistence: lines much rougher (ringing, noise bursts) or smoother (a blunt tip,
     # a flat-lined loop) than the channel's typical line, and a slow drift of the line texture
     # between the first and last third of the frame (gain drift, tip change). Texture, not the
     # line spread: a few large particles in one part of the frame change the spread, not this.
     third = max(1, len(good) // 3)
-    drift = abs(np.log((np.median(along[-third:]) + 1e-30) / (np.median(along[:third]) + 1e-30)))
-    return [
-        float(_quantile(steps, 0.99)),
-        float((steps > SCAR_STEP).mean()),
-        float((bands > SCAR_STEP).mean()),
-        float(np.log(ratio_hi)),
-        float(-np.log(max(ratio_lo, 1e-6))),
-        float(flat.mean()),
-        entropy,
-        float((along > ROUGH * noise).mean()),
-        float((along < noise / ROUGH).mean()),
-        float(drift),
-    ]
+    return _summary(
+        scar_q99=_quantile(steps, 0.99),
+        scar_frac=(steps > SCAR_STEP).mean(),
+        band_frac=(bands > SCAR_STEP).mean(),
+        ratio_lo=_quantile(ratio, 0.01),
+        ratio_hi=_quantile(ratio, 0.99),
+        flat_frac=flat.mean(),
+        entropy=entropy,
+        rough_frac=(along > ROUGH * noise).mean(),
+        smooth_frac=(along < noise / ROUGH).mean(),
+        texture_first=np.median(along[:third]),
+        texture_last=np.median(along[-third:]),
+    )
+
+
+def _pool(table: list[list[float]]) -> list[float]:
+    """Pool per-channel statistics by their median over channels."""
+    if not table:
+        return [0.0] * len(CHANNEL_STATS)
+    return [float(v) for v in np.median(np.array(table), axis=0)]
+
+
+# The incremental path: per-line values cached as lines arrive, then aggregated. Columns of the
+# per-line table (all float64; finiteness as 1.0/0.0, a missing step as NaN).
+_FINITE, _STD, _ALONG, _LEVEL, _STEP = range(5)
+_LINE_VALUES = 5
+_PAIRWISE_BLOCK = 128  # numpy's pairwise-summation block
+
+
+@njit(**_JIT)
+def _pairwise_sum(a, lo, n):
+    """np.add.reduce of a[lo:lo + n] for float64: eight accumulators over blocks of up to 128,
+    larger runs split in halves on multiples of eight, so a line's std rounds as numpy's."""
+    if n < 8:
+        total = 0.0
+        for i in range(lo, lo + n):
+            total += a[i]
+        return total
+    if n <= _PAIRWISE_BLOCK:
+        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+        i = lo + 8
+        end = lo + n - n % 8
+        while i < end:
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+            i += 8
+        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < lo + n:
+            total += a[i]
+            i += 1
+        return total
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(a, lo, half) + _pairwise_sum(a, lo + half, n - half)
+
+
+@njit(**_JIT)
+def _line_values(lines, table, start, end, stride):
+    """Each channel's per-line values for lines start..end-1 of lines (channels, lines,
+    points) into table (channels, lines, _LINE_VALUES): finiteness, np.std, the strided
+    medians along the line and of its level, and the step from the line before it."""
+    channels, _, points = lines.shape
+    x = np.empty(points)
+    buf = np.empty(points)
+    for c in range(channels):
+        for i in range(start, end):
+            row = lines[c, i]
+            finite = True
+            for j in range(points):
+                x[j] = row[j]
+                finite = finite and math.isfinite(x[j])
+            out = table[c, i]
+            out[_FINITE] = 1.0 if finite else 0.0
+            out[_STEP] = np.nan
+            if not finite:
+                out[_STD] = out[_ALONG] = out[_LEVEL] = 0.0
+                continue
+            mean = (0.0 + _pairwise_sum(x, 0, points)) / points
+            for j in range(points):
+                d = x[j] - mean
+                buf[j] = d * d
+            out[_STD] = math.sqrt((0.0 + _pairwise_sum(buf, 0, points)) / points)
+            out[_ALONG] = _along(row, stride, buf)
+            out[_LEVEL] = _level(row, stride, buf)
+            if i > 0 and table[c, i - 1, _FINITE] != 0:
+                out[_STEP] = _step(lines[c, i - 1], row, stride, buf)
+
+
+@njit(**_JIT)
+def _band_count(level, width, noise):
+    """Lines whose level lies more than SCAR_STEP noise from the running median of `width`
+    (odd) lines around it: scipy's median_filter(mode="nearest") and the band test."""
+    n = level.size
+    half = width // 2
+    window = np.empty(width)
+    count = 0
+    for i in range(n):
+        for k in range(width):
+            window[k] = level[min(max(i - half + k, 0), n - 1)]
+        if abs(level[i] - _select(window, width, half)) / noise > SCAR_STEP:
+            count += 1
+    return count
+
+
+@njit(**_JIT)
+def _aggregate(data, table, n, stride):
+    """The statistics of one channel's first n lines from their cached per-line values.
+
+    Returns (enough good lines, flat share, good line indices, parts), parts being the
+    arguments of `_summary` but the entropy. "Flat" depends on the frame's typical spread, so
+    the good lines are chosen here; a step is cached only between adjacent lines, so the step
+    across flat lines between two good ones is computed here from the lines themselves.
+    """
+    spread = np.empty(n)
+    finite = 0
+    for i in range(n):
+        if table[i, _FINITE] != 0:
+            spread[finite] = table[i, _STD]
+            finite += 1
+    typical = _median(spread, finite) if finite else 0.0
+    floor = 1e-6 * (typical if typical != 0 else 1.0)
+    good = np.empty(n, np.int64)
+    g = 0
+    for i in range(n):
+        if table[i, _FINITE] != 0 and not table[i, _STD] <= floor:
+            good[g] = i
+            g += 1
+    flat_frac = (n - g) / n
+    parts = np.zeros(10)
+    if g < 3 or typical == 0:
+        return False, flat_frac, good[:g], parts
+    along = np.empty(g)
+    level = np.empty(g)
+    ratio = np.empty(g)
+    for k in range(g):
+        along[k] = table[good[k], _ALONG]
+        level[k] = table[good[k], _LEVEL]
+        ratio[k] = table[good[k], _STD] / typical
+    noise = _median(along.copy(), g)
+    if noise == 0:
+        noise = typical
+    steps = np.empty(g - 1)
+    buf = np.empty(data.shape[1])
+    scars = 0
+    for k in range(g - 1):
+        a, b = good[k], good[k + 1]
+        step = table[b, _STEP] if b == a + 1 else _step(data[a], data[b], stride, buf)
+        steps[k] = step / noise
+        scars += steps[k] > SCAR_STEP
+    rough = smooth = 0
+    for k in range(g):
+        rough += along[k] > ROUGH * noise
+        smooth += along[k] < noise / ROUGH
+    third = max(1, g // 3)
+    parts[0] = _quantile(steps, 0.99)
+    parts[1] = scars / (g - 1)
+    parts[2] = _band_count(level, min(BAND_WINDOW, g - (1 - g % 2)), noise) / g
+    parts[3] = _quantile(ratio, 0.01)
+    parts[4] = _quantile(ratio, 0.99)
+    parts[5] = flat_frac
+    parts[6] = rough / g
+    parts[7] = smooth / g
+    parts[8] = _median(along[:third].copy(), third)
+    parts[9] = _median(along[g - third :].copy(), third)
+    return True, flat_frac, good[:g], parts
+
+
+@njit(**_JIT)
+def _sift_down(heap, m, x):
+    """Put x at the root of the max-heap heap[:m] and sink it to its place."""
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= m:
+            break
+        if child + 1 < m and heap[child + 1] > heap[child]:
+            child += 1
+        if heap[child] <= x:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = x
+
+
+@njit(**_JIT)
+def _sift_up(heap, k, x):
+    """Add x as element k of the max-heap heap[:k] and raise it to its place."""
+    i = k
+    while i > 0:
+        parent = (i - 1) // 2
+        if heap[parent] >= x:
+            break
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = x
+
+
+@njit(**_JIT)
+def _tail_quantiles(data, rows, q_lo, q_hi):
+    """(_quantile(pooled, q_lo), _quantile(pooled, q_hi)) of pooled = data[rows].ravel().
+
+    An extreme quantile needs only the two order statistics around it, so one pass keeps the
+    few smallest values in a max-heap and the few largest (negated) in another, instead of
+    copying the sample and partitioning it twice. Small samples use _quantile itself.
+    """
+    points = data.shape[1]
+    n = rows.size * points
+    v_lo, v_hi = (n - 1) * q_lo, (n - 1) * q_hi
+    p_lo, p_hi = int(np.floor(v_lo)), int(np.floor(v_hi))
+    m_lo, m_hi = p_lo + 2, n - p_hi
+    if v_hi >= n - 1 or 4 * (m_lo + m_hi) > n:
+        pooled = np.empty(n)
+        for k in range(rows.size):
+            for j in range(points):
+                pooled[k * points + j] = data[rows[k], j]
+        return _quantile(pooled, q_lo), _quantile(pooled, q_hi)
+    low = np.empty(m_lo)
+    high = np.empty(m_hi)
+    seen = 0
+    for r in rows:
+        for j in range(points):
+            x = np.float64(data[r, j])
+            if seen < m_lo:
+                _sift_up(low, seen, x)
+            elif x < low[0]:
+                _sift_down(low, m_lo, x)
+            if seen < m_hi:
+                _sift_up(high, seen, -x)
+            elif -x < high[0]:
+                _sift_down(high, m_hi, -x)
+            seen += 1
+    # low holds ranks 0..p_lo+1 (root p_lo+1); high the negated ranks p_hi..n-1 (root p_hi)
+    below = max(low[1], low[2]) if m_lo > 2 else low[1]
+    above = -max(high[1], high[2]) if m_hi > 2 else -high[1]
+    return _lerp(below, low[0], v_lo - p_lo), _lerp(-high[0], above, v_hi - p_hi)
 
 
 def channel_features(channels: Mapping[str, np.ndarray]) -> list[float]:
     """Channel statistics pooled over channels by their median (see the module docstring)."""
-    if not channels:
-        return [0.0] * len(CHANNEL_STATS)
-    table = np.array([_channel_stats(data) for data in channels.values()])
-    return [float(v) for v in np.median(table, axis=0)]
+    return _pool([_channel_stats(data) for data in channels.values()])
+
+
+class ChannelStatsAccumulator:
+    """The channel statistics of one scan, built a line at a time as the lines arrive.
+
+    `push` stores a line and computes its own values once (finiteness, spread, the strided
+    medians along it and of its level, the step from the line before); `features` aggregates
+    those, so a verdict on a frame in progress costs a pass over cached numbers (plus the
+    entropy's sample lines) instead of every pixel again. `features()` equals
+    `channel_features(self.channels())` bit for bit, at every number of lines.
+    """
+
+    def __init__(self, names: Iterable[str], points: int, lines: int = 256) -> None:
+        """`names`: the channels every pushed line carries; `points` per line; `lines`: the
+        expected number of lines, the initial capacity (it grows when exceeded)."""
+        self.names: tuple[str, ...] = tuple(names)
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"channel names repeat: {', '.join(self.names)}")
+        if points < 2:
+            raise ValueError(f"a line needs at least 2 points, got {points}")
+        self.points = points
+        self.n_lines = 0
+        self._shape = (points,)
+        self._stride = max(1, points // MEDIAN_POINTS)
+        capacity = max(1, lines)
+        # float32 until a pushed line needs more: values stay exact, as in np.stack's result
+        self._lines = np.empty((len(self.names), capacity, points), np.float32)
+        self._table = np.empty((len(self.names), capacity, _LINE_VALUES))
+
+    def push(self, channels: Mapping[str, np.ndarray]) -> None:
+        """Add the next line: `channels` maps each name to that line's 1-D array of points.
+
+        ValueError, naming the channel, for a missing channel, a wrong shape or a non-real
+        dtype; the line is then not added.
+        """
+        i = self.n_lines
+        if i == self._lines.shape[1]:
+            self._grow()
+        for c, name in enumerate(self.names):
+            row = channels.get(name)
+            if row is None:
+                raise ValueError(f"line {i}: channel {name!r} is missing")
+            row = np.asarray(row)
+            if row.shape != self._shape:
+                raise ValueError(
+                    f"line {i}: channel {name!r} has shape {row.shape}, expected ({self.points},)"
+                )
+            if row.dtype != self._lines.dtype:
+                self._widen(row.dtype, name, i)
+            self._lines[c, i] = row
+        _line_values(self._lines, self._table, i, i + 1, self._stride)
+        self.n_lines = i + 1
+
+    def channels(self) -> dict[str, np.ndarray]:
+        """The lines so far, (lines, points) per channel: views, valid until the next push."""
+        return {name: self._lines[c, : self.n_lines] for c, name in enumerate(self.names)}
+
+    def features(self) -> list[float]:
+        """`channel_features` of the lines so far, from the cached per-line values."""
+        return _pool([self._channel_stats(c) for c in range(len(self.names))])
+
+    def _channel_stats(self, c: int) -> list[float]:
+        if self.n_lines == 0:
+            return _too_few_lines(float("nan"))  # the mean of no lines, as numpy gives it
+        data = self._lines[c]
+        enough, flat_frac, good, parts = _aggregate(
+            data, self._table[c], self.n_lines, self._stride
+        )
+        if not enough:
+            return _too_few_lines(flat_frac)
+        rows = good[_entropy_rows(len(good))]
+        lo, hi = _tail_quantiles(data, rows, 0.005, 0.995)
+        q99, scar, band, ratio_lo, ratio_hi, flat, rough, smooth, first, last = parts
+        return _summary(
+            scar_q99=q99,
+            scar_frac=scar,
+            band_frac=band,
+            ratio_lo=ratio_lo,
+            ratio_hi=ratio_hi,
+            flat_frac=flat,
+            entropy=_entropy(data, rows, lo, hi),
+            rough_frac=rough,
+            smooth_frac=smooth,
+            texture_first=first,
+            texture_last=last,
+        )
+
+    def _grow(self) -> None:
+        """Double the capacity (a scan longer than announced)."""
+        n = self.n_lines
+        lines = np.empty((len(self.names), 2 * n, self.points), self._lines.dtype)
+        table = np.empty((len(self.names), 2 * n, _LINE_VALUES))
+        lines[:, :n] = self._lines[:, :n]
+        table[:, :n] = self._table[:, :n]
+        self._lines, self._table = lines, table
+
+    def _widen(self, dtype: np.dtype, name: str, i: int) -> None:
+        """Store in a dtype that holds the new line's values exactly (np.stack's rule)."""
+        try:
+            wider = np.result_type(self._lines.dtype, dtype)
+        except TypeError:
+            wider = np.dtype(object)
+        if wider.kind != "f":
+            raise ValueError(f"line {i}: channel {name!r} has dtype {dtype}, not real numbers")
+        if wider != self._lines.dtype:
+            self._lines = self._lines.astype(wider)
 
 
 @dataclass(frozen=True)
@@ -273,16 +678,21 @@ class LineBank:
 
 def frame_vector(
     frame: FrameScores,
-    channels: Mapping[str, np.ndarray] | None = None,
+    channels: Mapping[str, np.ndarray] | ChannelStatsAccumulator | None = None,
     bank: LineBank | None = None,
 ) -> np.ndarray:
     """The full feature vector, in the order of `feature_names(bank)`.
 
-    `channels` are the frame's lines so far, each (lines, points); without them (e.g. only
-    line scores reached the classifier) the channel statistics are zero.
+    `channels` are the frame's lines so far, each (lines, points), or the accumulator they
+    were pushed to; without them (e.g. only line scores reached the classifier) the channel
+    statistics are zero.
     """
     flagged = sum(line.flagged for line in frame.lines) / max(frame.n_lines, 1)
-    values = [float(flagged), *channel_features(channels or {})]
+    if isinstance(channels, ChannelStatsAccumulator):
+        stats = channels.features()
+    else:
+        stats = channel_features(channels or {})
+    values = [float(flagged), *stats]
     if bank is not None:
         values += bank.stats(frame.features)
     return np.nan_to_num(np.asarray(values, dtype=float), nan=0.0, posinf=1e6, neginf=-1e6)
