@@ -1,6 +1,6 @@
 """Burst: a producer pushes lines at 10x the fastest realistic rate into a running daemon.
 
-    python benchmarks/load_burst.py [--rate 20000] [--seconds 30] [--json]
+    python benchmarks/load_burst.py [--rate 20000] [--seconds 30] [--block 1] [--json]
 
 The daemon is a real `spmwatch run` subprocess on loopback; the producer is another process
 sending scans of --lines x --points with every --fail-every-th scan failing. The line socket
@@ -44,7 +44,9 @@ def seq_gaps(events: list[dict]) -> int:
     return (seqs[-1] - seqs[0] + 1 - len(set(seqs))) if seqs else 0
 
 
-def run(rate: float, seconds: float, lines: int, points: int, fail_every: int) -> dict:
+def run(
+    rate: float, seconds: float, lines: int, points: int, fail_every: int, block: int = 1
+) -> dict:
     with tempfile.TemporaryDirectory(prefix="spmwatch-burst-") as tmp:
         daemon, endpoints = start_daemon(Path(tmp))
         pid = daemon.proc.pid
@@ -54,7 +56,7 @@ def run(rate: float, seconds: float, lines: int, points: int, fail_every: int) -
             rss_start = rss_mib(pid)
             scans = int(rate * seconds / lines) + 1
             plan = Plan(
-                endpoints["lines"], scans, lines, points, fail_every, rate, "burst", seconds
+                endpoints["lines"], scans, lines, points, fail_every, rate, "burst", seconds, block
             )
             producer, results = start_producer(plan)
             samples: list[tuple[float, float]] = []
@@ -88,6 +90,7 @@ def run(rate: float, seconds: float, lines: int, points: int, fail_every: int) -
     return {
         "line_shape": line_shape(plan),
         "target_rate": rate,
+        "lines_per_message": block,
         "seconds": round(send_seconds, 2),
         "lines_sent": sent,
         "send_rate": round(sent / send_seconds),
@@ -123,9 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lines", type=int, default=128, help="lines per scan")
     parser.add_argument("--points", type=int, default=256, help="points per line")
     parser.add_argument("--fail-every", type=int, default=10, help="every Nth scan fails")
+    parser.add_argument(
+        "--block", type=int, default=1, help="lines per message (1: one message per line)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.rate, args.seconds, args.lines, args.points, args.fail_every)
+    result = run(args.rate, args.seconds, args.lines, args.points, args.fail_every, args.block)
     if args.json:
         print(json.dumps(result))
     else:

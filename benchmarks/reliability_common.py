@@ -79,6 +79,7 @@ class Plan:
     rate: float
     prefix: str = "scan"
     seconds: float = 0.0  # stop after this long even if scans remain (0: no limit)
+    block: int = 1  # lines per message (protocol `count`): 1 is one message per line
 
     def scan_id(self, i: int) -> str:
         return f"{self.prefix}_{i:06d}"
@@ -104,14 +105,11 @@ def line_shape(plan: Plan) -> str:
 
 def _produce(plan: Plan, results: mp.Queue) -> None:
     """Child process: send the plan, paced, then report (lines sent, scans ended, seconds)."""
-    from spmwatch.protocol import encode_end, encode_line
+    from spmwatch.protocol import encode_end
     from spmwatch.sources.linesocket import LineSender
 
     good, bad = templates(plan)
-    frames = {
-        kind: [encode_line(line) for line in scan.lines(source="bench")]
-        for kind, scan in (("good", good), ("bad", bad))
-    }
+    frames = {kind: _messages(scan, plan.block) for kind, scan in (("good", good), ("bad", bad))}
     sender = LineSender(plan.endpoint, linger=60.0)
     socket = sender._socket  # pre-encoded frames: only the scan id in the header changes
     sent = ended = 0
@@ -122,10 +120,10 @@ def _produce(plan: Plan, results: mp.Queue) -> None:
                 break
             template = frames["bad" if plan.failing(i) else "good"]
             new = plan.scan_id(i).encode()
-            for header, *arrays in template:
+            for count, (header, *arrays) in template:
                 socket.send_multipart([_retag(header, new), *arrays])
-                sent += 1
-                if plan.rate and sent % 100 == 0:
+                sent += count
+                if plan.rate and sent % 100 < count:
                     ahead = sent / plan.rate - (time.perf_counter() - started)
                     if ahead > 0:
                         time.sleep(ahead)
@@ -135,6 +133,15 @@ def _produce(plan: Plan, results: mp.Queue) -> None:
         elapsed = time.perf_counter() - started
         sender.close()
         results.put((sent, ended, elapsed))
+
+
+def _messages(scan: Scan, block: int) -> list[tuple[int, list[bytes]]]:
+    """The scan's lines encoded in blocks of `block` lines: (lines in the message, frames)."""
+    from spmwatch.protocol import encode_lines
+
+    lines = list(scan.lines(source="bench"))
+    chunks = [lines[k : k + block] for k in range(0, len(lines), block)]
+    return [(len(chunk), encode_lines(chunk)) for chunk in chunks]
 
 
 _SCAN_ID = b'"scan_id":"'

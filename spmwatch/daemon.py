@@ -45,6 +45,7 @@ from spmwatch.sources import FrameFile, SourceError
 log = structlog.get_logger("spmwatch.daemon")
 
 _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
+_BATCH = 64  # most items taken from the inbox at once (an alert waits for at most this many)
 _DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
 _F32 = np.dtype(np.float32)
 # Sections a SIGHUP applies at once; the others own sockets or threads and need a restart.
@@ -200,11 +201,11 @@ class Daemon:
         next_sweep = time.monotonic() + 1.0
         while not self._stop.is_set():
             try:
-                received, item = self._inbox.get(timeout=_TICK)
+                first = self._inbox.get(timeout=_TICK)
             except queue.Empty:
                 pass
             else:
-                self._handle(received, item)
+                self._handle_batch(self._drain(first))
             now = time.monotonic()
             if watchdog is not None and now >= next_ping:
                 self.notifier.watchdog()
@@ -301,10 +302,45 @@ class Daemon:
 
     # -- items ------------------------------------------------------------------------------------
 
+    def _drain(self, first: tuple[float, object]) -> list[tuple[float, object]]:
+        """`first` and whatever else is already queued, up to _BATCH items: under load the
+        lines of one scan are then scored together (one kernel call, one lock per batch)."""
+        batch = [first]
+        get = self._inbox.get_nowait
+        try:
+            while len(batch) < _BATCH:
+                batch.append(get())
+        except queue.Empty:
+            pass
+        return batch
+
+    def _handle_batch(self, batch: list[tuple[float, object]]) -> None:
+        """Handle items in arrival order; consecutive lines of one scan go in as one run."""
+        run: list[tuple[float, Line]] = []
+        for received, item in batch:
+            if isinstance(item, Line):
+                if run and run[0][1].scan_id != item.scan_id:
+                    self._handle_run(run)
+                    run = []
+                run.append((received, item))
+                continue
+            if run:
+                self._handle_run(run)
+                run = []
+            self._handle(received, item)
+        if run:
+            self._handle_run(run)
+
+    def _handle_run(self, run: list[tuple[float, Line]]) -> None:
+        try:
+            self._on_lines(run)
+        except Exception as exc:  # one bad line must not stop the daemon
+            self._item_failed(run[0][1], exc)
+
     def _handle(self, received: float, item: object) -> None:
         try:
             if isinstance(item, Line):
-                self._on_line(received, item)
+                self._on_lines([(received, item)])
             elif isinstance(item, protocol.EndOfScan):
                 self._on_end(item.scan_id)
             elif isinstance(item, FrameFile):
@@ -323,35 +359,52 @@ class Daemon:
         log.exception("item_failed", item=type(item).__name__, scan_id=scan_id)
         self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
 
-    def _on_line(self, received: float, line: Line) -> None:
+    def _on_lines(self, run: list[tuple[float, Line]]) -> None:
+        """Score consecutive lines of one scan; publish their scores and the scan's alert."""
+        first = run[0][1]
         if self._paused:
-            self._count("lines_received", "lines_paused")
+            self._count("lines_received", "lines_paused", n=len(run))
             return
-        scan = self._scans.get(line.scan_id)
+        scan = self._scans.get(first.scan_id)
         if scan is None:
-            scan = self._open(line)
+            scan = self._open(first)
         scan.last_seen = time.monotonic()
-        score = scan.scorer.push(line)
-        scan.keep(line.channels)
-        scan.count += 1
-        self._held_bytes += scan.row_bytes
-        self.metrics.latency.observe(time.perf_counter() - received)
-        self._lines_scored(line.source).inc()
-        self._count("lines_received", "lines_scored")
         assert self.publisher is not None
-        if self.settings.publish.line_topic:
-            self.publisher.publish(
-                protocol.TOPIC_LINE, line.scan_id, line.source, protocol.line_fields(score)
-            )
-        alert = scan.scorer.alert
-        if alert is not None and not scan.alerted:
-            scan.alerted = True
-            frame = scan.scorer.frame()
-            verdict = self._verdict(frame, scan.channels(), finished=False)
-            origin, seen = protocol.LIVE, scan.count
-            self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
+        publish_lines = self.settings.publish.line_topic
+        observe = self.metrics.latency.observe
+        budget = self.settings.daemon.max_held_bytes
+        for k, (received, line) in enumerate(run):
+            score = scan.scorer.push(line)
+            scan.keep(line.channels)
+            scan.count += 1
+            self._held_bytes += scan.row_bytes
+            observe(time.perf_counter() - received)
+            if publish_lines:
+                self.publisher.publish(
+                    protocol.TOPIC_LINE, line.scan_id, line.source, protocol.line_fields(score)
+                )
+            alert = scan.scorer.alert
+            if alert is not None and not scan.alerted:
+                scan.alerted = True
+                frame = scan.scorer.frame()
+                verdict = self._verdict(frame, scan.channels(), finished=False)
+                origin, seen = protocol.LIVE, scan.count
+                self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
+            if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
+                self._tally(first.source, k + 1)
+                self._close_or_evict(scan, line.scan_id)
+                if k + 1 < len(run):  # lines after a scan's end start a new scan of that id
+                    self._on_lines(run[k + 1 :])
+                return
+        self._tally(first.source, len(run))
+
+    def _tally(self, source: str, n: int) -> None:
+        self._lines_scored(source).inc(n)
+        self._count("lines_received", "lines_scored", n=n)
+
+    def _close_or_evict(self, scan: _OpenScan, scan_id: str) -> None:
         if scan.count >= scan.scorer.expected_lines:
-            self._close_scan(line.scan_id, "complete")
+            self._close_scan(scan_id, "complete")
         if self._held_bytes > self.settings.daemon.max_held_bytes:
             self._evict_while("max_held_mib", self._over_held_budget)
 
@@ -581,10 +634,10 @@ class Daemon:
 
     # -- counters ---------------------------------------------------------------------------------
 
-    def _count(self, *names: str) -> None:
+    def _count(self, *names: str, n: int = 1) -> None:
         with self._lock:
             for name in names:
-                self._counts[name] += 1
+                self._counts[name] += n
 
     def _snapshot_counts(self) -> dict[str, int]:
         with self._lock:

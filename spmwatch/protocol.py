@@ -46,6 +46,10 @@ MAX_POINTS = 65_536
 MAX_CHANNELS = 32
 MAX_LINES = 65_536
 MAX_HEADER_BYTES = 65_536
+# Largest array frame: one channel of a line or of a block of lines (ZeroMQ's MAXMSGSIZE on the
+# receiver drops a producer that sends a bigger one before it is read).
+MAX_FRAME_BYTES = MAX_POINTS * 8
+MAX_BLOCK_LINES = 256  # lines in one message (`count`)
 # Largest scan the line socket opens (n_lines x points x channels as float32): the limits above
 # allow 512 GiB (65,536 x 65,536 x 32), and the daemon keeps every line of an open scan.
 MAX_SCAN_BYTES = 256 * 2**20
@@ -94,24 +98,62 @@ def safe_scan_id(text: str) -> str:
 
 def encode_line(line: Line, dtype: str = "float32") -> list[bytes]:
     """Frames for one line: the JSON header, then one raw array per channel in header order."""
+    return encode_lines([line], dtype)
+
+
+def encode_lines(lines: Sequence[Line], dtype: str = "float32") -> list[bytes]:
+    """Frames for a block of lines of one scan, consecutive in acquisition order, in one message.
+
+    A producer that is behind (or reads several lines at once) pays the header and the message
+    once per block instead of once per line. One line encodes exactly as `encode_line`.
+    """
     if dtype not in LINE_DTYPES:
         raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")
+    if not 1 <= len(lines) <= MAX_BLOCK_LINES:
+        raise ProtocolError(f"a block holds 1..{MAX_BLOCK_LINES} lines, not {len(lines)}")
+    first = lines[0]
+    step = _block_step(lines)
     wire = LINE_DTYPES[dtype]
-    names = list(line.channels)
-    header = {
+    names = list(first.channels)
+    header: dict[str, Any] = {
         "v": PROTOCOL_VERSION,
-        "scan_id": valid_scan_id(line.scan_id),
-        "line": line.index,
-        "position": line.position,
-        "n_lines": line.n_lines,
-        "points": line.points,
+        "scan_id": valid_scan_id(first.scan_id),
+        "line": first.index,
+        "position": first.position,
+        "n_lines": first.n_lines,
+        "points": first.points,
         "channels": names,
         "dtype": dtype,
-        "meta": _jsonable_meta(line.meta),
+        "meta": _jsonable_meta(first.meta),
     }
+    if len(lines) > 1:
+        header["count"] = len(lines)
+        header["step"] = step
     frames = [json.dumps(header, separators=(",", ":")).encode()]
-    frames.extend(np.ascontiguousarray(line.channels[n], dtype=wire).tobytes() for n in names)
+    for name in names:
+        rows = [line.channels[name] for line in lines]
+        frames.append(np.ascontiguousarray(rows, dtype=wire).tobytes())
     return frames
+
+
+def _block_step(lines: Sequence[Line]) -> int:
+    """+1 or -1: how the row index moves from one line of a block to the next."""
+    first = lines[0]
+    step = 1 if len(lines) == 1 else lines[1].index - first.index
+    for k, line in enumerate(lines):
+        same = (line.scan_id, line.n_lines, list(line.channels)) == (
+            first.scan_id,
+            first.n_lines,
+            list(first.channels),
+        )
+        if not same or line.position != first.position + k or line.index != first.index + k * step:
+            raise ProtocolError(
+                "a block's lines must share scan_id, n_lines and channels, with consecutive "
+                "positions and indices moving by +1 or -1"
+            )
+    if step not in (1, -1):
+        raise ProtocolError(f"a block's indices must move by +1 or -1, not {step}")
+    return step
 
 
 def encode_end(scan_id: str) -> list[bytes]:
@@ -120,8 +162,9 @@ def encode_end(scan_id: str) -> list[bytes]:
     return [json.dumps(payload, separators=(",", ":")).encode()]
 
 
-def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line | EndOfScan:
-    """Check and decode a line-socket message; raise ProtocolError with the reason otherwise."""
+def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> list[Line] | EndOfScan:
+    """Check and decode a line-socket message into its lines (one, or a block of `count`),
+    or an end of scan; raise ProtocolError with the reason otherwise."""
     if not frames:
         raise ProtocolError("empty message")
     header = _decode_json(frames[0], "header")
@@ -138,6 +181,13 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
         raise ProtocolError(f"line {index} is outside n_lines {n_lines}")
     points = _int_field(header, "points", 1, MAX_POINTS)
     position = _int_field(header, "position", 0, n_lines - 1) if "position" in header else index
+    count = _int_field(header, "count", 1, MAX_BLOCK_LINES) if "count" in header else 1
+    step = _int_field(header, "step", -1, 1) if "step" in header else 1
+    if step == 0:
+        raise ProtocolError("'step' must be 1 or -1")
+    last = index + (count - 1) * step
+    if position + count > n_lines or not 0 <= last < n_lines:
+        raise ProtocolError(f"a block of {count} lines from line {index} leaves n_lines {n_lines}")
     dtype = header.get("dtype", "float32")
     if dtype not in LINE_DTYPES:
         raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")
@@ -147,31 +197,41 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
             f"message has {len(frames)} frames, expected 1 header + {len(names)} channels"
         )
     wire = LINE_DTYPES[dtype]
-    expected = points * wire.itemsize
-    # float32 on the wire is used as it is (a read-only view of the frame, no copy); other
+    expected = count * points * wire.itemsize
+    if expected > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            f"{count} lines x {points} points of {dtype} make {expected} bytes per channel, "
+            f"more than {MAX_FRAME_BYTES}"
+        )
+    # float32 on the wire is used as it is (read-only views of the frame, no copy); other
     # dtypes are converted to float32 copies.
     native = wire == np.float32
-    channels: dict[str, np.ndarray] = {}
+    blocks: list[np.ndarray] = []
     for name, frame in zip(names, frames[1:], strict=True):
         if len(frame) != expected:
+            lines = f"{count} x {points}" if count > 1 else f"{points}"
             raise ProtocolError(
                 f"channel {name} has {len(frame)} bytes, expected {expected} "
-                f"({points} points of {dtype})"
+                f"({lines} points of {dtype})"
             )
-        values = np.frombuffer(frame, dtype=wire)
-        channels[name] = values if native else values.astype(np.float32)
+        values = np.frombuffer(frame, dtype=wire).reshape(count, points)
+        blocks.append(values if native else values.astype(np.float32))
     meta = header.get("meta", {})
     if not isinstance(meta, dict):
         raise ProtocolError("meta must be a JSON object")
-    return Line(
-        scan_id=scan_id,
-        index=index,
-        position=position,
-        n_lines=n_lines,
-        channels=channels,
-        meta=_jsonable_meta(meta),
-        source=source,
-    )
+    meta = _jsonable_meta(meta)
+    return [
+        Line(
+            scan_id=scan_id,
+            index=index + k * step,
+            position=position + k,
+            n_lines=n_lines,
+            channels={name: rows[k] for name, rows in zip(names, blocks, strict=True)},
+            meta=meta,
+            source=source,
+        )
+        for k in range(count)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from spmwatch.protocol import (
     encode_end,
     encode_event,
     encode_line,
+    encode_lines,
     encode_reply,
     encode_request,
 )
@@ -52,7 +53,7 @@ def _header(frames: list[bytes]) -> dict:
 def test_line_round_trip(points: int, dtype: str, n_channels: int) -> None:
     names = tuple(f"Ch{i}Retrace" for i in range(n_channels))
     line = _line(points, names)
-    decoded = decode_line_message(encode_line(line, dtype))
+    [decoded] = decode_line_message(encode_line(line, dtype))
     assert isinstance(decoded, Line)
     assert (decoded.scan_id, decoded.index, decoded.position, decoded.n_lines) == (
         "frame_0001",
@@ -64,6 +65,55 @@ def test_line_round_trip(points: int, dtype: str, n_channels: int) -> None:
     for name in names:
         np.testing.assert_array_equal(decoded.channels[name], line.channels[name])
     assert decoded.meta == {"ScanRate": 1.0016, "ScanDown": 1, "ImagingMode": "AC Mode"}
+
+
+@given(
+    count=st.integers(1, 40),
+    step=st.sampled_from([1, -1]),
+    dtype=st.sampled_from(["float32", "int16"]),
+)
+@settings(max_examples=30, deadline=None)
+def test_block_round_trip_gives_the_same_lines_as_single_messages(
+    count: int, step: int, dtype: str
+) -> None:
+    rng = np.random.default_rng(count)
+    first = 20 if step == 1 else 60
+    lines = [
+        Line(
+            scan_id="frame_0001",
+            index=first + k * step,
+            position=3 + k,
+            n_lines=64,
+            channels={c: (100 * rng.normal(size=32)).astype(np.float32) for c in ("AT", "AR")},
+            meta={"ScanRate": 2.0},
+        )
+        for k in range(count)
+    ]
+    block = decode_line_message(encode_lines(lines, dtype))
+    singles = [decode_line_message(encode_line(line, dtype))[0] for line in lines]
+    assert isinstance(block, list) and len(block) == count
+    for got, want in zip(block, singles, strict=True):
+        assert (got.index, got.position, got.n_lines, got.meta) == (
+            want.index,
+            want.position,
+            want.n_lines,
+            want.meta,
+        )
+        for name in ("AT", "AR"):
+            np.testing.assert_array_equal(got.channels[name], want.channels[name])
+
+
+def test_a_block_must_be_consecutive_lines_of_one_scan() -> None:
+    line = _line()
+    skipped = Line(**{**line.__dict__, "index": line.index + 1, "position": line.position + 2})
+    with pytest.raises(ProtocolError, match="consecutive positions"):
+        encode_lines([line, skipped])
+    other = Line(**{**line.__dict__, "scan_id": "frame_0002", "index": 6, "position": 8})
+    with pytest.raises(ProtocolError, match="share scan_id"):
+        encode_lines([line, other])
+    jump = Line(**{**line.__dict__, "index": line.index + 2, "position": line.position + 1})
+    with pytest.raises(ProtocolError, match="move by \\+1 or -1, not 2"):
+        encode_lines([line, jump])
 
 
 def test_end_of_scan_round_trip() -> None:
@@ -93,6 +143,12 @@ BAD_MESSAGES = {
     "expected 64 (16 points of float32)": [GOOD[0], GOOD[1] * 10, GOOD[2]],
     "meta must be a JSON object": _with_header(GOOD, meta=[1]),
     "more than 65536": [b" " * 70_000, *GOOD[1:]],
+    "'count' = 0": _with_header(GOOD, count=0),
+    "'count' = 257": _with_header(GOOD, count=257),
+    "'step' must be 1 or -1": _with_header(GOOD, count=2, step=0),
+    "a block of 60 lines from line 5 leaves n_lines 64": _with_header(GOOD, count=60),
+    "expected 128 (2 x 16 points of float32)": _with_header(GOOD, count=2),
+    "more than 524288": _with_header(GOOD, count=40, points=4096, n_lines=4096),
 }
 
 
@@ -107,7 +163,7 @@ def test_nan_flood_decodes_so_the_scorer_can_flag_it() -> None:
     flooded = Line(
         **{**line.__dict__, "channels": {k: v * np.nan for k, v in line.channels.items()}}
     )
-    decoded = decode_line_message(encode_line(flooded))
+    [decoded] = decode_line_message(encode_line(flooded))
     assert all(np.isnan(v).all() for v in decoded.channels.values())
 
 

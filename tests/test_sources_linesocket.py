@@ -49,6 +49,26 @@ def test_ten_thousand_lines_arrive_in_order(receiver: tuple[LineReceiver, Collec
     assert counts["duplicates"] == 0 and counts["rejected"] == {}
 
 
+def test_blocks_arrive_as_lines_and_overlapping_blocks_are_deduplicated(
+    receiver: tuple[LineReceiver, Collector],
+) -> None:
+    recv, sink = receiver
+    with LineSender(recv.endpoint) as sender:
+        sender.send_lines([test_line(i) for i in range(0, 100)])
+        sender.send_lines([test_line(i) for i in range(90, 200)])  # a resend overlapping by 10
+        sender.send(test_line(200))
+        sender.end("restart")
+    assert wait_for(lambda: len(sink.of(EndOfScan)) == 1, timeout=30)
+    lines = sink.lines
+    assert [line.index for line in lines] == list(range(201))
+    for line in lines[::37]:
+        np.testing.assert_array_equal(
+            line.channels["HeightRetrace"], test_line(line.index).channels["HeightRetrace"]
+        )
+    counts = recv.counters.snapshot()
+    assert counts["received"] == 4 and counts["lines"] == 201 and counts["duplicates"] == 10
+
+
 def _raw(header: dict, *arrays: bytes) -> list[bytes]:
     return [json.dumps(header).encode(), *arrays]
 
