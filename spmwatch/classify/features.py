@@ -185,25 +185,28 @@ def _line_medians(good, stride):
 
 @njit(**_JIT)
 def _histogram(data, rows, edges):
-    """np.histogram(data[rows].ravel(), bins=edges) for equal bins, numpy's binning rule."""
+    """np.histogram(data[rows].ravel(), bins=edges) for equal bins, numpy's binning rule.
+
+    The bin is the one the edges say (numpy's guess, corrected by one either way), so any
+    guess within one bin gives numpy's counts: a multiplication instead of a division, and
+    four interleaved count arrays so neighbouring equal bins do not wait on each other.
+    """
     bins = edges.size - 1
     first, last = edges[0], edges[-1]
-    denom = last - first
-    counts = np.zeros(bins, np.int64)
+    norm = bins / (last - first)
+    counts = np.zeros((4, bins), np.int64)
     for r in rows:
         for j in range(data.shape[1]):
             x = np.float64(data[r, j])
             if x < first or x > last:
                 continue
-            k = int((x - first) / denom * bins)
-            if k == bins:
-                k -= 1
+            k = min(int((x - first) * norm), bins - 1)
             if x < edges[k]:
                 k -= 1
-            if x >= edges[k + 1] and k != bins - 1:
+            elif x >= edges[k + 1] and k != bins - 1:
                 k += 1
-            counts[k] += 1
-    return counts
+            counts[j & 3, k] += 1
+    return counts.sum(axis=0)
 
 
 def _entropy(data: np.ndarray, rows: np.ndarray, lo: float, hi: float) -> float:
@@ -322,37 +325,65 @@ _PAIRWISE_BLOCK = 128  # numpy's pairwise-summation block
 
 
 @njit(**_JIT)
-def _pairwise_sum(a, lo, n):
-    """np.add.reduce of a[lo:lo + n] for float64: eight accumulators over blocks of up to 128,
-    larger runs split in halves on multiples of eight, so a line's std rounds as numpy's."""
+def _block_sum(a, lo, n):
+    """numpy's float64 sum of a short run a[lo:lo + n] (n <= 128): eight accumulators."""
     if n < 8:
         total = 0.0
         for i in range(lo, lo + n):
             total += a[i]
         return total
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = lo + 8
+    end = lo + n - n % 8
+    while i < end:
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < lo + n:
+        total += a[i]
+        i += 1
+    return total
+
+
+@njit(**_JIT)
+def _pairwise_sum(a, n, todo, sums):
+    """np.add.reduce of float64 a[:n], so a line's std rounds as numpy's: runs of more than
+    128 split in halves on multiples of eight, shorter ones summed by `_block_sum`.
+
+    The halving is walked with an explicit stack, not by recursion: numba's on-disk cache
+    crashes on reloading recursive functions. `todo` (128, 3) int64 and `sums` (64,) float64
+    are scratch space (the caller's, so a line costs no allocation).
+    """
     if n <= _PAIRWISE_BLOCK:
-        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-        i = lo + 8
-        end = lo + n - n % 8
-        while i < end:
-            r0 += a[i]
-            r1 += a[i + 1]
-            r2 += a[i + 2]
-            r3 += a[i + 3]
-            r4 += a[i + 4]
-            r5 += a[i + 5]
-            r6 += a[i + 6]
-            r7 += a[i + 7]
-            i += 8
-        total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < lo + n:
-            total += a[i]
-            i += 1
-        return total
-    half = n // 2
-    half -= half % 8
-    return _pairwise_sum(a, lo, half) + _pairwise_sum(a, lo + half, n - half)
+        return _block_sum(a, 0, n)
+    todo[0, 0], todo[0, 1], todo[0, 2] = 0, n, 0
+    tasks = 1
+    done = 0
+    while tasks:
+        tasks -= 1
+        lo, m, split = todo[tasks, 0], todo[tasks, 1], todo[tasks, 2]
+        if m <= _PAIRWISE_BLOCK:
+            sums[done] = _block_sum(a, lo, m)
+            done += 1
+        elif split:
+            done -= 1
+            sums[done - 1] += sums[done]
+        else:
+            half = m // 2
+            half -= half % 8
+            todo[tasks, 2] = 1  # combine the two halves once both are summed
+            todo[tasks + 1, 0], todo[tasks + 1, 1], todo[tasks + 1, 2] = lo + half, m - half, 0
+            todo[tasks + 2, 0], todo[tasks + 2, 1], todo[tasks + 2, 2] = lo, half, 0
+            tasks += 3
+    return sums[0]
 
 
 @njit(**_JIT)
@@ -363,6 +394,7 @@ def _line_values(lines, table, start, end, stride):
     channels, _, points = lines.shape
     x = np.empty(points)
     buf = np.empty(points)
+    todo, sums = np.empty((128, 3), np.int64), np.empty(64)  # _pairwise_sum's stacks
     for c in range(channels):
         for i in range(start, end):
             row = lines[c, i]
@@ -376,11 +408,11 @@ def _line_values(lines, table, start, end, stride):
             if not finite:
                 out[_STD] = out[_ALONG] = out[_LEVEL] = 0.0
                 continue
-            mean = (0.0 + _pairwise_sum(x, 0, points)) / points
+            mean = (0.0 + _pairwise_sum(x, points, todo, sums)) / points
             for j in range(points):
                 d = x[j] - mean
                 buf[j] = d * d
-            out[_STD] = math.sqrt((0.0 + _pairwise_sum(buf, 0, points)) / points)
+            out[_STD] = math.sqrt((0.0 + _pairwise_sum(buf, points, todo, sums)) / points)
             out[_ALONG] = _along(row, stride, buf)
             out[_LEVEL] = _level(row, stride, buf)
             if i > 0 and table[c, i - 1, _FINITE] != 0:
@@ -565,7 +597,7 @@ class ChannelStatsAccumulator:
         self._stride = max(1, points // MEDIAN_POINTS)
         capacity = max(1, lines)
         # float32 until a pushed line needs more: values stay exact, as in np.stack's result
-        self._lines = np.empty((len(self.names), capacity, points), np.float32)
+        self._store(np.empty((len(self.names), capacity, points), np.float32))
         self._table = np.empty((len(self.names), capacity, _LINE_VALUES))
 
     def push(self, channels: Mapping[str, np.ndarray]) -> None:
@@ -577,18 +609,18 @@ class ChannelStatsAccumulator:
         i = self.n_lines
         if i == self._lines.shape[1]:
             self._grow()
+        dtype, planes = self._lines.dtype, self._planes
         for c, name in enumerate(self.names):
             row = channels.get(name)
-            if row is None:
-                raise ValueError(f"line {i}: channel {name!r} is missing")
-            row = np.asarray(row)
-            if row.shape != self._shape:
-                raise ValueError(
-                    f"line {i}: channel {name!r} has shape {row.shape}, expected ({self.points},)"
-                )
-            if row.dtype != self._lines.dtype:
-                self._widen(row.dtype, name, i)
-            self._lines[c, i] = row
+            # the usual line (an array of the stored dtype) costs no conversion or check
+            if (
+                row.__class__ is not np.ndarray
+                or row.dtype is not dtype
+                or row.shape != self._shape
+            ):
+                row = self._checked(row, name, i)
+                dtype, planes = self._lines.dtype, self._planes
+            planes[c][i] = row
         _line_values(self._lines, self._table, i, i + 1, self._stride)
         self.n_lines = i + 1
 
@@ -633,18 +665,32 @@ class ChannelStatsAccumulator:
         table = np.empty((len(self.names), 2 * n, _LINE_VALUES))
         lines[:, :n] = self._lines[:, :n]
         table[:, :n] = self._table[:, :n]
-        self._lines, self._table = lines, table
+        self._store(lines)
+        self._table = table
 
-    def _widen(self, dtype: np.dtype, name: str, i: int) -> None:
-        """Store in a dtype that holds the new line's values exactly (np.stack's rule)."""
+    def _store(self, lines: np.ndarray) -> None:
+        self._lines = lines
+        self._planes = list(lines)  # one (capacity, points) view per channel
+
+    def _checked(self, row: object, name: str, i: int) -> np.ndarray:
+        """The line as an array of `points` values, the storage widened if its dtype needs it
+        to hold them exactly (np.stack's rule); ValueError naming what is wrong."""
+        if row is None:
+            raise ValueError(f"line {i}: channel {name!r} is missing")
+        row = np.asarray(row)
+        if row.shape != self._shape:
+            raise ValueError(
+                f"line {i}: channel {name!r} has shape {row.shape}, expected ({self.points},)"
+            )
         try:
-            wider = np.result_type(self._lines.dtype, dtype)
+            wider = np.result_type(self._lines.dtype, row.dtype)
         except TypeError:
             wider = np.dtype(object)
         if wider.kind != "f":
-            raise ValueError(f"line {i}: channel {name!r} has dtype {dtype}, not real numbers")
+            raise ValueError(f"line {i}: channel {name!r} has dtype {row.dtype}, not real numbers")
         if wider != self._lines.dtype:
-            self._lines = self._lines.astype(wider)
+            self._store(self._lines.astype(wider))
+        return row
 
 
 @dataclass(frozen=True)
