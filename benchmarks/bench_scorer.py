@@ -106,21 +106,9 @@ def _loop_peak(power, base, work, reps):
 
 
 @njit
-def _loop_sorted(ring, cols, values, reps):
-    window = ring.shape[0]
-    head = 0
-    for r in range(reps):
-        row = values[r % values.shape[0]]
-        for i in range(ring.shape[1]):
-            K.sorted_replace(cols[i], window, ring[head, i], row[i], True)
-            ring[head, i] = row[i]
-        head = (head + 1) % window
-
-
-@njit
-def _loop_baseline(cols, floors, med, scale, reps):
+def _loop_baseline(ring, net, buf, floors, med, scale, reps):
     for _ in range(reps):
-        K.robust_baseline(cols, cols.shape[1], floors, med, scale)
+        K.robust_baseline(ring, ring.shape[0], net, buf, floors, med, scale)
 
 
 def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[str, float, float]]:
@@ -134,8 +122,6 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
     m = len(st.fft_bitrev)
     osc = st.hist[head, lay.osc_ch]
     power = np.abs(np.fft.rfft(osc[: 2 * m]))[:m] ** 2
-    rng = np.random.default_rng(0)
-    values = st.base_ring + 0.1 * st.base_ring.std(axis=0) * rng.standard_normal(st.base_ring.shape)
     n_init = settings.lag_votes
     cases = [
         ("line_stats x channels", _loop_stats, (frame[64], st.hist.copy(), head), 1.0),
@@ -172,15 +158,16 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
         ),
         ("spectral_peak (logs)", _loop_peak, (power, st.spec_base, st.work.copy()), 1.0),
         (
-            "sorted baseline columns",
-            _loop_sorted,
-            (st.base_ring.copy(), st.base_sorted.copy(), values),
-            1.0,
-        ),
-        (
-            "median/MAD refresh",
+            "median/MAD refresh (sorting network)",
             _loop_baseline,
-            (st.base_sorted, lay.floors, st.base_med.copy(), st.base_scale.copy()),
+            (
+                st.base_ring,
+                st.base_net,
+                st.base_buf.copy(),
+                lay.floors,
+                st.base_med.copy(),
+                st.base_scale.copy(),
+            ),
             1.0 / settings.refresh,
         ),
     ]
@@ -208,13 +195,13 @@ def main() -> None:
 
     def kernel_frame() -> None:
         scorer = ScanScorer("k", names, POINTS, LINES)
-        K.score_frame(frame, 0, *scorer._args, scorer._features)
+        K.score_frame(frame, 0, scorer._frame1[0], *scorer._args, scorer._features)
 
     def kernel_calls() -> None:
         scorer = ScanScorer("c", names, POINTS, LINES)
         args, rows = scorer._args, scorer._features
         for k in range(LINES):
-            K.score_frame(frame[k : k + 1], k, *args, rows)
+            K.score_frame(frame[k : k + 1], k, scorer._frame1[0], *args, rows)
 
     def push() -> None:
         scorer = ScanScorer("p", names, POINTS, LINES)
@@ -248,7 +235,7 @@ def main() -> None:
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for k in range(64, LINES):
-        K.score_frame(frame[k : k + 1], k, *args, rows)
+        K.score_frame(frame[k : k + 1], k, scorer._frame1[0], *args, rows)
     middle = tracemalloc.take_snapshot()
     for line in lines[64:]:
         scorer.push(line)

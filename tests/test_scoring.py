@@ -17,6 +17,7 @@ from spmwatch.scoring.scorer import (
     ScoringSettings,
     _fft_tables,
     score_scan,
+    sort_network,
     synthetic_scan,
     warm_up,
 )
@@ -98,25 +99,44 @@ def test_power_spectrum_matches_numpy_fft(points: int) -> None:
 @given(st.integers(1, 32), st.integers(0, 2**32 - 1))
 def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    ring = rng.standard_normal((count + 40, 5))
+    ring = rng.standard_normal((32, 5))  # rows past `count` are stale and must be ignored
     ring[:, 4] = np.round(ring[:, 4])  # ties
     floors = np.array([0.0, 0.1, 0.5, 1.0, 0.0])
-    # the kernel keeps each column sorted as a ring of `count` values is overwritten in turn
-    cols = np.zeros((5, count))
-    for i, row in enumerate(ring):
-        for f in range(5):
-            old = ring[i - count, f] if i >= count else 0.0
-            K.sorted_replace(cols[f], min(i, count), old, row[f], i >= count)
-    np.testing.assert_array_equal(cols, np.sort(ring[-count:].T, axis=1))
     med, scale = np.empty(5), np.empty(5)
-    K.robust_baseline(cols, count, floors, med, scale)
-    med_ref, scale_ref = R.robust_baseline(ring[-count:], floors)
+    K.robust_baseline(ring, count, sort_network(32), np.empty((32, 16)), floors, med, scale)
+    med_ref, scale_ref = R.robust_baseline(ring[:count], floors)
     np.testing.assert_array_equal(med, med_ref)
     np.testing.assert_allclose(scale, scale_ref, rtol=1e-15)
 
 
-def test_streaming_equals_batch_and_is_causal() -> None:
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 13, 16])
+def test_sort_network_sorts_every_zero_one_input(n: int) -> None:
+    # the 0-1 principle: a comparator network sorting every 0/1 input sorts every input
+    net = sort_network(n)
+    size = 1 << (n - 1).bit_length()
+    inputs = (np.arange(2**size)[:, None] >> np.arange(size)) & 1
+    rows = inputs.T.astype(np.float64).copy()
+    K._sort_rows(rows, net)
+    assert np.all(np.diff(rows, axis=0) >= 0)
+    assert np.array_equal(rows.sum(axis=0), inputs.sum(axis=1))
+
+
+def test_fast_log_matches_numpy() -> None:
+    rng = np.random.default_rng(5)
+    x = np.concatenate(
+        [np.exp(rng.uniform(-690, 700, 5000)), [1.0, 2.0, 0.5, np.sqrt(2), 1e-300, 1e308]]
+    )
+    got = np.array([K.fast_log(v) for v in x])
+    np.testing.assert_allclose(got, np.log(x), rtol=1e-15, atol=1e-13)
+    assert K.fast_log(np.inf) == np.inf and np.isnan(K.fast_log(np.nan))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_streaming_equals_batch_and_is_causal(dtype) -> None:
+    # float32 (.ibw data): the batch widens each line inside the kernel, push copies it into
+    # a float64 row; both must give the same bits
     scan, _ = faults.tracking_loss(synthetic_scan(160, 128, seed=3), 100, 12)
+    scan.channels = {name: a.astype(dtype) for name, a in scan.channels.items()}
     batch = score_scan(scan)
     scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
     alerts_seen = []
@@ -134,6 +154,26 @@ def test_streaming_equals_batch_and_is_causal() -> None:
     # causal: scoring only the first 110 lines gives the same first 110 rows
     head = score_scan(_first_lines(scan, 110))
     np.testing.assert_array_equal(head.features, batch.features[:110])
+
+
+@pytest.mark.parametrize(
+    "inject",
+    [
+        lambda s: faults.streaks(s, 60, 40, every=3),
+        lambda s: faults.tip_change(s, 60, 5),
+        lambda s: faults.ringing(s, "Ch0Trace", 60, 30),
+    ],
+)
+def test_whole_frame_events_equal_line_by_line(inject) -> None:
+    # score_scan takes unflagged stretches in one go (EventTracker.push_quiet)
+    scan, _ = inject(synthetic_scan(160, 128, seed=4))
+    batch = score_scan(scan)
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
+    for line in scan.lines():
+        scorer.push(line)
+    live = scorer.finish()
+    assert any(e.kind != "partial_frame" for e in batch.events)
+    assert live.lines == batch.lines and live.events == batch.events and live.alert == batch.alert
 
 
 def _first_lines(scan, n):

@@ -13,6 +13,7 @@ last `slow_m` lines: a feedback loop that rings on every line still alerts.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spmwatch.model import Alert, Event
@@ -107,6 +108,28 @@ class EventTracker:
             self.alert = self._make_alert(index, position)
             return self.alert
         return None
+
+    def push_quiet(self, indices: Sequence[int], scores: Sequence[float]) -> None:
+        """Add a stretch of unflagged lines at once: the same state as `push` per line.
+
+        An unflagged line never raises the alert nor adds evidence; it only ages the windows
+        and may close the open run, so a whole stretch is one update (score_scan's path).
+        """
+        if not indices:
+            return
+        first = self._position + 1
+        last = self._position + len(indices)
+        run = self._run
+        if run is not None and last - run.last_position > self.rule.gap:
+            self._position = max(first, run.last_position + self.rule.gap + 1)
+            self._close()  # where push would have closed it (its position names the band)
+        self._position = last
+        self._recent_index.extend(indices[-self._recent_index.maxlen :])
+        tail = len(indices) - (self._window.maxlen or 0)
+        self._window.extend((False, None, score) for score in scores[max(tail, 0) :])
+        horizon = last - max(self.rule.m, self.rule.slow_m)
+        for p in [p for p in self._covered if p <= horizon]:
+            del self._covered[p]
 
     def _extend(self, position: int, covered: list[int], score: float, kind: str) -> None:
         run = self._run

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
 # Per-channel raw features (columns of a channel's block in the raw vector).
 CH_LEVEL, CH_RMS, CH_SHARP, CH_DECOR, CH_SCAR, CH_VDIFF = range(6)
@@ -81,6 +83,56 @@ _OPTS = {
     "fastmath": {"reassoc", "nsz", "contract"},
     "error_model": "numpy",
 }
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The IEEE-754 bits of a float64 as an int64 (a bit cast, no conversion)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, bits):
+    """The float64 whose IEEE-754 bits are this int64 (a bit cast, no conversion)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+LN2 = math.log(2.0)
+SQRT2 = math.sqrt(2.0)
+# 1 / (2j + 1) for the odd series of atanh, highest first (Horner)
+_ATANH_COEF = tuple(1.0 / (2 * j + 1) for j in range(10, -1, -1))
+
+
+@njit(inline="always", **_OPTS)
+def fast_log(x):
+    """Natural log of a positive float64 to about 1 ulp, without a branch, so that a loop
+    over it vectorises (a libm log is a call per value: ~15 ns).
+
+    x = 2^e m with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1) / (m + 1),
+    |s| < 0.172, and 11 odd terms of the series reach double precision. +inf and NaN come
+    back as themselves (their log); zero, negative and subnormal inputs are not supported.
+    """
+    b = _f64_bits(x)
+    e_raw = b >> 52
+    m = _bits_f64((b & 0x000FFFFFFFFFFFFF) | 0x3FF0000000000000)
+    big = m > SQRT2
+    m = 0.5 * m if big else m
+    e = e_raw - 1023 + big
+    s = (m - 1.0) / (m + 1.0)
+    z = s * s
+    p = 0.0
+    for c in _ATANH_COEF:
+        p = p * z + c
+    v = e * LN2 + 2.0 * s * p
+    return v if e_raw < 0x7FF else x
 
 
 @njit(**_OPTS)
@@ -516,48 +568,18 @@ def power_spectrum(x, bitrev, tw, z_re, z_im, power):
 def spectral_peak(power, base, klo, have_base, log_out):
     """Largest excess of log power (two adjacent bins pooled) over the running baseline.
 
-    Writes the pooled log power into `log_out` for the caller's baseline update.
+    Writes the pooled log power into `log_out` for the caller's baseline update. Both loops
+    are branch-free (fast_log, a select for the max), so they vectorise.
     """
     m = power.shape[0]
-    peak = 0.0
     for k in range(klo, m - 1):
-        v = math.log(power[k] + power[k + 1] + TINY)
-        log_out[k] = v
-        if have_base and v - base[k] > peak:
-            peak = v - base[k]
+        log_out[k] = fast_log(power[k] + power[k + 1] + TINY)
+    peak = 0.0
+    if have_base:
+        for k in range(klo, m - 1):
+            d = log_out[k] - base[k]
+            peak = d if d > peak else peak
     return peak
-
-
-@njit(**_OPTS)
-def sorted_replace(col, count, old, new, has_old):
-    """Keep col[:count] sorted while `old` is replaced by `new` (no allocation).
-
-    Without `has_old` the column grows: `new` is inserted into col[:count + 1]. Costs the
-    distance between the two values' ranks, not a sort.
-    """
-    if not has_old:
-        p = count
-        while p > 0 and col[p - 1] > new:
-            col[p] = col[p - 1]
-            p -= 1
-        col[p] = new
-        return
-    lo = 0
-    hi = count - 1
-    while lo < hi:  # leftmost p with col[p] >= old
-        mid = (lo + hi) // 2
-        if col[mid] < old:
-            lo = mid + 1
-        else:
-            hi = mid
-    p = lo
-    while p + 1 < count and col[p + 1] < new:
-        col[p] = col[p + 1]
-        p += 1
-    while p > 0 and col[p - 1] > new:
-        col[p] = col[p - 1]
-        p -= 1
-    col[p] = new
 
 
 @njit(**_OPTS)
@@ -569,42 +591,48 @@ def _median_sorted(a, count):
 
 
 @njit(**_OPTS)
-def median_mad_sorted(col, count):
-    """(median, MAD) of a sorted column, the MAD by merging the distances on both sides.
+def _sort_rows(buf, net):
+    """Sort every column of buf (rows x features) by the comparator network `net`.
 
-    The distances |x - median| of the values above the median rise to the right, those below
-    rise to the left; walking both outwards gives them in order without sorting them.
+    Each comparator is a min/max of two rows across all features at once: plain vector code
+    with no data-dependent branch, whatever the values (a row width that is a multiple of 16
+    leaves no scalar tail).
     """
-    med = _median_sorted(col, count)
-    right = 0
-    while right < count and col[right] < med:
-        right += 1
-    left = right - 1
-    want = count // 2  # the MAD is the median of count distances: items want-1 and want
-    prev = 0.0
-    cur = 0.0
-    for _ in range(want + 1):
-        prev = cur
-        if left < 0 or (right < count and abs(col[right] - med) <= abs(col[left] - med)):
-            cur = abs(col[right] - med)
-            right += 1
-        else:
-            cur = abs(col[left] - med)
-            left -= 1
-    return med, cur if count % 2 else 0.5 * (prev + cur)
+    n_f = buf.shape[1]
+    for c in range(net.shape[0]):
+        i = net[c, 0]
+        j = net[c, 1]
+        for f in range(n_f):
+            x = buf[i, f]
+            y = buf[j, f]
+            buf[i, f] = min(x, y)
+            buf[j, f] = max(x, y)
 
 
 @njit(**_OPTS)
-def robust_baseline(sorted_cols, count, floors, med, scale):
-    """Median and MAD scale of each sorted column sorted_cols[f, :count].
+def robust_baseline(ring, count, net, buf, floors, med, scale):
+    """Median and MAD scale of each column of ring[:count] (rows: lines, columns: features).
 
     scale = max(1.4826 MAD, floor): the floor keeps a feature that is nearly constant on good
     lines (a scar share of 0, the log RMS of a flat substrate) from turning noise into huge z.
+    `net` sorts the rows of `buf` (a power of two >= the window; columns >= the features):
+    rows past `count` are padded with +inf so they sort last, spare columns with 0. The MAD
+    is the median of the sorted distances from the median.
     """
-    for f in range(sorted_cols.shape[0]):
-        m, mad = median_mad_sorted(sorted_cols[f], count)
-        med[f] = m
-        scale[f] = max(1.4826 * mad, floors[f])
+    n_rows, width = buf.shape
+    n_f = ring.shape[1]
+    for r in range(n_rows):
+        for f in range(width):
+            buf[r, f] = np.inf if r >= count else ring[r, f] if f < n_f else 0.0
+    _sort_rows(buf, net)
+    for f in range(n_f):
+        med[f] = _median_sorted(buf[:, f], count)
+    for r in range(n_rows):
+        for f in range(n_f):
+            buf[r, f] = abs(buf[r, f] - med[f]) if r < count else np.inf
+    _sort_rows(buf, net)
+    for f in range(n_f):
+        scale[f] = max(1.4826 * _median_sorted(buf[:, f], count), floors[f])
 
 
 @njit(**_OPTS)
@@ -636,7 +664,8 @@ def score_line(
     hist,
     hist_good,
     base_ring,
-    base_sorted,
+    base_net,
+    base_buf,
     base_med,
     base_scale,
     ref_level,
@@ -680,8 +709,8 @@ def score_line(
         base = c * N_CH_RAW
         levels[c] = stats[0]
         raw[base + CH_LEVEL] = stats[0] - ref_level[c] if have_ref else 0.0
-        raw[base + CH_RMS] = math.log(stats[2] + TINY)
-        raw[base + CH_SHARP] = math.log((stats[3] + TINY) / (stats[2] + TINY))
+        raw[base + CH_RMS] = fast_log(stats[2] + TINY)
+        raw[base + CH_SHARP] = fast_log((stats[3] + TINY) / (stats[2] + TINY))
         worst = max(worst, stats[4])
         flat = max(flat, stats[5])
     state[I_LINES] += 1
@@ -704,7 +733,7 @@ def score_line(
             if hist_n >= 3 and not hist_good[prev]:
                 corr = max(corr, line_pair(hist[head, c], hist[prev2, c])[0])
             raw[base + CH_DECOR] = 1.0 - corr
-            raw[base + CH_VDIFF] = math.log(vd + TINY)
+            raw[base + CH_VDIFF] = fast_log(vd + TINY)
         else:
             raw[base + CH_DECOR] = 0.0
             raw[base + CH_VDIFF] = 0.0
@@ -750,8 +779,8 @@ def score_line(
     off = n_ch * N_CH_RAW
     for p in range(n_pairs):
         residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], pair_out, work[2])
-        raw[off + p * N_PAIR_RAW + PR_RMS] = math.log(pair_out[0] + TINY)
-        raw[off + p * N_PAIR_RAW + PR_MAX] = math.log(pair_out[1] + TINY)
+        raw[off + p * N_PAIR_RAW + PR_RMS] = fast_log(pair_out[0] + TINY)
+        raw[off + p * N_PAIR_RAW + PR_MAX] = fast_log(pair_out[1] + TINY)
         raw[off + p * N_PAIR_RAW + PR_DECOR] = 1.0 - pair_out[2]
     # 4. ringing: spectral peak of the oscillation channel over its running spectrum
     ring_i = n_raw - 1
@@ -805,15 +834,12 @@ def score_line(
     # letting it widen the jitter scale would fade a persistent tip change within a few lines
     bh = state[I_BASE_HEAD]
     clip = cfg[S_CLIP]
-    n_base = state[I_BASE_N]
-    full = n_base == window
     for i in range(n_raw):
         v = raw[i]
         if flagged and family[i] == F_LEVEL:
             v = base_med[i]  # a held step is no sample of the line-to-line jitter
         elif flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
-        sorted_replace(base_sorted[i], n_base, base_ring[bh, i], v, full)
         base_ring[bh, i] = v
     if not flagged or not have_ref:
         for c in range(n_ch):
@@ -831,7 +857,7 @@ def score_line(
         state[I_SPEC_N] += 1
     if state[I_BASE_N] < window or state[I_SINCE_REFRESH] >= cfg[S_REFRESH]:
         n_base = state[I_BASE_N]
-        robust_baseline(base_sorted, n_base, floors, base_med, base_scale)
+        robust_baseline(base_ring, n_base, base_net, base_buf, floors, base_med, base_scale)
         # a level step is judged against the line-to-line jitter of the level, floored by a
         # share of the channel's own line-to-line difference RMS (smooth data has no jitter)
         for c in range(n_ch):
@@ -841,10 +867,28 @@ def score_line(
         state[I_SINCE_REFRESH] = 0
 
 
+def _line_f64(frame, k, line_buf):
+    """frame[k] as float64 (the typed versions are chosen at compile time, below)."""
+    return np.asarray(frame[k], dtype=np.float64)
+
+
+@overload(_line_f64, jit_options=_OPTS)
+def _line_f64_typed(frame, k, line_buf):
+    if frame.dtype == types.float64:
+        return lambda frame, k, line_buf: frame[k]
+
+    def widen(frame, k, line_buf):
+        line_buf[:] = frame[k]
+        return line_buf
+
+    return widen
+
+
 @njit(**_OPTS)
 def score_frame(
     frame,
     start,
+    line_buf,
     cfg,
     pair_t,
     pair_r,
@@ -858,7 +902,8 @@ def score_frame(
     hist,
     hist_good,
     base_ring,
-    base_sorted,
+    base_net,
+    base_buf,
     base_med,
     base_scale,
     ref_level,
@@ -875,11 +920,13 @@ def score_frame(
     """score_line over frame[k] (k in acquisition order) into out[start + k].
 
     The one entry point for live lines (a frame of one) and saved frames alike, so both run
-    the same machine code and give bit-identical rows.
+    the same machine code and give bit-identical rows. A float64 frame is read in place; a
+    float32 one (.ibw data) is widened one line at a time into `line_buf` (channels, points,
+    float64) while the line is in cache, instead of a float64 copy of the whole frame first.
     """
     for k in range(frame.shape[0]):
         score_line(
-            frame[k],
+            _line_f64(frame, k, line_buf),
             cfg,
             pair_t,
             pair_r,
@@ -893,7 +940,8 @@ def score_frame(
             hist,
             hist_good,
             base_ring,
-            base_sorted,
+            base_net,
+            base_buf,
             base_med,
             base_scale,
             ref_level,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -187,6 +188,31 @@ def _fft_tables(points: int) -> tuple[np.ndarray, np.ndarray]:
     return bitrev, tw
 
 
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def sort_network(n: int) -> np.ndarray:
+    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for the next power of two
+    >= n: applied in order, each putting the smaller value in row i, they sort any input.
+
+    The robust baseline sorts all its feature columns at once with it (kernels.robust_baseline).
+    """
+    size = _next_pow2(n)
+    pairs: list[tuple[int, int]] = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 class ScanState:
     """Every array the kernels read and advance for one scan, allocated once."""
 
@@ -198,7 +224,9 @@ class ScanState:
         self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
         self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
-        self.base_sorted = np.zeros((layout.n_raw, settings.window))  # each column, sorted
+        self.base_net = sort_network(settings.window)
+        width = -(-layout.n_raw // 16) * 16  # whole vectors for the sorting network
+        self.base_buf = np.zeros((_next_pow2(settings.window), width))
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
         self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
@@ -227,7 +255,8 @@ class ScanState:
             self.hist,
             self.hist_good,
             self.base_ring,
-            self.base_sorted,
+            self.base_net,
+            self.base_buf,
             self.base_med,
             self.base_scale,
             self.ref_level,
@@ -304,7 +333,7 @@ class ScanScorer:
         self._fill(line.channels)
         n = len(self._lines)
         self._reserve(1)
-        K.score_frame(self._frame1, n, *self._args, self._features)
+        K.score_frame(self._frame1, n, self._frame1[0], *self._args, self._features)
         return self._ingest(int(line.index), n)
 
     def _fill(self, channels: Mapping[str, np.ndarray]) -> None:
@@ -342,15 +371,37 @@ class ScanScorer:
         return result
 
     def score_frame(self, frame: np.ndarray, indices: Sequence[int]) -> None:
-        """Score many lines at once (frame: (lines, channels, points), acquisition order)."""
+        """Score many lines at once (frame: (lines, channels, points), acquisition order).
+
+        float32 frames (the .ibw data type) are converted line by line inside the kernel;
+        anything else is scored as float64. Same rows as pushing the lines one by one.
+        """
         n = len(indices)
+        if len(frame) != n:
+            raise ValueError(f"frame has {len(frame)} lines but {n} indices were given")
         start = len(self._lines)
         self._reserve(n)
-        frame = np.ascontiguousarray(frame, dtype=np.float64)
-        K.score_frame(frame, start, *self._args, self._features)
-        scores = self._features[start : start + n, K.F_SCORE].tolist()
-        for k, (index, score) in enumerate(zip(indices, scores, strict=True)):
-            self._ingest(int(index), start + k, score)
+        if frame.dtype != np.float32:
+            frame = np.ascontiguousarray(frame, dtype=np.float64)
+        frame = np.ascontiguousarray(frame)
+        K.score_frame(frame, start, self._frame1[0], *self._args, self._features)
+        scores = self._features[start : start + n, K.F_SCORE]
+        flagged = np.flatnonzero(scores >= self._flag_z).tolist()
+        indices = [int(i) for i in indices]
+        score_list = scores.tolist()
+        done = 0
+        for k in [*flagged, n]:  # quiet stretches in one go, each flagged line on its own
+            if k > done:
+                self._ingest_quiet(indices[done:k], start + done, score_list[done:k])
+            if k < n:
+                self._ingest(indices[k], start + k, score_list[k])
+            done = k + 1
+
+    def _ingest_quiet(self, indices: list[int], first: int, scores: list[float]) -> None:
+        """`_ingest` for a stretch of unflagged lines (rows first, first + 1, ...)."""
+        positions = range(first, first + len(indices))
+        self._lines.extend(map(LineScore, indices, positions, scores, repeat(False)))
+        self._events.push_quiet(indices, scores)
 
     def frame(self) -> FrameScores:
         """Everything so far, open events included."""
@@ -380,7 +431,10 @@ def score_scan(scan: Scan, settings: ScoringSettings | None = None) -> FrameScor
     scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, settings)
     order = scan.acquisition_order()
     if len(order):
-        frame = np.empty((len(order), len(names), scan.n_points))
+        # float32 data stays float32 (half the bytes to copy; the kernel widens each line)
+        dtypes = {np.asarray(a).dtype for a in scan.channels.values()}
+        dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
+        frame = np.empty((len(order), len(names), scan.n_points), dtype=dtype)
         rows = _as_slice(order)  # a slice copies once, straight into the frame
         for c, name in enumerate(names):
             frame[:, c] = scan.channels[name][rows]
@@ -431,6 +485,8 @@ def warm_up() -> float:
     started = time.perf_counter()
     scan = synthetic_scan()
     score_scan(scan)
+    as_float32 = {name: a.astype(np.float32) for name, a in scan.channels.items()}
+    score_scan(Scan(scan.scan_id, as_float32, {}, scan.expected_lines, False))  # .ibw data
     scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
     for line in scan.lines():
         scorer.push(line)
