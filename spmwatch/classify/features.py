@@ -595,10 +595,10 @@ class ChannelStatsAccumulator:
         self.n_lines = 0
         self._shape = (points,)
         self._stride = max(1, points // MEDIAN_POINTS)
-        capacity = max(1, lines)
         # float32 until a pushed line needs more: values stay exact, as in np.stack's result
-        self._store(np.empty((len(self.names), capacity, points), np.float32))
-        self._table = np.empty((len(self.names), capacity, _LINE_VALUES))
+        self._lines = np.empty((len(self.names), 0, points), np.float32)
+        self._table = np.empty((len(self.names), 0, _LINE_VALUES))
+        self._reserve(max(1, lines), self._lines.dtype)
 
     def push(self, channels: Mapping[str, np.ndarray]) -> None:
         """Add the next line: `channels` maps each name to that line's 1-D array of points.
@@ -660,16 +660,16 @@ class ChannelStatsAccumulator:
 
     def _grow(self) -> None:
         """Double the capacity (a scan longer than announced)."""
-        n = self.n_lines
-        lines = np.empty((len(self.names), 2 * n, self.points), self._lines.dtype)
-        table = np.empty((len(self.names), 2 * n, _LINE_VALUES))
+        self._reserve(2 * self.n_lines, self._lines.dtype)
+
+    def _reserve(self, capacity: int, dtype: np.dtype) -> None:
+        """New storage of `capacity` lines in `dtype`, holding the lines so far."""
+        n, shape = self.n_lines, (len(self.names), capacity)
+        lines = np.empty((*shape, self.points), dtype)
+        table = np.empty((*shape, _LINE_VALUES))
         lines[:, :n] = self._lines[:, :n]
         table[:, :n] = self._table[:, :n]
-        self._store(lines)
-        self._table = table
-
-    def _store(self, lines: np.ndarray) -> None:
-        self._lines = lines
+        self._lines, self._table = lines, table
         self._planes = list(lines)  # one (capacity, points) view per channel
 
     def _checked(self, row: object, name: str, i: int) -> np.ndarray:
@@ -689,7 +689,7 @@ class ChannelStatsAccumulator:
         if wider.kind != "f":
             raise ValueError(f"line {i}: channel {name!r} has dtype {row.dtype}, not real numbers")
         if wider != self._lines.dtype:
-            self._store(self._lines.astype(wider))
+            self._reserve(self._lines.shape[1], wider)
         return row
 
 
