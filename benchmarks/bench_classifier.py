@@ -1,11 +1,16 @@
-"""Time the classifier on a 256 x 256 x 4 frame (features + probability), apart from scoring.
+"""Time the classifier apart from scoring: a saved frame, and a frame in progress.
 
     python benchmarks/bench_classifier.py [MODEL] [--rounds N]
 
-Runs N rounds of 30 verdicts each and prints the best and the median per-verdict time (the
-median of each round, then their best and median, so a busy moment shows as spread rather
-than as the figure), plus the split into channel statistics, memory bank (if the model has
-one) and estimator. The budget is 20 ms per frame.
+Saved frame: 256 x 256 x 4, channel arrays (from scratch); split into channel statistics,
+memory bank (if the model has one) and estimator (the numpy fast path and sklearn's own
+predict_proba). Frame in progress: 512 lines x 512 points x 8 channels pushed to a
+ChannelStatsAccumulator, the daemon's mid-frame verdict from it against the from-scratch one
+on the same lines, and the per-line push for 8 channels x 256 and x 512 points.
+
+Runs N rounds of 30 calls each and prints the best and the median per-call time (the median
+of each round, then their best and median, so a busy moment shows as spread rather than as
+the figure). Budgets: 20 ms per saved frame, 2 ms per mid-frame verdict, ~10 us per push.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 
 from spmwatch import synth
 from spmwatch.classify.classifier import Classifier, load_default
-from spmwatch.classify.features import channel_features
+from spmwatch.classify.features import ChannelStatsAccumulator, channel_features
 from spmwatch.scoring.scorer import score_scan
 
 
@@ -32,33 +37,75 @@ def per_call_ms(fn: Callable[[], object], calls: int) -> float:
     return float(np.median(times))
 
 
+def pushes(channels: dict[str, np.ndarray]) -> Callable[[], object]:
+    """Push every line of `channels` into a fresh accumulator (one call = all lines)."""
+    names = list(channels)
+    lines, points = channels[names[0]].shape
+    rows = [{name: data[i] for name, data in channels.items()} for i in range(lines)]
+
+    def run() -> ChannelStatsAccumulator:
+        acc = ChannelStatsAccumulator(names, points, lines)
+        for row in rows:
+            acc.push(row)
+        return acc
+
+    return run
+
+
+def float32_channels(lines: int, points: int) -> dict[str, np.ndarray]:
+    scan, _ = synth.failing_scan(0, lines, points, fault="dropout", at=0.5)
+    return {name: data.astype(np.float32) for name, data in scan.channels.items()}
+
+
+def report(title: str, parts: dict[str, Callable[[], object]], rounds: int, per: int = 1):
+    """Time each part (`per` > 1: the call does `per` items, figures per item, in us)."""
+    for fn in parts.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    calls = 30 if per == 1 else 3
+    for _ in range(rounds):
+        for name, fn in parts.items():
+            times[name].append(per_call_ms(fn, calls) / per)
+    print(title)
+    for name, values in times.items():
+        unit, scale = ("ms", 1.0) if per == 1 else ("us", 1e3)
+        best, median = min(values) * scale, float(np.median(values)) * scale
+        print(f"  {name:<34} best {best:7.3f} {unit}  median {median:7.3f} {unit}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default=None)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     model = Classifier.load(args.model) if args.model else load_default()
+    print(f"model {model.path} ({len(model.feature_names)} features), {args.rounds} rounds")
+
     scan = synth.clean_scan(1, 256, 256, traces=False)
     frame = score_scan(scan)
     vector = model.features(frame, scan)
-    parts: dict[str, Callable[[], object]] = {
+    saved: dict[str, Callable[[], object]] = {
         "verdict": lambda: model.verdict(frame, scan),
         "channel statistics": lambda: channel_features(scan.channels),
-        "estimator": lambda: model.predict_vectors(vector),
+        "estimator (numpy fast path)": lambda: model.predict_vectors(vector),
+        "estimator (sklearn predict_proba)": lambda: model.estimator.predict_proba(vector[None]),
     }
     if model.bank is not None:
-        parts["memory bank"] = lambda: model.bank.stats(frame.features)
-    for fn in parts.values():
-        fn()
-    rounds: dict[str, list[float]] = {name: [] for name in parts}
-    for _ in range(args.rounds):
-        for name, fn in parts.items():
-            rounds[name].append(per_call_ms(fn, 30))
-    print(f"model {model.path} ({len(model.feature_names)} features)")
-    print(f"frame 256 x 256 x {len(scan.channels)}, {args.rounds} rounds of 30 calls")
-    for name, values in rounds.items():
-        tag = " (budget 20 ms)" if name == "verdict" else ""
-        print(f"  {name:<20} best {min(values):6.2f} ms  median {np.median(values):6.2f} ms{tag}")
+        saved["memory bank"] = lambda: model.bank.stats(frame.features)
+    report(f"saved frame 256 x 256 x {len(scan.channels)} (budget 20 ms)", saved, args.rounds)
+
+    channels = float32_channels(512, 512)
+    acc = pushes(channels)()
+    live = score_scan(synth.failing_scan(0, 512, 512, fault="dropout", at=0.5)[0])
+    progress = {
+        "verdict from the accumulator": lambda: model.verdict(live, acc, finished=False),
+        "  of which channel statistics": acc.features,
+        "verdict from the arrays (before)": lambda: model.verdict(live, channels, False),
+    }
+    report(f"frame in progress 512 x 512 x {len(channels)} (budget 2 ms)", progress, args.rounds)
+
+    per_line = {f"push, 8 x {p} points": pushes(float32_channels(128, p)) for p in (256, 512)}
+    report("per line, float32 lines (budget ~10 us for 8 x 256)", per_line, args.rounds, 128)
 
 
 if __name__ == "__main__":
