@@ -91,10 +91,10 @@ def _loop_lag(hist, head, pair_t, pair_r, lags, reach, work, reps):
 
 
 @njit
-def _loop_fft(x, bitrev, tw, work, reps):
-    m = bitrev.shape[0]
+def _loop_fft(x, tw, work, reps):
+    m = tw.shape[1]
     for _ in range(reps):
-        K.power_spectrum(x, bitrev, tw, work[8, :m], work[9, :m], work[3, :m])
+        K.power_spectrum(x, tw, work[8], work[9], work[3, :m])
 
 
 @njit
@@ -119,7 +119,7 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
     st, lay = scorer._state, scorer.layout
     head = int(st.state[K.I_HIST_HEAD])
     prev = (head - 1) % K.HIST_DEPTH
-    m = len(st.fft_bitrev)
+    m = st.fft_tw.shape[1]
     osc = st.hist[head, lay.osc_ch]
     power = np.abs(np.fft.rfft(osc[: 2 * m]))[:m] ** 2
     n_init = settings.lag_votes
@@ -153,7 +153,7 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
         (
             "power_spectrum (1 channel)",
             _loop_fft,
-            (osc, st.fft_bitrev, st.fft_tw, st.work.copy()),
+            (osc, st.fft_tw, st.work.copy()),
             1.0,
         ),
         ("spectral_peak (logs)", _loop_peak, (power, st.spec_base, st.work.copy()), 1.0),

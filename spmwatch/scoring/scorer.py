@@ -164,19 +164,18 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
     )
 
 
-def _fft_tables(points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bit-reversal order and twiddles for the packed real FFT of the first 2M points.
+def _fft_tables(points: int) -> np.ndarray:
+    """Twiddles for the packed real FFT of the first 2M points (M a power of two, >= 8;
+    shape (4, 0) when the line is too short for a spectrum).
 
-    Twiddle rows (see kernels.power_spectrum): unpack cos/sin of -pi k / M, then per stage of
+    Rows (see kernels.power_spectrum): unpack cos/sin of -pi k / M, then per stage of
     half-size h the cos/sin of -pi j / h at [h + j] (j < h).
     """
     m = 1
     while 4 * m <= points:
         m *= 2
     if m < 8:
-        return np.zeros(0, np.int64), np.zeros((4, 1))
-    bits = m.bit_length() - 1
-    bitrev = np.array([int(format(k, f"0{bits}b")[::-1], 2) for k in range(m)], dtype=np.int64)
+        return np.zeros((4, 0))
     tw = np.zeros((4, m))
     angle = -np.pi * np.arange(m) / m
     tw[0], tw[1] = np.cos(angle), np.sin(angle)
@@ -185,7 +184,7 @@ def _fft_tables(points: int) -> tuple[np.ndarray, np.ndarray]:
         stage = -np.pi * np.arange(h) / h
         tw[2, h : 2 * h], tw[3, h : 2 * h] = np.cos(stage), np.sin(stage)
         h *= 2
-    return bitrev, tw
+    return tw
 
 
 def _next_pow2(n: int) -> int:
@@ -232,8 +231,8 @@ class ScanState:
         self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
-        self.fft_bitrev, self.fft_tw = _fft_tables(points)
-        self.spec_base = np.zeros(max(len(self.fft_bitrev), 1))
+        self.fft_tw = _fft_tables(points)
+        self.spec_base = np.zeros(max(self.fft_tw.shape[1], 1))
         self.work = np.zeros((10, max(points, settings.window, n_ch, 8)))
         n_iwork = max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH + points)
         self.iwork = np.zeros(n_iwork, dtype=np.int64)  # lag median, scar grid
@@ -263,7 +262,6 @@ class ScanState:
             self.lags,
             self.lag_votes,
             self.spec_base,
-            self.fft_bitrev,
             self.fft_tw,
             self.work,
             self.iwork,
