@@ -51,6 +51,8 @@ FAMILY_KIND: tuple[str, ...] = (
 )
 # Feature rows allocated up front; more are added by doubling as lines arrive.
 INITIAL_ROWS = 1024
+# Lines per kernel call in score_scan: the chunk (x channels x points) stays in L2 cache.
+CHUNK_LINES = 64
 # Channels whose spectrum shows feedback ringing best (error signals), by name prefix.
 OSCILLATION_PREFIXES: tuple[str, ...] = ("amplitude", "deflection")
 
@@ -424,19 +426,26 @@ class ScanScorer:
 
 
 def score_scan(scan: Scan, settings: ScoringSettings | None = None) -> FrameScores:
-    """Score a whole saved frame in acquisition order (one kernel call), then close it."""
+    """Score a whole saved frame in acquisition order, then close it.
+
+    The lines go to the kernel in chunks of CHUNK_LINES through one reused buffer that stays
+    in cache: a frame-sized copy cost ~3 us per line (fresh pages, strided writes). float32
+    data stays float32 (the kernel widens each line).
+    """
     names = list(scan.channels)
     scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, settings)
     order = scan.acquisition_order()
     if len(order):
-        # float32 data stays float32 (half the bytes to copy; the kernel widens each line)
         dtypes = {np.asarray(a).dtype for a in scan.channels.values()}
         dtype = np.float32 if dtypes == {np.dtype(np.float32)} else np.float64
-        frame = np.empty((len(order), len(names), scan.n_points), dtype=dtype)
-        rows = _as_slice(order)  # a slice copies once, straight into the frame
-        for c, name in enumerate(names):
-            frame[:, c] = scan.channels[name][rows]
-        scorer.score_frame(frame, order.tolist())
+        buf = np.empty((min(len(order), CHUNK_LINES), len(names), scan.n_points), dtype=dtype)
+        for start in range(0, len(order), CHUNK_LINES):
+            chunk = order[start : start + CHUNK_LINES]
+            frame = buf[: len(chunk)]
+            rows = _as_slice(chunk)  # a slice copies straight from the channel
+            for c, name in enumerate(names):
+                frame[:, c] = scan.channels[name][rows]
+            scorer.score_frame(frame, chunk.tolist())
     return scorer.finish()
 
 
