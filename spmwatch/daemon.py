@@ -31,6 +31,7 @@ import structlog
 from spmwatch import protocol
 from spmwatch.advice import suggested_action
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
+from spmwatch.classify.features import ChannelStatsAccumulator
 from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.logs import setup_logging
@@ -48,6 +49,7 @@ _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
 _BATCH = 64  # most items taken from the inbox at once (an alert waits for at most this many)
 _DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
 _F32 = np.dtype(np.float32)
+_FIRST_LINES_HELD = 1024  # room reserved for an open scan's lines at first; it grows as needed
 # Sections a SIGHUP applies at once; the others own sockets or threads and need a restart.
 _LIVE_SECTIONS = ("scoring", "model", "logging", "daemon")
 
@@ -58,30 +60,36 @@ class StartupError(RuntimeError):
 
 @dataclasses.dataclass
 class _OpenScan:
-    """One scan being scored line by line, with its lines so far for the classifier."""
+    """One scan being scored line by line, with its lines so far for the classifier (the
+    accumulator keeps them and their per-line statistics, so a verdict only aggregates)."""
 
     scorer: ScanScorer
     source: str
     last_seen: float
-    rows: dict[str, list[np.ndarray]]
+    lines: ChannelStatsAccumulator
     alerted: bool = False
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
-    def channels(self) -> dict[str, np.ndarray]:
-        return {name: np.stack(rows) for name, rows in self.rows.items() if rows}
-
     def keep(self, channels: Mapping[str, np.ndarray]) -> None:
         """Keep the line's rows for the classifier; a missing or misshapen channel is NaN."""
         shape = (self.scorer.points,)
-        for name, rows in self.rows.items():
-            values = channels.get(name)
-            if isinstance(values, np.ndarray) and values.shape == shape and values.dtype == _F32:
-                rows.append(values)  # the decoded line's own array: no copy
-            elif values is not None and np.shape(values) == shape:
-                rows.append(np.asarray(values, dtype=np.float32))
-            else:
-                rows.append(np.full(shape, np.nan, dtype=np.float32))
+        if not all(
+            isinstance(v, np.ndarray) and v.shape == shape and v.dtype == _F32
+            for v in map(channels.get, self.lines.names)
+        ):
+            channels = {name: _row(channels.get(name), shape) for name in self.lines.names}
+        self.lines.push(channels)
+
+
+def _row(values: object, shape: tuple[int]) -> np.ndarray:
+    """A line's channel as float32 of the scan's shape; NaN when missing or misshapen."""
+    if values is not None and np.shape(values) == shape:
+        try:
+            return np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError):
+            pass
+    return np.full(shape, np.nan, dtype=np.float32)
 
 
 class Daemon:
@@ -192,6 +200,10 @@ class Daemon:
         scan = synthetic_scan()
         frame = score_scan(scan)
         self.model.verdict(frame, scan.channels, finished=False)
+        held = ChannelStatsAccumulator(scan.channels, scan.n_points, scan.n_lines)
+        for line in scan.lines():
+            held.push({k: v.astype(np.float32) for k, v in line.channels.items()})
+        self.model.verdict(frame, held, finished=False)
         return time.perf_counter() - started
 
     def serve(self) -> None:
@@ -387,7 +399,7 @@ class Daemon:
             if alert is not None and not scan.alerted:
                 scan.alerted = True
                 frame = scan.scorer.frame()
-                verdict = self._verdict(frame, scan.channels(), finished=False)
+                verdict = self._verdict(frame, scan.lines, finished=False)
                 origin, seen = protocol.LIVE, scan.count
                 self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
             if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
@@ -421,9 +433,9 @@ class Daemon:
         )
         names = list(line.channels)
         scorer = ScanScorer(line.scan_id, names, line.points, line.n_lines, self.settings.scoring)
-        rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        held = ChannelStatsAccumulator(names, line.points, min(line.n_lines, _FIRST_LINES_HELD))
         row_bytes = line.points * len(names) * 4
-        scan = _OpenScan(scorer, line.source, time.monotonic(), rows, row_bytes=row_bytes)
+        scan = _OpenScan(scorer, line.source, time.monotonic(), held, row_bytes=row_bytes)
         with self._lock:
             self._scans[line.scan_id] = scan
             self.metrics.open_scans.set(len(self._scans))
@@ -461,7 +473,7 @@ class Daemon:
             self.metrics.open_scans.set(len(self._scans))
         self._held_bytes -= scan.count * scan.row_bytes
         frame = scan.scorer.finish()
-        verdict = self._verdict(frame, scan.channels(), finished=True)
+        verdict = self._verdict(frame, scan.lines, finished=True)
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)
 
     def _on_frame_file(self, item: FrameFile) -> None:
@@ -508,7 +520,10 @@ class Daemon:
     # -- publishing -------------------------------------------------------------------------------
 
     def _verdict(
-        self, frame: FrameScores, channels: Mapping[str, np.ndarray], finished: bool
+        self,
+        frame: FrameScores,
+        channels: Mapping[str, np.ndarray] | ChannelStatsAccumulator,
+        finished: bool,
     ) -> Verdict:
         assert self.model is not None
         return self.model.verdict(frame, channels, finished=finished)

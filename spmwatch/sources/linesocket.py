@@ -34,6 +34,7 @@ from spmwatch.sources import Counters, Sink, SourceThread
 # Scans in progress at once (several producers); the oldest is forgotten beyond this.
 MAX_OPEN_SCANS = 16
 _POLL_MS = 100
+RECEIVE_HWM = 256
 _VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?")
 
 
@@ -80,6 +81,9 @@ class LineReceiver(SourceThread):
         socket.setsockopt(zmq.LINGER, 0)
         # A peer sending a frame larger than any valid one is disconnected before we allocate it.
         socket.setsockopt(zmq.MAXMSGSIZE, max(MAX_HEADER_BYTES, MAX_FRAME_BYTES))
+        # Messages ZeroMQ queues for us before the producer is held back: with blocks of lines
+        # a message can be large, and the daemon's own inbox is the buffer that matters.
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         try:
             socket.bind(self.endpoint)
         except zmq.ZMQError as exc:
