@@ -18,6 +18,7 @@ import dataclasses
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -46,6 +47,7 @@ from spmwatch.sources import FrameFile, SourceError
 log = structlog.get_logger("spmwatch.daemon")
 
 _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
+_SWITCH_INTERVAL = 0.0005  # s; see run()
 _BATCH = 64  # most items taken from the inbox at once (an alert waits for at most this many)
 _DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
 _F32 = np.dtype(np.float32)
@@ -141,6 +143,9 @@ class Daemon:
     def run(self) -> int:
         """Start, report ready, serve until asked to stop, drain, and return 0."""
         self._install_signals()
+        # The socket, publisher and control threads wait for the GIL while the main thread
+        # scores; Python's default 5 ms switch interval would add up to that to an alert's way.
+        sys.setswitchinterval(_SWITCH_INTERVAL)
         try:
             self.start()
         except StartupError as exc:
