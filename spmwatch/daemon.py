@@ -109,6 +109,7 @@ class Daemon:
         self._inbox: queue.Queue[tuple[float, object]] = queue.Queue(
             maxsize=settings.daemon.queue_size
         )
+        self._shed_depth = max(1, settings.daemon.queue_size // 4)
         self._scans: OrderedDict[str, _OpenScan] = OrderedDict()
         self._lock = threading.Lock()
         self._counts: dict[str, int] = dict.fromkeys(
@@ -388,6 +389,8 @@ class Daemon:
         scan.last_seen = time.monotonic()
         assert self.publisher is not None
         publish_lines = self.settings.publish.line_topic
+        # behind: line scores are shed (counted, seq used up) so the time goes to scoring
+        behind = publish_lines and self._inbox.qsize() >= self._shed_depth
         observe = self.metrics.latency.observe
         budget = self.settings.daemon.max_held_bytes
         for k, (received, line) in enumerate(run):
@@ -396,7 +399,9 @@ class Daemon:
             scan.count += 1
             self._held_bytes += scan.row_bytes
             observe(time.perf_counter() - received)
-            if publish_lines:
+            if behind:
+                self.publisher.shed_line()
+            elif publish_lines:
                 self.publisher.publish(
                     protocol.TOPIC_LINE, line.scan_id, line.source, protocol.line_fields(score)
                 )

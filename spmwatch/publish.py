@@ -6,7 +6,9 @@ hands over already-encoded messages through two queues:
 - the priority queue (alerts, frames, errors, actions): unbounded, so our own code never drops
   an alert; it is emptied before any line score is sent;
 - the line queue (`spmwatch.line`): bounded; when it is full the newest line score is shed and
-  counted, because per-line scores are a convenience that must never delay an alert.
+  counted, because per-line scores are a convenience that must never delay an alert. The
+  daemon also sheds them itself (`shed_line`) while its inbox is backed up, so the time goes
+  to scoring.
 
 Each topic has its own `seq`, assigned when the event is handed over, so a subscriber sees a gap
 for every event it did not get, whether we shed it or ZeroMQ dropped it.
@@ -123,6 +125,13 @@ class Publisher:
             if idle:
                 self._cond.notify()
             return payload["seq"]
+
+    def shed_line(self) -> None:
+        """Count a line score the caller chose not to publish (it is behind): its seq number
+        is used up all the same, so subscribers see the gap."""
+        with self._cond:
+            self._seq[protocol.TOPIC_LINE] += 1
+            self._shed += 1
 
     def stop(self, final: Mapping[str, Any] | None = None) -> None:
         """Send everything queued, then a last heartbeat (with `final` fields), then close."""

@@ -78,6 +78,24 @@ def test_lines_are_shed_alerts_never(endpoint: str) -> None:
     assert len(missing) == pub.counters()["lines_shed"]
 
 
+def test_a_line_shed_by_the_caller_leaves_a_seq_gap(endpoint: str) -> None:
+    pub = Publisher(endpoint, heartbeat_interval=0.05)
+    pub.start()
+    sub = Subscriber(endpoint)
+    try:
+        _connected(sub)
+        pub.publish(protocol.TOPIC_LINE, "s", "socket", {"line": 0})
+        pub.shed_line()
+        pub.publish(protocol.TOPIC_LINE, "s", "socket", {"line": 2})
+        wait_for(lambda: len(sub.of(protocol.TOPIC_LINE)) == 2, timeout=10)
+        shed = pub.counters()["lines_shed"]
+    finally:
+        pub.stop()
+        sub.close()
+    assert [(e["seq"], e["line"]) for e in sub.of(protocol.TOPIC_LINE)] == [(0, 0), (2, 2)]
+    assert shed == 1
+
+
 def test_busy_port_fails_in_start(endpoint: str) -> None:
     first = Publisher(endpoint)
     first.start()
