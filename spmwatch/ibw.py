@@ -44,7 +44,9 @@ _NOTE_SIZE_AT = 12  # BinHeader5 noteSize
 _UTF8_ENCODING = 1
 
 # Igor number types: 2 float32, 4 float64, 8 int8, 16 int16, 32 int32, +64 unsigned, +1 complex.
-_ITEM_SIZES = {2: 4, 4: 8, 8: 1, 16: 2, 32: 4, 72: 1, 80: 2, 96: 4}
+_NUMBER_TYPES = {2: "f4", 4: "f8", 8: "i1", 16: "i2", 32: "i4", 72: "u1", 80: "u2", 96: "u4"}
+_ITEM_SIZES = {code: int(kind[1]) for code, kind in _NUMBER_TYPES.items()}
+_WFM_SIZE_AT = 4  # BinHeader5 wfmSize
 _COMPLEX = 1
 
 META_KEYS: tuple[str, ...] = (
@@ -251,24 +253,37 @@ def _validate_layout(header: _Header, path: str | Path) -> tuple[int, ...]:
 
 
 def _load_igor(raw: bytes, header: _Header, path: str | Path) -> dict:
-    """Parse with igor2, turning anything it raises into a typed error.
+    """Parse the wave's headers and dimension labels with igor2, turning anything it raises
+    into a typed error.
 
-    igor2 gets a copy without the note (`_read_note` reads it): igor2 does not check the
-    header checksum, so the copy only needs its note size zeroed.
+    igor2 gets a copy without the data and the note (`_wave_data` maps the data in place,
+    `_read_note` reads the note): copying and unpacking a frame's data through igor2 took
+    most of the time a 16 MB frame took to read. igor2 does not check the header checksum,
+    so the copy only needs its sizes zeroed (and the dimensions, which describe no data now).
     """
     start, end = header.note_span
-    patched = bytearray(memoryview(raw)[:start])
+    formula = start - header.section_sizes[1]
+    patched = bytearray(memoryview(raw)[:HEADER_SIZE])
+    patched += memoryview(raw)[formula:start]
     patched += memoryview(raw)[end:]
+    struct.pack_into(header.order + "i", patched, _WFM_SIZE_AT, WAVE_HEADER_SIZE)
     struct.pack_into(header.order + "i", patched, _NOTE_SIZE_AT, 0)
-    if header.npnts == 0:
-        # igor2 cannot shape an empty block with nonzero dimensions; hide them from it.
-        patched[_NDIM_AT : _NDIM_AT + 16] = bytes(16)
+    struct.pack_into(header.order + "i", patched, _NPNTS_AT, 0)
+    patched[_NDIM_AT : _NDIM_AT + 16] = bytes(16)
     try:
         return igor2.binarywave.load(io.BytesIO(patched))["wave"]
     except Exception as exc:
         raise NotIbwError(
             path, f"igor2 cannot parse the wave: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _wave_data(raw: bytes, header: _Header) -> np.ndarray:
+    """The data block as a read-only array of the file's bytes (1-D, `npnts` values).
+
+    `_validate_layout` has checked that the block and the dimensions agree."""
+    dtype = np.dtype(header.order + _NUMBER_TYPES[header.type])
+    return np.frombuffer(raw, dtype=dtype, count=header.npnts, offset=HEADER_SIZE)
 
 
 def _decode(value: bytes, utf8: bool) -> str:
@@ -387,11 +402,13 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
 
     n_channels = shape[2] if len(shape) == 3 else 1
     names = _channel_names(wave, n_channels, utf8, path)
-    data = np.asarray(wave["wData"])
+    data = _wave_data(raw, header)
     dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
-    data = data.astype(dtype.newbyteorder("="), copy=False).reshape(shape[0], shape[1], n_channels)
-    # Copy: igor2's array is a read-only view of the file's bytes.
-    channels = {name: data[:, :, c].T.copy() for c, name in enumerate(names)}
+    # Igor stores column-major: points vary fastest, then lines, then channels.
+    data = data.reshape(n_channels, shape[1], shape[0])
+    native = dtype.newbyteorder("=")
+    # A copy per channel: the view above reads the file's bytes, which are not ours to keep.
+    channels = {name: data[c].astype(native) for c, name in enumerate(names)}
 
     note, note_problems = _read_note(raw, header)
     meta, meta_problems = note_meta(note)
