@@ -175,6 +175,28 @@ def test_kernels_reproduce_numpy_and_scipy():
             )
 
 
+def test_the_median_network_gives_np_median_for_every_count_and_ties():
+    """Columns of 1..64 values (ties, signed zeros, infinities, integers as floats), several
+    counts in one call, against np.median."""
+    rng = np.random.default_rng(5)
+    width = F.NETWORK_VALUES
+    for trial in range(6):
+        counts = rng.permutation(np.arange(1, width + 1))
+        values = rng.normal(size=(width, width)) * 10.0 ** rng.integers(-8, 8)
+        if trial % 2:
+            values = np.round(values / values.std() * 2)  # many ties, zeros of both signs
+            values[rng.random(values.shape) < 0.05] = -0.0
+        if trial == 5:
+            values[rng.random(values.shape) < 0.1] = np.inf
+            values[rng.random(values.shape) < 0.1] = -np.inf
+        columns = [values[: counts[lane], lane].copy() for lane in range(width)]
+        out = np.empty(width)
+        F._network_medians(values, counts, width, F._MEDIAN_PAIRS, out)
+        with np.errstate(invalid="ignore"):
+            expected = [np.median(column) for column in columns]
+        np.testing.assert_array_equal(out, expected)
+
+
 @pytest.fixture(scope="module")
 def shipped() -> C.Classifier:
     return C.load_default()

@@ -140,34 +140,115 @@ def _lerp(a, b, t):
 # float32 line gives the same numbers as its float64 copy.
 
 
+# The values go into column `lane` of a (values, lanes) buffer: one column for a single median,
+# one per median when a sorting network takes many at once (`_network_medians`).
+
+
+@njit(**_JIT)
+def _along_values(row, stride, out, lane):
+    """The absolute steps along one line into out[:, lane]; their count."""
+    m = 0
+    for j in range(0, row.size - 1, stride):
+        out[m, lane] = abs(np.float64(row[j + 1]) - np.float64(row[j]))
+        m += 1
+    return m
+
+
+@njit(**_JIT)
+def _level_values(row, stride, out, lane):
+    """The levels of one line into out[:, lane]; their count."""
+    m = 0
+    for j in range(0, row.size, stride):
+        out[m, lane] = row[j]
+        m += 1
+    return m
+
+
+@njit(**_JIT)
+def _step_values(row, following, stride, out, lane):
+    """The steps from one line to the following one into out[:, lane]; their count."""
+    m = 0
+    for j in range(0, row.size, stride):
+        out[m, lane] = np.float64(following[j]) - np.float64(row[j])
+        m += 1
+    return m
+
+
 @njit(**_JIT)
 def _along(row, stride, buf):
     """Median absolute step along one line."""
-    m = 0
-    for j in range(0, row.size - 1, stride):
-        buf[m] = abs(np.float64(row[j + 1]) - np.float64(row[j]))
-        m += 1
-    return _median(buf, m)
+    return _median(buf, _along_values(row, stride, buf.reshape((buf.size, 1)), 0))
 
 
 @njit(**_JIT)
 def _level(row, stride, buf):
     """Median level of one line."""
-    m = 0
-    for j in range(0, row.size, stride):
-        buf[m] = row[j]
-        m += 1
-    return _median(buf, m)
+    return _median(buf, _level_values(row, stride, buf.reshape((buf.size, 1)), 0))
 
 
 @njit(**_JIT)
 def _step(row, following, stride, buf):
     """Absolute median step from one line to the following one."""
-    m = 0
-    for j in range(0, row.size, stride):
-        buf[m] = np.float64(following[j]) - np.float64(row[j])
-        m += 1
-    return abs(_median(buf, m))
+    return abs(_median(buf, _step_values(row, following, stride, buf.reshape((buf.size, 1)), 0)))
+
+
+def _median_network(n: int) -> np.ndarray:
+    """Batcher's odd-even merge sort of n (a power of two) values as (low, high) wire pairs,
+    less the comparators that cannot reach the two middle wires (445 of 543 for 64)."""
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    needed, kept = {n // 2 - 1, n // 2}, []
+    for low, high in reversed(pairs):
+        if low in needed or high in needed:
+            kept.append((low, high))
+            needed |= {low, high}
+    return np.array(kept[::-1], dtype=np.int64).reshape(-1, 2)
+
+
+NETWORK_VALUES = 64  # the sorting network's width: medians of up to this many values use it
+_MEDIAN_PAIRS = _median_network(NETWORK_VALUES)
+
+
+@njit(**_JIT)
+def _network_medians(values, counts, lanes, pairs, out):
+    """out[l] = np.median of values[:counts[l], l] for l < lanes, as `_median` gives it.
+
+    A comparator network sorts every column at once: no data-dependent branch (quickselect
+    on 64 values mispredicts most of its comparisons), and each comparator is one min and
+    one max over a row of lanes, which vectorises. Each column is padded with -inf below and
+    +inf above its values so its median lands on the middle wires; values (64, >= lanes) is
+    overwritten. Sorting gives the order statistics quickselect gives: equal values are
+    bit-identical but for the sign of a zero, and no statistic depends on that sign.
+    """
+    width = values.shape[0]
+    for lane in range(lanes):
+        m = counts[lane]
+        below = (width - m) // 2
+        for r in range(m, m + below):
+            values[r, lane] = -np.inf
+        for r in range(m + below, width):
+            values[r, lane] = np.inf
+    for c in range(pairs.shape[0]):
+        low, high = values[pairs[c, 0]], values[pairs[c, 1]]
+        for lane in range(lanes):
+            a, b = low[lane], high[lane]
+            low[lane] = b if b < a else a
+            high[lane] = a if b < a else b
+    mid = width // 2
+    for lane in range(lanes):
+        if counts[lane] % 2:
+            out[lane] = values[mid - 1, lane]
+        else:
+            out[lane] = (values[mid - 1, lane] + values[mid, lane]) / 2
 
 
 @njit(**_JIT)
@@ -322,8 +403,8 @@ def _pool(table: list[list[float]]) -> list[float]:
 
 # The incremental path: per-line values cached as lines arrive, then aggregated. Columns of the
 # per-line table (all float64; finiteness as 1.0/0.0, a missing step as NaN).
-_FINITE, _STD, _ALONG, _LEVEL, _STEP = range(5)
-_LINE_VALUES = 5
+_FINITE, _STD, _ALONG, _LEVEL, _STEP, _MIN, _MAX = range(7)
+_LINE_VALUES = 7
 _PAIRWISE_BLOCK = 128  # numpy's pairwise-summation block
 
 
@@ -390,24 +471,46 @@ def _pairwise_sum(a, n, todo, sums):
 
 
 @njit(**_JIT)
-def _line_values(lines, table, start, end, stride):
+def _settle_medians(values, counts, cells, lanes, pairs, medians, out):
+    """The network medians of the first `lanes` columns into their cells of out (a channel's
+    flattened table); the step column keeps the absolute value, as `_step` does."""
+    _network_medians(values, counts, lanes, pairs, medians)
+    for k in range(lanes):
+        out[cells[k]] = abs(medians[k]) if cells[k] % _LINE_VALUES == _STEP else medians[k]
+
+
+@njit(**_JIT)
+def _line_values(lines, table, start, end, stride, pairs):
     """Each channel's per-line values for lines start..end-1 of lines (channels, lines,
     points) into table (channels, lines, _LINE_VALUES): finiteness, np.std, the strided
-    medians along the line and of its level, and the step from the line before it."""
+    medians along the line and of its level, the step from the line before it, and the
+    line's extremes. The medians of up to NETWORK_VALUES values go through the sorting
+    network (`pairs`), those of one channel and up to SETTLE_LINES lines together."""
     channels, _, points = lines.shape
     x = np.empty(points)
     buf = np.empty(points)
     todo, sums = np.empty((128, 3), np.int64), np.empty(64)  # _pairwise_sum's stacks
+    network = (points - 1) // stride + 1 <= NETWORK_VALUES  # the level's count, the largest
+    lanes = 3 * SETTLE_LINES
+    values = np.empty((NETWORK_VALUES, lanes))
+    counts = np.empty(lanes, np.int64)
+    cells = np.empty(lanes, np.int64)  # line * _LINE_VALUES + column of each lane's median
+    medians = np.empty(lanes)
     for c in range(channels):
+        out_c = table[c].reshape(-1)
+        used = 0
         for i in range(start, end):
             row = lines[c, i]
             finite = True
+            low, high = np.inf, -np.inf
             for j in range(points):
                 x[j] = row[j]
                 finite = finite and math.isfinite(x[j])
+                low, high = min(low, x[j]), max(high, x[j])
             out = table[c, i]
             out[_FINITE] = 1.0 if finite else 0.0
             out[_STEP] = np.nan
+            out[_MIN], out[_MAX] = low, high
             if not finite:
                 out[_STD] = out[_ALONG] = out[_LEVEL] = 0.0
                 continue
@@ -416,10 +519,26 @@ def _line_values(lines, table, start, end, stride):
                 d = x[j] - mean
                 buf[j] = d * d
             out[_STD] = math.sqrt((0.0 + _pairwise_sum(buf, points, todo, sums)) / points)
-            out[_ALONG] = _along(row, stride, buf)
-            out[_LEVEL] = _level(row, stride, buf)
-            if i > 0 and table[c, i - 1, _FINITE] != 0:
-                out[_STEP] = _step(lines[c, i - 1], row, stride, buf)
+            stepped = i > 0 and table[c, i - 1, _FINITE] != 0
+            if not network:
+                out[_ALONG] = _along(row, stride, buf)
+                out[_LEVEL] = _level(row, stride, buf)
+                if stepped:
+                    out[_STEP] = _step(lines[c, i - 1], row, stride, buf)
+                continue
+            cell = i * _LINE_VALUES
+            counts[used] = _along_values(row, stride, values, used)
+            counts[used + 1] = _level_values(row, stride, values, used + 1)
+            cells[used], cells[used + 1] = cell + _ALONG, cell + _LEVEL
+            used += 2
+            if stepped:
+                counts[used] = _step_values(lines[c, i - 1], row, stride, values, used)
+                cells[used] = cell + _STEP
+                used += 1
+            if used > lanes - 3:
+                _settle_medians(values, counts, cells, used, pairs, medians, out_c)
+                used = 0
+        _settle_medians(values, counts, cells, used, pairs, medians, out_c)
 
 
 @njit(**_JIT)
@@ -631,7 +750,9 @@ class ChannelStatsAccumulator:
 
     def _settle(self) -> None:
         """Compute the per-line values of the lines stored since the last time, in one call."""
-        _line_values(self._lines, self._table, self._settled, self.n_lines, self._stride)
+        _line_values(
+            self._lines, self._table, self._settled, self.n_lines, self._stride, _MEDIAN_PAIRS
+        )
         self._settled = self.n_lines
 
     def channels(self) -> dict[str, np.ndarray]:
