@@ -4,8 +4,9 @@
 
 Every figure is timed `--repeat` times; the best (the machine at its quietest) and the median
 are printed, because the machine is shared. Input is float32 like real .ibw data. Figures:
-numba per line (the kernel looping over a frame, one kernel call per line from Python, and
-ScanScorer.push with its Python bookkeeping), the numpy reference per line and the speed-up,
+numba per line (the kernel looping over a float32 frame, widening each line itself, and over
+the same frame as float64; one kernel call per line from Python; ScanScorer.push with its
+Python bookkeeping), the numpy reference per line and the speed-up,
 whole-frame score_scan lines/s on one core, allocations kept per line in steady state
 (tracemalloc), and a per-kernel breakdown (each kernel looped inside numba on the scan state
 after 64 lines, amortised per line by how often score_line runs it).
@@ -101,7 +102,7 @@ def _loop_fft(x, tw, work, reps):
 def _loop_peak(power, base, work, reps):
     acc = 0.0
     for _ in range(reps):
-        acc += K.spectral_peak(power, base, 4, True, work[4, : power.shape[0]])
+        acc += K.spectral_peak(power, base[0], 4, True, work[4, : power.shape[0]])
     return acc
 
 
@@ -190,10 +191,15 @@ def main() -> None:
     scan = synthetic_scan(LINES, POINTS, PAIRS, seed=1, lag=14)
     scan.channels = {name: a.astype(np.float32) for name, a in scan.channels.items()}
     names = list(scan.channels)
-    frame = np.ascontiguousarray(np.stack([scan.channels[n] for n in names], axis=1), np.float64)
+    frame32 = np.ascontiguousarray(np.stack([scan.channels[n] for n in names], axis=1))
+    frame = frame32.astype(np.float64)
     lines = list(scan.lines())
 
     def kernel_frame() -> None:
+        scorer = ScanScorer("k", names, POINTS, LINES)
+        K.score_frame(frame32, 0, scorer._frame1[0], *scorer._args, scorer._features)
+
+    def kernel_frame64() -> None:
         scorer = ScanScorer("k", names, POINTS, LINES)
         K.score_frame(frame, 0, scorer._frame1[0], *scorer._args, scorer._features)
 
@@ -209,6 +215,7 @@ def main() -> None:
             scorer.push(line)
 
     t_frame = timed(kernel_frame, repeat)
+    t_frame64 = timed(kernel_frame64, repeat)
     t_calls = timed(kernel_calls, repeat)
     t_push = timed(push, repeat)
 
@@ -251,6 +258,7 @@ def main() -> None:
         "float32 input"
     )
     print(f"numba score_frame, in-kernel loop : {us(t_frame, LINES)}/line")
+    print(f"  same, frame given as float64    : {us(t_frame64, LINES)}/line")
     print(f"numba kernel, one call per line   : {us(t_calls, LINES)}/line")
     print(f"numba ScanScorer.push (total)     : {us(t_push, LINES)}/line")
     print(f"numpy reference features          : {us(t_numpy, n_numpy)}/line")

@@ -95,6 +95,23 @@ def test_power_spectrum_matches_numpy_fft(points: int) -> None:
     assert peak == pytest.approx(R.spectral_peak(power, base, 4))
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 5])
+def test_persistent_peak_matches_numpy_and_keeps_the_history(depth: int) -> None:
+    rng = np.random.default_rng(depth)
+    m, klo = 64, 4
+    spec = rng.standard_normal((depth, m))
+    history = spec.copy()
+    for _ in range(6):  # a few lines in a row, the history shifting
+        logp = rng.standard_normal(m) + 2.0
+        logp[20] += 5.0  # a steady peak
+        want = R.persistent_peak(logp, history, klo)
+        assert K.persistent_peak(logp, spec, klo) == pytest.approx(want, rel=1e-12)
+        history[2:] = history[1:-1].copy()
+        if depth > 1:
+            history[1] = logp - history[0]
+        np.testing.assert_allclose(spec[:, klo:-1], history[:, klo:-1], rtol=1e-12)
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.integers(1, 32), st.integers(0, 2**32 - 1))
 def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:

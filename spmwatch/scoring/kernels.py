@@ -595,6 +595,32 @@ def spectral_peak(power, base, klo, have_base, log_out):
 
 
 @njit(**_OPTS)
+def persistent_peak(log_pooled, spec, klo):
+    """Largest excess over the running log spectrum that this line and the previous ones
+    all reach at one bin: per bin the smallest excess of the last len(spec) lines, the max
+    over bins.
+
+    A feedback loop rings at one frequency line after line, while the largest excess of a
+    clean line is mostly a chance peak at a new bin each time: requiring it on 3 lines in a
+    row (spec rows: the running log spectrum, then the excess of the previous lines, newest
+    first, shifted here) lowers the clean lines' values far more than a ringing loop's.
+    """
+    peak = 0.0
+    depth = spec.shape[0]
+    for k in range(klo, log_pooled.shape[0] - 1):
+        e = log_pooled[k] - spec[0, k]
+        low = e
+        for r in range(1, depth):
+            low = min(low, spec[r, k])
+        peak = low if low > peak else peak
+        for r in range(depth - 1, 1, -1):
+            spec[r, k] = spec[r - 1, k]
+        if depth > 1:
+            spec[1, k] = e
+    return peak
+
+
+@njit(**_OPTS)
 def _median_sorted(a, count):
     mid = count // 2
     if count % 2:
@@ -794,21 +820,21 @@ def score_line(
         raw[off + p * N_PAIR_RAW + PR_RMS] = fast_log(pair_out[0] + TINY)
         raw[off + p * N_PAIR_RAW + PR_MAX] = fast_log(pair_out[1] + TINY)
         raw[off + p * N_PAIR_RAW + PR_DECOR] = 1.0 - pair_out[2]
-    # 4. ringing: spectral peak of the oscillation channel over its running spectrum
-    ring_i = n_raw - 1
+    # 4. ringing: spectral peak of the oscillation channel over its running spectrum, and
+    # the peak that persisted at one frequency over the last lines (raw[-1], see step 5)
+    ring_i = n_raw - 2
     raw[ring_i] = 0.0
+    raw[ring_i + 1] = 0.0
     m = fft_tw.shape[1]
     if osc_ch >= 0 and m >= 8:
         power = work[3, :m]
         logp = work[4, :m]
         power_spectrum(hist[head, osc_ch], fft_tw, work[8], work[9], power)
-        raw[ring_i] = spectral_peak(
-            power,
-            spec_base,
-            int(cfg[S_SPEC_KLO]),
-            state[I_SPEC_N] > 0,
-            logp,
-        )
+        have_spec = state[I_SPEC_N] > 0
+        klo = int(cfg[S_SPEC_KLO])
+        raw[ring_i] = spectral_peak(power, spec_base[0], klo, have_spec, logp)
+        if have_spec:
+            raw[ring_i + 1] = persistent_peak(logp, spec_base, klo)
     # 5. robust z per family (the consensus-th largest over channels), score and flag
     top1 = work[5, :N_FAMILIES]
     top2 = work[6, :N_FAMILIES]
@@ -833,10 +859,19 @@ def score_line(
             out[f] = top2[f] if consensus[f] >= 2 else top1[f]
     if flat >= cfg[S_SAT_FRACTION]:
         out[F_RMS] = z_clip  # a pinned segment: the tip lost the surface (tracking loss)
-    score = 0.0
+    # the persistent spectral peak (last raw value, no family) flags ringing on its own: it
+    # raises the score but not the ringing_z column, so a line it flags is named oscillation
+    # by the score alone, and lines flagged by other families keep their kinds
+    persist = ring_i + 1
+    ring_z = 0.0
+    if ready:
+        ring_z = (raw[persist] - base_med[persist]) / base_scale[persist]
+        ring_z = min(max(ring_z, 0.0), z_clip)
+    score = ring_z
     for f in range(N_FAMILIES - 1):
         score = max(score, out[f])
     out[F_SCORE] = score
+    ring_z = max(ring_z, out[F_RING])
     flagged = score >= cfg[S_FLAG_Z]
     hist_good[head] = not flagged
     # 6. advance the baseline; a flagged line enters clipped to med +- S_CLIP scale, so a
@@ -853,7 +888,11 @@ def score_line(
         elif flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
         base_ring[bh, i] = v
-    if not flagged or not have_ref:
+    # the reference level also follows a line flagged for ringing whose own level is calm
+    # (z < half the flag threshold): a long ringing run would otherwise hold the reference
+    # while the sample's level drifts, and end in a false tip change
+    ringing_only = ring_z >= cfg[S_FLAG_Z] and out[F_LEVEL] < 0.5 * cfg[S_FLAG_Z]
+    if not flagged or ringing_only or not have_ref:
         for c in range(n_ch):
             ref_level[c] = levels[c]
     state[I_BASE_HEAD] = (bh + 1) % window
@@ -861,11 +900,12 @@ def score_line(
     state[I_SINCE_REFRESH] += 1
     # the running spectrum learns only from lines without a ringing hint, so a growing
     # oscillation is not absorbed before it is flagged
-    if not flagged and out[F_RING] < 0.5 * cfg[S_FLAG_Z] and osc_ch >= 0 and m >= 8:
+    if not flagged and ring_z < 0.5 * cfg[S_FLAG_Z] and osc_ch >= 0 and m >= 8:
         logp = work[4, :m]
         alpha = cfg[S_SPEC_ALPHA] if state[I_SPEC_N] > 0 else 1.0
+        base = spec_base[0]
         for k in range(int(cfg[S_SPEC_KLO]), m - 1):
-            spec_base[k] += alpha * (logp[k] - spec_base[k])
+            base[k] += alpha * (logp[k] - base[k])
         state[I_SPEC_N] += 1
     if state[I_BASE_N] < window or state[I_SINCE_REFRESH] >= cfg[S_REFRESH]:
         n_base = state[I_BASE_N]

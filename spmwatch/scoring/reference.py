@@ -100,6 +100,14 @@ def spectral_peak(power: np.ndarray, base: np.ndarray, klo: int) -> float:
     return float(max(0.0, np.max(pooled - base[klo:-1])))
 
 
+def persistent_peak(log_pooled: np.ndarray, spec: np.ndarray, klo: int) -> float:
+    """max over bins of the smallest excess over spec[0] of this line (log_pooled) and the
+    previous lines (spec[1:], their excesses, newest first). Does not shift the history."""
+    excess = log_pooled[klo:-1] - spec[0, klo:-1]
+    low = np.min(np.vstack([excess, spec[1:, klo:-1]]), axis=0)
+    return float(max(0.0, low.max()))
+
+
 def robust_baseline(ring: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(median, max(1.4826 MAD, floor)) of each column."""
     med = np.median(ring, axis=0)

@@ -84,6 +84,8 @@ class ScoringSettings:
     floor_scar: float = 0.05
     floor_tr_decorrelation: float = 0.05
     floor_ringing: float = 0.35
+    floor_ringing_persist: float = 0.4
+    ring_lines: int = 3  # lines a spectral peak must persist in (at one bin) for ringing_z
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
@@ -151,8 +153,12 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
     pr_family = [K.F_RES_RMS, K.F_RES_MAX, K.F_TR_DECOR]
     pr_floor = [lg, lg, s.floor_tr_decorrelation]
     n_ch, n_pairs = len(names), len(pair_t)
-    family = np.array(ch_family * n_ch + pr_family * n_pairs + [K.F_RING], dtype=np.int64)
+    # the spectral peak, then the peak persisting over ring_lines lines (its own rule in the
+    # kernel: it raises the score, not the ringing_z column)
+    ring = [K.F_RING, -1]
+    family = np.array(ch_family * n_ch + pr_family * n_pairs + ring, dtype=np.int64)
     members = np.bincount(family[family >= 0], minlength=K.N_FAMILIES)
+    consensus = np.minimum(members, settings.consensus)
     return Layout(
         channels=names,
         pair_t=np.array(pair_t, dtype=np.int64),
@@ -160,9 +166,11 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
         scar_ch=np.array(scar_ch, dtype=np.int64),
         osc_ch=osc_ch,
         family=family,
-        consensus=np.minimum(members, settings.consensus).astype(np.int64),
-        sign2=np.array(ch_sign2 * n_ch + [False] * (3 * n_pairs + 1), dtype=np.bool_),
-        floors=np.array(ch_floor * n_ch + pr_floor * n_pairs + [s.floor_ringing]),
+        consensus=consensus.astype(np.int64),
+        sign2=np.array(ch_sign2 * n_ch + [False] * (3 * n_pairs + len(ring)), dtype=np.bool_),
+        floors=np.array(
+            ch_floor * n_ch + pr_floor * n_pairs + [s.floor_ringing, s.floor_ringing_persist]
+        ),
     )
 
 
@@ -234,7 +242,8 @@ class ScanState:
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
         self.fft_tw = _fft_tables(points)
-        self.spec_base = np.zeros(max(self.fft_tw.shape[1], 1))
+        # the running log spectrum, then the excess over it of the last ring_lines - 1 lines
+        self.spec_base = np.zeros((max(settings.ring_lines, 1), max(self.fft_tw.shape[1], 1)))
         self.work = np.zeros((10, max(points, settings.window, n_ch, 8)))
         n_iwork = max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH + points)
         self.iwork = np.zeros(n_iwork, dtype=np.int64)  # lag median, scar grid
@@ -280,7 +289,10 @@ def line_kind(row: np.ndarray, settings: ScoringSettings) -> str | None:
         # at particle edges): a tip change blurs or echoes, it does not ring. Lines that also
         # lost their neighbour are broadband noise: tracking loss.
         return "oscillation"
-    family = int(np.argmax(row[: K.N_FAMILIES - 1]))
+    families = row[: K.N_FAMILIES - 1]
+    if row[K.F_SCORE] > families.max() and row[K.F_DECOR] < settings.flag_z / 2:
+        return "oscillation"  # flagged by the spectral peak that persisted over ring_lines
+    family = int(np.argmax(families))
     if family == K.F_SHARP and row[K.F_DECOR] >= settings.flag_z / 2:
         return "tracking_loss"  # sharpness changed *and* the line lost its neighbour: noise
     return FAMILY_KIND[family]
