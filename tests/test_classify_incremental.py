@@ -161,18 +161,70 @@ def test_kernels_reproduce_numpy_and_scipy():
     for data in (
         rng.normal(size=(70, 50)),
         np.sort(rng.normal(size=3500)).reshape(70, 50),
-        np.sort(rng.normal(size=3500))[::-1].reshape(70, 50).copy(),
         rng.integers(0, 4, size=(70, 50)).astype(np.float32),
     ):
-        rows = np.arange(0, 70, 3)
-        expected = np.quantile(data[rows].astype(float).ravel(), [0.005, 0.995])
-        assert F._tail_quantiles(data, rows, 0.005, 0.995) == tuple(expected)
         level = data[:, 0].astype(float)
         for width in (3, 15):
             filtered = ndimage.median_filter(level, size=width, mode="nearest")
             assert F._band_count(level, width, 0.1) == int(
                 (np.abs(level - filtered) / 0.1 > 3).sum()
             )
+
+
+def with_extremes(data: np.ndarray) -> np.ndarray:
+    """A per-line table as the accumulator keeps it, with only the extremes filled in."""
+    table = np.full((len(data), F._LINE_VALUES), np.nan)
+    table[:, F._MIN], table[:, F._MAX] = data.min(axis=1), data.max(axis=1)
+    return table
+
+
+def sample_cases(rng: np.random.Generator) -> list[np.ndarray]:
+    """Samples past FINE_BINS values (the counting path) and below it, with ties, values
+    on the histogram edges, long tails, a narrow range far from zero, and constant ones."""
+    mostly_flat = np.full((40, 128), 7.0)
+    mostly_flat[3, :5] = [1.0, 9.0, 9.5, -3.0, 20.0]
+    huge = np.full((40, 128), 1e20)
+    huge[5, :3] = [1e19, 3e20, 2e20]
+    return [
+        rng.normal(size=(70, 128)),
+        np.sort(rng.normal(size=70 * 128)).reshape(70, 128),
+        np.sort(rng.normal(size=70 * 128))[::-1].reshape(70, 128).copy(),
+        rng.integers(0, 4, size=(70, 128)).astype(np.float32),  # values on bin edges
+        np.round(rng.normal(size=(70, 128)) * 50).astype(np.float32) / 8,
+        rng.standard_cauchy(size=(70, 128)),
+        1e6 + rng.normal(size=(70, 128)) * 1e-7,  # a range of ~1e-12 of the magnitude
+        (rng.normal(size=(70, 128)) * 1e-9).astype(np.float32),
+        mostly_flat,  # both quantiles equal: edges lo .. lo + 1
+        huge,  # lo + 1 == lo: degenerate edges
+        np.full((40, 128), -2.5),  # no spread at all
+        rng.normal(size=(20, 50)),  # below FINE_BINS values
+    ]
+
+
+def test_the_sample_histogram_gives_numpys_quantiles_and_histogram():
+    rng = np.random.default_rng(0)
+    for data in sample_cases(rng):
+        for rows in (np.arange(len(data)), np.arange(1, len(data), 2)):
+            pooled = data[rows].astype(float).ravel()
+            lo, hi, hist = F._sample_histogram(data, rows, with_extremes(data))
+            assert (lo, hi) == tuple(np.quantile(pooled, [0.005, 0.995]))
+            edges = np.linspace(lo, hi if hi > lo else lo + 1.0, F.ENTROPY_BINS + 1)
+            np.testing.assert_array_equal(F._edges(lo, hi), edges)
+            if np.all(np.diff(edges) > 0):
+                np.testing.assert_array_equal(hist, np.histogram(pooled, bins=edges)[0])
+            else:  # numpy's search over tied edges is not its equal-bin rule
+                np.testing.assert_array_equal(hist, F._histogram(data, rows, edges))
+
+
+def test_edges_are_np_linspace():
+    rng = np.random.default_rng(4)
+    pairs = [(0.0, 0.0), (1e20, 1e20), (-1e-310, 1e-310), (5e-324, 1e-322), (0.0, 1e-320)]
+    pairs += [
+        tuple(np.sort(rng.normal(size=2) * 10.0 ** rng.integers(-300, 300))) for _ in range(200)
+    ]
+    for lo, hi in pairs:
+        expected = np.linspace(lo, hi if hi > lo else lo + 1.0, F.ENTROPY_BINS + 1)
+        np.testing.assert_array_equal(F._edges(lo, hi), expected)
 
 
 def test_the_median_network_gives_np_median_for_every_count_and_ties():

@@ -51,6 +51,10 @@ ENTROPY_BINS = 64
 # instead of one per line, and a verdict mid-frame settles at most this many first.
 SETTLE_LINES = 16
 ENTROPY_LINES = 64  # lines sampled for the histogram: the entropy needs no more, and is cheaper
+TAIL_LO, TAIL_HI = 0.005, 0.995  # the histogram spans these quantiles of its sample
+# The verdict's counting pass over the entropy sample: bins over the sample's range (int16 bin
+# numbers, and the counts stay in the first-level cache), and the smallest sample it is used on.
+FINE_BINS = 4096
 MEDIAN_POINTS = 64  # points per line the robust medians look at
 BAND_WINDOW = 15  # lines in the running median a band is measured against
 ROUGH = 3.0  # a line 3x rougher or smoother than the channel's typical line is out of texture
@@ -120,11 +124,17 @@ def _quantile(values, q):
     if virtual >= n - 1:
         return buf.max()
     prev = int(np.floor(virtual))
-    a = _select(buf, n, prev)
-    b = buf[prev + 1]
-    for i in range(prev + 2, n):
+    return _interpolate(buf, n, prev, virtual - prev)
+
+
+@njit(**_JIT)
+def _interpolate(buf, n, k, t):
+    """_lerp between the k-th and (k+1)-th smallest of buf[:n] (partitions buf in place)."""
+    a = _select(buf, n, k)
+    b = buf[k + 1]
+    for i in range(k + 2, n):
         b = min(b, buf[i])
-    return _lerp(a, b, virtual - prev)
+    return _lerp(a, b, t)
 
 
 @njit(**_JIT)
@@ -268,43 +278,77 @@ def _line_medians(good, stride):
 
 
 @njit(**_JIT)
-def _histogram(data, rows, edges):
-    """np.histogram(data[rows].ravel(), bins=edges) for equal bins, numpy's binning rule.
+def _bin(x, edges, norm):
+    """numpy's histogram bin of x for equal bins `edges` (norm = bins / their span): -1 below
+    the first edge, `bins` above the last.
 
     The bin is the one the edges say (numpy's guess, corrected by one either way), so any
-    guess within one bin gives numpy's counts: a multiplication instead of a division, and
-    four interleaved count arrays so neighbouring equal bins do not wait on each other.
+    guess within one bin gives numpy's counts: a multiplication instead of a division. It
+    never decreases as x grows, which lets `_sample_histogram` bin whole ranges of values.
     """
     bins = edges.size - 1
-    first, last = edges[0], edges[-1]
-    norm = bins / (last - first)
+    if x < edges[0]:
+        return -1
+    if x > edges[bins]:
+        return bins
+    guess = (x - edges[0]) * norm
+    k = int(guess) if guess < bins else bins - 1  # also where no spread made norm 0 (inf * 0)
+    if x < edges[k]:
+        k -= 1
+    elif x >= edges[k + 1] and k != bins - 1:
+        k += 1
+    return k
+
+
+@njit(**_JIT)
+def _bin_scale(bins, span):
+    """bins / span, or 0.0 where that is no finite positive number (a span of 0, inf or a
+    denormal): bin numbers are then no use, and nothing divides by zero."""
+    if span > 0 and bins / span < np.inf:
+        return bins / span
+    return 0.0
+
+
+@njit(**_JIT)
+def _histogram(data, rows, edges):
+    """np.histogram(data[rows].ravel(), bins=edges) for equal bins, numpy's binning rule;
+    four interleaved count arrays so neighbouring equal bins do not wait on each other."""
+    bins = edges.size - 1
+    norm = _bin_scale(bins, edges[bins] - edges[0])
     counts = np.zeros((4, bins), np.int64)
     for r in rows:
         for j in range(data.shape[1]):
-            x = np.float64(data[r, j])
-            if x < first or x > last:
-                continue
-            k = min(int((x - first) * norm), bins - 1)
-            if x < edges[k]:
-                k -= 1
-            elif x >= edges[k + 1] and k != bins - 1:
-                k += 1
-            counts[j & 3, k] += 1
+            k = _bin(np.float64(data[r, j]), edges, norm)
+            if 0 <= k < bins:
+                counts[j & 3, k] += 1
     return counts.sum(axis=0)
 
 
-def _entropy(data: np.ndarray, rows: np.ndarray, lo: float, hi: float) -> float:
-    """Shannon entropy of a 64-bin histogram of data[rows] between its 0.5 % and 99.5 %
-    quantiles lo and hi, normalised to [0, 1]."""
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, ENTROPY_BINS + 1)
-    hist = _histogram(data, rows, edges)
+@njit(**_JIT)
+def _edges(lo, hi):
+    """np.linspace(lo, hi if hi > lo else lo + 1.0, ENTROPY_BINS + 1), numpy's arithmetic."""
+    stop = hi if hi > lo else lo + 1.0
+    delta = stop - lo
+    step = delta / ENTROPY_BINS
+    edges = np.empty(ENTROPY_BINS + 1)
+    for i in range(ENTROPY_BINS + 1):
+        # numpy's way around a step that underflows to zero
+        edges[i] = (i / ENTROPY_BINS * delta if step == 0 else i * step) + lo
+    edges[ENTROPY_BINS] = stop
+    return edges
+
+
+def _entropy(hist: np.ndarray) -> float:
+    """Shannon entropy of a histogram, normalised to [0, 1] by that of ENTROPY_BINS equal
+    bins (numpy's log and sum on both paths, so they round alike)."""
     p = hist[hist > 0] / max(hist.sum(), 1)
     return float(-(p * np.log(p)).sum() / np.log(ENTROPY_BINS))
 
 
-def _entropy_rows(n_good: int) -> slice:
-    """The good lines the entropy histogram samples: about ENTROPY_LINES, evenly spaced."""
-    return slice(None, None, max(1, n_good // ENTROPY_LINES))
+@njit(**_JIT)
+def _entropy_step(n_good):
+    """The entropy histogram samples every this-many good lines: about ENTROPY_LINES."""
+    return max(1, n_good // ENTROPY_LINES)
 
 
 def _summary(
@@ -335,6 +379,24 @@ def _summary(
         float(smooth_frac),
         float(drift),
     ]
+
+
+def _from_parts(parts: np.ndarray, hist: np.ndarray) -> list[float]:
+    """`_summary` of one channel's `_aggregate` parts and entropy histogram."""
+    q99, scar, band, ratio_lo, ratio_hi, flat, rough, smooth, first, last = parts
+    return _summary(
+        scar_q99=q99,
+        scar_frac=scar,
+        band_frac=band,
+        ratio_lo=ratio_lo,
+        ratio_hi=ratio_hi,
+        flat_frac=flat,
+        entropy=_entropy(hist),
+        rough_frac=rough,
+        smooth_frac=smooth,
+        texture_first=first,
+        texture_last=last,
+    )
 
 
 def _too_few_lines(flat_frac: float) -> list[float]:
@@ -369,11 +431,10 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     width = min(BAND_WINDOW, len(level) - (1 - len(level) % 2))
     bands = np.abs(level - ndimage.median_filter(level, size=width, mode="nearest")) / noise
     ratio = line_std[~flat] / typical_std
-    sample = good[_entropy_rows(len(good))]
+    sample = good[:: _entropy_step(len(good))]
     pooled = sample.ravel()
-    entropy = _entropy(
-        sample, np.arange(len(sample)), _quantile(pooled, 0.005), _quantile(pooled, 0.995)
-    )
+    lo, hi = _quantile(pooled, TAIL_LO), _quantile(pooled, TAIL_HI)
+    entropy = _entropy(_histogram(sample, np.arange(len(sample)), _edges(lo, hi)))
     # Texture persistence: lines much rougher (ringing, noise bursts) or smoother (a blunt tip,
     # a flat-lined loop) than the channel's typical line, and a slow drift of the line texture
     # between the first and last third of the frame (gain drift, tip change). Texture, not the
@@ -621,73 +682,131 @@ def _aggregate(data, table, n, stride):
 
 
 @njit(**_JIT)
-def _sift_down(heap, m, x):
-    """Put x at the root of the max-heap heap[:m] and sink it to its place."""
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= m:
-            break
-        if child + 1 < m and heap[child + 1] > heap[child]:
-            child += 1
-        if heap[child] <= x:
-            break
-        heap[i] = heap[child]
-        i = child
-    heap[i] = x
+def _rank_bins(counts, rank):
+    """The bins holding the rank-th and (rank+1)-th smallest counted values, and how many
+    values lie in the bins before the first."""
+    below = 0
+    first = 0
+    while below + counts[first] <= rank:
+        below += counts[first]
+        first += 1
+    last, through = first, below + counts[first]
+    while through <= rank + 1:
+        last += 1
+        through += counts[last]
+    return first, last, below
 
 
 @njit(**_JIT)
-def _sift_up(heap, k, x):
-    """Add x as element k of the max-heap heap[:k] and raise it to its place."""
-    i = k
-    while i > 0:
-        parent = (i - 1) // 2
-        if heap[parent] >= x:
-            break
-        heap[i] = heap[parent]
-        i = parent
-    heap[i] = x
+def _sample_histogram(data, rows, table):
+    """(lo, hi, histogram): the TAIL_LO and TAIL_HI quantiles of data[rows] (linear, as
+    `_quantile`) and `_histogram` of those rows between them, exactly.
 
-
-@njit(**_JIT)
-def _tail_quantiles(data, rows, q_lo, q_hi):
-    """(_quantile(pooled, q_lo), _quantile(pooled, q_hi)) of pooled = data[rows].ravel().
-
-    An extreme quantile needs only the two order statistics around it, so one pass keeps the
-    few smallest values in a max-heap and the few largest (negated) in another, instead of
-    copying the sample and partitioning it twice. Small samples use _quantile itself.
+    One pass puts every value in one of FINE_BINS equal bins over the rows' range (the
+    extremes cached per line in `table`); the bin number never decreases as the value grows,
+    so each quantile's two order statistics are selected among the values of the one or two
+    bins their ranks fall in. A fine bin lying inside one histogram bin counts whole; only
+    the values of the fine bins that straddle an edge are binned one by one.
     """
     points = data.shape[1]
     n = rows.size * points
-    v_lo, v_hi = (n - 1) * q_lo, (n - 1) * q_hi
-    p_lo, p_hi = int(np.floor(v_lo)), int(np.floor(v_hi))
-    m_lo, m_hi = p_lo + 2, n - p_hi
-    if v_hi >= n - 1 or 4 * (m_lo + m_hi) > n:
+    low, high = np.inf, -np.inf
+    for r in rows:
+        low, high = min(low, table[r, _MIN]), max(high, table[r, _MAX])
+    scale = _bin_scale(FINE_BINS, high - low)
+    if n < FINE_BINS or scale == 0:
         pooled = np.empty(n)
         for k in range(rows.size):
-            for j in range(points):
-                pooled[k * points + j] = data[rows[k], j]
-        return _quantile(pooled, q_lo), _quantile(pooled, q_hi)
-    low = np.empty(m_lo)
-    high = np.empty(m_hi)
-    seen = 0
-    for r in rows:
+            pooled[k * points : (k + 1) * points] = data[rows[k]]
+        lo, hi = _quantile(pooled, TAIL_LO), _quantile(pooled, TAIL_HI)
+        return lo, hi, _histogram(data, rows, _edges(lo, hi))
+    fine = np.empty(n, np.int16)
+    for k in range(rows.size):
+        row, at = data[rows[k]], k * points
         for j in range(points):
-            x = np.float64(data[r, j])
-            if seen < m_lo:
-                _sift_up(low, seen, x)
-            elif x < low[0]:
-                _sift_down(low, m_lo, x)
-            if seen < m_hi:
-                _sift_up(high, seen, -x)
-            elif -x < high[0]:
-                _sift_down(high, m_hi, -x)
-            seen += 1
-    # low holds ranks 0..p_lo+1 (root p_lo+1); high the negated ranks p_hi..n-1 (root p_hi)
-    below = max(low[1], low[2]) if m_lo > 2 else low[1]
-    above = -max(high[1], high[2]) if m_hi > 2 else -high[1]
-    return _lerp(below, low[0], v_lo - p_lo), _lerp(-high[0], above, v_hi - p_hi)
+            fine[at + j] = min(int((np.float64(row[j]) - low) * scale), FINE_BINS - 1)
+    counts = np.zeros(FINE_BINS, np.int64)
+    for k in range(n):
+        counts[fine[k]] += 1
+    # both quantiles are inside the sample (n is large): the ranks below n - 1
+    v_lo, v_hi = (n - 1) * TAIL_LO, (n - 1) * TAIL_HI
+    p_lo, p_hi = int(np.floor(v_lo)), int(np.floor(v_hi))
+    lo_first, lo_last, lo_below = _rank_bins(counts, p_lo)
+    hi_first, hi_last, hi_below = _rank_bins(counts, p_hi)
+    lows = np.empty(counts[lo_first : lo_last + 1].sum())
+    highs = np.empty(counts[hi_first : hi_last + 1].sum())
+    n_low = n_high = 0
+    for k in range(rows.size):
+        row, at = data[rows[k]], k * points
+        hits = 0  # a vectorised count first: most lines hold no value of those bins
+        for j in range(points):
+            b = fine[at + j]
+            hits += (lo_first <= b) & (b <= lo_last) | (hi_first <= b) & (b <= hi_last)
+        if hits == 0:
+            continue
+        for j in range(points):
+            b = fine[at + j]
+            if lo_first <= b <= lo_last:
+                lows[n_low] = row[j]
+                n_low += 1
+            if hi_first <= b <= hi_last:
+                highs[n_high] = row[j]
+                n_high += 1
+    lo = _interpolate(lows, n_low, p_lo - lo_below, v_lo - p_lo)
+    hi = _interpolate(highs, n_high, p_hi - hi_below, v_hi - p_hi)
+    edges = _edges(lo, hi)
+    norm = _bin_scale(ENTROPY_BINS, edges[ENTROPY_BINS] - edges[0])
+    if norm == 0:
+        return lo, hi, _histogram(data, rows, edges)
+    hist = np.zeros(ENTROPY_BINS, np.int64)
+    straddles = np.zeros(FINE_BINS, np.bool_)
+    # A value in fine bin b lies between these bounds (widened far past any rounding), and
+    # `_bin` never decreases: fine bins b..last all lie in histogram bin k if the lower bound
+    # of b and the upper bound of last do. A binary search finds each run of such bins.
+    margin = 1e-13 * (abs(low) + abs(high)) + 1e-300
+    b = 0
+    while b < FINE_BINS:
+        k = _bin(max(low, low + b / scale - margin), edges, norm)
+        if _bin(min(high, low + (b + 1) / scale + margin), edges, norm) != k:
+            straddles[b] = True
+            b += 1
+            continue
+        last, beyond = b, FINE_BINS  # the run ends at last, before beyond
+        while beyond - last > 1:
+            mid = (last + beyond) // 2
+            if _bin(min(high, low + (mid + 1) / scale + margin), edges, norm) == k:
+                last = mid
+            else:
+                beyond = mid
+        if 0 <= k < ENTROPY_BINS:
+            hist[k] += counts[b : last + 1].sum()
+        b = last + 1
+    for k in range(rows.size):
+        row, at = data[rows[k]], k * points
+        for j in range(points):
+            if straddles[fine[at + j]]:
+                b = _bin(np.float64(row[j]), edges, norm)
+                if 0 <= b < ENTROPY_BINS:
+                    hist[b] += 1
+    return lo, hi, hist
+
+
+@njit(**_JIT)
+def _frame_parts(lines, table, n, stride):
+    """`_aggregate` and `_sample_histogram` of every channel's first n lines, in one call:
+    (enough good lines, flat share, parts, entropy histogram) per channel."""
+    channels = lines.shape[0]
+    enough = np.zeros(channels, np.bool_)
+    flat = np.empty(channels)
+    parts = np.zeros((channels, 10))
+    hists = np.zeros((channels, ENTROPY_BINS), np.int64)
+    for c in range(channels):
+        ok, flat[c], good, parts[c] = _aggregate(lines[c], table[c], n, stride)
+        if ok:
+            enough[c] = True
+            rows = good[:: _entropy_step(good.size)]
+            hists[c] = _sample_histogram(lines[c], rows, table[c])[2]
+    return enough, flat, parts, hists
 
 
 def channel_features(channels: Mapping[str, np.ndarray]) -> list[float]:
@@ -762,32 +881,16 @@ class ChannelStatsAccumulator:
     def features(self) -> list[float]:
         """`channel_features` of the lines so far, from the cached per-line values."""
         self._settle()
-        return _pool([self._channel_stats(c) for c in range(len(self.names))])
-
-    def _channel_stats(self, c: int) -> list[float]:
-        if self.n_lines == 0:
-            return _too_few_lines(float("nan"))  # the mean of no lines, as numpy gives it
-        data = self._lines[c]
-        enough, flat_frac, good, parts = _aggregate(
-            data, self._table[c], self.n_lines, self._stride
+        if self.n_lines == 0:  # the mean of no lines, as numpy gives it
+            return _pool([_too_few_lines(float("nan")) for _ in self.names])
+        enough, flat, parts, hists = _frame_parts(
+            self._lines, self._table, self.n_lines, self._stride
         )
-        if not enough:
-            return _too_few_lines(flat_frac)
-        rows = good[_entropy_rows(len(good))]
-        lo, hi = _tail_quantiles(data, rows, 0.005, 0.995)
-        q99, scar, band, ratio_lo, ratio_hi, flat, rough, smooth, first, last = parts
-        return _summary(
-            scar_q99=q99,
-            scar_frac=scar,
-            band_frac=band,
-            ratio_lo=ratio_lo,
-            ratio_hi=ratio_hi,
-            flat_frac=flat,
-            entropy=_entropy(data, rows, lo, hi),
-            rough_frac=rough,
-            smooth_frac=smooth,
-            texture_first=first,
-            texture_last=last,
+        return _pool(
+            [
+                _from_parts(parts[c], hists[c]) if enough[c] else _too_few_lines(flat[c])
+                for c in range(len(self.names))
+            ]
         )
 
     def _grow(self) -> None:
