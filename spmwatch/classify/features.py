@@ -531,6 +531,17 @@ def _pairwise_sum(a, n, todo, sums):
     return sums[0]
 
 
+@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "reassoc"})
+def _extremes(x):
+    """(min, max) of finite x. Fast-math lets LLVM vectorise the two reductions; the order
+    of comparisons changes no minimum or maximum (but the sign of a zero, used nowhere)."""
+    low, high = x[0], x[0]
+    for v in x:
+        low = min(low, v)
+        high = max(high, v)
+    return low, high
+
+
 @njit(**_JIT)
 def _settle_medians(values, counts, cells, lanes, pairs, medians, out):
     """The network medians of the first `lanes` columns into their cells of out (a channel's
@@ -562,19 +573,18 @@ def _line_values(lines, table, start, end, stride, pairs):
         used = 0
         for i in range(start, end):
             row = lines[c, i]
-            finite = True
-            low, high = np.inf, -np.inf
+            infinite = 0
             for j in range(points):
                 x[j] = row[j]
-                finite = finite and math.isfinite(x[j])
-                low, high = min(low, x[j]), max(high, x[j])
+                infinite += not math.isfinite(x[j])
             out = table[c, i]
-            out[_FINITE] = 1.0 if finite else 0.0
+            out[_FINITE] = 0.0 if infinite else 1.0
             out[_STEP] = np.nan
-            out[_MIN], out[_MAX] = low, high
-            if not finite:
+            if infinite:
                 out[_STD] = out[_ALONG] = out[_LEVEL] = 0.0
+                out[_MIN] = out[_MAX] = np.nan  # never sampled: not a good line
                 continue
+            out[_MIN], out[_MAX] = _extremes(x)
             mean = (0.0 + _pairwise_sum(x, points, todo, sums)) / points
             for j in range(points):
                 d = x[j] - mean
@@ -602,19 +612,26 @@ def _line_values(lines, table, start, end, stride, pairs):
         _settle_medians(values, counts, cells, used, pairs, medians, out_c)
 
 
+_BAND_PAIRS = _median_network(16)  # the running median's window, BAND_WINDOW lines at most
+
+
 @njit(**_JIT)
 def _band_count(level, width, noise):
     """Lines whose level lies more than SCAR_STEP noise from the running median of `width`
-    (odd) lines around it: scipy's median_filter(mode="nearest") and the band test."""
+    (odd, <= 16) lines around it: scipy's median_filter(mode="nearest") and the band test.
+    Every line's window is one column of the 16-wire median network."""
     n = level.size
     half = width // 2
-    window = np.empty(width)
+    windows = np.empty((16, n))
+    counts = np.full(n, width)
+    for k in range(width):
+        for i in range(n):
+            windows[k, i] = level[min(max(i - half + k, 0), n - 1)]
+    medians = np.empty(n)
+    _network_medians(windows, counts, n, _BAND_PAIRS, medians)
     count = 0
     for i in range(n):
-        for k in range(width):
-            window[k] = level[min(max(i - half + k, 0), n - 1)]
-        if abs(level[i] - _select(window, width, half)) / noise > SCAR_STEP:
-            count += 1
+        count += abs(level[i] - medians[i]) / noise > SCAR_STEP
     return count
 
 
