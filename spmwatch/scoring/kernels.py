@@ -153,6 +153,18 @@ def _key_value(key, scratch):
 
 
 @njit(**_OPTS)
+def _max_above_zero(a, lo, hi):
+    """max(0, a[lo:hi]) for finite values, as an integer max over order keys (a float max
+    reduction is a chain of dependent selects: ~4 cycles a value; the integer one vectorises).
+    """
+    top = 0  # the key of +0.0
+    for k in range(lo, hi):
+        key = _order_key(_f64_bits(a[k]))
+        top = key if key > top else top
+    return _bits_f64(_order_key(top))
+
+
+@njit(**_OPTS)
 def _finite_range(x):
     """(min, max) of the finite samples: the slow path for lines holding NaN or inf."""
     lo = np.inf
@@ -586,16 +598,17 @@ def spectral_peak(power, base, klo, have_base, log_out):
     m = power.shape[0]
     for k in range(klo, m - 1):
         log_out[k] = fast_log(power[k] + power[k + 1] + TINY)
-    peak = 0.0
-    if have_base:
-        for k in range(klo, m - 1):
-            d = log_out[k] - base[k]
-            peak = d if d > peak else peak
-    return peak
+    if not have_base:
+        return 0.0
+    peak = 0
+    for k in range(klo, m - 1):
+        key = _order_key(_f64_bits(log_out[k] - base[k]))
+        peak = key if key > peak else peak
+    return _bits_f64(_order_key(peak))
 
 
 @njit(**_OPTS)
-def persistent_peak(log_pooled, spec, klo):
+def persistent_peak(log_pooled, spec, klo, scratch):
     """Largest excess over the running log spectrum that this line and the previous ones
     all reach at one bin: per bin the smallest excess of the last len(spec) lines, the max
     over bins.
@@ -604,19 +617,23 @@ def persistent_peak(log_pooled, spec, klo):
     clean line is mostly a chance peak at a new bin each time: requiring it on 3 lines in a
     row (spec rows: the running log spectrum, then the excess of the previous lines, newest
     first, shifted here) lowers the clean lines' values far more than a ringing loop's.
+    `scratch`: two rows (this line's excess, the running minimum).
     """
-    peak = 0.0
     depth = spec.shape[0]
-    for k in range(klo, log_pooled.shape[0] - 1):
-        e = log_pooled[k] - spec[0, k]
-        low = e
-        for r in range(1, depth):
-            low = min(low, spec[r, k])
-        peak = low if low > peak else peak
-        for r in range(depth - 1, 1, -1):
+    hi = log_pooled.shape[0] - 1
+    for k in range(klo, hi):
+        scratch[0, k] = log_pooled[k] - spec[0, k]
+        scratch[1, k] = scratch[0, k]
+    for r in range(1, depth):
+        for k in range(klo, hi):
+            scratch[1, k] = min(scratch[1, k], spec[r, k])
+    peak = _max_above_zero(scratch[1], klo, hi)
+    for r in range(depth - 1, 1, -1):
+        for k in range(klo, hi):
             spec[r, k] = spec[r - 1, k]
-        if depth > 1:
-            spec[1, k] = e
+    if depth > 1:
+        for k in range(klo, hi):
+            spec[1, k] = scratch[0, k]
     return peak
 
 
@@ -834,7 +851,8 @@ def score_line(
         klo = int(cfg[S_SPEC_KLO])
         raw[ring_i] = spectral_peak(power, spec_base[0], klo, have_spec, logp)
         if have_spec:
-            raw[ring_i + 1] = persistent_peak(logp, spec_base, klo)
+            # work rows 2 (residual scratch) and 3 (power) are spent by now
+            raw[ring_i + 1] = persistent_peak(logp, spec_base, klo, work[2:4, :m])
     # 5. robust z per family (the consensus-th largest over channels), score and flag
     top1 = work[5, :N_FAMILIES]
     top2 = work[6, :N_FAMILIES]
