@@ -4,18 +4,22 @@
 
 Saved frame: 256 x 256 x 4, channel arrays (from scratch); split into channel statistics,
 memory bank (if the model has one) and estimator (the numpy fast path and sklearn's own
-predict_proba). Frame in progress: 512 lines x 512 points x 8 channels pushed to a
-ChannelStatsAccumulator, the daemon's mid-frame verdict from it against the from-scratch one
-on the same lines, and the per-line push for 8 channels x 256 and x 512 points.
+predict_proba). Frame in progress: the daemon's mid-frame verdict from a
+ChannelStatsAccumulator after 66, 96 and 127 lines of a 128 x 512 x 8 scan (a dropout from
+line 64, as the alert case: seeds 0-3 in turn) and after 512 lines of a 512 x 512 x 8 one,
+against the from-scratch verdict on the same lines; and the per-line push for 8 channels x
+256 and x 512 points.
 
 Runs N rounds of 30 calls each and prints the best and the median per-call time (the median
 of each round, then their best and median, so a busy moment shows as spread rather than as
-the figure). Budgets: 20 ms per saved frame, 2 ms per mid-frame verdict, ~10 us per push.
+the figure). Budgets: 20 ms per saved frame; mid-frame verdict 1 ms up to 128 lines and
+1.5 ms for 512 lines (x 512 x 8); 10 us per push of 8 x 256.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from collections.abc import Callable
 
@@ -57,6 +61,26 @@ def float32_channels(lines: int, points: int) -> dict[str, np.ndarray]:
     return {name: data.astype(np.float32) for name, data in scan.channels.items()}
 
 
+def alternating(
+    model: Classifier, lines: int, so_far: int, seeds: int = 4, arrays: bool = False
+) -> Callable[[], object]:
+    """A mid-frame verdict after `so_far` of `lines` lines x 512 x 8 (a dropout from the
+    middle), the scans of `seeds` seeds in turn: from an accumulator or from the arrays."""
+    cases = []
+    for seed in range(seeds):
+        scan, _ = synth.failing_scan(seed, lines, 512, fault="dropout", at=0.5)
+        channels = {name: data[:so_far].astype(np.float32) for name, data in scan.channels.items()}
+        held = channels if arrays else pushes(channels)()
+        cases.append((score_scan(scan), held))
+    turn = itertools.cycle(cases)
+
+    def run() -> object:
+        frame, held = next(turn)
+        return model.verdict(frame, held, finished=False)
+
+    return run
+
+
 def report(title: str, parts: dict[str, Callable[[], object]], rounds: int, per: int = 1):
     """Time each part (`per` > 1: the call does `per` items, figures per item, in us)."""
     for fn in parts.values():
@@ -94,15 +118,14 @@ def main() -> None:
         saved["memory bank"] = lambda: model.bank.stats(frame.features)
     report(f"saved frame 256 x 256 x {len(scan.channels)} (budget 20 ms)", saved, args.rounds)
 
-    channels = float32_channels(512, 512)
-    acc = pushes(channels)()
-    live = score_scan(synth.failing_scan(0, 512, 512, fault="dropout", at=0.5)[0])
-    progress = {
-        "verdict from the accumulator": lambda: model.verdict(live, acc, finished=False),
-        "  of which channel statistics": acc.features,
-        "verdict from the arrays (before)": lambda: model.verdict(live, channels, False),
-    }
-    report(f"frame in progress 512 x 512 x {len(channels)} (budget 2 ms)", progress, args.rounds)
+    progress: dict[str, Callable[[], object]] = {}
+    for lines in (66, 96, 127):
+        progress[f"{lines} lines: verdict, accumulator"] = alternating(model, 128, lines)
+    progress["127 lines: verdict from the arrays"] = alternating(model, 128, 127, arrays=True)
+    progress["512 lines: verdict, accumulator"] = alternating(model, 512, 512, seeds=1)
+    progress["512 lines: verdict from the arrays"] = alternating(model, 512, 512, 1, True)
+    title = "frame in progress, lines so far x 512 x 8 (budget 1 ms; 1.5 ms for 512 lines)"
+    report(title, progress, args.rounds)
 
     per_line = {f"push, 8 x {p} points": pushes(float32_channels(128, p)) for p in (256, 512)}
     report("per line, float32 lines (budget ~10 us for 8 x 256)", per_line, args.rounds, 128)
