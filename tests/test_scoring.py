@@ -16,6 +16,7 @@ from spmwatch.scoring.scorer import (
     ScanScorer,
     ScoringSettings,
     _fft_tables,
+    bitonic_merger,
     score_scan,
     sort_network,
     synthetic_scan,
@@ -121,7 +122,8 @@ def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:
     ring[:, 4] = np.round(ring[:, 4])  # ties
     floors = np.array([0.0, 0.1, 0.5, 1.0, 0.0])
     med, scale = np.empty(5), np.empty(5)
-    K.robust_baseline(ring, count, sort_network(32), np.empty((32, 16)), floors, med, scale)
+    net = np.vstack([sort_network(32), bitonic_merger(32)])
+    K.robust_baseline(ring, count, net, np.empty((32, 16)), floors, med, scale)
     med_ref, scale_ref = R.robust_baseline(ring[:count], floors)
     np.testing.assert_array_equal(med, med_ref)
     np.testing.assert_allclose(scale, scale_ref, rtol=1e-15)
@@ -137,6 +139,20 @@ def test_sort_network_sorts_every_zero_one_input(n: int) -> None:
     K._sort_rows(rows, net)
     assert np.all(np.diff(rows, axis=0) >= 0)
     assert np.array_equal(rows.sum(axis=0), inputs.sum(axis=1))
+
+
+@pytest.mark.parametrize("n", [1, 2, 8, 32])
+def test_bitonic_merger_sorts_a_fall_then_a_rise(n: int) -> None:
+    # what the MAD needs: |x - median| over a sorted column, +inf padding, ties included
+    rng = np.random.default_rng(n)
+    size = 1 << (n - 1).bit_length()
+    cols = np.sort(np.round(rng.standard_normal((size, 200)), 1), axis=0)
+    cols[rng.integers(1, size + 1) :] = np.inf
+    med = np.nanmedian(np.where(np.isinf(cols), np.nan, cols), axis=0)
+    rows = np.abs(cols - med)
+    want = np.sort(rows, axis=0)
+    K._sort_rows(rows, bitonic_merger(n))
+    np.testing.assert_array_equal(rows, want)
 
 
 def test_fast_log_matches_numpy() -> None:

@@ -222,6 +222,18 @@ def sort_network(n: int) -> np.ndarray:
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def bitonic_merger(n: int) -> np.ndarray:
+    """Comparators of the bitonic merger for the next power of two >= n (size/2 per stage,
+    log2(size) stages): they sort any sequence that first falls, then rises."""
+    size = _next_pow2(n)
+    pairs = []
+    step = size // 2
+    while step >= 1:
+        pairs += [(i, i + step) for i in range(size) if not i & step]
+        step //= 2
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
 class ScanState:
     """Every array the kernels read and advance for one scan, allocated once."""
 
@@ -233,7 +245,8 @@ class ScanState:
         self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
         self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
-        self.base_net = sort_network(settings.window)
+        # sort the ring's columns, then merge the V of their distances (robust_baseline)
+        self.base_net = np.vstack([sort_network(settings.window), bitonic_merger(settings.window)])
         width = -(-layout.n_raw // 16) * 16  # whole vectors for the sorting network
         self.base_buf = np.zeros((_next_pow2(settings.window), width))
         self.base_med = np.zeros(layout.n_raw)
