@@ -65,12 +65,15 @@ def _loop_pair(hist, head, prev, reps):
 
 
 @njit
-def _loop_scar(hist, head, scar_ch, base_med, scratch, reps):
+def _loop_scar(hist, grid, head, scar_ch, base_med, scratch, reps):
     acc = 0.0
     for _ in range(reps):
         for c in scar_ch:
             scale = math.exp(base_med[c * K.N_CH_RAW + K.CH_VDIFF])
-            acc += K.scar_fraction(hist, head, K.HIST_DEPTH, c, scale, 0.666, 0.25, 16, scratch)[0]
+            fraction = K.scar_fraction(
+                hist, grid, head, K.HIST_DEPTH, c, scale, 0.666, 0.25, 16, scratch
+            )
+            acc += fraction[0]
     return acc
 
 
@@ -130,7 +133,7 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
         (
             "scar_fraction x channels",
             _loop_scar,
-            (st.hist, head, lay.scar_ch, st.base_med, st.iwork.copy()),
+            (st.hist, st.scar_grid, head, lay.scar_ch, st.base_med, st.iwork.copy()),
             1.0,
         ),
         (

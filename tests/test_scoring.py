@@ -29,6 +29,19 @@ lines = arrays(np.float64, st.integers(8, 300), elements=finite)
 SCAR_SCRATCH = np.zeros(3 * K.SCAR_MAX_WIDTH + 128, dtype=np.int64)
 
 
+def kernel_scar(history: np.ndarray, min_len: int = 16) -> tuple[float, int]:
+    """kernels.scar_fraction on a history ring whose last slot is the newest line, with its
+    grid stored line by line as score_line does."""
+    step = K.scar_grid_step(min_len)[0]
+    grid = np.zeros_like(history)
+    for slot in range(len(history)):
+        K.store_scar_grid(history[slot, 0], grid[slot, 0], step)
+    head = K.HIST_DEPTH - 1  # newest slot; kernel reads the ring backwards from it
+    return K.scar_fraction(
+        history, grid, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, min_len, SCAR_SCRATCH
+    )
+
+
 def kernel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.empty_like(x)
     stats = np.empty(6)
@@ -67,8 +80,7 @@ def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
     width = int(rng.integers(1, 5))
     start, length = rng.integers(0, n // 2), rng.integers(12, n // 2)  # runs near 16 px too
     history[-1 - width : -1, 0, start : start + length] += rng.uniform(0.5, 3.0)  # a band
-    head = K.HIST_DEPTH - 1  # newest slot; kernel reads the ring backwards from it
-    got = K.scar_fraction(history, head, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, SCAR_SCRATCH)
+    got = kernel_scar(history)
     want = R.scar_fraction(history[:, 0, :], 1.0, 0.666, 0.25, 16)
     assert got[0] == pytest.approx(want[0]) and got[1] == want[1]
 
@@ -76,10 +88,7 @@ def test_scar_fraction_matches_numpy(seed: int, n: int) -> None:
 def test_scar_fraction_finds_a_band() -> None:
     history = np.zeros((K.HIST_DEPTH, 1, 100))
     history[-3:-1, 0, 10:60] = 1.0  # a 2-line band, 50 px long
-    frac, width = K.scar_fraction(
-        history, K.HIST_DEPTH - 1, K.HIST_DEPTH, 0, 1.0, 0.666, 0.25, 16, SCAR_SCRATCH
-    )
-    assert (frac, width) == (0.5, 2)
+    assert kernel_scar(history) == (0.5, 2)
 
 
 @pytest.mark.parametrize("points", [32, 64, 128, 256, 512, 300, 1024])

@@ -435,7 +435,22 @@ def _scar_run(newest, r1, r2, r3, r4, r5, w, anchor, sign, soft_t, hard_t):
 
 
 @njit(**_OPTS)
-def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
+def scar_grid_step(min_len):
+    """(step, points per run) of the scar grid: a run of min_len px or more covers `need`
+    consecutive grid points of step min_len // need."""
+    need = min(4, max(min_len, 1))
+    return max(min_len // need, 1), need
+
+
+@njit(**_OPTS)
+def store_scar_grid(line, grid_row, step):
+    """grid_row[g] = line[g * step]: the newest line's scar grid (see scar_fraction)."""
+    for g in range((line.shape[0] + step - 1) // step):
+        grid_row[g] = line[g * step]
+
+
+@njit(**_OPTS)
+def scar_fraction(hist, grid, head, count, ch, scale, hard, soft, min_len, scratch):
     """Causal scar score: share of the previous lines' pixels inside a confirmed scar band.
 
     `hist[head]` is the newest line (just arrived). A band is 1-4 lines just before it; a
@@ -448,8 +463,11 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
     So the test runs on the grid first (one branch-free pass: a bit per width and sign), and
     a run is traced pixel by pixel only from a grid point that starts 4 passing grid points
     in a row: the same runs as a full scan, at a fraction of the reads and branches on a clean
-    line. `scratch`: int64, >= 3 * SCAR_MAX_WIDTH + points (per width and sign the end of the
-    last run traced, per width the pixels marked, then the grid bits).
+    line. The grid values come from `grid` (each line's every step-th pixel, stored by
+    store_scar_grid when the line arrived): 6 lines x 4 channels of full rows are ~96 KB, out
+    of L1, and reading them cost as much as the test itself. `scratch`: int64, >= 3 *
+    SCAR_MAX_WIDTH + points (per width and sign the end of the last run traced, per width the
+    pixels marked, then the grid bits).
     """
     depth = hist.shape[0]
     n = hist.shape[2]
@@ -460,8 +478,7 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
         return best, best_w
     hard_t = hard * scale
     soft_t = soft * scale
-    need = min(4, max(min_len, 1))  # consecutive grid points a long enough run must cover
-    step = max(min_len // need, 1)
+    step, need = scar_grid_step(min_len)
     newest = hist[head, ch]
     r1 = hist[(head - 1) % depth, ch]
     r2 = hist[(head - 2) % depth, ch]
@@ -474,14 +491,19 @@ def scar_fraction(hist, head, count, ch, scale, hard, soft, min_len, scratch):
     marked = scratch[2 * SCAR_MAX_WIDTH : 3 * SCAR_MAX_WIDTH]
     bits = scratch[3 * SCAR_MAX_WIDTH :]
     n_grid = (n + step - 1) // step
+    g0 = grid[head, ch]
+    g1 = grid[(head - 1) % depth, ch]
+    g2 = grid[(head - 2) % depth, ch]
+    g3 = grid[(head - 3) % depth, ch]
+    g4 = grid[(head - 4) % depth, ch]
+    g5 = grid[(head - 5) % depth, ch]
     for g in range(n_grid):
-        i = g * step
-        a = newest[i]
-        v1 = r1[i]
-        v2 = r2[i]
-        v3 = r3[i]
-        v4 = r4[i]
-        v5 = r5[i]
+        a = g0[g]
+        v1 = g1[g]
+        v2 = g2[g]
+        v3 = g3[g]
+        v4 = g4[g]
+        v5 = g5[g]
         # band extremes of widths 1..4 and the line before each band
         lo2 = min(v1, v2)
         hi2 = max(v1, v2)
@@ -726,6 +748,7 @@ def score_line(
     floors,
     state,
     hist,
+    scar_grid,
     hist_good,
     base_ring,
     base_net,
@@ -803,11 +826,15 @@ def score_line(
         raw[base + CH_SCAR] = 0.0
     scar_width = 0
     scar_best = 0.0
+    step = scar_grid_step(int(cfg[S_SCAR_MIN_LEN]))[0]
+    for s in range(scar_ch.shape[0]):
+        store_scar_grid(hist[head, scar_ch[s]], scar_grid[head, scar_ch[s]], step)
     if ready:
         for s in range(scar_ch.shape[0]):
             c = scar_ch[s]
             frac, w = scar_fraction(
                 hist,
+                scar_grid,
                 head,
                 hist_n,
                 c,
@@ -978,6 +1005,7 @@ def score_frame(
     floors,
     state,
     hist,
+    scar_grid,
     hist_good,
     base_ring,
     base_net,
@@ -1015,6 +1043,7 @@ def score_frame(
             floors,
             state,
             hist,
+            scar_grid,
             hist_good,
             base_ring,
             base_net,

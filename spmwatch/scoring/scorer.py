@@ -243,6 +243,7 @@ class ScanState:
         self.cfg = settings.as_array()
         self.state = np.zeros(K.N_STATE, dtype=np.int64)
         self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
+        self.scar_grid = np.zeros((K.HIST_DEPTH, n_ch, points))  # every step-th pixel
         self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
         # sort the ring's columns, then merge the V of their distances (robust_baseline)
@@ -276,6 +277,7 @@ class ScanState:
             layout.floors,
             self.state,
             self.hist,
+            self.scar_grid,
             self.hist_good,
             self.base_ring,
             self.base_net,
