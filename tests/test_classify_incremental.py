@@ -185,6 +185,11 @@ def sample_cases(rng: np.random.Generator) -> list[np.ndarray]:
     mostly_flat[3, :5] = [1.0, 9.0, 9.5, -3.0, 20.0]
     huge = np.full((40, 128), 1e20)
     huge[5, :3] = [1e19, 3e20, 2e20]
+    # both quantiles 5.0, so the edges run 5 .. 6, far from where the quantiles put them,
+    # and values lie on them: the straddling bins' values are binned in a third pass
+    beyond = np.full((40, 128), 5.0)
+    beyond[1, :20] = 5 + np.arange(1, 21) / 64
+    beyond[2, :20] = rng.uniform(4, 5, 20)
     return [
         rng.normal(size=(70, 128)),
         np.sort(rng.normal(size=70 * 128)).reshape(70, 128),
@@ -196,6 +201,7 @@ def sample_cases(rng: np.random.Generator) -> list[np.ndarray]:
         (rng.normal(size=(70, 128)) * 1e-9).astype(np.float32),
         mostly_flat,  # both quantiles equal: edges lo .. lo + 1
         huge,  # lo + 1 == lo: degenerate edges
+        beyond,
         np.full((40, 128), -2.5),  # no spread at all
         rng.normal(size=(20, 50)),  # below FINE_BINS values
     ]

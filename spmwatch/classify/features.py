@@ -715,15 +715,72 @@ def _rank_bins(counts, rank):
 
 
 @njit(**_JIT)
+def _fine_bin(x, low, scale):
+    """The fine bin of any finite x (clamped to the range): never decreases as x grows."""
+    return int(min(max((x - low) * scale, 0.0), FINE_BINS - 1.0))
+
+
+@njit(**_JIT)
+def _fine_bounds(b, low, high, scale, margin):
+    """Bounds of every value `_fine_bin` puts in fine bin b, widened by margin (far past the
+    rounding of the bin number and of these bounds)."""
+    return max(low, low + b / scale - margin), min(high, low + (b + 1) / scale + margin)
+
+
+@njit(**_JIT)
+def _whole_bins(counts, edges, norm, low, high, scale, margin):
+    """(histogram of the fine bins lying inside one histogram bin, fine bins that do not).
+
+    `_bin` never decreases: fine bins b..last all lie in histogram bin k if the lower bound
+    of b and the upper bound of last do, and a binary search finds each run of such bins.
+    """
+    hist = np.zeros(ENTROPY_BINS, np.int64)
+    straddles = np.zeros(FINE_BINS, np.bool_)
+    b = 0
+    while b < FINE_BINS:
+        below, above = _fine_bounds(b, low, high, scale, margin)
+        k = _bin(below, edges, norm)
+        if _bin(above, edges, norm) != k:
+            straddles[b] = True
+            b += 1
+            continue
+        last, beyond = b, FINE_BINS  # the run ends at last, before beyond
+        while beyond - last > 1:
+            mid = (last + beyond) // 2
+            if _bin(_fine_bounds(mid, low, high, scale, margin)[1], edges, norm) == k:
+                last = mid
+            else:
+                beyond = mid
+        if 0 <= k < ENTROPY_BINS:
+            hist[k] += counts[b : last + 1].sum()
+        b = last + 1
+    return hist, straddles
+
+
+_LOW_TAIL, _HIGH_TAIL, _NEAR_EDGE = 1, 2, 4  # roles of a fine bin in `_sample_histogram`
+
+
+@njit(**_JIT)
+def _mark(role, first, last, flag):
+    """Add `flag` to the roles of fine bins first..last."""
+    for b in range(first, last + 1):
+        role[b] |= flag
+
+
+@njit(**_JIT)
 def _sample_histogram(data, rows, table):
     """(lo, hi, histogram): the TAIL_LO and TAIL_HI quantiles of data[rows] (linear, as
     `_quantile`) and `_histogram` of those rows between them, exactly.
 
     One pass puts every value in one of FINE_BINS equal bins over the rows' range (the
     extremes cached per line in `table`); the bin number never decreases as the value grows,
-    so each quantile's two order statistics are selected among the values of the one or two
-    bins their ranks fall in. A fine bin lying inside one histogram bin counts whole; only
-    the values of the fine bins that straddle an edge are binned one by one.
+    so each quantile's two order statistics are among the values of the one or two bins
+    their ranks fall in. Each histogram edge is a weighted mean of the two quantiles, so the
+    few fine bins it can fall in are known too: a second pass picks out the values of all
+    those bins at once. A fine bin lying inside one histogram bin counts whole; only the
+    picked values of the bins that straddle an edge are binned one by one (with the edges
+    lo .. lo + 1 of a sample without spread, or degenerate bins, an edge can land elsewhere:
+    then every value of a straddling bin is binned in a third pass).
     """
     points = data.shape[1]
     n = rows.size * points
@@ -750,54 +807,58 @@ def _sample_histogram(data, rows, table):
     p_lo, p_hi = int(np.floor(v_lo)), int(np.floor(v_hi))
     lo_first, lo_last, lo_below = _rank_bins(counts, p_lo)
     hi_first, hi_last, hi_below = _rank_bins(counts, p_hi)
+    margin = 1e-13 * (abs(low) + abs(high)) + 1e-300
+    role = np.zeros(FINE_BINS, np.uint8)
+    _mark(role, lo_first, lo_last, _LOW_TAIL)
+    _mark(role, hi_first, hi_last, _HIGH_TAIL)
+    lo_min = _fine_bounds(lo_first, low, high, scale, margin)[0]
+    lo_max = _fine_bounds(lo_last, low, high, scale, margin)[1]
+    hi_min = _fine_bounds(hi_first, low, high, scale, margin)[0]
+    hi_max = _fine_bounds(hi_last, low, high, scale, margin)[1]
+    for i in range(ENTROPY_BINS + 1):
+        w = i / ENTROPY_BINS
+        first = _fine_bin(lo_min * (1 - w) + hi_min * w - 2 * margin, low, scale) - 1
+        last = _fine_bin(lo_max * (1 - w) + hi_max * w + 2 * margin, low, scale) + 1
+        _mark(role, max(first, 0), min(last, FINE_BINS - 1), _NEAR_EDGE)
+    wanted = 0
+    for b in range(FINE_BINS):
+        wanted += counts[b] if role[b] else 0
+    picked = np.empty(wanted)
+    picked_bin = np.empty(wanted, np.int16)
+    m = 0
+    for k in range(rows.size):
+        row, at = data[rows[k]], k * points
+        for j in range(points):
+            if role[fine[at + j]]:
+                picked[m], picked_bin[m] = row[j], fine[at + j]
+                m += 1
     lows = np.empty(counts[lo_first : lo_last + 1].sum())
     highs = np.empty(counts[hi_first : hi_last + 1].sum())
     n_low = n_high = 0
-    for k in range(rows.size):
-        row, at = data[rows[k]], k * points
-        hits = 0  # a vectorised count first: most lines hold no value of those bins
-        for j in range(points):
-            b = fine[at + j]
-            hits += (lo_first <= b) & (b <= lo_last) | (hi_first <= b) & (b <= hi_last)
-        if hits == 0:
-            continue
-        for j in range(points):
-            b = fine[at + j]
-            if lo_first <= b <= lo_last:
-                lows[n_low] = row[j]
-                n_low += 1
-            if hi_first <= b <= hi_last:
-                highs[n_high] = row[j]
-                n_high += 1
+    for i in range(m):
+        if role[picked_bin[i]] & _LOW_TAIL:
+            lows[n_low] = picked[i]
+            n_low += 1
+        if role[picked_bin[i]] & _HIGH_TAIL:
+            highs[n_high] = picked[i]
+            n_high += 1
     lo = _interpolate(lows, n_low, p_lo - lo_below, v_lo - p_lo)
     hi = _interpolate(highs, n_high, p_hi - hi_below, v_hi - p_hi)
     edges = _edges(lo, hi)
     norm = _bin_scale(ENTROPY_BINS, edges[ENTROPY_BINS] - edges[0])
     if norm == 0:
         return lo, hi, _histogram(data, rows, edges)
-    hist = np.zeros(ENTROPY_BINS, np.int64)
-    straddles = np.zeros(FINE_BINS, np.bool_)
-    # A value in fine bin b lies between these bounds (widened far past any rounding), and
-    # `_bin` never decreases: fine bins b..last all lie in histogram bin k if the lower bound
-    # of b and the upper bound of last do. A binary search finds each run of such bins.
-    margin = 1e-13 * (abs(low) + abs(high)) + 1e-300
-    b = 0
-    while b < FINE_BINS:
-        k = _bin(max(low, low + b / scale - margin), edges, norm)
-        if _bin(min(high, low + (b + 1) / scale + margin), edges, norm) != k:
-            straddles[b] = True
-            b += 1
-            continue
-        last, beyond = b, FINE_BINS  # the run ends at last, before beyond
-        while beyond - last > 1:
-            mid = (last + beyond) // 2
-            if _bin(min(high, low + (mid + 1) / scale + margin), edges, norm) == k:
-                last = mid
-            else:
-                beyond = mid
-        if 0 <= k < ENTROPY_BINS:
-            hist[k] += counts[b : last + 1].sum()
-        b = last + 1
+    hist, straddles = _whole_bins(counts, edges, norm, low, high, scale, margin)
+    missed = False
+    for b in range(FINE_BINS):
+        missed |= straddles[b] and counts[b] > 0 and not role[b] & _NEAR_EDGE
+    if not missed:
+        for i in range(m):
+            if straddles[picked_bin[i]]:
+                b = _bin(picked[i], edges, norm)
+                if 0 <= b < ENTROPY_BINS:
+                    hist[b] += 1
+        return lo, hi, hist
     for k in range(rows.size):
         row, at = data[rows[k]], k * points
         for j in range(points):
