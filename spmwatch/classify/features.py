@@ -338,11 +338,33 @@ def _edges(lo, hi):
     return edges
 
 
-def _entropy(hist: np.ndarray) -> float:
-    """Shannon entropy of a histogram, normalised to [0, 1] by that of ENTROPY_BINS equal
-    bins (numpy's log and sum on both paths, so they round alike)."""
-    p = hist[hist > 0] / max(hist.sum(), 1)
-    return float(-(p * np.log(p)).sum() / np.log(ENTROPY_BINS))
+@njit(**_JIT)
+def _shares(hist, out):
+    """The shares of a histogram's non-empty bins into out[:k]; k. As numpy's
+    hist[hist > 0] / max(hist.sum(), 1): both divide the two counts as float64."""
+    total = max(hist.sum(), 1)
+    k = 0
+    for count in hist:
+        if count > 0:
+            out[k] = count / total
+            k += 1
+    return k
+
+
+_LOG_BINS = np.log(ENTROPY_BINS)
+
+
+def _entropy(p: np.ndarray) -> float:
+    """Shannon entropy of a histogram from the shares of its non-empty bins (`_shares`),
+    normalised to [0, 1] by that of ENTROPY_BINS equal bins. numpy's log and sum on both
+    paths, so they round alike."""
+    return float(-(p * np.log(p)).sum() / _LOG_BINS)
+
+
+def _histogram_entropy(hist: np.ndarray) -> float:
+    """`_entropy` of a histogram's counts."""
+    p = np.empty(len(hist))
+    return _entropy(p[: _shares(hist, p)])
 
 
 @njit(**_JIT)
@@ -381,8 +403,8 @@ def _summary(
     ]
 
 
-def _from_parts(parts: np.ndarray, hist: np.ndarray) -> list[float]:
-    """`_summary` of one channel's `_aggregate` parts and entropy histogram."""
+def _from_parts(parts: np.ndarray, shares: np.ndarray) -> list[float]:
+    """`_summary` of one channel's `_aggregate` parts and entropy histogram shares."""
     q99, scar, band, ratio_lo, ratio_hi, flat, rough, smooth, first, last = parts
     return _summary(
         scar_q99=q99,
@@ -391,7 +413,7 @@ def _from_parts(parts: np.ndarray, hist: np.ndarray) -> list[float]:
         ratio_lo=ratio_lo,
         ratio_hi=ratio_hi,
         flat_frac=flat,
-        entropy=_entropy(hist),
+        entropy=_entropy(shares),
         rough_frac=rough,
         smooth_frac=smooth,
         texture_first=first,
@@ -434,7 +456,7 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     sample = good[:: _entropy_step(len(good))]
     pooled = sample.ravel()
     lo, hi = _quantile(pooled, TAIL_LO), _quantile(pooled, TAIL_HI)
-    entropy = _entropy(_histogram(sample, np.arange(len(sample)), _edges(lo, hi)))
+    entropy = _histogram_entropy(_histogram(sample, np.arange(len(sample)), _edges(lo, hi)))
     # Texture persistence: lines much rougher (ringing, noise bursts) or smoother (a blunt tip,
     # a flat-lined loop) than the channel's typical line, and a slow drift of the line texture
     # between the first and last third of the frame (gain drift, tip change). Texture, not the
@@ -872,19 +894,21 @@ def _sample_histogram(data, rows, table):
 @njit(**_JIT)
 def _frame_parts(lines, table, n, stride):
     """`_aggregate` and `_sample_histogram` of every channel's first n lines, in one call:
-    (enough good lines, flat share, parts, entropy histogram) per channel."""
+    (enough good lines, flat share, parts, entropy histogram shares and their number) per
+    channel."""
     channels = lines.shape[0]
     enough = np.zeros(channels, np.bool_)
     flat = np.empty(channels)
     parts = np.zeros((channels, 10))
-    hists = np.zeros((channels, ENTROPY_BINS), np.int64)
+    shares = np.zeros((channels, ENTROPY_BINS))
+    filled = np.zeros(channels, np.int64)
     for c in range(channels):
         ok, flat[c], good, parts[c] = _aggregate(lines[c], table[c], n, stride)
         if ok:
             enough[c] = True
             rows = good[:: _entropy_step(good.size)]
-            hists[c] = _sample_histogram(lines[c], rows, table[c])[2]
-    return enough, flat, parts, hists
+            filled[c] = _shares(_sample_histogram(lines[c], rows, table[c])[2], shares[c])
+    return enough, flat, parts, shares, filled
 
 
 def channel_features(channels: Mapping[str, np.ndarray]) -> list[float]:
@@ -961,12 +985,14 @@ class ChannelStatsAccumulator:
         self._settle()
         if self.n_lines == 0:  # the mean of no lines, as numpy gives it
             return _pool([_too_few_lines(float("nan")) for _ in self.names])
-        enough, flat, parts, hists = _frame_parts(
+        enough, flat, parts, shares, filled = _frame_parts(
             self._lines, self._table, self.n_lines, self._stride
         )
         return _pool(
             [
-                _from_parts(parts[c], hists[c]) if enough[c] else _too_few_lines(flat[c])
+                _from_parts(parts[c], shares[c, : filled[c]])
+                if enough[c]
+                else _too_few_lines(flat[c])
                 for c in range(len(self.names))
             ]
         )
