@@ -199,6 +199,20 @@ def test_streaming_equals_batch_and_is_causal(dtype) -> None:
     np.testing.assert_array_equal(head.features, batch.features[:110])
 
 
+def test_float32_frame_is_widened_line_by_line_to_the_same_rows() -> None:
+    # the kernel's float32 path (a line widened in cache) against the frame widened by numpy
+    scan, _ = faults.streaks(synthetic_scan(96, 128, seed=5), 40, 20)
+    names = list(scan.channels)
+    frame32 = np.stack([scan.channels[n] for n in names], axis=1).astype(np.float32)
+    rows = []
+    for frame in (frame32, frame32.astype(np.float64)):
+        scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
+        scorer.score_frame(frame, list(range(len(frame))))
+        rows.append(scorer.finish())
+    np.testing.assert_array_equal(rows[0].features, rows[1].features)
+    assert rows[0].events == rows[1].events and any(rows[0].events)
+
+
 @pytest.mark.parametrize(
     "inject",
     [

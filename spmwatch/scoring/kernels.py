@@ -983,7 +983,9 @@ def _line_f64_typed(frame, k, line_buf):
         return lambda frame, k, line_buf: frame[k]
 
     def widen(frame, k, line_buf):
-        line_buf[:] = frame[k]
+        for c in range(line_buf.shape[0]):  # a loop, not line_buf[:] = ...: no temporary
+            for i in range(line_buf.shape[1]):
+                line_buf[c, i] = frame[k, c, i]
         return line_buf
 
     return widen
