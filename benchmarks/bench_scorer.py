@@ -81,7 +81,7 @@ def _loop_scar(hist, grid, head, scar_ch, base_med, scratch, reps):
 def _loop_residual(hist, head, pair_t, pair_r, lags, work, reps):
     for _ in range(reps):
         for p in range(pair_t.shape[0]):
-            K.residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], work[1], work[2])
+            K.residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], work[1])
 
 
 @njit

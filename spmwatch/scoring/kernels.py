@@ -146,13 +146,6 @@ def _order_key(bits):
 
 
 @njit(**_OPTS)
-def _key_value(key, scratch):
-    """The float64 whose order key is `key` (a bit cast through one slot of `scratch`)."""
-    scratch.view(np.int64)[0] = _order_key(key)
-    return scratch[0]
-
-
-@njit(**_OPTS)
 def _max_above_zero(a, lo, hi):
     """max(0, a[lo:hi]) for finite values, as an integer max over order keys (a float max
     reduction is a chain of dependent selects: ~4 cycles a value; the integer one vectorises).
@@ -185,12 +178,11 @@ def line_stats(x, out_detrended, stats):
     larger share of non-finite or exactly zero samples, 1.0 when the line is constant (a lost
     line); flat_fraction the larger share of samples pinned at the line max or min (a segment
     of a live line saturated or parachuting: tracking loss, not a dropout). Non-finite samples
-    are written as 0 in `out_detrended`. Two passes, both branch-free so they vectorise; x must
-    be contiguous (its bits are read for the min/max).
+    are written as 0 in `out_detrended`. Two passes and the difference pass, branch-free so
+    they vectorise (the min/max through order keys of the bits).
     """
     n = x.shape[0]
     half = 0.5 * (n - 1)
-    bits = x.view(np.int64)
     s = 0.0
     sx = 0.0
     sxx = 0.0
@@ -208,15 +200,15 @@ def line_stats(x, out_detrended, stats):
         sx += vf * xc
         sxx += xc * xc if finite else 0.0
         zeros += v == 0.0
-        k = _order_key(bits[i])
+        k = _order_key(_f64_bits(v))
         key_lo = k if k < key_lo else key_lo
         key_hi = k if k > key_hi else key_hi
     nonfinite = n - good
     if nonfinite:
         lo, hi = _finite_range(x)
     else:
-        lo = _key_value(key_lo, out_detrended)
-        hi = _key_value(key_hi, out_detrended)
+        lo = _bits_f64(_order_key(key_lo))
+        hi = _bits_f64(_order_key(key_hi))
     if good < 2 or hi == lo:
         for i in range(n):
             out_detrended[i] = 0.0
@@ -271,12 +263,11 @@ def line_pair(a, b):
 
 
 @njit(**_OPTS)
-def residual(trace, retrace, lag, out, scratch):
+def residual(trace, retrace, lag, out):
     """Trace minus retrace after shifting by `lag` px: trace[i + lag] - retrace[i].
 
     The residual over the overlap has its own offset and slope removed (the two directions
     drift apart slightly). out <- [rms, max |residual|, trace/retrace correlation].
-    `scratch` (>= len(trace) floats, contiguous) holds |residual| for the max.
     """
     n = trace.shape[0]
     i0 = max(0, -lag)
@@ -308,18 +299,15 @@ def residual(trace, retrace, lag, out, scratch):
     mean = s / m
     slope = sx / sxx
     ss = 0.0
+    top = 0  # the largest |d| as the largest int64 of its bits: non-negative floats order so
     for i in range(m):
         d = tt[i] - rr[i] - mean - slope * (i - half)
         ss += d * d
-        scratch[i] = abs(d)
-    # the largest |d| as the largest int64 of its bits: non-negative floats order like them
-    bits = scratch.view(np.int64)
-    top = bits[0]
-    for i in range(1, m):
-        top = bits[i] if bits[i] > top else top
+        bits = _f64_bits(abs(d))
+        top = bits if bits > top else top
     denom = math.sqrt(stt * srr)
     out[0] = math.sqrt(ss / m)
-    out[1] = _key_value(top, scratch)
+    out[1] = _bits_f64(top)
     out[2] = str_ / denom if denom > 0.0 else 0.0
 
 
@@ -868,7 +856,7 @@ def score_line(
             lags[p] = _median_int(lag_votes[:, p], n_votes, iwork)
     off = n_ch * N_CH_RAW
     for p in range(n_pairs):
-        residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], pair_out, work[2])
+        residual(hist[head, pair_t[p]], hist[head, pair_r[p]], lags[p], pair_out)
         raw[off + p * N_PAIR_RAW + PR_RMS] = fast_log(pair_out[0] + TINY)
         raw[off + p * N_PAIR_RAW + PR_MAX] = fast_log(pair_out[1] + TINY)
         raw[off + p * N_PAIR_RAW + PR_DECOR] = 1.0 - pair_out[2]
@@ -886,7 +874,7 @@ def score_line(
         klo = int(cfg[S_SPEC_KLO])
         raw[ring_i] = spectral_peak(power, spec_base[0], klo, have_spec, logp)
         if have_spec:
-            # work rows 2 (residual scratch) and 3 (power) are spent by now
+            # work rows 2 (free) and 3 (power, spent by now) as scratch
             raw[ring_i + 1] = persistent_peak(logp, spec_base, klo, work[2:4, :m])
     # 5. robust z per family (the consensus-th largest over channels), score and flag
     top1 = work[5, :N_FAMILIES]
