@@ -839,9 +839,9 @@ def _sample_histogram(data, rows, table):
     hi_max = _fine_bounds(hi_last, low, high, scale, margin)[1]
     for i in range(ENTROPY_BINS + 1):
         w = i / ENTROPY_BINS
-        first = _fine_bin(lo_min * (1 - w) + hi_min * w - 2 * margin, low, scale) - 1
-        last = _fine_bin(lo_max * (1 - w) + hi_max * w + 2 * margin, low, scale) + 1
-        _mark(role, max(first, 0), min(last, FINE_BINS - 1), _NEAR_EDGE)
+        first = _fine_bin(lo_min * (1 - w) + hi_min * w - 2 * margin, low, scale)
+        last = _fine_bin(lo_max * (1 - w) + hi_max * w + 2 * margin, low, scale)
+        _mark(role, first, last, _NEAR_EDGE)
     wanted = 0
     for b in range(FINE_BINS):
         wanted += counts[b] if role[b] else 0
