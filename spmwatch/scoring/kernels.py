@@ -185,7 +185,6 @@ def line_stats(x, out_detrended, stats):
     half = 0.5 * (n - 1)
     s = 0.0
     sx = 0.0
-    sxx = 0.0
     good = 0
     zeros = 0
     key_lo = KEY_MAX
@@ -193,12 +192,10 @@ def line_stats(x, out_detrended, stats):
     for i in range(n):
         v = x[i]
         finite = math.isfinite(v)
-        xc = i - half
         vf = v if finite else 0.0
         good += finite
         s += vf
-        sx += vf * xc
-        sxx += xc * xc if finite else 0.0
+        sx += vf * (i - half)
         zeros += v == 0.0
         k = _order_key(_f64_bits(v))
         key_lo = k if k < key_lo else key_lo
@@ -206,9 +203,13 @@ def line_stats(x, out_detrended, stats):
     nonfinite = n - good
     if nonfinite:
         lo, hi = _finite_range(x)
+        sxx = 0.0
+        for i in range(n):
+            sxx += (i - half) * (i - half) if math.isfinite(x[i]) else 0.0
     else:
         lo = _bits_f64(_order_key(key_lo))
         hi = _bits_f64(_order_key(key_hi))
+        sxx = n * (n * n - 1.0) / 12.0  # sum of (i - half)^2 (exact below ~100,000 points)
     if good < 2 or hi == lo:
         for i in range(n):
             out_detrended[i] = 0.0
