@@ -59,6 +59,18 @@ def test_line_stats_matches_numpy(x: np.ndarray) -> None:
 
 
 @settings(max_examples=100, deadline=None)
+@given(lines, st.integers(0, 2**32 - 1))
+def test_line_stats_with_non_finite_samples_matches_numpy(x: np.ndarray, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = x.copy()
+    x[rng.random(len(x)) < 0.1] = rng.choice([np.nan, np.inf, -np.inf])
+    d, stats = kernel_stats(x)
+    d_ref, stats_ref = R.line_stats(x)
+    np.testing.assert_allclose(stats, stats_ref, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-9, atol=1e-7)
+
+
+@settings(max_examples=100, deadline=None)
 @given(st.integers(16, 200), st.integers(-20, 20), st.integers(0, 2**32 - 1))
 def test_residual_and_lag_match_numpy(n: int, lag: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
