@@ -85,7 +85,9 @@ class ScoringSettings:
     floor_tr_decorrelation: float = 0.05
     floor_ringing: float = 0.35
     floor_ringing_persist: float = 0.4
-    ring_lines: int = 3  # lines a spectral peak must persist in (at one bin) for ringing_z
+    # lines a spectral peak must hold at one bin for the persistent ringing measure (it
+    # raises the score and names the line oscillation, but has no feature column)
+    ring_lines: int = 3
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
