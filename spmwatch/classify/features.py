@@ -521,16 +521,42 @@ def _block_sum(a, lo, n):
 
 
 @njit(**_JIT)
+def _half(n):
+    """Where numpy's pairwise summation splits a run of n: the middle, down to a multiple of 8."""
+    return n // 2 - (n // 2) % 8
+
+
+@njit(**_JIT)
+def _at_most_two_blocks(n):
+    """A run numpy sums as one block or splits once into two."""
+    return n <= _PAIRWISE_BLOCK or n - _half(n) <= _PAIRWISE_BLOCK
+
+
+@njit(**_JIT)
+def _two_blocks(a, lo, n):
+    """numpy's sum of a[lo:lo + n] for a run of at most two blocks."""
+    if n <= _PAIRWISE_BLOCK:
+        return _block_sum(a, lo, n)
+    half = _half(n)
+    return _block_sum(a, lo, half) + _block_sum(a, lo + half, n - half)
+
+
+@njit(**_JIT)
 def _pairwise_sum(a, n, todo, sums):
     """np.add.reduce of float64 a[:n], so a line's std rounds as numpy's: runs of more than
     128 split in halves on multiples of eight, shorter ones summed by `_block_sum`.
 
-    The halving is walked with an explicit stack, not by recursion: numba's on-disk cache
-    crashes on reloading recursive functions. `todo` (128, 3) int64 and `sums` (64,) float64
-    are scratch space (the caller's, so a line costs no allocation).
+    Up to four blocks (lines of 256 or 512 points) are summed directly; longer runs walk the
+    halving with an explicit stack, not by recursion: numba's on-disk cache crashes on
+    reloading recursive functions (the stack cost a 256-point line three times the sums).
+    `todo` (128, 3) int64 and `sums` (64,) float64 are scratch space (the caller's, so a
+    line costs no allocation).
     """
-    if n <= _PAIRWISE_BLOCK:
-        return _block_sum(a, 0, n)
+    if _at_most_two_blocks(n):
+        return _two_blocks(a, 0, n)
+    half = _half(n)
+    if _at_most_two_blocks(half) and _at_most_two_blocks(n - half):
+        return _two_blocks(a, 0, half) + _two_blocks(a, half, n - half)
     todo[0, 0], todo[0, 1], todo[0, 2] = 0, n, 0
     tasks = 1
     done = 0
@@ -544,8 +570,7 @@ def _pairwise_sum(a, n, todo, sums):
             done -= 1
             sums[done - 1] += sums[done]
         else:
-            half = m // 2
-            half -= half % 8
+            half = _half(m)
             todo[tasks, 2] = 1  # combine the two halves once both are summed
             todo[tasks + 1, 0], todo[tasks + 1, 1], todo[tasks + 1, 2] = lo + half, m - half, 0
             todo[tasks + 2, 0], todo[tasks + 2, 1], todo[tasks + 2, 2] = lo, half, 0
