@@ -165,7 +165,9 @@ def bench_frames(frames: int) -> None:
             latencies.append(received - t)
         print(
             f"\n[2] 512 x 512 x 8 .ibw renamed into the folder -> spmwatch.frame "
-            f"(settle = 0): {percentiles(latencies)}"
+            f"(settle = 0): {percentiles(latencies)}\n    each: "
+            + ", ".join(f"{1e3 * s:.0f}" for s in latencies)
+            + " ms"
         )
         sub.close()
         daemon.stop()
@@ -203,9 +205,12 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     args = parser.parse_args()
     print(f"spmwatch daemon benchmark on {os.cpu_count()} CPUs")
-    bench_ready(args.starts)
-    bench_alerts(args.seconds, args.rate, args.rss_lines)
-    bench_frames(args.frames)
+    if args.starts:
+        bench_ready(args.starts)
+    if args.seconds:
+        bench_alerts(args.seconds, args.rate, args.rss_lines)
+    if args.frames:
+        bench_frames(args.frames)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import struct
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -476,6 +477,17 @@ def write_scan(scan: Scan, path: str | Path) -> None:
             raise ValueError(f"channel name {name!r} is not a valid Igor label: {exc}") from exc
     wave.set_note(build_note(scan))
     wave.save(str(path))
+
+
+def warm_up_reader() -> None:
+    """Write and read back a tiny wave in the calling thread: igor2 builds its parsing
+    structures once per thread (~0.1 s), which would otherwise delay the first frame a
+    watcher thread reads."""
+    scan = Scan("warm_up", {"HeightRetrace": np.zeros((2, 4), np.float32)}, {}, 2, False)
+    with tempfile.TemporaryDirectory(prefix="spmwatch-") as folder:
+        path = Path(folder) / "warm_up.ibw"
+        write_scan(scan, path)
+        read_scan(path)
 
 
 _RECORD_FIELDS = (

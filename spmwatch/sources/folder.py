@@ -27,7 +27,7 @@ from stat import S_ISDIR
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from spmwatch.ibw import read_scan
+from spmwatch.ibw import read_scan, warm_up_reader
 from spmwatch.model import Scan
 from spmwatch.protocol import safe_scan_id
 from spmwatch.sources import Counters, FrameFile, Sink, SourceThread
@@ -209,6 +209,7 @@ class FolderWatcher(SourceThread):
         super().start()
 
     def _run(self) -> None:
+        warm_up_reader()  # in this thread, the one that reads the frames
         next_rescan = time.monotonic() + self.rescan_interval
         try:
             while not self._stop.is_set():
