@@ -15,7 +15,6 @@ try block that turns failures into a logged spmwatch.error.
 from __future__ import annotations
 
 import dataclasses
-import queue
 import signal
 import socket
 import sys
@@ -35,6 +34,7 @@ from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.classify.features import ChannelStatsAccumulator
 from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
+from spmwatch.inbox import Inbox
 from spmwatch.logs import setup_logging
 from spmwatch.metrics import Metrics
 from spmwatch.model import Alert, FrameScores, Line, Verdict
@@ -106,9 +106,7 @@ class Daemon:
         self.settings = settings
         self.config_path = Path(config_path) if config_path else None
         self.notifier = notifier or Notifier()
-        self._inbox: queue.Queue[tuple[float, object]] = queue.Queue(
-            maxsize=settings.daemon.queue_size
-        )
+        self._inbox: Inbox[tuple[float, object]] = Inbox(settings.daemon.queue_size)
         self._shed_depth = max(1, settings.daemon.queue_size // 4)
         self._scans: OrderedDict[str, _OpenScan] = OrderedDict()
         self._lock = threading.Lock()
@@ -220,12 +218,9 @@ class Daemon:
         next_ping = time.monotonic()
         next_sweep = time.monotonic() + 1.0
         while not self._stop.is_set():
-            try:
-                first = self._inbox.get(timeout=_TICK)
-            except queue.Empty:
-                pass
-            else:
-                self._handle_batch(self._drain(first))
+            batch = self._inbox.take(_BATCH, _TICK)
+            if batch:
+                self._handle_batch(batch)
             now = time.monotonic()
             if watchdog is not None and now >= next_ping:
                 self.notifier.watchdog()
@@ -241,20 +236,19 @@ class Daemon:
     def shutdown(self) -> None:
         """Stop the sources, score and publish everything queued, send final counters, close."""
         self.notifier.stopping()
-        log.info("stopping", queued=self._inbox.qsize(), open_scans=len(self._scans))
+        log.info("stopping", queued=len(self._inbox), open_scans=len(self._scans))
         for source in self.sources:
             source.stop(timeout=0)  # ask all at once; they finish while the inbox drains
         deadline = time.monotonic() + _DRAIN_TIMEOUT
         drained = 0
         while time.monotonic() < deadline:
-            try:
-                received, item = self._inbox.get(timeout=_TICK)
-            except queue.Empty:
+            batch = self._inbox.take(_BATCH, _TICK)
+            if not batch:
                 if not any(getattr(s, "running", False) for s in self.sources):
                     break
                 continue
-            self._handle(received, item)
-            drained += 1
+            self._handle_batch(batch)
+            drained += len(batch)
         for scan_id in list(self._scans):
             self._close_scan(scan_id, "shutdown")
         for source in self.sources:
@@ -322,18 +316,6 @@ class Daemon:
 
     # -- items ------------------------------------------------------------------------------------
 
-    def _drain(self, first: tuple[float, object]) -> list[tuple[float, object]]:
-        """`first` and whatever else is already queued, up to _BATCH items: under load the
-        lines of one scan are then scored together (one kernel call, one lock per batch)."""
-        batch = [first]
-        get = self._inbox.get_nowait
-        try:
-            while len(batch) < _BATCH:
-                batch.append(get())
-        except queue.Empty:
-            pass
-        return batch
-
     def _handle_batch(self, batch: list[tuple[float, object]]) -> None:
         """Handle items in arrival order; consecutive lines of one scan go in as one run."""
         run: list[tuple[float, Line]] = []
@@ -392,7 +374,7 @@ class Daemon:
         assert self.publisher is not None
         publish_lines = self.settings.publish.line_topic
         # behind: line scores are shed (counted, seq used up) so the time goes to scoring
-        behind = publish_lines and self._inbox.qsize() >= self._shed_depth
+        behind = publish_lines and len(self._inbox) >= self._shed_depth
         observe = self.metrics.latency.observe
         budget = self.settings.daemon.max_held_bytes
         for k, (received, line) in enumerate(run):
@@ -615,7 +597,7 @@ class Daemon:
             "uptime": round(time.monotonic() - self._started, 3),
             "counters": self._snapshot_counts(),
             "open_scans": scans,
-            "queue": self._inbox.qsize(),
+            "queue": len(self._inbox),
             "sources": {s.name: s.counters.snapshot() for s in self.sources},
             "publisher": self.publisher.counters() if self.publisher else {},
         }
@@ -679,13 +661,13 @@ class Daemon:
             "model": self._model_name(),
             "paused": self._paused,
             "open_scans": len(self._scans),
-            "queue": self._inbox.qsize(),
+            "queue": len(self._inbox),
         }
 
     def _queue_depths(self) -> dict[str, int]:
         pub = self.publisher.counters() if self.publisher else {}
         return {
-            "inbox": self._inbox.qsize(),
+            "inbox": len(self._inbox),
             "publish_priority": int(pub.get("priority_queue", 0)),
             "publish_lines": int(pub.get("line_queue", 0)),
         }
