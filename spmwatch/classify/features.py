@@ -578,10 +578,9 @@ def _pairwise_sum(a, n, todo, sums):
     return sums[0]
 
 
-@njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "reassoc"})
+@njit(**_JIT)
 def _extremes(x):
-    """(min, max) of finite x. Fast-math lets LLVM vectorise the two reductions; the order
-    of comparisons changes no minimum or maximum (but the sign of a zero, used nowhere)."""
+    """(min, max) of finite x."""
     low, high = x[0], x[0]
     for v in x:
         low = min(low, v)
