@@ -8,6 +8,7 @@ the lines before it in acquisition order.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
     )
 
 
+@functools.lru_cache(maxsize=32)  # one table per size, shared by the scans: never written
 def _fft_tables(points: int) -> np.ndarray:
     """Twiddles for the packed real FFT of the first 2M points (M a power of two, >= 8;
     shape (4, 0) when the line is too short for a spectrum).
@@ -203,6 +205,7 @@ def _next_pow2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+@functools.lru_cache(maxsize=32)  # one table per size, shared by the scans: never written
 def sort_network(n: int) -> np.ndarray:
     """Comparators (i, j), i < j, of Batcher's odd-even merge sort for the next power of two
     >= n: applied in order, each putting the smaller value in row i, they sort any input.
@@ -224,6 +227,7 @@ def sort_network(n: int) -> np.ndarray:
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+@functools.lru_cache(maxsize=32)  # one table per size, shared by the scans: never written
 def bitonic_merger(n: int) -> np.ndarray:
     """Comparators of the bitonic merger for the next power of two >= n (size/2 per stage,
     log2(size) stages): they sort any sequence that first falls, then rises."""
