@@ -658,17 +658,18 @@ def _line_values(lines, table, start, end, stride, pairs):
         _settle_medians(values, counts, cells, used, pairs, medians, out_c)
 
 
-_BAND_PAIRS = _median_network(16)  # the running median's window, BAND_WINDOW lines at most
+_BAND_WIRES = 1 << (BAND_WINDOW - 1).bit_length()  # a power of two >= BAND_WINDOW
+_BAND_PAIRS = _median_network(_BAND_WIRES)
 
 
 @njit(**_JIT)
 def _band_count(level, width, noise):
     """Lines whose level lies more than SCAR_STEP noise from the running median of `width`
-    (odd, <= 16) lines around it: scipy's median_filter(mode="nearest") and the band test.
-    Every line's window is one column of the 16-wire median network."""
+    (odd, <= BAND_WINDOW) lines around it: scipy's median_filter(mode="nearest") and the
+    band test. Every line's window is one column of the median network."""
     n = level.size
     half = width // 2
-    windows = np.empty((16, n))
+    windows = np.empty((_BAND_WIRES, n))
     counts = np.full(n, width)
     for k in range(width):
         for i in range(n):
