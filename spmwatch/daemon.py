@@ -50,7 +50,6 @@ _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
 _SWITCH_INTERVAL = 0.0005  # s; see run()
 _BATCH = 64  # most items taken from the inbox at once (an alert waits for at most this many)
 _DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
-_F32 = np.dtype(np.float32)
 _FIRST_LINES_HELD = 1024  # room reserved for an open scan's lines at first; it grows as needed
 # Sections a SIGHUP applies at once; the others own sockets or threads and need a restart.
 _LIVE_SECTIONS = ("scoring", "model", "logging", "daemon")
@@ -75,13 +74,11 @@ class _OpenScan:
 
     def keep(self, channels: Mapping[str, np.ndarray]) -> None:
         """Keep the line's rows for the classifier; a missing or misshapen channel is NaN."""
-        shape = (self.scorer.points,)
-        if not all(
-            isinstance(v, np.ndarray) and v.shape == shape and v.dtype == _F32
-            for v in map(channels.get, self.lines.names)
-        ):
-            channels = {name: _row(channels.get(name), shape) for name in self.lines.names}
-        self.lines.push(channels)
+        try:
+            self.lines.push(channels)  # checks each row itself; a refused line is not added
+        except ValueError:
+            shape = (self.scorer.points,)
+            self.lines.push({name: _row(channels.get(name), shape) for name in self.lines.names})
 
 
 def _row(values: object, shape: tuple[int]) -> np.ndarray:
