@@ -15,6 +15,7 @@ try block that turns failures into a logged spmwatch.error.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import signal
 import socket
 import sys
@@ -181,6 +182,9 @@ class Daemon:
             self.sources.append(source)
         self._started = time.monotonic()
         status = f"scoring; model {self._model_name()}; warm-up {warm:.2f} s"
+        # Everything loaded so far (numba, sklearn, the model) lives as long as the process:
+        # out of the collector's sight, a full collection no longer walks it mid-scan.
+        gc.freeze()
         self.notifier.ready(status)
         log.info(
             "ready",
