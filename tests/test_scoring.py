@@ -16,12 +16,11 @@ from spmwatch.scoring.scorer import (
     ScanScorer,
     ScoringSettings,
     _fft_tables,
-    bitonic_merger,
     score_scan,
-    sort_network,
     synthetic_scan,
     warm_up,
 )
+from spmwatch.sorting import bitonic_merger, sort_network
 from tests import scoring_helpers as faults
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)

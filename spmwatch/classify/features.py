@@ -32,6 +32,7 @@ from numba import njit
 from scipy import ndimage
 
 from spmwatch.model import FrameScores
+from spmwatch.sorting import sort_network
 
 CHANNEL_STATS = (
     "scar_q99",
@@ -205,19 +206,8 @@ def _step(row, following, stride, buf):
 def _median_network(n: int) -> np.ndarray:
     """Batcher's odd-even merge sort of n (a power of two) values as (low, high) wire pairs,
     less the comparators that cannot reach the two middle wires (445 of 543 for 64)."""
-    pairs = []
-    p = 1
-    while p < n:
-        k = p
-        while k >= 1:
-            for j in range(k % p, n - k, 2 * k):
-                for i in range(min(k, n - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
     needed, kept = {n // 2 - 1, n // 2}, []
-    for low, high in reversed(pairs):
+    for low, high in reversed(sort_network(n).tolist()):
         if low in needed or high in needed:
             kept.append((low, high))
             needed |= {low, high}

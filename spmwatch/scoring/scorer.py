@@ -19,6 +19,7 @@ import numpy as np
 from spmwatch.model import Alert, FrameScores, Line, LineScore, Scan, pair_channels
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring.events import AlertRule, EventTracker
+from spmwatch.sorting import bitonic_merger, next_pow2, sort_network
 
 FEATURE_NAMES: tuple[str, ...] = (
     "level_z",
@@ -201,45 +202,6 @@ def _fft_tables(points: int) -> np.ndarray:
     return tw
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
-
-
-@functools.lru_cache(maxsize=32)  # one table per size, shared by the scans: never written
-def sort_network(n: int) -> np.ndarray:
-    """Comparators (i, j), i < j, of Batcher's odd-even merge sort for the next power of two
-    >= n: applied in order, each putting the smaller value in row i, they sort any input.
-
-    The robust baseline sorts all its feature columns at once with it (kernels.robust_baseline).
-    """
-    size = _next_pow2(n)
-    pairs: list[tuple[int, int]] = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-@functools.lru_cache(maxsize=32)  # one table per size, shared by the scans: never written
-def bitonic_merger(n: int) -> np.ndarray:
-    """Comparators of the bitonic merger for the next power of two >= n (size/2 per stage,
-    log2(size) stages): they sort any sequence that first falls, then rises."""
-    size = _next_pow2(n)
-    pairs = []
-    step = size // 2
-    while step >= 1:
-        pairs += [(i, i + step) for i in range(size) if not i & step]
-        step //= 2
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
 class ScanState:
     """Every array the kernels read and advance for one scan, allocated once."""
 
@@ -255,7 +217,7 @@ class ScanState:
         # sort the ring's columns, then merge the V of their distances (robust_baseline)
         self.base_net = np.vstack([sort_network(settings.window), bitonic_merger(settings.window)])
         width = -(-layout.n_raw // 16) * 16  # whole vectors for the sorting network
-        self.base_buf = np.zeros((_next_pow2(settings.window), width))
+        self.base_buf = np.zeros((next_pow2(settings.window), width))
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
         self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
