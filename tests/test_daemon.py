@@ -20,6 +20,7 @@ from spmwatch import protocol
 from spmwatch.classify.classifier import load_default
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import score_scan
+from spmwatch.sources.linesocket import LineSender
 from spmwatch.synth import clean_scan, failing_scan
 from tests.daemon_helpers import (
     DaemonProcess,
@@ -103,6 +104,26 @@ def test_failing_scan_gives_one_alert_then_the_frame(running: Running) -> None:
     assert any(e["kind"] == offline.alert.kind for e in frame["events"])
     lines = running.sub.of(protocol.TOPIC_LINE, scan_id="fail-1")
     assert len(lines) == LINES and any(line["flagged"] for line in lines)
+
+
+def test_a_scan_sent_in_blocks_is_judged_as_line_by_line(running: Running) -> None:
+    """Blocks change only the transport: the alert and the verdict, probabilities included,
+    are those of the same scan sent one line per message."""
+    by_line, by_block = _failing("fail-lines"), _failing("fail-blocks")
+    send_scan(running.endpoints["lines"], by_line)
+    lines = list(by_block.lines(source="test"))
+    with LineSender(running.endpoints["lines"], linger=10.0) as sender:
+        for k in range(0, len(lines), 16):
+            sender.send_lines(lines[k : k + 16])
+        sender.end(by_block.scan_id)
+    frames = [_frame(running, scan.scan_id) for scan in (by_line, by_block)]
+    alerts = [running.sub.of(protocol.TOPIC_ALERT, scan_id=s.scan_id) for s in (by_line, by_block)]
+    assert [len(a) for a in alerts] == [1, 1]
+    keys = ("line", "position", "kind", "severity", "probability", "action")
+    assert [alerts[0][0][k] for k in keys] == [alerts[1][0][k] for k in keys]
+    keys = ("verdict", "probability", "lines", "partial")
+    assert [frames[0][k] for k in keys] == [frames[1][k] for k in keys]
+    assert frames[1]["lines"] == LINES
 
 
 def test_good_scan_passes_without_alert(running: Running) -> None:
