@@ -330,7 +330,7 @@ class Daemon:
             if run:
                 self._handle_run(run)
                 run = []
-            self._handle(received, item)
+            self._handle(item)
         if run:
             self._handle_run(run)
 
@@ -340,11 +340,10 @@ class Daemon:
         except Exception as exc:  # one bad line must not stop the daemon
             self._item_failed(run[0][1], exc)
 
-    def _handle(self, received: float, item: object) -> None:
+    def _handle(self, item: object) -> None:
+        """Everything but lines (those go in runs through `_handle_run`)."""
         try:
-            if isinstance(item, Line):
-                self._on_lines([(received, item)])
-            elif isinstance(item, protocol.EndOfScan):
+            if isinstance(item, protocol.EndOfScan):
                 self._on_end(item.scan_id)
             elif isinstance(item, FrameFile):
                 self._on_frame_file(item)
@@ -352,7 +351,7 @@ class Daemon:
                 self._error(item.source, item.scan_id, item.subject, item.reason)
             else:
                 self._error("daemon", None, type(item).__name__, "unknown item from a source")
-        except Exception as exc:  # one bad line or file must not stop the daemon
+        except Exception as exc:  # one bad message or file must not stop the daemon
             self._item_failed(item, exc)
 
     def _item_failed(self, item: object, exc: Exception) -> None:
