@@ -4,12 +4,14 @@
 
 Every figure is timed `--repeat` times; the best (the machine at its quietest) and the median
 are printed, because the machine is shared. Input is float32 like real .ibw data. Figures:
-numba per line (the kernel looping over the frame as float64, as score_scan feeds it, and over
-the float32 frame, widening each line itself; one kernel call per line from Python;
-ScanScorer.push with its Python bookkeeping), the numpy reference per line and the speed-up,
-whole-frame score_scan lines/s on one core, allocations kept per line in steady state
-(tracemalloc), and a per-kernel breakdown (each kernel looped inside numba on the scan state
-after 64 lines, amortised per line by how often score_line runs it).
+numba per line (the kernel looping over the whole frame as float64 and as float32, which it
+reads as it is: both read the frame from memory; the kernel fed CHUNK_LINES lines at a time
+through one reused buffer, as score_scan does, float64 and float32, the copy included; one
+kernel call per line from Python; ScanScorer.push with its Python bookkeeping), the numpy
+reference per line and the speed-up, whole-frame score_scan lines/s on one core, allocations
+kept per line in steady state (tracemalloc), and a per-kernel breakdown (each kernel looped
+inside numba on the scan state after 64 lines, amortised per line by how often score_line
+runs it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from numba import njit
 
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring import reference as R
-from spmwatch.scoring.scorer import ScanScorer, ScoringSettings, score_scan, synthetic_scan, warm_up
+from spmwatch.scoring.scorer import (
+    CHUNK_LINES,
+    ScanScorer,
+    ScoringSettings,
+    score_scan,
+    synthetic_scan,
+    warm_up,
+)
 
 LINES, POINTS, PAIRS = 512, 512, 4
 
@@ -48,20 +57,11 @@ def us(pair: tuple[float, float], per: float) -> str:
 # Kernel loops for the breakdown: each runs one kernel `reps` times inside numba, so the
 # figure holds no Python call overhead.
 @njit
-def _loop_stats(x, hist, head, reps):
-    stats = np.empty(6)
+def _loop_stats(x, hist, head, prev, reps):
+    stats = np.empty(16)
     for _ in range(reps):
         for c in range(x.shape[0]):
-            K.line_stats(x[c], hist[head, c], stats)
-
-
-@njit
-def _loop_pair(hist, head, prev, reps):
-    acc = 0.0
-    for _ in range(reps):
-        for c in range(hist.shape[1]):
-            acc += K.line_pair(hist[head, c], hist[prev, c])[0]
-    return acc
+            K.line_stats(x[c], hist[prev, c], hist[head, c], stats)
 
 
 @njit
@@ -128,8 +128,12 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
     power = np.abs(np.fft.rfft(osc[: 2 * m]))[:m] ** 2
     n_init = settings.lag_votes
     cases = [
-        ("line_stats x channels", _loop_stats, (frame[64], st.hist.copy(), head), 1.0),
-        ("line_pair x channels", _loop_pair, (st.hist, head, prev), 1.0),
+        (
+            "line_stats (+ consistency) x channels",
+            _loop_stats,
+            (frame[64], st.hist.copy(), head, prev),
+            1.0,
+        ),
         (
             "scar_fraction x channels",
             _loop_scar,
@@ -206,6 +210,17 @@ def main() -> None:
         scorer = ScanScorer("k", names, POINTS, LINES)
         K.score_frame(frame, 0, scorer._frame1[0], *scorer._args, scorer._features)
 
+    def kernel_chunks(dtype: type) -> Callable[[], None]:
+        def run() -> None:
+            scorer = ScanScorer("k", names, POINTS, LINES)
+            buf = np.empty((CHUNK_LINES, len(names), POINTS), dtype=dtype)
+            for start in range(0, LINES, CHUNK_LINES):
+                for c, name in enumerate(names):
+                    buf[:, c] = scan.channels[name][start : start + CHUNK_LINES]
+                K.score_frame(buf, start, scorer._frame1[0], *scorer._args, scorer._features)
+
+        return run
+
     def kernel_calls() -> None:
         scorer = ScanScorer("c", names, POINTS, LINES)
         args, rows = scorer._args, scorer._features
@@ -219,6 +234,8 @@ def main() -> None:
 
     t_frame = timed(kernel_frame, repeat)
     t_frame64 = timed(kernel_frame64, repeat)
+    t_chunks64 = timed(kernel_chunks(np.float64), repeat)
+    t_chunks32 = timed(kernel_chunks(np.float32), repeat)
     t_calls = timed(kernel_calls, repeat)
     t_push = timed(push, repeat)
 
@@ -261,7 +278,9 @@ def main() -> None:
         "float32 input"
     )
     print(f"numba score_frame, in-kernel loop : {us(t_frame64, LINES)}/line")
-    print(f"  same, float32 frame (widened)   : {us(t_frame, LINES)}/line")
+    print(f"  same, float32 frame (as it is)  : {us(t_frame, LINES)}/line")
+    print(f"  {CHUNK_LINES}-line chunks, float64 + copy : {us(t_chunks64, LINES)}/line")
+    print(f"  {CHUNK_LINES}-line chunks, float32 + copy : {us(t_chunks32, LINES)}/line")
     print(f"numba kernel, one call per line   : {us(t_calls, LINES)}/line")
     print(f"numba ScanScorer.push (total)     : {us(t_push, LINES)}/line")
     print(f"numpy reference features          : {us(t_numpy, n_numpy)}/line")

@@ -42,10 +42,14 @@ def kernel_scar(history: np.ndarray, min_len: int = 16) -> tuple[float, int]:
 
 
 def kernel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """kernels.line_stats against a previous line, with its consistency checked on the way:
+    the fused measurement must equal line_pair of the two detrended lines."""
     d = np.empty_like(x)
-    stats = np.empty(6)
-    K.line_stats(x, d, stats)
-    return d, stats
+    prev = np.cos(np.arange(len(x)) * 0.3)
+    stats = np.empty(16)
+    K.line_stats(x, prev, d, stats)
+    np.testing.assert_allclose(stats[6:8], R.line_pair(d, prev), rtol=1e-9, atol=1e-12)
+    return d, stats[:6]
 
 
 @settings(max_examples=150, deadline=None)

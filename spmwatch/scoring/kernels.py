@@ -15,7 +15,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic
 
 # Per-channel raw features (columns of a channel's block in the raw vector).
 CH_LEVEL, CH_RMS, CH_SHARP, CH_DECOR, CH_SCAR, CH_VDIFF = range(6)
@@ -158,90 +158,147 @@ def _max_above_zero(a, lo, hi):
 
 
 @njit(**_OPTS)
-def _finite_range(x):
-    """(min, max) of the finite samples: the slow path for lines holding NaN or inf."""
-    lo = np.inf
-    hi = -np.inf
-    for i in range(x.shape[0]):
-        v = x[i]
-        if math.isfinite(v):
-            lo = min(lo, v)
-            hi = max(hi, v)
-    return lo, hi
-
-
-@njit(**_OPTS)
-def line_stats(x, out_detrended, stats):
-    """Detrend one line (offset + slope by least squares) and measure it.
-
-    stats <- [level, slope, rms, diff_rms, bad_fraction, flat_fraction]; bad_fraction is the
-    larger share of non-finite or exactly zero samples, 1.0 when the line is constant (a lost
-    line); flat_fraction the larger share of samples pinned at the line max or min (a segment
-    of a live line saturated or parachuting: tracking loss, not a dropout). Non-finite samples
-    are written as 0 in `out_detrended`. Two passes and the difference pass, branch-free so
-    they vectorise (the min/max through order keys of the bits).
-    """
+def _finite_sums(x):
+    """(sum, sum (i - half) x, sum (i - half)^2, finite count, min, max) over the finite
+    samples: the careful first pass, for lines holding NaN or inf (or sums overflowing)."""
     n = x.shape[0]
     half = 0.5 * (n - 1)
     s = 0.0
     sx = 0.0
+    sxx = 0.0
     good = 0
-    zeros = 0
+    lo = np.inf
+    hi = -np.inf
+    for i in range(n):
+        v = np.float64(x[i])
+        if math.isfinite(v):
+            s += v
+            sx += v * (i - half)
+            sxx += (i - half) * (i - half)
+            good += 1
+            lo = min(lo, v)
+            hi = max(hi, v)
+    return s, sx, sxx, good, lo, hi
+
+
+@njit(inline="always", **_OPTS)
+def _detrend_pass(x, prev, out, mean, slope, lo, hi, checked, acc):
+    """The second pass of line_stats: write the detrended line and accumulate, in acc,
+    [sum d^2, sum (d_i - d_i-1)^2, sum d p, sum p^2, sum (d - p)^2, samples at hi, at lo,
+    zeros]. `checked` (a constant at each call, so the test folds away when False) writes
+    non-finite samples as 0. The counts are float sums: a masked add per vector."""
+    n = x.shape[0]
+    t = -0.5 * (n - 1)
+    ss = 0.0
+    sd = 0.0
+    sdp = 0.0
+    spp = 0.0
+    sdd = 0.0
+    n_hi = 0.0
+    n_lo = 0.0
+    zeros = 0.0
+    v = np.float64(x[0])
+    before = v - mean - slope * t  # d_0, so that the first difference below is 0
+    if checked:
+        before = before if math.isfinite(v) else 0.0
+    for i in range(n):
+        v = np.float64(x[i])
+        n_hi += 1.0 if v == hi else 0.0
+        n_lo += 1.0 if v == lo else 0.0
+        zeros += 1.0 if v == 0.0 else 0.0
+        d = v - mean - slope * t
+        if checked:
+            d = d if math.isfinite(v) else 0.0
+        t += 1.0
+        out[i] = d
+        e = d - before
+        before = d
+        sd += e * e
+        p = prev[i]
+        ss += d * d
+        sdp += d * p
+        spp += p * p
+        sdd += (d - p) * (d - p)
+    acc[0] = ss
+    acc[1] = sd
+    acc[2] = sdp
+    acc[3] = spp
+    acc[4] = sdd
+    acc[5] = n_hi
+    acc[6] = n_lo
+    acc[7] = zeros
+
+
+@njit(**_OPTS)
+def line_stats(x, prev, out_detrended, stats):
+    """Detrend one line (offset + slope by least squares), measure it and compare it with
+    the previous line's detrended values `prev`.
+
+    stats (>= 16 values, the last 8 scratch) <- [level, slope, rms, diff_rms, bad_fraction,
+    flat_fraction, corr, vdiff_rms]: bad_fraction is the larger share of non-finite or
+    exactly zero samples, 1.0 when the line is constant (a lost line); flat_fraction the
+    larger share of samples pinned at the line max or min (a segment of a live line
+    saturated or parachuting: tracking loss, not a dropout); corr and vdiff_rms are
+    `line_pair(detrended, prev)`. Non-finite samples are written as 0 in `out_detrended`.
+
+    Two passes, branch-free so they vectorise: the sums and the min/max (through order keys
+    of the bits), then the detrended values with everything measured on them. The first
+    pass does not test each sample for NaN or inf: a non-finite sample makes the plain sums
+    non-finite, and only then is the line summed again sample by sample (_finite_sums).
+    """
+    n = x.shape[0]
+    s = 0.0
+    sx = 0.0
+    t = -0.5 * (n - 1)
     key_lo = KEY_MAX
     key_hi = -KEY_MAX
     for i in range(n):
-        v = x[i]
-        finite = math.isfinite(v)
-        vf = v if finite else 0.0
-        good += finite
-        s += vf
-        sx += vf * (i - half)
-        zeros += v == 0.0
+        v = np.float64(x[i])
+        s += v
+        sx += v * t
+        t += 1.0
         k = _order_key(_f64_bits(v))
         key_lo = k if k < key_lo else key_lo
         key_hi = k if k > key_hi else key_hi
-    nonfinite = n - good
-    if nonfinite:
-        lo, hi = _finite_range(x)
-        sxx = 0.0
-        for i in range(n):
-            sxx += (i - half) * (i - half) if math.isfinite(x[i]) else 0.0
+    checked = not (math.isfinite(s) and math.isfinite(sx))
+    if checked:
+        s, sx, sxx, good, lo, hi = _finite_sums(x)
     else:
+        sxx = n * (n * n - 1.0) / 12.0  # sum of (i - half)^2 (exact below ~100,000 points)
+        good = n
         lo = _bits_f64(_order_key(key_lo))
         hi = _bits_f64(_order_key(key_hi))
-        sxx = n * (n * n - 1.0) / 12.0  # sum of (i - half)^2 (exact below ~100,000 points)
+    acc = stats[8:16]
     if good < 2 or hi == lo:
+        spp = 0.0
         for i in range(n):
             out_detrended[i] = 0.0
+            spp += prev[i] * prev[i]
         stats[0] = s / good if good > 0 else 0.0
         stats[1] = 0.0
         stats[2] = 0.0
         stats[3] = 0.0
         stats[4] = 1.0
         stats[5] = 1.0
+        stats[6] = 0.0
+        stats[7] = math.sqrt(spp / n)
         return
     mean = s / good
     slope = sx / sxx if sxx > 0.0 else 0.0
-    n_hi = 0
-    n_lo = 0
-    ss = 0.0
-    for i in range(n):
-        v = x[i]
-        n_hi += v == hi
-        n_lo += v == lo
-        d = v - mean - slope * (i - half) if math.isfinite(v) else 0.0
-        out_detrended[i] = d
-        ss += d * d
-    sd = 0.0
-    for i in range(1, n):
-        e = out_detrended[i] - out_detrended[i - 1]
-        sd += e * e
+    if checked:
+        _detrend_pass(x, prev, out_detrended, mean, slope, lo, hi, True, acc)
+    else:
+        _detrend_pass(x, prev, out_detrended, mean, slope, lo, hi, False, acc)
+    ss = acc[0]
+    denom = math.sqrt(ss * acc[3])
     stats[0] = mean
     stats[1] = slope
     stats[2] = math.sqrt(ss / n)
-    stats[3] = math.sqrt(sd / (n - 1))
-    stats[4] = max(nonfinite, zeros) / n
-    stats[5] = max(n_hi, n_lo) / n
+    stats[3] = math.sqrt(acc[1] / (n - 1))
+    stats[4] = max(n - good, acc[7]) / n
+    stats[5] = max(acc[5], acc[6]) / n
+    stats[6] = acc[2] / denom if denom > 0.0 else 0.0
+    stats[7] = math.sqrt(acc[4] / n)
 
 
 @njit(**_OPTS)
@@ -767,7 +824,7 @@ def score_line(
     depth = hist.shape[0]
     window = base_ring.shape[0]
     z_clip = cfg[S_Z_CLIP]
-    stats = work[0, :6]
+    stats = work[0, :16]
     pair_out = work[1, :3]
     levels = work[7, :n_ch]
     for f in range(out.shape[0]):
@@ -779,8 +836,14 @@ def score_line(
     # view on every line until a line is accepted again, instead of fading into a baseline.
     worst = 0.0
     flat = 0.0
+    hist_n = min(state[I_HIST_N] + 1, depth)
+    prev = state[I_HIST_HEAD]  # the newest line so far (a dropout line never became it)
+    prev2 = (prev - 1) % depth
+    # decorrelation takes the better of the two previous lines, so a single glitch line is
+    # not counted again on the line after it
+    second = hist_n >= 3 and not hist_good[prev]
     for c in range(n_ch):
-        line_stats(data[c], hist[head, c], stats)
+        line_stats(data[c], hist[prev, c], hist[head, c], stats)
         base = c * N_CH_RAW
         levels[c] = stats[0]
         raw[base + CH_LEVEL] = stats[0] - ref_level[c] if have_ref else 0.0
@@ -788,31 +851,22 @@ def score_line(
         raw[base + CH_SHARP] = fast_log((stats[3] + TINY) / (stats[2] + TINY))
         worst = max(worst, stats[4])
         flat = max(flat, stats[5])
+        # 2. line-to-line consistency (measured by line_stats, while the line is in cache)
+        corr = stats[6]
+        if second:
+            corr = max(corr, line_pair(hist[head, c], hist[prev2, c])[0])
+        raw[base + CH_DECOR] = 1.0 - corr if hist_n >= 2 else 0.0
+        raw[base + CH_VDIFF] = fast_log(stats[7] + TINY) if hist_n >= 2 else 0.0
+        raw[base + CH_SCAR] = 0.0
     state[I_LINES] += 1
     out[F_DROPOUT] = worst
     if worst >= cfg[S_DROPOUT_FRACTION]:
         out[F_SCORE] = z_clip
         return
-    hist_n = min(state[I_HIST_N] + 1, depth)
     state[I_HIST_HEAD] = head
     state[I_HIST_N] = hist_n
-    prev = (head - 1) % depth
     ready = state[I_BASE_N] >= cfg[S_MIN_BASELINE]
-    # 2. line-to-line consistency and scars. Decorrelation takes the better of the two
-    # previous lines, so a single glitch line is not counted again on the line after it.
-    prev2 = (head - 2) % depth
-    for c in range(n_ch):
-        base = c * N_CH_RAW
-        if hist_n >= 2:
-            corr, vd = line_pair(hist[head, c], hist[prev, c])
-            if hist_n >= 3 and not hist_good[prev]:
-                corr = max(corr, line_pair(hist[head, c], hist[prev2, c])[0])
-            raw[base + CH_DECOR] = 1.0 - corr
-            raw[base + CH_VDIFF] = fast_log(vd + TINY)
-        else:
-            raw[base + CH_DECOR] = 0.0
-            raw[base + CH_VDIFF] = 0.0
-        raw[base + CH_SCAR] = 0.0
+    # scars
     scar_width = 0
     scar_best = 0.0
     step = scar_grid_step(int(cfg[S_SCAR_MIN_LEN]))[0]
@@ -961,25 +1015,6 @@ def score_line(
         state[I_SINCE_REFRESH] = 0
 
 
-def _line_f64(frame, k, line_buf):
-    """frame[k] as float64 (the typed versions are chosen at compile time, below)."""
-    return np.asarray(frame[k], dtype=np.float64)
-
-
-@overload(_line_f64, jit_options=_OPTS)
-def _line_f64_typed(frame, k, line_buf):
-    if frame.dtype == types.float64:
-        return lambda frame, k, line_buf: frame[k]
-
-    def widen(frame, k, line_buf):
-        for c in range(line_buf.shape[0]):  # a loop, not line_buf[:] = ...: no temporary
-            for i in range(line_buf.shape[1]):
-                line_buf[c, i] = frame[k, c, i]
-        return line_buf
-
-    return widen
-
-
 @njit(**_OPTS)
 def score_frame(
     frame,
@@ -1016,13 +1051,15 @@ def score_frame(
     """score_line over frame[k] (k in acquisition order) into out[start + k].
 
     The one entry point for live lines (a frame of one) and saved frames alike, so both run
-    the same machine code and give bit-identical rows. A float64 frame is read in place; a
-    float32 one (.ibw data) is widened one line at a time into `line_buf` (channels, points,
-    float64) while the line is in cache, instead of a float64 copy of the whole frame first.
+    the same machine code and give bit-identical rows. A float32 frame (.ibw data) is read
+    as it is: line_stats widens each sample as it reads it and everything after works on
+    the float64 detrended history, so no widened copy of the line is made (the widening
+    pass cost ~2.5 us per line). `line_buf` is no longer used; it stays in the signature for
+    the callers until they drop it.
     """
     for k in range(frame.shape[0]):
         score_line(
-            _line_f64(frame, k, line_buf),
+            frame[k],
             cfg,
             pair_t,
             pair_r,
