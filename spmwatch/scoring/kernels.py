@@ -146,18 +146,6 @@ def _order_key(bits):
 
 
 @njit(**_OPTS)
-def _max_above_zero(a, lo, hi):
-    """max(0, a[lo:hi]) for finite values, as an integer max over order keys (a float max
-    reduction is a chain of dependent selects: ~4 cycles a value; the integer one vectorises).
-    """
-    top = 0  # the key of +0.0
-    for k in range(lo, hi):
-        key = _order_key(_f64_bits(a[k]))
-        top = key if key > top else top
-    return _bits_f64(_order_key(top))
-
-
-@njit(**_OPTS)
 def _finite_sums(x):
     """(sum, sum (i - half) x, sum (i - half)^2, finite count, min, max) over the finite
     samples: the careful first pass, for lines holding NaN or inf (or sums overflowing)."""
@@ -620,31 +608,100 @@ def _fft_stage(src, dst, tw_re, tw_im, h, s):
             dst[o1 + 2 * q + 1] = tr * wi + ti * wr
 
 
+@njit(inline="always", **_OPTS)
+def _radix4(src, dst, tw_re, tw_im, h, s, p, q):
+    """Butterflies of two consecutive radix-2 Stockham stages, (h, s) then (h/2, 2s), for
+    p < h/2, q < s: four inputs in, four outputs out, with the two stages' twiddles."""
+    g = h // 2
+    i0 = 2 * (s * p + q)
+    i1 = i0 + 2 * s * g
+    i2 = i1 + 2 * s * g
+    i3 = i2 + 2 * s * g
+    # stage (h, s): pairs (p, p + h) and (p + h/2, p + 3h/2)
+    wr = tw_re[h + p]
+    wi = tw_im[h + p]
+    y0r = src[i0] + src[i2]
+    y0i = src[i0 + 1] + src[i2 + 1]
+    tr = src[i0] - src[i2]
+    ti = src[i0 + 1] - src[i2 + 1]
+    y1r = tr * wr - ti * wi
+    y1i = tr * wi + ti * wr
+    wr = tw_re[h + g + p]
+    wi = tw_im[h + g + p]
+    y2r = src[i1] + src[i3]
+    y2i = src[i1 + 1] + src[i3 + 1]
+    tr = src[i1] - src[i3]
+    ti = src[i1 + 1] - src[i3 + 1]
+    y3r = tr * wr - ti * wi
+    y3i = tr * wi + ti * wr
+    # stage (h/2, 2s): (y0, y2) and (y1, y3), the differences turned by one twiddle
+    wr = tw_re[g + p]
+    wi = tw_im[g + p]
+    o = 2 * (4 * s * p + q)
+    dst[o] = y0r + y2r
+    dst[o + 1] = y0i + y2i
+    dst[o + 2 * s] = y1r + y3r
+    dst[o + 2 * s + 1] = y1i + y3i
+    tr = y0r - y2r
+    ti = y0i - y2i
+    dst[o + 4 * s] = tr * wr - ti * wi
+    dst[o + 4 * s + 1] = tr * wi + ti * wr
+    tr = y1r - y3r
+    ti = y1i - y3i
+    dst[o + 6 * s] = tr * wr - ti * wi
+    dst[o + 6 * s + 1] = tr * wi + ti * wr
+
+
+@njit(**_OPTS)
+def _fft_stage4(src, dst, tw_re, tw_im, h, s):
+    """Two radix-2 Stockham stages in one pass (a radix-4 pass): half the loads and stores.
+
+    The inner loop runs over q < s (contiguous runs, so it vectorises); for s = 1 it runs
+    over p instead: an inner loop of one value stays scalar, and that first pass cost as
+    much as all the others together.
+    """
+    if s == 1:
+        for p in range(h // 2):
+            _radix4(src, dst, tw_re, tw_im, h, 1, p, 0)
+    else:
+        for p in range(h // 2):
+            for q in range(s):
+                _radix4(src, dst, tw_re, tw_im, h, s, p, q)
+
+
 @njit(**_OPTS)
 def power_spectrum(x, tw, z_a, z_b, power):
-    """Power of the real DFT of x[:2M] at bins 0..M-1 (M = tw.shape[1], a power of two).
+    """Power of the real DFT of x[:2M] at bins 0..M-1 (M = tw.shape[1], a power of two >= 8).
 
     The real samples, read as M interleaved complex ones (x[2j] + i x[2j+1]), go through a
     Stockham FFT (natural order in and out, no bit reversal; z_a and z_b >= 2M floats take
-    turns as source and target), then the even/odd halves are unpacked: half the work of a
-    complex FFT of 2M points. tw rows: the unpack twiddles exp(-i pi k / M) (re, im), then
-    each stage's twiddles exp(-i pi p / h) at [h + p] (p < h).
+    turns as source and target), then the even/odd halves are unpacked: half the work
+    of a complex FFT of 2M points. tw rows: the unpack twiddles exp(-i pi k / M) (re, im),
+    then each stage's twiddles exp(-i pi p / h) at [h + p] (p < h).
     """
     m = tw.shape[1]
-    _fft_stage(x, z_a, tw[2], tw[3], m // 2, 1)
+    _fft_stage4(x, z_a, tw[2], tw[3], m // 2, 1)
     src = z_a
     dst = z_b
-    h = m // 4
-    s = 2
-    while h >= 1:
-        _fft_stage(src, dst, tw[2], tw[3], h, s)
+    h = m // 8
+    s = 4
+    while h >= 2:
+        _fft_stage4(src, dst, tw[2], tw[3], h, s)
         src, dst = dst, src
-        h //= 2
-        s *= 2
+        h //= 4
+        s *= 4
+    if h == 1:  # an odd number of radix-2 stages: the last one alone
+        _fft_stage(src, dst, tw[2], tw[3], 1, s)
+        src, dst = dst, src
+    # the unpack pairs bin k with its mirror M - k: one iteration makes both bins from the
+    # same two values, over k = 1..M/2 (M/2 iterations, so no scalar remainder; the middle
+    # bin is made twice), bin 0 on its own (a select of bin 0 inside the loop made it gather)
     tw_re = tw[0]
     tw_im = tw[1]
-    for k in range(m):
-        c = m - k if k > 0 else 0
+    power[0] = (src[0] + src[1]) ** 2
+    for j in range(m // 2):
+        k = j + 1
+        c = m - k
         er = 0.5 * (src[2 * k] + src[2 * c])
         ei = 0.5 * (src[2 * k + 1] - src[2 * c + 1])
         orr = 0.5 * (src[2 * k + 1] + src[2 * c + 1])
@@ -654,18 +711,32 @@ def power_spectrum(x, tw, z_a, z_b, power):
         xr = er + wr * orr - wi * oi
         xi = ei + wr * oi + wi * orr
         power[k] = xr * xr + xi * xi
+        wr = tw_re[c]
+        wi = tw_im[c]
+        xr = er + wr * orr + wi * oi
+        xi = -ei - wr * oi + wi * orr
+        power[c] = xr * xr + xi * xi
 
 
 @njit(**_OPTS)
 def spectral_peak(power, base, klo, have_base, log_out):
     """Largest excess of log power (two adjacent bins pooled) over the running baseline.
 
-    Writes the pooled log power into `log_out` for the caller's baseline update. Both loops
-    are branch-free (fast_log, a select for the max), so they vectorise.
+    Writes the pooled log power into `log_out` (bins klo..M-2; the others hold 0) for the
+    caller's baseline update. The logs are taken over all M bins in place, after the pooling:
+    a loop of M (a multiple of the vector width) iterations leaves no scalar remainder,
+    while the klo..M-2 range left up to 27 bins to scalar code, which cost as much as the
+    other ~100. Both loops are branch-free (fast_log, a select for the max), so they
+    vectorise.
     """
     m = power.shape[0]
-    for k in range(klo, m - 1):
-        log_out[k] = fast_log(power[k] + power[k + 1] + TINY)
+    for k in range(m - 1):
+        log_out[k] = power[k] + power[k + 1] + TINY
+    for k in range(klo):
+        log_out[k] = 1.0
+    log_out[m - 1] = 1.0
+    for k in range(m):
+        log_out[k] = fast_log(log_out[k])
     if not have_base:
         return 0.0
     peak = 0
@@ -679,30 +750,38 @@ def spectral_peak(power, base, klo, have_base, log_out):
 def persistent_peak(log_pooled, spec, klo, scratch):
     """Largest excess over the running log spectrum that this line and the previous ones
     all reach at one bin: per bin the smallest excess of the last len(spec) lines, the max
-    over bins.
+    over bins klo..M-2.
 
     A feedback loop rings at one frequency line after line, while the largest excess of a
     clean line is mostly a chance peak at a new bin each time: requiring it on 3 lines in a
     row (spec rows: the running log spectrum, then the excess of the previous lines, newest
     first, shifted here) lowers the clean lines' values far more than a ringing loop's.
-    `scratch`: two rows (this line's excess, the running minimum).
+    `scratch`: two C-contiguous rows of >= M (this line's excess, the running minimum; a
+    non-contiguous slice of rows made every loop scalar). The loops run over all M bins, the
+    bins outside klo..M-2 masked out of the max, so none leaves a scalar remainder; the
+    values outside that range must be finite (spectral_peak writes them so).
     """
     depth = spec.shape[0]
-    hi = log_pooled.shape[0] - 1
-    for k in range(klo, hi):
-        scratch[0, k] = log_pooled[k] - spec[0, k]
-        scratch[1, k] = scratch[0, k]
+    m = log_pooled.shape[0]
+    excess = scratch[0]
+    low = scratch[1]
+    for k in range(m):
+        excess[k] = log_pooled[k] - spec[0, k]
+        low[k] = excess[k]
     for r in range(1, depth):
-        for k in range(klo, hi):
-            scratch[1, k] = min(scratch[1, k], spec[r, k])
-    peak = _max_above_zero(scratch[1], klo, hi)
+        for k in range(m):
+            low[k] = min(low[k], spec[r, k])
+    top = 0  # the order key of +0.0: the max is taken over keys so that it vectorises
+    for k in range(m):
+        key = _order_key(_f64_bits(low[k])) if klo <= k < m - 1 else 0
+        top = key if key > top else top
     for r in range(depth - 1, 1, -1):
-        for k in range(klo, hi):
+        for k in range(m):
             spec[r, k] = spec[r - 1, k]
     if depth > 1:
-        for k in range(klo, hi):
-            spec[1, k] = scratch[0, k]
-    return peak
+        for k in range(m):
+            spec[1, k] = excess[k]
+    return _bits_f64(_order_key(top))
 
 
 @njit(**_OPTS)
@@ -930,7 +1009,7 @@ def score_line(
         raw[ring_i] = spectral_peak(power, spec_base[0], klo, have_spec, logp)
         if have_spec:
             # work rows 2 (free) and 3 (power, spent by now) as scratch
-            raw[ring_i + 1] = persistent_peak(logp, spec_base, klo, work[2:4, :m])
+            raw[ring_i + 1] = persistent_peak(logp, spec_base, klo, work[2:4])
     # 5. robust z per family (the consensus-th largest over channels), score and flag
     top1 = work[5, :N_FAMILIES]
     top2 = work[6, :N_FAMILIES]
