@@ -22,32 +22,32 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import structlog
 
-from spmwatch import protocol
+from spmwatch import logs, protocol
 from spmwatch.advice import suggested_action
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.classify.features import ChannelStatsAccumulator
 from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.inbox import Inbox
-from spmwatch.logs import setup_logging
 from spmwatch.metrics import Metrics
 from spmwatch.model import Alert, FrameScores, Line, Verdict
 from spmwatch.publish import Publisher
 from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
 from spmwatch.sdnotify import Notifier
 from spmwatch.settings import Settings, load_settings
-from spmwatch.sources import FrameFile, SourceError
+from spmwatch.sources import FrameFile, LineRun, SourceError
 
 log = structlog.get_logger("spmwatch.daemon")
 
 _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
+LOG_FLUSH_INTERVAL = 0.25  # s an info log line may wait in the buffer (see spmwatch.logs)
 _SWITCH_INTERVAL = 0.0005  # s; see run()
 _BATCH = 64  # most items taken from the inbox at once (an alert waits for at most this many)
 _DRAIN_TIMEOUT = 20.0  # on shutdown, longest wait for sources to stop handing items over
@@ -73,13 +73,21 @@ class _OpenScan:
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
-    def keep(self, channels: Mapping[str, np.ndarray]) -> None:
-        """Keep the line's rows for the classifier; a missing or misshapen channel is NaN."""
+    def keep(self, lines: Sequence[Line]) -> None:
+        """Keep the lines' rows (the classifier's and the scorer's input); a missing or
+        misshapen channel is kept as NaN, which the scorer takes for a dropout."""
         try:
-            self.lines.push(channels)  # checks each row itself; a refused line is not added
-        except ValueError:
-            shape = (self.scorer.points,)
-            self.lines.push({name: _row(channels.get(name), shape) for name in self.lines.names})
+            self.lines.push_many([line.channels for line in lines])
+            return
+        except ValueError:  # push_many took the lines before the refused one
+            pass
+        for line in lines[self.lines.n_lines - self.count :]:
+            try:
+                self.lines.push(line.channels)  # checks each row; a refused line is not added
+            except ValueError:
+                shape = (self.scorer.points,)
+                rows = {name: _row(line.channels.get(name), shape) for name in self.lines.names}
+                self.lines.push(rows)
 
 
 def _row(values: object, shape: tuple[int]) -> np.ndarray:
@@ -218,11 +226,15 @@ class Daemon:
         watchdog = self.notifier.watchdog_interval
         next_ping = time.monotonic()
         next_sweep = time.monotonic() + 1.0
+        next_flush = time.monotonic()
         while not self._stop.is_set():
             batch = self._inbox.take(_BATCH, _TICK)
             if batch:
                 self._handle_batch(batch)
             now = time.monotonic()
+            if now >= next_flush:
+                logs.flush()
+                next_flush = now + LOG_FLUSH_INTERVAL
             if watchdog is not None and now >= next_ping:
                 self.notifier.watchdog()
                 next_ping = now + watchdog
@@ -256,6 +268,7 @@ class Daemon:
             source.stop()
         self._close()
         log.info("stopped", drained=drained, **self._snapshot_counts())
+        logs.flush()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -312,8 +325,11 @@ class Daemon:
         self.metrics.close()
 
     def _sink(self, item: object) -> None:
-        """What the sources call: stamp the hand-over time (latency starts here) and queue."""
-        self._inbox.put((time.perf_counter(), item))
+        """What the sources call: stamp the hand-over time (latency starts here) and queue.
+
+        A run of lines weighs its lines, so `queue_size` bounds the lines waiting."""
+        weight = len(item.lines) if isinstance(item, LineRun) else 1
+        self._inbox.put((time.perf_counter(), item), weight)
 
     # -- items ------------------------------------------------------------------------------------
 
@@ -321,11 +337,13 @@ class Daemon:
         """Handle items in arrival order; consecutive lines of one scan go in as one run."""
         run: list[tuple[float, Line]] = []
         for received, item in batch:
-            if isinstance(item, Line):
-                if run and run[0][1].scan_id != item.scan_id:
-                    self._handle_run(run)
-                    run = []
-                run.append((received, item))
+            lines = item.lines if isinstance(item, LineRun) else (item,)
+            if isinstance(lines[0], Line):
+                for line in lines:
+                    if run and run[0][1].scan_id != line.scan_id:
+                        self._handle_run(run)
+                        run = []
+                    run.append((received, line))
                 continue
             if run:
                 self._handle_run(run)
@@ -377,9 +395,19 @@ class Daemon:
         behind = publish_lines and len(self._inbox) >= self._shed_depth
         observe = self.metrics.latency.observe
         budget = self.settings.daemon.max_held_bytes
-        for k, (received, line) in enumerate(run):
+        # the lines up to the one that completes the scan or takes the kept lines past the
+        # budget (either closes it; the rest start over) are kept and scored in one go, then
+        # ingested line by line so the alert comes on the line that raised it
+        room = scan.scorer.expected_lines - scan.count
+        if self._held_bytes + room * scan.row_bytes > budget:
+            room = (budget - self._held_bytes) // max(scan.row_bytes, 1) + 1
+        take = run[: max(room, 1)]
+        lines = [line for _, line in take]
+        scan.keep(lines)
+        held = scan.lines.block(scan.count, scan.count + len(lines))
+        scan.scorer.score_ahead(held.transpose(1, 0, 2), [line.index for line in lines])
+        for received, line in take:
             score = scan.scorer.push(line)
-            scan.keep(line.channels)
             scan.count += 1
             self._held_bytes += scan.row_bytes
             observe(time.perf_counter() - received)
@@ -396,13 +424,11 @@ class Daemon:
                 verdict = self._verdict(frame, scan.lines, finished=False)
                 origin, seen = protocol.LIVE, scan.count
                 self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
-            if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
-                self._tally(first.source, k + 1)
-                self._close_or_evict(scan, line.scan_id)
-                if k + 1 < len(run):  # lines after a scan's end start a new scan of that id
-                    self._on_lines(run[k + 1 :])
-                return
-        self._tally(first.source, len(run))
+        self._tally(first.source, len(take))
+        if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
+            self._close_or_evict(scan, first.scan_id)
+        if len(take) < len(run):  # lines after a scan's end start a new scan of that id
+            self._on_lines(run[len(take) :])
 
     def _tally(self, source: str, n: int) -> None:
         self._lines_scored(source).inc(n)
@@ -636,7 +662,7 @@ class Daemon:
         needs_restart = [name for name, value in fixed.items() if getattr(new, name) != value]
         self.settings = dataclasses.replace(new, **fixed)
         if new.logging != old.logging:
-            setup_logging(new.logging.level, new.logging.format)
+            logs.setup_logging(new.logging.level, new.logging.format, None, LOG_FLUSH_INTERVAL)
         if needs_restart:
             log.warning("config_needs_restart", sections=needs_restart)
         log.info("config_reloaded", path=str(self.config_path), model=self._model_name())

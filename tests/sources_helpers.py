@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from spmwatch.model import Line
-from spmwatch.sources import SourceError
+from spmwatch.sources import LineRun, SourceError
 from tests.polling import wait_for  # noqa: F401 (re-exported for the tests)
 
 
@@ -28,7 +28,16 @@ class Collector:
 
     @property
     def lines(self) -> list[Line]:
-        return self.of(Line)
+        """Every line delivered, those that came in a `LineRun` included, in order."""
+        with self._lock:
+            items = list(self.items)
+        lines: list[Line] = []
+        for item in items:
+            if isinstance(item, LineRun):
+                lines.extend(item.lines)
+            elif isinstance(item, Line):
+                lines.append(item)
+        return lines
 
     @property
     def errors(self) -> list[SourceError]:

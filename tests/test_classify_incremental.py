@@ -133,6 +133,40 @@ def test_mixed_dtypes_are_stored_exactly_as_np_stack_would():
     np.testing.assert_array_equal(acc.features(), channel_features({"Height": stacked}))
 
 
+@pytest.mark.parametrize("run", [1, 5, 16, 40])
+def test_runs_pushed_at_once_match_and_early_lines_are_measured_alone(run: int):
+    scan, _ = synth.failing_scan(seed=4, lines=60, points=64, fault="dropout", at=0.5)
+    names = list(scan.channels)
+    lines = [{name: scan.channels[name][i] for name in names} for i in range(60)]
+    acc = ChannelStatsAccumulator(names, 64, lines=8)  # grows inside the runs
+    for start in range(0, 60, run):
+        acc.push_many(lines[start : start + run])
+    for name in names:
+        np.testing.assert_array_equal(acc.channels()[name], scan.channels[name])
+        np.testing.assert_array_equal(acc.block(3, 9)[names.index(name)], scan.channels[name][3:9])
+    for n in (0, 1, 9, 17, 33, 60, 99):  # features(n): the first n lines, however many are held
+        first = {name: data[:n] for name, data in scan.channels.items()}
+        with np.errstate(all="ignore"):
+            expected = (
+                channel_features(first) if n else ChannelStatsAccumulator(names, 64).features()
+            )
+        np.testing.assert_array_equal(acc.features(n), expected, err_msg=f"{n} lines")
+
+
+def test_a_run_with_an_odd_line_goes_line_by_line_and_stops_at_a_bad_one():
+    rng = np.random.default_rng(3)
+    good = [{"Height": rng.normal(size=8).astype(np.float32)} for _ in range(4)]
+    wide = {"Height": rng.normal(size=8)}  # float64: widens the storage, as push does
+    acc = ChannelStatsAccumulator(["Height"], 8)
+    acc.push_many([good[0], wide, good[1]])
+    np.testing.assert_array_equal(
+        acc.channels()["Height"], np.stack([good[0]["Height"], wide["Height"], good[1]["Height"]])
+    )
+    with pytest.raises(ValueError, match=r"line 4: channel 'Height' is missing"):
+        acc.push_many([good[2], {}, good[3]])
+    assert acc.n_lines == 4  # the lines before the refused one were added
+
+
 def test_bad_lines_are_refused_by_name_and_not_added():
     acc = ChannelStatsAccumulator(["Height", "Phase"], 8)
     good = {"Height": np.ones(8, np.float32), "Phase": np.zeros(8, np.float32)}

@@ -24,7 +24,7 @@ an online alert.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -984,6 +984,34 @@ class ChannelStatsAccumulator:
         if self.n_lines - self._settled >= SETTLE_LINES:
             self._settle()
 
+    def push_many(self, lines: Sequence[Mapping[str, np.ndarray]]) -> None:
+        """`push` each line in turn; the usual run (arrays of the stored dtype and shape) is
+        copied a channel at a time, a run with anything else line by line through `push`."""
+        i, k = self.n_lines, len(lines)
+        dtype = self._lines.dtype
+        rows = [[line.get(name) for line in lines] for name in self.names]
+        usual = all(
+            row.__class__ is np.ndarray and row.dtype is dtype and row.shape == self._shape
+            for channel in rows
+            for row in channel
+        )
+        if not usual:
+            for line in lines:
+                self.push(line)
+            return
+        while i + k > self._lines.shape[1]:
+            self._grow()
+        for plane, channel in zip(self._planes, rows, strict=True):
+            plane[i : i + k] = channel  # checked above: no conversion (np.stack: 3x slower)
+        self.n_lines = i + k
+        if self.n_lines - self._settled >= SETTLE_LINES:
+            self._settle()
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Lines start..stop-1 as stored, (channels, lines, points): a view, valid until the
+        next push."""
+        return self._lines[:, start:stop]
+
     def _settle(self) -> None:
         """Compute the per-line values of the lines stored since the last time, in one call."""
         _line_values(
@@ -995,13 +1023,15 @@ class ChannelStatsAccumulator:
         """The lines so far, (lines, points) per channel: views, valid until the next push."""
         return {name: self._lines[c, : self.n_lines] for c, name in enumerate(self.names)}
 
-    def features(self) -> list[float]:
-        """`channel_features` of the lines so far, from the cached per-line values."""
+    def features(self, lines: int | None = None) -> list[float]:
+        """`channel_features` of the first `lines` lines (all so far when None), from the
+        cached per-line values."""
         self._settle()
-        if self.n_lines == 0:  # the mean of no lines, as numpy gives it
+        n = self.n_lines if lines is None else max(0, min(lines, self.n_lines))
+        if n == 0:  # the mean of no lines, as numpy gives it
             return _pool([_too_few_lines(float("nan")) for _ in self.names])
         enough, flat, parts, shares, filled = _frame_parts(
-            self._lines, self._table, self.n_lines, self._stride
+            self._lines, self._table, n, self._stride
         )
         return _pool(
             [
@@ -1089,7 +1119,7 @@ def frame_vector(
     """
     flagged = sum(line.flagged for line in frame.lines) / max(frame.n_lines, 1)
     if isinstance(channels, ChannelStatsAccumulator):
-        stats = channels.features()
+        stats = channels.features(frame.n_lines)  # it may hold lines received since
     else:
         stats = channel_features(channels or {})
     values = [float(flagged), *stats]

@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"spmwatch run: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from spmwatch.daemon import Daemon  # heavy (numba, sklearn): only once the config is good
+    from spmwatch.daemon import LOG_FLUSH_INTERVAL, Daemon  # heavy: once the config is good
     from spmwatch.logs import setup_logging
 
-    setup_logging(settings.logging.level, settings.logging.format)
+    setup_logging(settings.logging.level, settings.logging.format, None, LOG_FLUSH_INTERVAL)
     return Daemon(settings, config_path=args.config).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -308,6 +309,8 @@ class ScanScorer:
         self._lines: list[LineScore] = []
         self._events = EventTracker(self.settings.alert)
         self._finished = False
+        self._ahead: deque[int] = deque()  # indices of the lines scored ahead, not yet pushed
+        self._chunk: np.ndarray | None = None  # score_ahead's input buffer, made on first use
 
     @property
     def alert(self) -> Alert | None:
@@ -324,12 +327,46 @@ class ScanScorer:
         }
 
     def push(self, line: Line) -> LineScore:
-        """Score one line (causal). Missing or misshapen channels make the line a dropout."""
-        self._fill(line.channels)
+        """Score one line (causal). Missing or misshapen channels make the line a dropout.
+
+        A line already scored by `score_ahead` only has its row turned into a score and fed to
+        the events here."""
         n = len(self._lines)
+        if self._ahead:
+            expected = self._ahead.popleft()
+            if int(line.index) != expected:
+                self._ahead.clear()  # the rows ahead belong to other lines: the state is spent
+                raise ValueError(
+                    f"scan {self.scan_id}: pushed line {line.index} but line {expected} was "
+                    "scored ahead next"
+                )
+            return self._ingest(expected, n)
+        self._fill(line.channels)
         self._reserve(1)
         K.score_frame(self._frame1, n, self._frame1[0], *self._args, self._features)
         return self._ingest(int(line.index), n)
+
+    def score_ahead(self, frame: np.ndarray, indices: Sequence[int]) -> None:
+        """Run the kernel now over the next lines, frame (lines, channels, points) in any
+        layout and float dtype, so that their `push`es (which must follow, in this order)
+        only ingest: the same rows as pushing them one by one, without a kernel call and a
+        copy-in per line.
+
+        The events are still fed line by line at `push`, so a caller sees the alert on the
+        line that raised it, with `frame()` holding exactly the lines up to it.
+        """
+        if len(frame) != len(indices):
+            raise ValueError(f"frame has {len(frame)} lines but {len(indices)} indices were given")
+        if self._chunk is None:  # widened while copied in (as score_scan does)
+            self._chunk = np.zeros((CHUNK_LINES, len(self.layout.channels), self.points))
+        start = len(self._lines) + len(self._ahead)
+        self._reserve(len(self._ahead) + len(indices))
+        for first in range(0, len(indices), CHUNK_LINES):
+            part = frame[first : first + CHUNK_LINES]
+            chunk = self._chunk[: len(part)]
+            np.copyto(chunk, part, casting="unsafe")
+            K.score_frame(chunk, start + first, self._frame1[0], *self._args, self._features)
+        self._ahead.extend(int(i) for i in indices)
 
     def _fill(self, channels: Mapping[str, np.ndarray]) -> None:
         for name, target in zip(self.layout.channels, self._rows, strict=True):
@@ -343,6 +380,7 @@ class ScanScorer:
             target.fill(np.nan)
 
     def _reserve(self, extra: int) -> None:
+        """Room for `extra` rows past the lines ingested so far."""
         n = len(self._lines)
         if n + extra > len(self._features):
             grown = np.zeros((max(n + extra, 2 * len(self._features)), K.N_FEATURES))
@@ -372,6 +410,8 @@ class ScanScorer:
         anything else is scored as float64. Same rows as pushing the lines one by one.
         """
         n = len(indices)
+        if self._ahead:
+            raise RuntimeError(f"scan {self.scan_id}: lines scored ahead wait to be pushed")
         if len(frame) != n:
             raise ValueError(f"frame has {len(frame)} lines but {n} indices were given")
         start = len(self._lines)

@@ -29,7 +29,7 @@ from spmwatch.protocol import (
     encode_line,
     encode_lines,
 )
-from spmwatch.sources import Counters, Sink, SourceThread
+from spmwatch.sources import Counters, LineRun, Sink, SourceThread
 
 # Scans in progress at once (several producers); the oldest is forgotten beyond this.
 MAX_OPEN_SCANS = 16
@@ -55,7 +55,8 @@ class _OpenScan:
 class LineReceiver(SourceThread):
     """PULL socket bound at `endpoint` (normally `LINES_ENDPOINT`), feeding `sink`.
 
-    Delivers `Line`s and `EndOfScan`s; malformed or inconsistent messages become `SourceError`s.
+    Delivers `Line`s, `LineRun`s (the lines a block message brought, after the checks) and
+    `EndOfScan`s; malformed or inconsistent messages become `SourceError`s.
 
     Bind happens in `start()`, so a busy port fails there; `endpoint` then holds the actual
     address (useful with `tcp://127.0.0.1:*`).
@@ -117,9 +118,12 @@ class LineReceiver(SourceThread):
             return
         if isinstance(item, EndOfScan):
             self._end(item)
-        else:
-            for line in item:
-                self._line(line)
+            return
+        accepted = tuple(line for line in item if self._accept(line))
+        if len(accepted) > 1:
+            self._sink(LineRun(accepted))
+        elif accepted:
+            self._sink(accepted[0])
 
     def _end(self, end: EndOfScan) -> None:
         self._refused.pop(end.scan_id, None)  # after its end, the id may start a new scan
@@ -130,35 +134,36 @@ class LineReceiver(SourceThread):
         self.counters.add("ends")
         self._sink(end)
 
-    def _line(self, line: Line) -> None:
+    def _accept(self, line: Line) -> bool:
+        """Check a line against its scan (consistency, duplicates, gaps) and count it."""
         scan = self._scans.get(line.scan_id)
         if scan is None:
             scan = self._open(line)
             if scan is None:
-                return
+                return False
         elif frozenset(line.channels) != scan.channels:
             self._reject(
                 "channels differ from the scan's first line",
                 f"scan {line.scan_id} line {line.index}: channels {sorted(line.channels)} "
                 f"differ from the scan's first line {sorted(scan.channels)}",
             )
-            return
+            return False
         elif (line.points, line.n_lines) != (scan.points, scan.n_lines):
             self._reject(
                 "size differs from the scan's first line",
                 f"scan {line.scan_id} line {line.index}: {line.points} points x {line.n_lines} "
                 f"lines differ from the scan's first line ({scan.points} x {scan.n_lines})",
             )
-            return
+            return False
         if scan.seen[line.index]:
             self.counters.add("duplicates")
-            return
+            return False
         scan.seen[line.index] = 1
         if line.position > scan.last_position + 1:
             self.counters.add("gaps")
         scan.last_position = max(scan.last_position, line.position)
         self.counters.add("lines")
-        self._sink(line)
+        return True
 
     def _open(self, line: Line) -> _OpenScan | None:
         """Start following a scan, unless it is declared too large to hold (refused: None)."""
