@@ -1025,11 +1025,11 @@ def score_line(
             fam = family[i]
             if fam < 0:
                 continue
-            if z > top1[fam]:
-                top2[fam] = top1[fam]
-                top1[fam] = z
-            elif z > top2[fam]:
-                top2[fam] = z
+            # the two largest so far without a branch on z (those mispredicted: the order
+            # of the channels' z is random)
+            first = top1[fam]
+            top1[fam] = max(first, z)
+            top2[fam] = max(top2[fam], min(first, z))
         for f in range(N_FAMILIES - 1):
             out[f] = top2[f] if consensus[f] >= 2 else top1[f]
     if flat >= cfg[S_SAT_FRACTION]:
