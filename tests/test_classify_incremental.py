@@ -133,9 +133,11 @@ def test_mixed_dtypes_are_stored_exactly_as_np_stack_would():
     np.testing.assert_array_equal(acc.features(), channel_features({"Height": stacked}))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("run", [1, 5, 16, 40])
-def test_runs_pushed_at_once_match_and_early_lines_are_measured_alone(run: int):
+def test_runs_pushed_at_once_match_and_early_lines_are_measured_alone(run: int, dtype):
     scan, _ = synth.failing_scan(seed=4, lines=60, points=64, fault="dropout", at=0.5)
+    scan.channels = {name: data.astype(dtype) for name, data in scan.channels.items()}
     names = list(scan.channels)
     lines = [{name: scan.channels[name][i] for name in names} for i in range(60)]
     acc = ChannelStatsAccumulator(names, 64, lines=8)  # grows inside the runs
@@ -220,7 +222,7 @@ def sample_cases(rng: np.random.Generator) -> list[np.ndarray]:
     huge = np.full((40, 128), 1e20)
     huge[5, :3] = [1e19, 3e20, 2e20]
     # both quantiles 5.0, so the edges run 5 .. 6, far from where the quantiles put them,
-    # and values lie on them: the straddling bins' values are binned in a third pass
+    # and values lie on them: bins far from where the quantiles lie straddle the edges
     beyond = np.full((40, 128), 5.0)
     beyond[1, :20] = 5 + np.arange(1, 21) / 64
     beyond[2, :20] = rng.uniform(4, 5, 20)

@@ -752,15 +752,9 @@ def _rank_bins(counts, rank):
 
 
 @njit(**_JIT)
-def _fine_bin(x, low, scale):
-    """The fine bin of any finite x (clamped to the range): never decreases as x grows."""
-    return int(min(max((x - low) * scale, 0.0), FINE_BINS - 1.0))
-
-
-@njit(**_JIT)
 def _fine_bounds(b, low, high, scale, margin):
-    """Bounds of every value `_fine_bin` puts in fine bin b, widened by margin (far past the
-    rounding of the bin number and of these bounds)."""
+    """Bounds of every value `_sample_histogram` puts in fine bin b, widened by margin (far
+    past the rounding of the bin number and of these bounds)."""
     return max(low, low + b / scale - margin), min(high, low + (b + 1) / scale + margin)
 
 
@@ -794,30 +788,19 @@ def _whole_bins(counts, edges, norm, low, high, scale, margin):
     return hist, straddles
 
 
-_LOW_TAIL, _HIGH_TAIL, _NEAR_EDGE = 1, 2, 4  # roles of a fine bin in `_sample_histogram`
-
-
-@njit(**_JIT)
-def _mark(role, first, last, flag):
-    """Add `flag` to the roles of fine bins first..last."""
-    for b in range(first, last + 1):
-        role[b] |= flag
-
-
 @njit(**_JIT)
 def _sample_histogram(data, rows, table):
     """(lo, hi, histogram): the TAIL_LO and TAIL_HI quantiles of data[rows] (linear, as
     `_quantile`) and `_histogram` of those rows between them, exactly.
 
-    One pass puts every value in one of FINE_BINS equal bins over the rows' range (the
-    extremes cached per line in `table`); the bin number never decreases as the value grows,
-    so each quantile's two order statistics are among the values of the one or two bins
-    their ranks fall in. Each histogram edge is a weighted mean of the two quantiles, so the
-    few fine bins it can fall in are known too: a second pass picks out the values of all
-    those bins at once. A fine bin lying inside one histogram bin counts whole; only the
-    picked values of the bins that straddle an edge are binned one by one (with the edges
-    lo .. lo + 1 of a sample without spread, or degenerate bins, an edge can land elsewhere:
-    then every value of a straddling bin is binned in a third pass).
+    A first pass puts every value in one of FINE_BINS equal bins over the rows' range (the
+    extremes cached per line in `table`) and counts them; the bin number never decreases as
+    the value grows, so each quantile's two order statistics are among the values of the bins
+    up to the one its ranks fall in (low tail) or from it on (high tail): a pass over the bin
+    numbers picks those few values (about 1 %). A fine bin lying inside one histogram bin
+    counts whole; the values of the bins that straddle an edge (2-3 %) are binned one by one
+    in a last pass over the bin numbers. Three passes, the last two reading the 2-byte bin
+    numbers and taking a rarely taken branch; the values are read again only where picked.
     """
     points = data.shape[1]
     n = rows.size * points
@@ -831,7 +814,7 @@ def _sample_histogram(data, rows, table):
             pooled[k * points : (k + 1) * points] = data[rows[k]]
         lo, hi = _quantile(pooled, TAIL_LO), _quantile(pooled, TAIL_HI)
         return lo, hi, _histogram(data, rows, _edges(lo, hi))
-    fine = np.empty(n, np.int16)
+    fine = np.empty(n, np.uint16)  # unsigned: indexing with it needs no wraparound test
     for k in range(rows.size):
         row, at = data[rows[k]], k * points
         for j in range(points):
@@ -842,60 +825,30 @@ def _sample_histogram(data, rows, table):
     # both quantiles are inside the sample (n is large): the ranks below n - 1
     v_lo, v_hi = (n - 1) * TAIL_LO, (n - 1) * TAIL_HI
     p_lo, p_hi = int(np.floor(v_lo)), int(np.floor(v_hi))
-    lo_first, lo_last, lo_below = _rank_bins(counts, p_lo)
-    hi_first, hi_last, hi_below = _rank_bins(counts, p_hi)
-    margin = 1e-13 * (abs(low) + abs(high)) + 1e-300
-    role = np.zeros(FINE_BINS, np.uint8)
-    _mark(role, lo_first, lo_last, _LOW_TAIL)
-    _mark(role, hi_first, hi_last, _HIGH_TAIL)
-    lo_min = _fine_bounds(lo_first, low, high, scale, margin)[0]
-    lo_max = _fine_bounds(lo_last, low, high, scale, margin)[1]
-    hi_min = _fine_bounds(hi_first, low, high, scale, margin)[0]
-    hi_max = _fine_bounds(hi_last, low, high, scale, margin)[1]
-    for i in range(ENTROPY_BINS + 1):
-        w = i / ENTROPY_BINS
-        first = _fine_bin(lo_min * (1 - w) + hi_min * w - 2 * margin, low, scale)
-        last = _fine_bin(lo_max * (1 - w) + hi_max * w + 2 * margin, low, scale)
-        _mark(role, first, last, _NEAR_EDGE)
-    wanted = 0
-    for b in range(FINE_BINS):
-        wanted += counts[b] if role[b] else 0
-    picked = np.empty(wanted)
-    picked_bin = np.empty(wanted, np.int16)
-    m = 0
+    lo_last = _rank_bins(counts, p_lo)[1]
+    hi_first, _, hi_below = _rank_bins(counts, p_hi)
+    lows = np.empty(counts[: lo_last + 1].sum())
+    highs = np.empty(n - hi_below)
+    n_low = n_high = 0
     for k in range(rows.size):
         row, at = data[rows[k]], k * points
         for j in range(points):
-            if role[fine[at + j]]:
-                picked[m], picked_bin[m] = row[j], fine[at + j]
-                m += 1
-    lows = np.empty(counts[lo_first : lo_last + 1].sum())
-    highs = np.empty(counts[hi_first : hi_last + 1].sum())
-    n_low = n_high = 0
-    for i in range(m):
-        if role[picked_bin[i]] & _LOW_TAIL:
-            lows[n_low] = picked[i]
-            n_low += 1
-        if role[picked_bin[i]] & _HIGH_TAIL:
-            highs[n_high] = picked[i]
-            n_high += 1
-    lo = _interpolate(lows, n_low, p_lo - lo_below, v_lo - p_lo)
+            b = fine[at + j]
+            if b <= lo_last or b >= hi_first:
+                if b <= lo_last:
+                    lows[n_low] = row[j]
+                    n_low += 1
+                if b >= hi_first:
+                    highs[n_high] = row[j]
+                    n_high += 1
+    lo = _interpolate(lows, n_low, p_lo, v_lo - p_lo)
     hi = _interpolate(highs, n_high, p_hi - hi_below, v_hi - p_hi)
     edges = _edges(lo, hi)
     norm = _bin_scale(ENTROPY_BINS, edges[ENTROPY_BINS] - edges[0])
     if norm == 0:
         return lo, hi, _histogram(data, rows, edges)
+    margin = 1e-13 * (abs(low) + abs(high)) + 1e-300
     hist, straddles = _whole_bins(counts, edges, norm, low, high, scale, margin)
-    missed = False
-    for b in range(FINE_BINS):
-        missed |= straddles[b] and counts[b] > 0 and not role[b] & _NEAR_EDGE
-    if not missed:
-        for i in range(m):
-            if straddles[picked_bin[i]]:
-                b = _bin(picked[i], edges, norm)
-                if 0 <= b < ENTROPY_BINS:
-                    hist[b] += 1
-        return lo, hi, hist
     for k in range(rows.size):
         row, at = data[rows[k]], k * points
         for j in range(points):
@@ -999,8 +952,8 @@ class ChannelStatsAccumulator:
             for line in lines:
                 self.push(line)
             return
-        while i + k > self._lines.shape[1]:
-            self._grow()
+        if i + k > self._lines.shape[1]:
+            self._reserve(max(2 * self._lines.shape[1], i + k), dtype)
         for plane, channel in zip(self._planes, rows, strict=True):
             plane[i : i + k] = channel  # checked above: no conversion (np.stack: 3x slower)
         self.n_lines = i + k
