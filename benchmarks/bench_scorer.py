@@ -110,6 +110,21 @@ def _loop_peak(power, base, work, reps):
 
 
 @njit
+def _loop_persist(logp, spec, work, reps):
+    acc = 0.0
+    for _ in range(reps):
+        acc += K.persistent_peak(logp, spec, 4, work[2:4])
+    return acc
+
+
+@njit
+def _loop_grid(hist, grid, head, scar_ch, reps):
+    for _ in range(reps):
+        for c in scar_ch:
+            K.store_scar_grid(hist[head, c], grid[head, c], K.scar_grid_step(16)[0])
+
+
+@njit
 def _loop_baseline(ring, net, buf, floors, med, scale, reps):
     for _ in range(reps):
         K.robust_baseline(ring, ring.shape[0], net, buf, floors, med, scale)
@@ -132,6 +147,12 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
             "line_stats (+ consistency) x channels",
             _loop_stats,
             (frame[64], st.hist.copy(), head, prev),
+            1.0,
+        ),
+        (
+            "store_scar_grid x channels",
+            _loop_grid,
+            (st.hist, st.scar_grid.copy(), head, lay.scar_ch),
             1.0,
         ),
         (
@@ -165,6 +186,12 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
             1.0,
         ),
         ("spectral_peak (logs)", _loop_peak, (power, st.spec_base, st.work.copy()), 1.0),
+        (
+            "persistent_peak",
+            _loop_persist,
+            (np.log(power + 1.0), st.spec_base.copy(), st.work.copy()),
+            1.0,
+        ),
         (
             "median/MAD refresh (sorting network)",
             _loop_baseline,
@@ -299,8 +326,13 @@ def main() -> None:
         "(the LineScore record that frame() returns)"
     )
     print("per-kernel breakdown (best us per call set; amortised us per line):")
-    for name, per_call, per_line in breakdown(frame, names, repeat):
-        print(f"  {name:34s} {per_call:9.2f} {per_line:9.2f}")
+    rows = breakdown(frame, names, repeat)
+    for name, per_call, per_line in rows:
+        print(f"  {name:38s} {per_call:9.2f} {per_line:9.2f}")
+    print(
+        f"  {'sum (hot caches; the rest of a line: see profile_score_line.py)':38s} "
+        f"{'':9s} {sum(r[2] for r in rows):9.2f}"
+    )
 
 
 if __name__ == "__main__":
