@@ -406,24 +406,28 @@ class Daemon:
         scan.keep(lines)
         held = scan.lines.block(scan.count, scan.count + len(lines))
         scan.scorer.score_ahead(held.transpose(1, 0, 2), [line.index for line in lines])
-        for received, line in take:
-            score = scan.scorer.push(line)
-            scan.count += 1
-            self._held_bytes += scan.row_bytes
-            observe(time.perf_counter() - received)
+        pending = take
+        while pending:  # in steps that end on the alert line, if one comes
+            scores = scan.scorer.take_ahead(len(pending))
+            done, pending = pending[: len(scores)], pending[len(scores) :]
+            scan.count += len(scores)
+            self._held_bytes += len(scores) * scan.row_bytes
+            now = time.perf_counter()
+            for received, _ in done:
+                observe(now - received)
             if behind:
-                self.publisher.shed_line()
+                self.publisher.shed_lines(len(scores))
             elif publish_lines:
-                self.publisher.publish(
-                    protocol.TOPIC_LINE, line.scan_id, line.source, protocol.line_fields(score)
-                )
+                for score in scores:
+                    fields = protocol.line_fields(score)
+                    self.publisher.publish(protocol.TOPIC_LINE, first.scan_id, first.source, fields)
             alert = scan.scorer.alert
             if alert is not None and not scan.alerted:
                 scan.alerted = True
                 frame = scan.scorer.frame()
                 verdict = self._verdict(frame, scan.lines, finished=False)
                 origin, seen = protocol.LIVE, scan.count
-                self._publish_alert(alert, verdict, line.scan_id, line.source, origin, seen)
+                self._publish_alert(alert, verdict, first.scan_id, first.source, origin, seen)
         self._tally(first.source, len(take))
         if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
             self._close_or_evict(scan, first.scan_id)

@@ -7,7 +7,7 @@ hands over already-encoded messages through two queues:
   an alert; it is emptied before any line score is sent;
 - the line queue (`spmwatch.line`): bounded; when it is full the newest line score is shed and
   counted, because per-line scores are a convenience that must never delay an alert. The
-  daemon also sheds them itself (`shed_line`) while its inbox is backed up, so the time goes
+  daemon also sheds them itself (`shed_lines`) while its inbox is backed up, so the time goes
   to scoring.
 
 Each topic has its own `seq`, assigned when the event is handed over, so a subscriber sees a gap
@@ -126,12 +126,12 @@ class Publisher:
                 self._cond.notify()
             return payload["seq"]
 
-    def shed_line(self) -> None:
-        """Count a line score the caller chose not to publish (it is behind): its seq number
-        is used up all the same, so subscribers see the gap."""
+    def shed_lines(self, n: int = 1) -> None:
+        """Count `n` line scores the caller chose not to publish (it is behind): their seq
+        numbers are used up all the same, so subscribers see the gap."""
         with self._cond:
-            self._seq[protocol.TOPIC_LINE] += 1
-            self._shed += 1
+            self._seq[protocol.TOPIC_LINE] += n
+            self._shed += n
 
     def stop(self, final: Mapping[str, Any] | None = None) -> None:
         """Send everything queued, then a last heartbeat (with `final` fields), then close."""

@@ -85,7 +85,7 @@ def test_a_line_shed_by_the_caller_leaves_a_seq_gap(endpoint: str) -> None:
     try:
         _connected(sub)
         pub.publish(protocol.TOPIC_LINE, "s", "socket", {"line": 0})
-        pub.shed_line()
+        pub.shed_lines()
         pub.publish(protocol.TOPIC_LINE, "s", "socket", {"line": 2})
         wait_for(lambda: len(sub.of(protocol.TOPIC_LINE)) == 2, timeout=10)
         shed = pub.counters()["lines_shed"]

@@ -1,6 +1,6 @@
-"""`ScanScorer.score_ahead`: lines scored in one kernel call and then pushed one by one give
-the rows, events and alert (on the same line) of plain pushes; pushes that do not follow the
-lines scored ahead are refused."""
+"""`ScanScorer.score_ahead` + `take_ahead`: lines scored in one kernel call and then taken
+give the rows, events and alert (on the same line) of plain pushes; nothing else may score
+while lines scored ahead wait to be taken."""
 
 from __future__ import annotations
 
@@ -11,20 +11,11 @@ from spmwatch.scoring.scorer import ScanScorer, synthetic_scan
 from tests import scoring_helpers as faults
 
 
-def _pushed_in_runs(scan, run: int, dtype) -> tuple[object, list]:
-    names = list(scan.channels)
-    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
-    lines = list(scan.lines())
-    alerts = []
-    for start in range(0, len(lines), run):
-        part = lines[start : start + run]
-        # (channels, lines, points), the layout the daemon keeps its lines in
-        planes = np.stack([[line.channels[n] for line in part] for n in names]).astype(dtype)
-        scorer.score_ahead(planes.transpose(1, 0, 2), [line.index for line in part])
-        for line in part:
-            scorer.push(line)
-            alerts.append(scorer.alert)
-    return scorer.finish(), alerts
+def _planes(lines, names, dtype=np.float64) -> np.ndarray:
+    """(lines, channels, points) as a transposed view of (channels, lines, points), the layout
+    the daemon keeps its lines in."""
+    planes = np.stack([[line.channels[n] for line in lines] for n in names]).astype(dtype)
+    return planes.transpose(1, 0, 2)
 
 
 @pytest.mark.parametrize("run", [1, 7, 40])
@@ -32,38 +23,51 @@ def _pushed_in_runs(scan, run: int, dtype) -> tuple[object, list]:
 def test_scoring_ahead_gives_the_rows_events_and_alert_line_of_plain_pushes(run, dtype) -> None:
     scan, _ = faults.tracking_loss(synthetic_scan(120, 96, seed=7), 70, 12)
     scan.channels = {name: a.astype(dtype) for name, a in scan.channels.items()}
-    plain = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
-    plain_alerts = []
-    for line in scan.lines():
+    names = list(scan.channels)
+    lines = list(scan.lines())
+    plain = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
+    for line in lines:
         plain.push(line)
-        plain_alerts.append(plain.alert)
+        if plain.alert is not None and plain.alert.position == line.position:
+            at_alert = plain.frame()
     expected = plain.finish()
-    got, alerts = _pushed_in_runs(scan, run, dtype)
     assert expected.alert is not None
-    np.testing.assert_array_equal(got.features, expected.features)
-    assert got.lines == expected.lines and got.events == expected.events
-    assert alerts == plain_alerts  # the alert appears on the push of the line that raised it
+
+    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
+    taken = []
+    compared = False
+    for start in range(0, len(lines), run):
+        part = lines[start : start + run]
+        scorer.score_ahead(_planes(part, names, dtype), [line.index for line in part])
+        while len(taken) < start + len(part):
+            step = scorer.take_ahead(len(part))
+            taken += step
+            if scorer.alert is not None and taken[-1].position == scorer.alert.position:
+                # the step ended on the alert line: the frame so far is the one pushes gave
+                got = scorer.frame()
+                np.testing.assert_array_equal(got.features, at_alert.features)
+                assert got.lines == at_alert.lines and got.events == at_alert.events
+                compared = True
+    assert compared and taken == expected.lines
+    final = scorer.finish()
+    np.testing.assert_array_equal(final.features, expected.features)
+    assert final.events == expected.events and final.alert == expected.alert
 
 
-def test_a_push_out_of_step_with_the_lines_scored_ahead_is_refused() -> None:
+def test_nothing_else_scores_while_lines_scored_ahead_wait() -> None:
     scan = synthetic_scan(20, 32, seed=1)
     names = list(scan.channels)
-    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
     lines = list(scan.lines())
-    planes = np.stack([[line.channels[n] for line in lines[:4]] for n in names])
-    scorer.score_ahead(planes.transpose(1, 0, 2), [0, 1, 2, 3])
-    scorer.push(lines[0])
-    with pytest.raises(ValueError, match="pushed line 2 but line 1"):
-        scorer.push(lines[2])
-    with pytest.raises(ValueError, match="3 lines but 2 indices"):
-        scorer.score_ahead(planes.transpose(1, 0, 2)[:3], [4, 5])
-
-
-def test_a_whole_frame_waits_for_the_lines_scored_ahead() -> None:
-    scan = synthetic_scan(20, 32, seed=2)
-    names = list(scan.channels)
     scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
+    scorer.score_ahead(_planes(lines[:4], names), [0, 1, 2, 3])
+    with pytest.raises(RuntimeError, match="4 lines scored ahead wait"):
+        scorer.push(lines[4])
     frame = np.stack([scan.channels[n] for n in names], axis=1)
-    scorer.score_ahead(frame[:2], [0, 1])
-    with pytest.raises(RuntimeError, match="scored ahead"):
-        scorer.score_frame(frame[2:], list(range(2, 20)))
+    with pytest.raises(RuntimeError, match="scored ahead wait"):
+        scorer.score_frame(frame[4:], list(range(4, 20)))
+    with pytest.raises(ValueError, match="3 lines but 2 indices"):
+        scorer.score_ahead(_planes(lines[4:7], names), [4, 5])
+    assert [s.index for s in scorer.take_ahead(3)] == [0, 1, 2]
+    assert [s.index for s in scorer.take_ahead(3)] == [3]
+    scorer.push(lines[4])  # all taken: plain pushes again
+    assert scorer.frame().n_lines == 5

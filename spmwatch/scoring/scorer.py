@@ -9,6 +9,7 @@ the lines before it in acquisition order.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -309,7 +310,7 @@ class ScanScorer:
         self._lines: list[LineScore] = []
         self._events = EventTracker(self.settings.alert)
         self._finished = False
-        self._ahead: deque[int] = deque()  # indices of the lines scored ahead, not yet pushed
+        self._ahead: deque[int] = deque()  # indices of the lines scored ahead, not yet taken
         self._chunk: np.ndarray | None = None  # score_ahead's input buffer, made on first use
 
     @property
@@ -327,20 +328,9 @@ class ScanScorer:
         }
 
     def push(self, line: Line) -> LineScore:
-        """Score one line (causal). Missing or misshapen channels make the line a dropout.
-
-        A line already scored by `score_ahead` only has its row turned into a score and fed to
-        the events here."""
+        """Score one line (causal). Missing or misshapen channels make the line a dropout."""
+        self._no_lines_ahead()
         n = len(self._lines)
-        if self._ahead:
-            expected = self._ahead.popleft()
-            if int(line.index) != expected:
-                self._ahead.clear()  # the rows ahead belong to other lines: the state is spent
-                raise ValueError(
-                    f"scan {self.scan_id}: pushed line {line.index} but line {expected} was "
-                    "scored ahead next"
-                )
-            return self._ingest(expected, n)
         self._fill(line.channels)
         self._reserve(1)
         K.score_frame(self._frame1, n, self._frame1[0], *self._args, self._features)
@@ -348,17 +338,16 @@ class ScanScorer:
 
     def score_ahead(self, frame: np.ndarray, indices: Sequence[int]) -> None:
         """Run the kernel now over the next lines, frame (lines, channels, points) in any
-        layout and float dtype, so that their `push`es (which must follow, in this order)
-        only ingest: the same rows as pushing them one by one, without a kernel call and a
-        copy-in per line.
-
-        The events are still fed line by line at `push`, so a caller sees the alert on the
-        line that raised it, with `frame()` holding exactly the lines up to it.
+        layout and float dtype, in chunks that stay in cache; `take_ahead` then turns their
+        rows into scores and events. The same rows as pushing the lines one by one, without
+        a kernel call and a copy-in per line.
         """
         if len(frame) != len(indices):
             raise ValueError(f"frame has {len(frame)} lines but {len(indices)} indices were given")
-        if self._chunk is None:  # widened while copied in (as score_scan does)
-            self._chunk = np.zeros((CHUNK_LINES, len(self.layout.channels), self.points))
+        dtype = np.float32 if frame.dtype == np.float32 else np.float64  # the kernel's two
+        if self._chunk is None or self._chunk.dtype != dtype:
+            shape = (CHUNK_LINES, len(self.layout.channels), self.points)
+            self._chunk = np.zeros(shape, dtype)
         start = len(self._lines) + len(self._ahead)
         self._reserve(len(self._ahead) + len(indices))
         for first in range(0, len(indices), CHUNK_LINES):
@@ -367,6 +356,12 @@ class ScanScorer:
             np.copyto(chunk, part, casting="unsafe")
             K.score_frame(chunk, start + first, self._frame1[0], *self._args, self._features)
         self._ahead.extend(int(i) for i in indices)
+
+    def _no_lines_ahead(self) -> None:
+        if self._ahead:
+            raise RuntimeError(
+                f"scan {self.scan_id}: {len(self._ahead)} lines scored ahead wait for take_ahead"
+            )
 
     def _fill(self, channels: Mapping[str, np.ndarray]) -> None:
         for name, target in zip(self.layout.channels, self._rows, strict=True):
@@ -410,8 +405,7 @@ class ScanScorer:
         anything else is scored as float64. Same rows as pushing the lines one by one.
         """
         n = len(indices)
-        if self._ahead:
-            raise RuntimeError(f"scan {self.scan_id}: lines scored ahead wait to be pushed")
+        self._no_lines_ahead()
         if len(frame) != n:
             raise ValueError(f"frame has {len(frame)} lines but {n} indices were given")
         start = len(self._lines)
@@ -420,17 +414,36 @@ class ScanScorer:
             frame = np.ascontiguousarray(frame, dtype=np.float64)
         frame = np.ascontiguousarray(frame)
         K.score_frame(frame, start, self._frame1[0], *self._args, self._features)
-        scores = self._features[start : start + n, K.F_SCORE]
+        self._ingest_rows([int(i) for i in indices], start, stop_at_alert=False)
+
+    def take_ahead(self, most: int) -> list[LineScore]:
+        """Ingest up to `most` of the lines scored ahead, in order, like their `push`es: quiet
+        stretches in one go, each flagged line on its own. Stops right after the line that
+        raises the alert, so the caller acts on it with `frame()` ending at that line."""
+        indices = list(itertools.islice(self._ahead, most))
+        start = len(self._lines)
+        for _ in range(self._ingest_rows(indices, start, stop_at_alert=True)):
+            self._ahead.popleft()
+        return self._lines[start:]
+
+    def _ingest_rows(self, indices: list[int], first: int, stop_at_alert: bool) -> int:
+        """Ingest rows first, first + 1, ... as the lines `indices`; returns how many (all of
+        them unless `stop_at_alert` and one raised the alert)."""
+        n = len(indices)
+        scores = self._features[first : first + n, K.F_SCORE]
         flagged = np.flatnonzero(scores >= self._flag_z).tolist()
-        indices = [int(i) for i in indices]
         score_list = scores.tolist()
         done = 0
         for k in [*flagged, n]:  # quiet stretches in one go, each flagged line on its own
             if k > done:
-                self._ingest_quiet(indices[done:k], start + done, score_list[done:k])
+                self._ingest_quiet(indices[done:k], first + done, score_list[done:k])
             if k < n:
-                self._ingest(indices[k], start + k, score_list[k])
+                quiet_so_far = self.alert is None
+                self._ingest(indices[k], first + k, score_list[k])
+                if stop_at_alert and quiet_so_far and self.alert is not None:
+                    return k + 1
             done = k + 1
+        return n
 
     def _ingest_quiet(self, indices: list[int], first: int, scores: list[float]) -> None:
         """`_ingest` for a stretch of unflagged lines (rows first, first + 1, ...)."""
