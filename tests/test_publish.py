@@ -131,3 +131,28 @@ def test_named_publisher_stamps_every_event(endpoint: str) -> None:
     assert sub.of(protocol.TOPIC_ALERT)[0]["daemon"] == "afm-2"
     beat = sub.of(protocol.TOPIC_HEARTBEAT)[0]
     assert (beat["daemon"], beat["source"]) == ("afm-2", "responder")
+
+
+def test_frames_go_out_whether_the_sender_sleeps_or_polls(endpoint: str) -> None:
+    # a long heartbeat interval: nothing but the frames themselves wakes the sender
+    pub = Publisher(endpoint, heartbeat_interval=3600)
+    pub.start()
+    sub = Subscriber(endpoint)
+    try:
+
+        def joined() -> bool:  # the first beat went before the subscriber: knock until heard
+            pub.publish(protocol.TOPIC_ERROR, None, "test", {"reason": "knock"})
+            return bool(sub.of(protocol.TOPIC_ERROR))
+
+        wait_for(joined, timeout=10)
+        wait_for(lambda: not pub._polling, timeout=10)  # asleep after a quiet second
+        for i in range(3):
+            wait_for(lambda: not pub.counters()["priority_queue"], timeout=10)
+            # the first frame wakes the sleeping sender; the next ones find it polling
+            pub.publish(protocol.TOPIC_FRAME, f"s{i}", "socket", {"verdict": "pass"})
+            wait_for(lambda n=i + 1: len(sub.of(protocol.TOPIC_FRAME)) == n, timeout=10)
+            assert pub._polling
+    finally:
+        pub.stop()
+        sub.close()
+    assert [f["scan_id"] for f in sub.of(protocol.TOPIC_FRAME)] == ["s0", "s1", "s2"]
