@@ -214,8 +214,8 @@ def test_streaming_equals_batch_and_is_causal(dtype) -> None:
     np.testing.assert_array_equal(head.features, batch.features[:110])
 
 
-def test_float32_frame_is_widened_line_by_line_to_the_same_rows() -> None:
-    # the kernel's float32 path (a line widened in cache) against the frame widened by numpy
+def test_float32_frame_read_as_it_is_gives_the_rows_of_the_float64_frame() -> None:
+    # the kernel reads float32 samples as they are (line_stats widens each one it reads)
     scan, _ = faults.streaks(synthetic_scan(96, 128, seed=5), 40, 20)
     names = list(scan.channels)
     frame32 = np.stack([scan.channels[n] for n in names], axis=1).astype(np.float32)
