@@ -191,8 +191,8 @@ def test_fast_log_matches_numpy() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_streaming_equals_batch_and_is_causal(dtype) -> None:
-    # float32 (.ibw data): the batch widens each line inside the kernel, push copies it into
-    # a float64 row; both must give the same bits
+    # float32 (.ibw data): the batch copies it into float64 chunks, push into a float64 row
+    # (and the kernel could read it as it is); all must give the same bits
     scan, _ = faults.tracking_loss(synthetic_scan(160, 128, seed=3), 100, 12)
     scan.channels = {name: a.astype(dtype) for name, a in scan.channels.items()}
     batch = score_scan(scan)
