@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,12 @@ from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.inbox import Inbox
 from spmwatch.metrics import Metrics
-from spmwatch.model import Alert, FrameScores, Line, Verdict
+from spmwatch.model import Alert, FrameScores, Line, LineBlock, Verdict
 from spmwatch.publish import Publisher
 from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
 from spmwatch.sdnotify import Notifier
 from spmwatch.settings import Settings, load_settings
-from spmwatch.sources import FrameFile, LineRun, SourceError
+from spmwatch.sources import FrameFile, SourceError
 
 log = structlog.get_logger("spmwatch.daemon")
 
@@ -73,21 +73,42 @@ class _OpenScan:
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
-    def keep(self, lines: Sequence[Line]) -> None:
+    def keep(self, item: Line | LineBlock) -> None:
         """Keep the lines' rows (the classifier's and the scorer's input); a missing or
         misshapen channel is kept as NaN, which the scorer takes for a dropout."""
-        try:
-            self.lines.push_many([line.channels for line in lines])
-            return
-        except ValueError:  # push_many took the lines before the refused one
-            pass
-        for line in lines[self.lines.n_lines - self.count :]:
+        if isinstance(item, LineBlock):
+            try:
+                self.lines.push_block(item.channels)  # the usual block: a copy per channel
+                return
+            except ValueError:
+                pass
+        for line in item.lines() if isinstance(item, LineBlock) else (item,):
             try:
                 self.lines.push(line.channels)  # checks each row; a refused line is not added
             except ValueError:
                 shape = (self.scorer.points,)
                 rows = {name: _row(line.channels.get(name), shape) for name in self.lines.names}
                 self.lines.push(rows)
+
+
+def _count(item: Line | LineBlock) -> int:
+    return item.count if isinstance(item, LineBlock) else 1
+
+
+def _split_run(
+    run: list[tuple[float, Line | LineBlock]], lines: int
+) -> tuple[list[tuple[float, Line | LineBlock]], list[tuple[float, Line | LineBlock]]]:
+    """The first `lines` lines of a run and the rest (a block is split where it falls)."""
+    for k, (received, item) in enumerate(run):
+        n = _count(item)
+        if n >= lines:
+            if n == lines:
+                return run[: k + 1], run[k + 1 :]
+            assert isinstance(item, LineBlock)
+            head, tail = item.split(lines)
+            return [*run[:k], (received, head)], [(received, tail), *run[k + 1 :]]
+        lines -= n
+    return run, []
 
 
 def _row(values: object, shape: tuple[int]) -> np.ndarray:
@@ -327,23 +348,21 @@ class Daemon:
     def _sink(self, item: object) -> None:
         """What the sources call: stamp the hand-over time (latency starts here) and queue.
 
-        A run of lines weighs its lines, so `queue_size` bounds the lines waiting."""
-        weight = len(item.lines) if isinstance(item, LineRun) else 1
+        A block of lines weighs its lines, so `queue_size` bounds the lines waiting."""
+        weight = item.count if isinstance(item, LineBlock) else 1
         self._inbox.put((time.perf_counter(), item), weight)
 
     # -- items ------------------------------------------------------------------------------------
 
     def _handle_batch(self, batch: list[tuple[float, object]]) -> None:
         """Handle items in arrival order; consecutive lines of one scan go in as one run."""
-        run: list[tuple[float, Line]] = []
+        run: list[tuple[float, Line | LineBlock]] = []
         for received, item in batch:
-            lines = item.lines if isinstance(item, LineRun) else (item,)
-            if isinstance(lines[0], Line):
-                for line in lines:
-                    if run and run[0][1].scan_id != line.scan_id:
-                        self._handle_run(run)
-                        run = []
-                    run.append((received, line))
+            if isinstance(item, Line | LineBlock):
+                if run and run[0][1].scan_id != item.scan_id:
+                    self._handle_run(run)
+                    run = []
+                run.append((received, item))
                 continue
             if run:
                 self._handle_run(run)
@@ -352,7 +371,7 @@ class Daemon:
         if run:
             self._handle_run(run)
 
-    def _handle_run(self, run: list[tuple[float, Line]]) -> None:
+    def _handle_run(self, run: list[tuple[float, Line | LineBlock]]) -> None:
         try:
             self._on_lines(run)
         except Exception as exc:  # one bad line must not stop the daemon
@@ -379,11 +398,11 @@ class Daemon:
         log.exception("item_failed", item=type(item).__name__, scan_id=scan_id)
         self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
 
-    def _on_lines(self, run: list[tuple[float, Line]]) -> None:
+    def _on_lines(self, run: list[tuple[float, Line | LineBlock]]) -> None:
         """Score consecutive lines of one scan; publish their scores and the scan's alert."""
         first = run[0][1]
         if self._paused:
-            self._count("lines_received", "lines_paused", n=len(run))
+            self._count("lines_received", "lines_paused", n=sum(_count(item) for _, item in run))
             return
         scan = self._scans.get(first.scan_id)
         if scan is None:
@@ -397,23 +416,28 @@ class Daemon:
         budget = self.settings.daemon.max_held_bytes
         # the lines up to the one that completes the scan or takes the kept lines past the
         # budget (either closes it; the rest start over) are kept and scored in one go, then
-        # ingested line by line so the alert comes on the line that raised it
+        # ingested in steps that end on the alert line
         room = scan.scorer.expected_lines - scan.count
         if self._held_bytes + room * scan.row_bytes > budget:
             room = (budget - self._held_bytes) // max(scan.row_bytes, 1) + 1
-        take = run[: max(room, 1)]
-        lines = [line for _, line in take]
-        scan.keep(lines)
-        held = scan.lines.block(scan.count, scan.count + len(lines))
-        scan.scorer.score_ahead(held.transpose(1, 0, 2), [line.index for line in lines])
-        pending = take
+        take, rest = _split_run(run, max(room, 1))
+        indices: list[int] = []
+        take_times: list[float] = []
+        for received, item in take:
+            scan.keep(item)
+            arrived = item.indices() if isinstance(item, LineBlock) else (item.index,)
+            indices += arrived
+            take_times += [received] * len(arrived)
+        held = scan.lines.block(scan.count, scan.count + len(indices))
+        scan.scorer.score_ahead(held.transpose(1, 0, 2), indices)
+        pending = take_times
         while pending:  # in steps that end on the alert line, if one comes
             scores = scan.scorer.take_ahead(len(pending))
             done, pending = pending[: len(scores)], pending[len(scores) :]
             scan.count += len(scores)
             self._held_bytes += len(scores) * scan.row_bytes
             now = time.perf_counter()
-            for received, _ in done:
+            for received in done:
                 observe(now - received)
             if behind:
                 self.publisher.shed_lines(len(scores))
@@ -428,11 +452,11 @@ class Daemon:
                 verdict = self._verdict(frame, scan.lines, finished=False)
                 origin, seen = protocol.LIVE, scan.count
                 self._publish_alert(alert, verdict, first.scan_id, first.source, origin, seen)
-        self._tally(first.source, len(take))
+        self._tally(first.source, len(indices))
         if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
             self._close_or_evict(scan, first.scan_id)
-        if len(take) < len(run):  # lines after a scan's end start a new scan of that id
-            self._on_lines(run[len(take) :])
+        if rest:  # lines after a scan's end start a new scan of that id
+            self._on_lines(rest)
 
     def _tally(self, source: str, n: int) -> None:
         self._lines_scored(source).inc(n)
@@ -451,7 +475,7 @@ class Daemon:
             child = self._scored_by[source] = self.metrics.lines_scored.labels(source)
         return child
 
-    def _open(self, line: Line) -> _OpenScan:
+    def _open(self, line: Line | LineBlock) -> _OpenScan:
         self._evict_while(
             "max_open_scans", lambda: len(self._scans) >= self.settings.daemon.max_open_scans
         )

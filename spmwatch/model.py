@@ -6,6 +6,7 @@ Data flows one way: a source yields `Line`s (or a whole `Scan`), the scorer turn
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,60 @@ class Line:
     @property
     def points(self) -> int:
         return len(next(iter(self.channels.values()))) if self.channels else 0
+
+
+@dataclass(frozen=True)
+class LineBlock:
+    """Consecutive lines of one scan that travel together (one line-socket message).
+
+    `channels` maps each channel to a (count, points) array, row k being the line at index
+    `index + k * step` and acquisition position `position + k`. Kept whole from the socket
+    to the scorer: making a `Line` per row cost more than the rest of decoding the message.
+    """
+
+    scan_id: str
+    index: int
+    position: int
+    n_lines: int
+    channels: Mapping[str, np.ndarray]
+    step: int = 1
+    meta: Mapping[str, float | int | str] = field(default_factory=dict)
+    source: str = "socket"
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.channels.values()))) if self.channels else 0
+
+    @property
+    def points(self) -> int:
+        return next(iter(self.channels.values())).shape[1] if self.channels else 0
+
+    def indices(self) -> range:
+        return range(self.index, self.index + self.count * self.step, self.step)
+
+    def lines(self) -> list[Line]:
+        """The rows as `Line`s (views of the block's arrays)."""
+        return [
+            Line(
+                self.scan_id,
+                index,
+                self.position + k,
+                self.n_lines,
+                {name: rows[k] for name, rows in self.channels.items()},
+                self.meta,
+                self.source,
+            )
+            for k, index in enumerate(self.indices())
+        ]
+
+    def split(self, k: int) -> tuple[LineBlock, LineBlock]:
+        """The first k rows and the rest, as two blocks (views)."""
+        head = {name: rows[:k] for name, rows in self.channels.items()}
+        tail = {name: rows[k:] for name, rows in self.channels.items()}
+        rest = dataclasses.replace(
+            self, index=self.index + k * self.step, position=self.position + k, channels=tail
+        )
+        return dataclasses.replace(self, channels=head), rest
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from spmwatch.model import Alert, FrameScores, Line, LineScore, Verdict
+from spmwatch.model import Alert, FrameScores, Line, LineBlock, LineScore, Verdict
 
 PROTOCOL_VERSION = 1
 
@@ -162,9 +162,9 @@ def encode_end(scan_id: str) -> list[bytes]:
     return [json.dumps(payload, separators=(",", ":")).encode()]
 
 
-def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> list[Line] | EndOfScan:
-    """Check and decode a line-socket message into its lines (one, or a block of `count`),
-    or an end of scan; raise ProtocolError with the reason otherwise."""
+def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> LineBlock | EndOfScan:
+    """Check and decode a line-socket message into its block of lines (one, or `count`), or
+    an end of scan; raise ProtocolError with the reason otherwise."""
     if not frames:
         raise ProtocolError("empty message")
     header = _decode_json(frames[0], "header")
@@ -220,18 +220,8 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> list
     if not isinstance(meta, dict):
         raise ProtocolError("meta must be a JSON object")
     meta = _jsonable_meta(meta)
-    return [
-        Line(
-            scan_id=scan_id,
-            index=index + k * step,
-            position=position + k,
-            n_lines=n_lines,
-            channels={name: rows[k] for name, rows in zip(names, blocks, strict=True)},
-            meta=meta,
-            source=source,
-        )
-        for k in range(count)
-    ]
+    channels = dict(zip(names, blocks, strict=True))
+    return LineBlock(scan_id, index, position, n_lines, channels, step, meta, source)
 
 
 # ---------------------------------------------------------------------------------------------

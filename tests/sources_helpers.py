@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from spmwatch.model import Line
-from spmwatch.sources import LineRun, SourceError
+from spmwatch.model import Line, LineBlock
+from spmwatch.sources import SourceError
 from tests.polling import wait_for  # noqa: F401 (re-exported for the tests)
 
 
@@ -28,13 +28,13 @@ class Collector:
 
     @property
     def lines(self) -> list[Line]:
-        """Every line delivered, those that came in a `LineRun` included, in order."""
+        """Every line delivered, those that came in a `LineBlock` included, in order."""
         with self._lock:
             items = list(self.items)
         lines: list[Line] = []
         for item in items:
-            if isinstance(item, LineRun):
-                lines.extend(item.lines)
+            if isinstance(item, LineBlock):
+                lines.extend(item.lines())
             elif isinstance(item, Line):
                 lines.append(item)
         return lines

@@ -330,3 +330,22 @@ def test_a_verdict_from_the_accumulator_equals_the_one_from_the_arrays(shipped):
     for finished in (False, True):
         assert shipped.verdict(frame, acc, finished) == shipped.verdict(frame, scan, finished)
     np.testing.assert_array_equal(shipped.features(frame, acc), shipped.features(frame, scan))
+
+
+def test_a_block_is_kept_like_its_lines_or_refused_whole():
+    scan, _ = synth.failing_scan(seed=6, lines=40, points=32, fault="tip_change", at=0.5)
+    names = list(scan.channels)
+    data = {name: scan.channels[name].astype(np.float32) for name in names}
+    acc = ChannelStatsAccumulator(names, 32, lines=4)  # grows inside a block
+    for start in (0, 3, 20):
+        stop = {0: 3, 3: 20, 20: 40}[start]
+        acc.push_block({name: rows[start:stop] for name, rows in data.items()})
+    np.testing.assert_array_equal(acc.features(), channel_features(data))
+    for bad in (
+        {name: rows[:2] for name, rows in data.items() if name != names[0]},  # one missing
+        {name: rows[:2].astype(np.float64) for name, rows in data.items()},  # another dtype
+        {name: rows[:2, :16] for name, rows in data.items()},  # too short
+    ):
+        with pytest.raises(ValueError, match="is not"):
+            acc.push_block(bad)
+    assert acc.n_lines == 40

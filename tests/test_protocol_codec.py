@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spmwatch.model import Line
+from spmwatch.model import Line, LineBlock
 from spmwatch.protocol import (
     TOPIC_ALERT,
     EndOfScan,
@@ -53,8 +53,10 @@ def _header(frames: list[bytes]) -> dict:
 def test_line_round_trip(points: int, dtype: str, n_channels: int) -> None:
     names = tuple(f"Ch{i}Retrace" for i in range(n_channels))
     line = _line(points, names)
-    [decoded] = decode_line_message(encode_line(line, dtype))
-    assert isinstance(decoded, Line)
+    block = decode_line_message(encode_line(line, dtype))
+    assert isinstance(block, LineBlock) and block.count == 1 and block.points == points
+    [decoded] = block.lines()
+    assert isinstance(decoded, Line) and decoded.source == "socket"
     assert (decoded.scan_id, decoded.index, decoded.position, decoded.n_lines) == (
         "frame_0001",
         5,
@@ -90,9 +92,10 @@ def test_block_round_trip_gives_the_same_lines_as_single_messages(
         for k in range(count)
     ]
     block = decode_line_message(encode_lines(lines, dtype))
-    singles = [decode_line_message(encode_line(line, dtype))[0] for line in lines]
-    assert isinstance(block, list) and len(block) == count
-    for got, want in zip(block, singles, strict=True):
+    singles = [decode_line_message(encode_line(line, dtype)).lines()[0] for line in lines]
+    assert isinstance(block, LineBlock) and block.count == count
+    assert list(block.indices()) == [line.index for line in lines]
+    for got, want in zip(block.lines(), singles, strict=True):
         assert (got.index, got.position, got.n_lines, got.meta) == (
             want.index,
             want.position,
@@ -163,7 +166,7 @@ def test_nan_flood_decodes_so_the_scorer_can_flag_it() -> None:
     flooded = Line(
         **{**line.__dict__, "channels": {k: v * np.nan for k, v in line.channels.items()}}
     )
-    [decoded] = decode_line_message(encode_line(flooded))
+    [decoded] = decode_line_message(encode_line(flooded)).lines()
     assert all(np.isnan(v).all() for v in decoded.channels.values())
 
 
@@ -195,3 +198,14 @@ def test_encoder_refuses_an_unsafe_scan_id_before_it_reaches_the_wire() -> None:
     unsafe = Line(**{**line.__dict__, "scan_id": "synth+tip change"})
     with pytest.raises(ProtocolError, match="scan_id 'synth\\+tip change'"):
         encode_line(unsafe)
+
+
+def test_a_block_splits_into_its_head_and_rest() -> None:
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(5, 8)).astype(np.float32)
+    block = LineBlock("s", 40, 10, 64, {"AT": rows, "AR": rows + 1}, step=-1)
+    head, rest = block.split(2)
+    assert list(head.indices()) == [40, 39] and list(rest.indices()) == [38, 37, 36]
+    assert (head.position, rest.position, rest.count, rest.step) == (10, 12, 3, -1)
+    np.testing.assert_array_equal(rest.channels["AR"], rows[2:] + 1)
+    assert [line.position for line in rest.lines()] == [12, 13, 14]

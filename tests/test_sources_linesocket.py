@@ -14,9 +14,8 @@ import pytest
 import zmq
 from sources_helpers import Collector, test_line, wait_for
 
-from spmwatch.model import Line
+from spmwatch.model import Line, LineBlock
 from spmwatch.protocol import EndOfScan, encode_line
-from spmwatch.sources import LineRun
 from spmwatch.sources.linesocket import LineReceiver, LineSender
 
 TESTS = Path(__file__).resolve().parent
@@ -69,9 +68,10 @@ def test_blocks_arrive_as_lines_and_overlapping_blocks_are_deduplicated(
         )
     counts = recv.counters.snapshot()
     assert counts["received"] == 4 and counts["lines"] == 201 and counts["duplicates"] == 10
-    # a block is handed on as one item (the lines that passed the checks), a line alone as such
-    runs = [len(item.lines) for item in sink.of(LineRun)]
-    assert runs == [100, 100] and [line.index for line in sink.of(Line)] == [200]
+    # a new block is handed on whole, one overlapping lines already here line by line (only
+    # the new ones), a line sent alone as a line
+    assert [(item.index, item.count) for item in sink.of(LineBlock)] == [(0, 100)]
+    assert [line.index for line in sink.of(Line)] == list(range(100, 201))
 
 
 def _raw(header: dict, *arrays: bytes) -> list[bytes]:

@@ -960,6 +960,27 @@ class ChannelStatsAccumulator:
         if self.n_lines - self._settled >= SETTLE_LINES:
             self._settle()
 
+    def push_block(self, channels: Mapping[str, np.ndarray]) -> None:
+        """Add consecutive lines given as (lines, points) per channel, one copy per channel.
+
+        ValueError, adding nothing, unless every channel is there as an array of the stored
+        dtype and that shape (push those lines one by one instead: `push` converts and
+        checks each)."""
+        blocks = [channels.get(name) for name in self.names]
+        k = len(blocks[0]) if blocks and isinstance(blocks[0], np.ndarray) else 0
+        shape, dtype = (k, self.points), self._lines.dtype
+        for name, rows in zip(self.names, blocks, strict=True):
+            if rows.__class__ is not np.ndarray or rows.dtype is not dtype or rows.shape != shape:
+                raise ValueError(f"channel {name!r} is not ({k}, {self.points}) of {dtype}")
+        i = self.n_lines
+        if i + k > self._lines.shape[1]:
+            self._reserve(max(2 * self._lines.shape[1], i + k), dtype)
+        for plane, rows in zip(self._planes, blocks, strict=True):
+            plane[i : i + k] = rows
+        self.n_lines = i + k
+        if self.n_lines - self._settled >= SETTLE_LINES:
+            self._settle()
+
     def block(self, start: int, stop: int) -> np.ndarray:
         """Lines start..stop-1 as stored, (channels, lines, points): a view, valid until the
         next push."""

@@ -2,9 +2,9 @@
 
 Every source delivers items to one `sink(item)` callable from its own thread. The daemon passes
 a bounded queue's `put`, so a slow scorer blocks the source instead of losing data. Items are
-`spmwatch.model.Line`, `LineRun` (consecutive lines of one scan that arrived together),
-`spmwatch.protocol.EndOfScan`, `FrameFile` (a whole saved frame) and `SourceError` (something
-the operator should hear about; the source keeps running).
+`spmwatch.model.Line`, `spmwatch.model.LineBlock` (consecutive lines of one scan that arrived
+together), `spmwatch.protocol.EndOfScan`, `FrameFile` (a whole saved frame) and `SourceError`
+(something the operator should hear about; the source keeps running).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spmwatch.model import Line, Scan
+from spmwatch.model import Scan
 
 Sink = Callable[[object], None]
 
@@ -48,17 +48,6 @@ class FrameFile:
     def defer(self) -> None:
         """Not taken now (the daemon is paused): the source keeps it for `redeliver_deferred`."""
         self.acknowledge(False)
-
-
-@dataclass(frozen=True)
-class LineRun:
-    """Lines of one scan that arrived together (a block message), in acquisition order.
-
-    One item instead of one per line: the hand-over between threads costs per item, and the
-    scorer takes a run in one kernel call.
-    """
-
-    lines: tuple[Line, ...]
 
 
 @dataclass(frozen=True)

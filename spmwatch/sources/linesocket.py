@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from spmwatch.model import Line
+from spmwatch.model import Line, LineBlock
 from spmwatch.protocol import (
     LINES_ENDPOINT,
     MAX_FRAME_BYTES,
@@ -29,7 +29,7 @@ from spmwatch.protocol import (
     encode_line,
     encode_lines,
 )
-from spmwatch.sources import Counters, LineRun, Sink, SourceThread
+from spmwatch.sources import Counters, Sink, SourceThread
 
 # Scans in progress at once (several producers); the oldest is forgotten beyond this.
 MAX_OPEN_SCANS = 16
@@ -55,7 +55,7 @@ class _OpenScan:
 class LineReceiver(SourceThread):
     """PULL socket bound at `endpoint` (normally `LINES_ENDPOINT`), feeding `sink`.
 
-    Delivers `Line`s, `LineRun`s (the lines a block message brought, after the checks) and
+    Delivers `Line`s, `LineBlock`s (a block message whose lines all passed the checks) and
     `EndOfScan`s; malformed or inconsistent messages become `SourceError`s.
 
     Bind happens in `start()`, so a busy port fails there; `endpoint` then holds the actual
@@ -118,12 +118,12 @@ class LineReceiver(SourceThread):
             return
         if isinstance(item, EndOfScan):
             self._end(item)
-            return
-        accepted = tuple(line for line in item if self._accept(line))
-        if len(accepted) > 1:
-            self._sink(LineRun(accepted))
-        elif accepted:
-            self._sink(accepted[0])
+        elif item.count == 1:
+            [line] = item.lines()
+            if self._accept(line):
+                self._sink(line)
+        else:
+            self._block(item)
 
     def _end(self, end: EndOfScan) -> None:
         self._refused.pop(end.scan_id, None)  # after its end, the id may start a new scan
@@ -136,36 +136,62 @@ class LineReceiver(SourceThread):
 
     def _accept(self, line: Line) -> bool:
         """Check a line against its scan (consistency, duplicates, gaps) and count it."""
-        scan = self._scans.get(line.scan_id)
+        scan = self._scan_for(line, f"line {line.index}")
         if scan is None:
-            scan = self._open(line)
-            if scan is None:
-                return False
-        elif frozenset(line.channels) != scan.channels:
-            self._reject(
-                "channels differ from the scan's first line",
-                f"scan {line.scan_id} line {line.index}: channels {sorted(line.channels)} "
-                f"differ from the scan's first line {sorted(scan.channels)}",
-            )
-            return False
-        elif (line.points, line.n_lines) != (scan.points, scan.n_lines):
-            self._reject(
-                "size differs from the scan's first line",
-                f"scan {line.scan_id} line {line.index}: {line.points} points x {line.n_lines} "
-                f"lines differ from the scan's first line ({scan.points} x {scan.n_lines})",
-            )
             return False
         if scan.seen[line.index]:
             self.counters.add("duplicates")
             return False
         scan.seen[line.index] = 1
-        if line.position > scan.last_position + 1:
-            self.counters.add("gaps")
-        scan.last_position = max(scan.last_position, line.position)
-        self.counters.add("lines")
+        self._arrived(scan, line.position, 1)
         return True
 
-    def _open(self, line: Line) -> _OpenScan | None:
+    def _block(self, block: LineBlock) -> None:
+        """Hand on a block whole when none of its lines is here yet (the usual case); a resend
+        overlapping lines already received goes line by line, so only the new ones pass."""
+        where = f"lines {block.index}..{block.indices()[-1]}"
+        scan = self._scan_for(block, where)
+        if scan is None:
+            return
+        low = min(block.index, block.indices()[-1])
+        if scan.seen.find(1, low, low + block.count) >= 0:
+            for line in block.lines():
+                if self._accept(line):
+                    self._sink(line)
+            return
+        scan.seen[low : low + block.count] = b"\x01" * block.count
+        self._arrived(scan, block.position, block.count)
+        self._sink(block)
+
+    def _arrived(self, scan: _OpenScan, position: int, count: int) -> None:
+        if position > scan.last_position + 1:
+            self.counters.add("gaps")
+        scan.last_position = max(scan.last_position, position + count - 1)
+        self.counters.add("lines", count)
+
+    def _scan_for(self, lines: Line | LineBlock, where: str) -> _OpenScan | None:
+        """The scan these lines belong to, opened on its first lines; None (rejected and
+        reported) when their channels or size differ from its first lines' or it is refused."""
+        scan = self._scans.get(lines.scan_id)
+        if scan is None:
+            return self._open(lines)
+        if frozenset(lines.channels) != scan.channels:
+            self._reject(
+                "channels differ from the scan's first line",
+                f"scan {lines.scan_id} {where}: channels {sorted(lines.channels)} "
+                f"differ from the scan's first line {sorted(scan.channels)}",
+            )
+            return None
+        if (lines.points, lines.n_lines) != (scan.points, scan.n_lines):
+            self._reject(
+                "size differs from the scan's first line",
+                f"scan {lines.scan_id} {where}: {lines.points} points x {lines.n_lines} "
+                f"lines differ from the scan's first line ({scan.points} x {scan.n_lines})",
+            )
+            return None
+        return scan
+
+    def _open(self, line: Line | LineBlock) -> _OpenScan | None:
         """Start following a scan, unless it is declared too large to hold (refused: None)."""
         size = line.n_lines * line.points * len(line.channels) * 4
         if size > MAX_SCAN_BYTES:
