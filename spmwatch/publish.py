@@ -131,7 +131,9 @@ class Publisher:
                 self._lines.append(protocol.encode_event(topic, payload))
             else:
                 self._priority.append(protocol.encode_event(topic, payload))
-            if idle and (topic in URGENT_TOPICS or not self._polling):
+            # an urgent event wakes the sender even if it is about to poll: the line scores
+            # queued before it must not make it wait for the next look
+            if topic in URGENT_TOPICS or (idle and not self._polling):
                 self._cond.notify()
             return payload["seq"]
 
