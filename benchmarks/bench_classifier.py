@@ -7,8 +7,9 @@ memory bank (if the model has one) and estimator (the numpy fast path and sklear
 predict_proba). Frame in progress: the daemon's mid-frame verdict from a
 ChannelStatsAccumulator after 66, 96 and 127 lines of a 128 x 512 x 8 scan (a dropout from
 line 64, as the alert case: seeds 0-3 in turn) and after 512 lines of a 512 x 512 x 8 one,
-against the from-scratch verdict on the same lines; and the per-line push for 8 channels x
-256 and x 512 points.
+against the from-scratch verdict on the same lines; `features(n)` alone on a closed
+128 x 256 x 8 frame (the burst's case), 66 of 128 x 512 x 8 and 512 x 512 x 8 lines; and the
+per-line push (with its share of the per-line settle) for 8 channels x 256 and x 512 points.
 
 Runs N rounds of 30 calls each and prints the best and the median per-call time (the median
 of each round, then their best and median, so a busy moment shows as spread rather than as
@@ -126,6 +127,12 @@ def main() -> None:
     progress["512 lines: verdict from the arrays"] = alternating(model, 512, 512, 1, True)
     title = "frame in progress, lines so far x 512 x 8 (budget 1 ms; 1.5 ms for 512 lines)"
     report(title, progress, args.rounds)
+
+    closing: dict[str, Callable[[], object]] = {}
+    for lines, points, so_far in ((128, 256, 128), (128, 512, 66), (512, 512, 512)):
+        acc = pushes(float32_channels(lines, points))()
+        closing[f"{so_far} of {lines} x {points} x 8"] = lambda acc=acc, n=so_far: acc.features(n)
+    report("accumulator features(n) alone (the verdict's channel statistics)", closing, args.rounds)
 
     per_line = {f"push, 8 x {p} points": pushes(float32_channels(128, p)) for p in (256, 512)}
     report("per line, float32 lines (budget ~10 us for 8 x 256)", per_line, args.rounds, 128)

@@ -53,7 +53,7 @@ ENTROPY_BINS = 64
 SETTLE_LINES = 16
 ENTROPY_LINES = 64  # lines sampled for the histogram: the entropy needs no more, and is cheaper
 TAIL_LO, TAIL_HI = 0.005, 0.995  # the histogram spans these quantiles of its sample
-# The verdict's counting pass over the entropy sample: bins over the sample's range (int16 bin
+# The verdict's counting pass over the entropy sample: bins over the sample's range (uint16 bin
 # numbers, and the counts stay in the first-level cache), and the smallest sample it is used on.
 FINE_BINS = 4096
 MEDIAN_POINTS = 64  # points per line the robust medians look at
