@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from daemon_helpers import DaemonProcess, Subscriber, free_port, wait_for  # noqa: E402
-from reliability_helpers import tiny_model  # noqa: E402
 
 from spmwatch import protocol  # noqa: E402
 from spmwatch.model import Scan  # noqa: E402
@@ -26,11 +25,8 @@ __all__ = ["DaemonProcess", "Subscriber", "wait_for"]
 
 
 def start_daemon(folder: Path, extra: str = "") -> tuple[DaemonProcess, dict[str, str]]:
-    """`spmwatch run` on fresh loopback ports; returns it once ready.
-
-    It runs a model of its own (tests/reliability_helpers.tiny_model): alerts come from the
-    scorer whatever the model says, and load figures should not depend on the shipped model.
-    """
+    """`spmwatch run` on fresh loopback ports with the shipped model (what a user runs: its
+    verdict takes the numpy fast path); returns it once ready."""
     ports = {name: free_port() for name in ("publish", "lines", "control")}
     endpoints = {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()}
     config = folder / "spmwatch.toml"
@@ -38,7 +34,6 @@ def start_daemon(folder: Path, extra: str = "") -> tuple[DaemonProcess, dict[str
         f'[publish]\nendpoint = "{endpoints["publish"]}"\nheartbeat_interval = 0.25\n'
         f'[lines]\nendpoint = "{endpoints["lines"]}"\n'
         f'[control]\nendpoint = "{endpoints["control"]}"\n'
-        f'[model]\npath = "{tiny_model(folder)}"\n'
         '[metrics]\naddress = ""\n[logging]\nlevel = "info"\nformat = "json"\n' + extra
     )
     daemon = DaemonProcess(config)

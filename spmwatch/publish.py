@@ -1,7 +1,8 @@
-"""The PUB socket: every event the daemon tells the world goes out through here, in one thread.
+"""The PUB socket: every event the daemon tells the world goes out through here.
 
-ZeroMQ sockets are not thread-safe, so one thread owns the PUB socket and every other thread
-hands over already-encoded messages through two queues:
+ZeroMQ sockets are not thread-safe, so whoever sends holds `_send_lock` (a lock is the full
+memory barrier ZeroMQ asks for when a socket changes threads). A sender thread does most of
+the sending; other threads hand it already-encoded messages through two queues:
 
 - the priority queue (alerts, frames, errors, actions): unbounded, so our own code never drops
   an alert; it is emptied before any line score is sent;
@@ -13,10 +14,13 @@ hands over already-encoded messages through two queues:
 Each topic has its own `seq`, assigned when the event is handed over, so a subscriber sees a gap
 for every event it did not get, whether we shed it or ZeroMQ dropped it.
 
-Waking the sender: an alert, error or action wakes it at once. Frames and line scores wake it
-only when it sleeps after a quiet second; while events flow it looks every `POLL_INTERVAL`
-by itself. Every wake-up hands the GIL to the sender thread, and waking it for each frame and
-line score was ~10 % of the scoring thread's time in a burst.
+An alert, error or action is sent by the thread that publishes it, when nothing is queued
+ahead of it and the sender thread is not sending: waking a thread costs ~0.1 ms, and more when
+both cores are busy, which is most of an alert's tail latency. Otherwise it is queued and
+wakes the sender at once. Frames and line scores wake the sender only when it sleeps after a
+quiet second; while events flow it looks every `POLL_INTERVAL` by itself. Every wake-up hands
+the GIL to the sender thread, and waking it for each frame and line score was ~10 % of the
+scoring thread's time in a burst.
 
 What ZeroMQ PUB does with a slow subscriber: PUB never blocks. Each subscriber has its own
 outgoing pipe of up to SNDHWM messages; once that pipe is full, further messages *for that
@@ -81,6 +85,7 @@ class Publisher:
         self._curve = curve
         self._context = context or zmq.Context.instance()
         self._cond = threading.Condition()
+        self._send_lock = threading.Lock()  # held by whoever sends on the socket
         self._priority: deque[list[bytes]] = deque()
         self._lines: deque[list[bytes]] = deque()
         self._seq = dict.fromkeys(protocol.TOPICS, 0)
@@ -120,7 +125,15 @@ class Publisher:
     def publish(
         self, topic: str, scan_id: str | None, source: str, fields: Mapping[str, Any]
     ) -> int | None:
-        """Queue one event; returns its seq, or None for a line score shed because of load."""
+        """Queue (or send) one event; returns its seq, or None for a line score shed because
+        of load."""
+        if topic in URGENT_TOPICS and self._send_lock.acquire(blocking=False):
+            try:
+                sent = self._send_now(topic, scan_id, source, fields)
+            finally:
+                self._send_lock.release()
+            if sent is not None:
+                return sent
         with self._cond:
             payload = self._envelope(topic, scan_id, source, fields)
             idle = not self._priority and not self._lines  # else the sender is not waiting
@@ -136,6 +149,21 @@ class Publisher:
             if topic in URGENT_TOPICS or (idle and not self._polling):
                 self._cond.notify()
             return payload["seq"]
+
+    def _send_now(
+        self, topic: str, scan_id: str | None, source: str, fields: Mapping[str, Any]
+    ) -> int | None:
+        """Caller holds the send lock: send the event from this thread and return its seq, or
+        None (nothing done) when an event of that kind waits in the queue or the socket is
+        closed, so that it does not overtake what came before it."""
+        with self._cond:
+            if self._priority or self._socket is None:
+                return None
+            payload = self._envelope(topic, scan_id, source, fields)
+        frames = protocol.encode_event(topic, payload)
+        self._socket.send_multipart(frames)  # PUB never blocks: a slow subscriber drops
+        self._count(frames[0])
+        return payload["seq"]
 
     def shed_lines(self, n: int = 1) -> None:
         """Count `n` line scores the caller chose not to publish (it is behind): their seq
@@ -196,24 +224,28 @@ class Publisher:
                         self._polling = now - last_event < QUIET_AFTER
                         wait = next_beat - now
                         self._cond.wait(min(wait, POLL_INTERVAL) if self._polling else wait)
-                    if self._priority or self._lines:
-                        last_event = time.monotonic()
-                    batch = list(self._priority)
-                    self._priority.clear()
-                    if not batch:
-                        for _ in range(min(_LINE_BATCH, len(self._lines))):
-                            batch.append(self._lines.popleft())
-                    done = self._stopping and not self._priority and not self._lines
-                for frames in batch:
-                    socket.send_multipart(frames)
-                    self._count(frames[0])
-                if time.monotonic() >= next_beat:
-                    self._send_heartbeat(socket, {})
-                    next_beat = time.monotonic() + self._interval
-                if done:
-                    self._send_heartbeat(socket, {"final": True, **self._final})
-                    return
+                with self._send_lock:  # the queue is taken and sent as one step: in order
+                    with self._cond:
+                        if self._priority or self._lines:
+                            last_event = time.monotonic()
+                        batch = list(self._priority)
+                        self._priority.clear()
+                        if not batch:
+                            for _ in range(min(_LINE_BATCH, len(self._lines))):
+                                batch.append(self._lines.popleft())
+                        done = self._stopping and not self._priority and not self._lines
+                    for frames in batch:
+                        socket.send_multipart(frames)
+                        self._count(frames[0])
+                    if time.monotonic() >= next_beat:
+                        self._send_heartbeat(socket, {})
+                        next_beat = time.monotonic() + self._interval
+                    if done:
+                        self._send_heartbeat(socket, {"final": True, **self._final})
+                        return
         finally:
+            with self._send_lock, self._cond:
+                self._socket = None  # from now on publish() only queues
             socket.close(linger=LINGER_MS)
             if self._auth is not None:
                 self._auth.stop()

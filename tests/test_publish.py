@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import pytest
 import zmq
@@ -156,3 +157,36 @@ def test_frames_go_out_whether_the_sender_sleeps_or_polls(endpoint: str) -> None
         pub.stop()
         sub.close()
     assert [f["scan_id"] for f in sub.of(protocol.TOPIC_FRAME)] == ["s0", "s1", "s2"]
+
+
+def test_events_from_many_threads_arrive_all_and_in_seq_order(endpoint: str) -> None:
+    # alerts go out from the publishing threads themselves when the way is clear, otherwise
+    # through the sender thread: either way no alert overtakes one with a lower seq
+    pub = Publisher(endpoint, heartbeat_interval=0.05)
+    pub.start()
+    sub = Subscriber(endpoint)
+    per_thread = 300
+
+    def produce(k: int) -> None:
+        for i in range(per_thread):
+            pub.publish(protocol.TOPIC_ALERT, f"t{k}", "test", {"line": i})
+            pub.publish(protocol.TOPIC_FRAME, f"t{k}", "test", {"verdict": "pass"})
+            pub.publish(protocol.TOPIC_LINE, f"t{k}", "test", {"index": i})
+
+    try:
+        _connected(sub)
+        threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wait_for(lambda: len(sub.of(protocol.TOPIC_ALERT)) == 4 * per_thread, timeout=30)
+        wait_for(lambda: len(sub.of(protocol.TOPIC_FRAME)) == 4 * per_thread, timeout=30)
+    finally:
+        pub.stop()
+        sub.close()
+    for topic in (protocol.TOPIC_ALERT, protocol.TOPIC_FRAME):
+        assert [e["seq"] for e in sub.of(topic)] == list(range(4 * per_thread)), topic
+    for k in range(4):  # each thread's alerts in its own order
+        lines = [e["line"] for e in sub.of(protocol.TOPIC_ALERT) if e["scan_id"] == f"t{k}"]
+        assert lines == list(range(per_thread))
