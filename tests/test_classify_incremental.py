@@ -349,3 +349,34 @@ def test_a_block_is_kept_like_its_lines_or_refused_whole():
         with pytest.raises(ValueError, match="is not"):
             acc.push_block(bad)
     assert acc.n_lines == 40
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("kind", ["tip_change", "dropout"])
+def test_a_whole_frame_at_once_gives_channel_features(kind: str, dtype):
+    scan, _ = synth.failing_scan(seed=9, lines=90, points=96, fault=kind, at=0.4)
+    scaled = {name: 100 * data for name, data in scan.channels.items()}
+    if np.dtype(dtype).kind == "i":  # integer samples have no NaN (a dropout is zeros then)
+        scaled = {name: np.nan_to_num(data) for name, data in scaled.items()}
+    channels = {name: data.astype(dtype) for name, data in scaled.items()}
+    held = ChannelStatsAccumulator.of_frame(channels)
+    assert held.n_lines == 90 and held.channels()["HeightTrace"].dtype == np.result_type(
+        np.float32, dtype
+    )
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(held.features(), channel_features(channels))
+
+
+def test_a_real_saved_frame_at_once_gives_channel_features(data_root: Path):
+    scan = ibw.read_scan(data_root / "ofdspm/bad/H_90Cs10MA_0000.ibw")
+    held = ChannelStatsAccumulator.of_frame(scan.channels)
+    np.testing.assert_array_equal(held.features(), channel_features(scan.channels))
+
+
+def test_frames_that_do_not_fit_one_block_are_refused_by_name():
+    with pytest.raises(ValueError, match="one \\(lines, points\\) shape"):
+        ChannelStatsAccumulator.of_frame({"A": np.ones((4, 8)), "B": np.ones((4, 9))})
+    with pytest.raises(ValueError, match="not real numbers"):
+        ChannelStatsAccumulator.of_frame({"A": np.ones((4, 8), complex)})
+    with pytest.raises(ValueError, match="one \\(lines, points\\) shape"):
+        ChannelStatsAccumulator.of_frame({})

