@@ -46,6 +46,8 @@ from spmwatch.sources import FrameFile, SourceError
 
 log = structlog.get_logger("spmwatch.daemon")
 
+Arrived = tuple[float, Line | LineBlock]  # lines as handed over, with the hand-over time
+
 _TICK = 0.05  # longest the main loop waits for an item before its housekeeping
 LOG_FLUSH_INTERVAL = 0.25  # s an info log line may wait in the buffer (see spmwatch.logs)
 _SWITCH_INTERVAL = 0.0005  # s; see run()
@@ -91,16 +93,14 @@ class _OpenScan:
                 self.lines.push(rows)
 
 
-def _count(item: Line | LineBlock) -> int:
+def _n_lines(item: Line | LineBlock) -> int:
     return item.count if isinstance(item, LineBlock) else 1
 
 
-def _split_run(
-    run: list[tuple[float, Line | LineBlock]], lines: int
-) -> tuple[list[tuple[float, Line | LineBlock]], list[tuple[float, Line | LineBlock]]]:
+def _split_run(run: list[Arrived], lines: int) -> tuple[list[Arrived], list[Arrived]]:
     """The first `lines` lines of a run and the rest (a block is split where it falls)."""
     for k, (received, item) in enumerate(run):
-        n = _count(item)
+        n = _n_lines(item)
         if n >= lines:
             if n == lines:
                 return run[: k + 1], run[k + 1 :]
@@ -356,7 +356,7 @@ class Daemon:
 
     def _handle_batch(self, batch: list[tuple[float, object]]) -> None:
         """Handle items in arrival order; consecutive lines of one scan go in as one run."""
-        run: list[tuple[float, Line | LineBlock]] = []
+        run: list[Arrived] = []
         for received, item in batch:
             if isinstance(item, Line | LineBlock):
                 if run and run[0][1].scan_id != item.scan_id:
@@ -371,7 +371,7 @@ class Daemon:
         if run:
             self._handle_run(run)
 
-    def _handle_run(self, run: list[tuple[float, Line | LineBlock]]) -> None:
+    def _handle_run(self, run: list[Arrived]) -> None:
         try:
             self._on_lines(run)
         except Exception as exc:  # one bad line must not stop the daemon
@@ -398,11 +398,11 @@ class Daemon:
         log.exception("item_failed", item=type(item).__name__, scan_id=scan_id)
         self._error("daemon", scan_id, str(scan_id), f"{type(exc).__name__}: {exc}")
 
-    def _on_lines(self, run: list[tuple[float, Line | LineBlock]]) -> None:
+    def _on_lines(self, run: list[Arrived]) -> None:
         """Score consecutive lines of one scan; publish their scores and the scan's alert."""
         first = run[0][1]
         if self._paused:
-            self._count("lines_received", "lines_paused", n=sum(_count(item) for _, item in run))
+            self._count("lines_received", "lines_paused", n=sum(_n_lines(item) for _, item in run))
             return
         scan = self._scans.get(first.scan_id)
         if scan is None:

@@ -602,10 +602,19 @@ def _fft_stage(src, dst, tw_re, tw_im, h, s):
             bi = src[ob + 2 * q + 1]
             dst[o0 + 2 * q] = ar + br
             dst[o0 + 2 * q + 1] = ai + bi
-            tr = ar - br
-            ti = ai - bi
-            dst[o1 + 2 * q] = tr * wr - ti * wi
-            dst[o1 + 2 * q + 1] = tr * wi + ti * wr
+            dst[o1 + 2 * q], dst[o1 + 2 * q + 1] = _turn(ar - br, ai - bi, wr, wi)
+
+
+@njit(inline="always", **_OPTS)
+def _sum_diff(src, a, b):
+    """Sum and difference (re, im, re, im) of the complex values at src[a] and src[b]."""
+    return src[a] + src[b], src[a + 1] + src[b + 1], src[a] - src[b], src[a + 1] - src[b + 1]
+
+
+@njit(inline="always", **_OPTS)
+def _turn(re, im, wr, wi):
+    """(re + i im) (wr + i wi), as (re, im)."""
+    return re * wr - im * wi, re * wi + im * wr
 
 
 @njit(inline="always", **_OPTS)
@@ -618,22 +627,10 @@ def _radix4(src, dst, tw_re, tw_im, h, s, p, q):
     i2 = i1 + 2 * s * g
     i3 = i2 + 2 * s * g
     # stage (h, s): pairs (p, p + h) and (p + h/2, p + 3h/2)
-    wr = tw_re[h + p]
-    wi = tw_im[h + p]
-    y0r = src[i0] + src[i2]
-    y0i = src[i0 + 1] + src[i2 + 1]
-    tr = src[i0] - src[i2]
-    ti = src[i0 + 1] - src[i2 + 1]
-    y1r = tr * wr - ti * wi
-    y1i = tr * wi + ti * wr
-    wr = tw_re[h + g + p]
-    wi = tw_im[h + g + p]
-    y2r = src[i1] + src[i3]
-    y2i = src[i1 + 1] + src[i3 + 1]
-    tr = src[i1] - src[i3]
-    ti = src[i1 + 1] - src[i3 + 1]
-    y3r = tr * wr - ti * wi
-    y3i = tr * wi + ti * wr
+    y0r, y0i, tr, ti = _sum_diff(src, i0, i2)
+    y1r, y1i = _turn(tr, ti, tw_re[h + p], tw_im[h + p])
+    y2r, y2i, tr, ti = _sum_diff(src, i1, i3)
+    y3r, y3i = _turn(tr, ti, tw_re[h + g + p], tw_im[h + g + p])
     # stage (h/2, 2s): (y0, y2) and (y1, y3), the differences turned by one twiddle
     wr = tw_re[g + p]
     wi = tw_im[g + p]
@@ -642,14 +639,8 @@ def _radix4(src, dst, tw_re, tw_im, h, s, p, q):
     dst[o + 1] = y0i + y2i
     dst[o + 2 * s] = y1r + y3r
     dst[o + 2 * s + 1] = y1i + y3i
-    tr = y0r - y2r
-    ti = y0i - y2i
-    dst[o + 4 * s] = tr * wr - ti * wi
-    dst[o + 4 * s + 1] = tr * wi + ti * wr
-    tr = y1r - y3r
-    ti = y1i - y3i
-    dst[o + 6 * s] = tr * wr - ti * wi
-    dst[o + 6 * s + 1] = tr * wi + ti * wr
+    dst[o + 4 * s], dst[o + 4 * s + 1] = _turn(y0r - y2r, y0i - y2i, wr, wi)
+    dst[o + 6 * s], dst[o + 6 * s + 1] = _turn(y1r - y3r, y1i - y3i, wr, wi)
 
 
 @njit(**_OPTS)
