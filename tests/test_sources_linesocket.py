@@ -31,6 +31,15 @@ def receiver() -> Iterator[tuple[LineReceiver, Collector]]:
     assert recv.stop(timeout=5.0)
 
 
+def _assert_carry_their_values(lines: list[Line]) -> None:
+    """Each received line holds the samples `test_line` made for its index, via the socket."""
+    for line in lines:
+        np.testing.assert_array_equal(
+            line.channels["HeightRetrace"], test_line(line.index).channels["HeightRetrace"]
+        )
+        assert line.source == "socket"
+
+
 def test_ten_thousand_lines_arrive_in_order(receiver: tuple[LineReceiver, Collector]) -> None:
     recv, sink = receiver
     with LineSender(recv.endpoint) as sender:
@@ -40,11 +49,7 @@ def test_ten_thousand_lines_arrive_in_order(receiver: tuple[LineReceiver, Collec
     assert wait_for(lambda: len(sink.of(EndOfScan)) == 1, timeout=30)
     lines = sink.lines
     assert [line.index for line in lines] == list(range(10_000))
-    for line in lines[::997]:
-        np.testing.assert_array_equal(
-            line.channels["HeightRetrace"], test_line(line.index).channels["HeightRetrace"]
-        )
-    assert line.source == "socket"
+    _assert_carry_their_values(lines[::997])
     counts = recv.counters.snapshot()
     assert counts["lines"] == 10_000 and counts["ends"] == 1
     assert counts["duplicates"] == 0 and counts["rejected"] == {}
@@ -62,10 +67,7 @@ def test_blocks_arrive_as_lines_and_overlapping_blocks_are_deduplicated(
     assert wait_for(lambda: len(sink.of(EndOfScan)) == 1, timeout=30)
     lines = sink.lines
     assert [line.index for line in lines] == list(range(201))
-    for line in lines[::37]:
-        np.testing.assert_array_equal(
-            line.channels["HeightRetrace"], test_line(line.index).channels["HeightRetrace"]
-        )
+    _assert_carry_their_values(lines[::37])
     counts = recv.counters.snapshot()
     assert counts["received"] == 4 and counts["lines"] == 201 and counts["duplicates"] == 10
     # a new block is handed on whole, one overlapping lines already here line by line (only

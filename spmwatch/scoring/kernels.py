@@ -483,6 +483,20 @@ def store_scar_grid(line, grid_row, step):
         grid_row[g] = line[g * step]
 
 
+@njit(inline="always", **_OPTS)
+def _newest_rows(history, head, ch):
+    """Channel ch of the newest line (at head) and of the 5 lines before it, newest first."""
+    depth = history.shape[0]
+    return (
+        history[head, ch],
+        history[(head - 1) % depth, ch],
+        history[(head - 2) % depth, ch],
+        history[(head - 3) % depth, ch],
+        history[(head - 4) % depth, ch],
+        history[(head - 5) % depth, ch],
+    )
+
+
 @njit(**_OPTS)
 def scar_fraction(hist, grid, head, count, ch, scale, hard, soft, min_len, scratch):
     """Causal scar score: share of the previous lines' pixels inside a confirmed scar band.
@@ -503,7 +517,6 @@ def scar_fraction(hist, grid, head, count, ch, scale, hard, soft, min_len, scrat
     SCAR_MAX_WIDTH + points (per width and sign the end of the last run traced, per width the
     pixels marked, then the grid bits).
     """
-    depth = hist.shape[0]
     n = hist.shape[2]
     best = 0.0
     best_w = 0
@@ -513,24 +526,14 @@ def scar_fraction(hist, grid, head, count, ch, scale, hard, soft, min_len, scrat
     hard_t = hard * scale
     soft_t = soft * scale
     step, need = scar_grid_step(min_len)
-    newest = hist[head, ch]
-    r1 = hist[(head - 1) % depth, ch]
-    r2 = hist[(head - 2) % depth, ch]
-    r3 = hist[(head - 3) % depth, ch]
-    r4 = hist[(head - 4) % depth, ch]
-    r5 = hist[(head - 5) % depth, ch]
+    newest, r1, r2, r3, r4, r5 = _newest_rows(hist, head, ch)
     for j in range(3 * SCAR_MAX_WIDTH):
         scratch[j] = 0
     done = scratch[: 2 * SCAR_MAX_WIDTH]
     marked = scratch[2 * SCAR_MAX_WIDTH : 3 * SCAR_MAX_WIDTH]
     bits = scratch[3 * SCAR_MAX_WIDTH :]
     n_grid = (n + step - 1) // step
-    g0 = grid[head, ch]
-    g1 = grid[(head - 1) % depth, ch]
-    g2 = grid[(head - 2) % depth, ch]
-    g3 = grid[(head - 3) % depth, ch]
-    g4 = grid[(head - 4) % depth, ch]
-    g5 = grid[(head - 5) % depth, ch]
+    g0, g1, g2, g3, g4, g5 = _newest_rows(grid, head, ch)
     for g in range(n_grid):
         a = g0[g]
         v1 = g1[g]
