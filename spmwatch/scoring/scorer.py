@@ -9,12 +9,11 @@ the lines before it in acquisition order.
 from __future__ import annotations
 
 import functools
-import itertools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 
 import numpy as np
 
@@ -420,7 +419,7 @@ class ScanScorer:
         """Ingest up to `most` of the lines scored ahead, in order, like their `push`es: quiet
         stretches in one go, each flagged line on its own. Stops right after the line that
         raises the alert, so the caller acts on it with `frame()` ending at that line."""
-        indices = list(itertools.islice(self._ahead, most))
+        indices = list(islice(self._ahead, most))
         start = len(self._lines)
         for _ in range(self._ingest_rows(indices, start, stop_at_alert=True)):
             self._ahead.popleft()
