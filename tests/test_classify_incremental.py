@@ -135,14 +135,15 @@ def test_mixed_dtypes_are_stored_exactly_as_np_stack_would():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("run", [1, 5, 16, 40])
-def test_runs_pushed_at_once_match_and_early_lines_are_measured_alone(run: int, dtype):
+def test_blocks_pushed_at_once_match_and_early_lines_are_measured_alone(run: int, dtype):
     scan, _ = synth.failing_scan(seed=4, lines=60, points=64, fault="dropout", at=0.5)
     scan.channels = {name: data.astype(dtype) for name, data in scan.channels.items()}
     names = list(scan.channels)
-    lines = [{name: scan.channels[name][i] for name in names} for i in range(60)]
-    acc = ChannelStatsAccumulator(names, 64, lines=8)  # grows inside the runs
-    for start in range(0, 60, run):
-        acc.push_many(lines[start : start + run])
+    acc = ChannelStatsAccumulator(names, 64, lines=8)  # grows inside the blocks
+    # the first line goes alone: a float64 one widens the storage, as in the daemon
+    acc.push({name: scan.channels[name][0] for name in names})
+    for start in range(1, 60, run):
+        acc.push_block({name: data[start : start + run] for name, data in scan.channels.items()})
     for name in names:
         np.testing.assert_array_equal(acc.channels()[name], scan.channels[name])
         np.testing.assert_array_equal(acc.block(3, 9)[names.index(name)], scan.channels[name][3:9])
@@ -153,20 +154,6 @@ def test_runs_pushed_at_once_match_and_early_lines_are_measured_alone(run: int, 
                 channel_features(first) if n else ChannelStatsAccumulator(names, 64).features()
             )
         np.testing.assert_array_equal(acc.features(n), expected, err_msg=f"{n} lines")
-
-
-def test_a_run_with_an_odd_line_goes_line_by_line_and_stops_at_a_bad_one():
-    rng = np.random.default_rng(3)
-    good = [{"Height": rng.normal(size=8).astype(np.float32)} for _ in range(4)]
-    wide = {"Height": rng.normal(size=8)}  # float64: widens the storage, as push does
-    acc = ChannelStatsAccumulator(["Height"], 8)
-    acc.push_many([good[0], wide, good[1]])
-    np.testing.assert_array_equal(
-        acc.channels()["Height"], np.stack([good[0]["Height"], wide["Height"], good[1]["Height"]])
-    )
-    with pytest.raises(ValueError, match=r"line 4: channel 'Height' is missing"):
-        acc.push_many([good[2], {}, good[3]])
-    assert acc.n_lines == 4  # the lines before the refused one were added
 
 
 def test_bad_lines_are_refused_by_name_and_not_added():

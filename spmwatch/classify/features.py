@@ -938,9 +938,7 @@ class ChannelStatsAccumulator:
         held = cls(channels, points, max(lines, 1))
         if dtype != held._lines.dtype:
             held._reserve(max(lines, 1), dtype)
-        for plane, data in zip(held._planes, arrays, strict=True):
-            plane[:lines] = data
-        held.n_lines = lines
+        held._append(arrays, lines)
         return held
 
     def push(self, channels: Mapping[str, np.ndarray]) -> None:
@@ -968,29 +966,6 @@ class ChannelStatsAccumulator:
         if self.n_lines - self._settled >= SETTLE_LINES:
             self._settle()
 
-    def push_many(self, lines: Sequence[Mapping[str, np.ndarray]]) -> None:
-        """`push` each line in turn; the usual run (arrays of the stored dtype and shape) is
-        copied a channel at a time, a run with anything else line by line through `push`."""
-        i, k = self.n_lines, len(lines)
-        dtype = self._lines.dtype
-        rows = [[line.get(name) for line in lines] for name in self.names]
-        usual = all(
-            row.__class__ is np.ndarray and row.dtype is dtype and row.shape == self._shape
-            for channel in rows
-            for row in channel
-        )
-        if not usual:
-            for line in lines:
-                self.push(line)
-            return
-        if i + k > self._lines.shape[1]:
-            self._reserve(max(2 * self._lines.shape[1], i + k), dtype)
-        for plane, channel in zip(self._planes, rows, strict=True):
-            plane[i : i + k] = channel  # checked above: no conversion (np.stack: 3x slower)
-        self.n_lines = i + k
-        if self.n_lines - self._settled >= SETTLE_LINES:
-            self._settle()
-
     def push_block(self, channels: Mapping[str, np.ndarray]) -> None:
         """Add consecutive lines given as (lines, points) per channel, one copy per channel.
 
@@ -1003,14 +978,19 @@ class ChannelStatsAccumulator:
         for name, rows in zip(self.names, blocks, strict=True):
             if rows.__class__ is not np.ndarray or rows.dtype is not dtype or rows.shape != shape:
                 raise ValueError(f"channel {name!r} is not ({k}, {self.points}) of {dtype}")
+        self._append(blocks, k)
+        if self.n_lines - self._settled >= SETTLE_LINES:
+            self._settle()
+
+    def _append(self, blocks: Sequence[np.ndarray], k: int) -> None:
+        """Copy k lines, (k, points) per channel in `names` order, after the stored ones
+        (already checked: numpy converts them to the stored dtype)."""
         i = self.n_lines
         if i + k > self._lines.shape[1]:
-            self._reserve(max(2 * self._lines.shape[1], i + k), dtype)
+            self._reserve(max(2 * self._lines.shape[1], i + k), self._lines.dtype)
         for plane, rows in zip(self._planes, blocks, strict=True):
             plane[i : i + k] = rows
         self.n_lines = i + k
-        if self.n_lines - self._settled >= SETTLE_LINES:
-            self._settle()
 
     def block(self, start: int, stop: int) -> np.ndarray:
         """Lines start..stop-1 as stored, (channels, lines, points): a view, valid until the
