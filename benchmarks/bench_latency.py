@@ -3,7 +3,8 @@
 Prints:
 1. line in on the line socket -> spmwatch.alert out on PUB: percentiles at a sustained rate
    (default 1,000 lines/s for 60 s of 512-point x 8-channel lines; failing scans, one alert
-   each), alert seq gaps, line scores shed;
+   each), and the daemon's own share of it (from its alert logs), alert seq gaps, line
+   scores shed;
 2. a 512 x 512 x 8 .ibw appearing in the watched folder (renamed in, so complete at that
    instant) -> spmwatch.frame published;
 3. time to READY=1 (systemd notify) from process start, with a warm numba cache;
@@ -108,6 +109,9 @@ def bench_alerts(seconds: float, rate: float, rss_lines: int) -> None:
         expected = sum((f"bench-{s}", fault_at[s % 4]) in sent_at for s in range(n_scan))
         print(f"\n[1] line -> alert at {i / elapsed:.0f} lines/s for {elapsed:.1f} s (512 x 8 ch)")
         print(f"    {percentiles(latencies)}")
+        # the daemon's own share: its source handing the alert line over -> the alert published
+        own = [e["latency_ms"] / 1e3 for e in daemon.logged("alert") if "latency_ms" in e]
+        print(f"    in the daemon (latency_ms of its alert logs): {percentiles(own)}")
         print(
             f"    alerts {len(alerts)} (scans that reached their fault: {expected}), "
             f"alert seq gaps {gaps}"

@@ -451,7 +451,9 @@ class Daemon:
                 frame = scan.scorer.frame()
                 verdict = self._verdict(frame, scan.lines, finished=False)
                 origin, seen = protocol.LIVE, scan.count
-                self._publish_alert(alert, verdict, first.scan_id, first.source, origin, seen)
+                self._publish_alert(
+                    alert, verdict, first.scan_id, first.source, origin, seen, received=done[-1]
+                )  # the alert line ends the step: done[-1] is its hand-over time
         self._tally(first.source, len(indices))
         if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
             self._close_or_evict(scan, first.scan_id)
@@ -577,15 +579,29 @@ class Daemon:
         return self.model.verdict(frame, channels, finished=finished)
 
     def _publish_alert(
-        self, alert: Alert, verdict: Verdict, scan_id: str, source: str, origin: str, seen: int
+        self,
+        alert: Alert,
+        verdict: Verdict,
+        scan_id: str,
+        source: str,
+        origin: str,
+        seen: int,
+        received: float | None = None,
     ) -> None:
+        """Publish an alert; `received`: when a source handed over its line (live alerts),
+        so the log and the metrics say how long the daemon took to raise it."""
         assert self.publisher is not None
         action = suggested_action(alert.kind, alert.severity)
         fields = protocol.alert_fields(alert, verdict, action, origin, seen)
         seq = self.publisher.publish(protocol.TOPIC_ALERT, scan_id, source, fields)
+        timing = {}
+        if received is not None:
+            latency = time.perf_counter() - received
+            self.metrics.alert_latency.observe(latency)
+            timing["latency_ms"] = round(latency * 1e3, 3)
         self._count("alerts")
         self.metrics.alerts.labels(alert.kind, alert.severity).inc()
-        log.warning("alert", scan_id=scan_id, seq=seq, **fields)
+        log.warning("alert", scan_id=scan_id, seq=seq, **fields, **timing)
 
     def _publish_frame(
         self,

@@ -59,6 +59,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.alert_latency = Histogram(
+            "spmwatch_alert_latency_seconds",
+            "From a source handing over the line an alert is raised on to the alert published.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         depth = Gauge("spmwatch_queue_depth", "Items waiting in a queue.", ["queue"], registry=r)
         for name in queue_depths():
             depth.labels(name).set_function(lambda name=name: queue_depths().get(name, 0))

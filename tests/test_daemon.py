@@ -104,6 +104,17 @@ def test_failing_scan_gives_one_alert_then_the_frame(running: Running) -> None:
     assert any(e["kind"] == offline.alert.kind for e in frame["events"])
     lines = running.sub.of(protocol.TOPIC_LINE, scan_id="fail-1")
     assert len(lines) == LINES and any(line["flagged"] for line in lines)
+    # the log and the metrics say how long the daemon took from the alert line to the alert
+    logged = wait_for(
+        lambda: [e for e in running.daemon.logged("alert") if e["seq"] == alert["seq"]]
+    )
+    assert logged[0]["line"] == alert["line"] and logged[0]["latency_ms"] > 0
+    metrics = urllib.request.urlopen(f"http://{running.endpoints['metrics']}/metrics").read()
+    assert b"spmwatch_alert_latency_seconds_count" in metrics
+    count = next(
+        m for m in metrics.splitlines() if m.startswith(b"spmwatch_alert_latency_seconds_count")
+    )
+    assert float(count.split()[-1]) >= 1
 
 
 def test_a_scan_sent_in_blocks_is_judged_as_line_by_line(running: Running) -> None:
