@@ -63,8 +63,11 @@ N_FAMILIES = 10  # families F_LEVEL..F_DROPOUT compete for the score and the kin
     S_LEVEL_FLOOR,
     S_CLIP,
     S_LAG_RECHECK,
-) = range(18)
-N_SETTINGS = 18
+    S_TOPO_CONTRAST,
+    S_TOPO_KMIN,
+    S_TOPO_BOOST,
+) = range(21)
+N_SETTINGS = 21
 
 # Integer state vector.
 I_LINES, I_HIST_N, I_HIST_HEAD, I_BASE_N, I_BASE_HEAD, I_SINCE_REFRESH, I_VOTES, I_SPEC_N = range(8)
@@ -779,6 +782,40 @@ def persistent_peak(log_pooled, spec, klo, scratch):
 
 
 @njit(**_OPTS)
+def peak_bin(log_pooled, base, klo):
+    """The bin in klo..M-2 where the pooled log power most exceeds the running spectrum
+    (the first on ties): where spectral_peak found its peak."""
+    m = log_pooled.shape[0]
+    best = klo
+    for k in range(klo + 1, m - 1):
+        if log_pooled[k] - base[k] > log_pooled[best] - base[best]:
+            best = k
+    return best
+
+
+@njit(**_OPTS)
+def local_contrast(log_pooled, k, klo):
+    """How far the pooled log power at bins k-1..k+1 (the highest) stands above the mean of
+    its neighbours k+-4..16 within klo..M-2, in nats.
+
+    A loop that rings moves the z piezo, so its frequency stands out of the topography's
+    spectrum too; it needs no running spectrum of that channel (a smooth 1/f-like spectrum
+    gives ~0), so the topography's FFT is taken only on lines that already show a peak.
+    """
+    m = log_pooled.shape[0]
+    near = -np.inf
+    for j in range(max(k - 1, klo), min(k + 2, m - 1)):
+        near = max(near, log_pooled[j])
+    total = 0.0
+    n = 0
+    for j in range(max(k - 16, klo), min(k + 17, m - 1)):
+        if abs(j - k) >= 4:
+            total += log_pooled[j]
+            n += 1
+    return near - total / n if n else 0.0
+
+
+@njit(**_OPTS)
 def _median_sorted(a, count):
     mid = count // 2
     if count % 2:
@@ -861,6 +898,7 @@ def score_line(
     pair_r,
     scar_ch,
     osc_ch,
+    topo_ch,
     family,
     consensus,
     sign2,
@@ -1041,6 +1079,23 @@ def score_line(
         score = max(score, out[f])
     out[F_SCORE] = score
     ring_z = max(ring_z, out[F_RING])
+    # a peak that also stands out of the topography's spectrum, at >= S_TOPO_KMIN cycles per
+    # line (slower content is topography), is a loop ringing, not content of the error
+    # channel alone: it scores S_TOPO_BOOST more, and stays out of the ringing baseline
+    confirmed = False
+    if ring_z >= 0.5 * cfg[S_FLAG_Z] and topo_ch >= 0 and osc_ch >= 0 and m >= 8:
+        klo = int(cfg[S_SPEC_KLO])
+        k = peak_bin(work[4, :m], spec_base[0], klo)
+        topo = work[4, :m]  # the watched channel is the topography: its spectrum is there
+        if topo_ch != osc_ch:
+            topo = work[2, :m]
+            power_spectrum(hist[head, topo_ch], fft_tw, work[8], work[9], work[3, :m])
+            spectral_peak(work[3, :m], spec_base[0], klo, False, topo)
+        confirmed = k >= cfg[S_TOPO_KMIN] and local_contrast(topo, k, klo) >= cfg[S_TOPO_CONTRAST]
+    if confirmed:
+        ring_z += cfg[S_TOPO_BOOST]
+        score = max(score, ring_z)
+        out[F_SCORE] = score
     flagged = score >= cfg[S_FLAG_Z]
     hist_good[head] = not flagged
     # 6. advance the baseline; a flagged line enters clipped to med +- S_CLIP scale, so a
@@ -1050,10 +1105,16 @@ def score_line(
     # letting it widen the jitter scale would fade a persistent tip change within a few lines
     bh = state[I_BASE_HEAD]
     clip = cfg[S_CLIP]
+    full = state[I_BASE_N] >= window
     for i in range(n_raw):
         v = raw[i]
         if flagged and family[i] == F_LEVEL:
             v = base_med[i]  # a held step is no sample of the line-to-line jitter
+        elif confirmed and i >= ring_i:
+            # a confirmed ringing line leaves the ringing measures' slot as it was (the
+            # median while the ring fills): entering, even clipped, it raised their median
+            # within ~10 lines and a weak persistent ringing faded before it alerted
+            v = base_ring[bh, i] if full else base_med[i]
         elif flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
         base_ring[bh, i] = v
@@ -1098,6 +1159,7 @@ def score_frame(
     pair_r,
     scar_ch,
     osc_ch,
+    topo_ch,
     family,
     consensus,
     sign2,
@@ -1138,6 +1200,7 @@ def score_frame(
             pair_r,
             scar_ch,
             osc_ch,
+            topo_ch,
             family,
             consensus,
             sign2,

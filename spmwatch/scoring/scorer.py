@@ -58,6 +58,8 @@ INITIAL_ROWS = 1024
 CHUNK_LINES = 32
 # Channels whose spectrum shows feedback ringing best (error signals), by name prefix.
 OSCILLATION_PREFIXES: tuple[str, ...] = ("amplitude", "deflection")
+# Channels that follow the z piezo (a ringing loop shows there too), by name prefix.
+TOPOGRAPHY_PREFIXES: tuple[str, ...] = ("height", "zsensor")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,12 @@ class ScoringSettings:
     # lines a spectral peak must hold at one bin for the persistent ringing measure (it
     # raises the score and names the line oscillation, but has no feature column)
     ring_lines: int = 3
+    # a ringing hint (z >= flag_z / 2) whose peak bin stands this many nats above its
+    # neighbours in the topography's spectrum too, at >= topo_kmin cycles per line, is
+    # confirmed: it scores topo_boost more and stays out of the ringing baseline
+    topo_contrast: float = 2.0
+    topo_kmin: int = 8
+    topo_boost: float = 5.0
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
@@ -115,6 +123,9 @@ class ScoringSettings:
         cfg[K.S_LEVEL_FLOOR] = self.level_floor
         cfg[K.S_CLIP] = self.clip
         cfg[K.S_LAG_RECHECK] = self.lag_recheck
+        cfg[K.S_TOPO_CONTRAST] = self.topo_contrast
+        cfg[K.S_TOPO_KMIN] = self.topo_kmin
+        cfg[K.S_TOPO_BOOST] = self.topo_boost
         return cfg
 
 
@@ -127,6 +138,7 @@ class Layout:
     pair_r: np.ndarray
     scar_ch: np.ndarray
     osc_ch: int
+    topo_ch: int
     family: np.ndarray
     consensus: np.ndarray
     sign2: np.ndarray
@@ -150,6 +162,8 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
         scar_ch.append(at[trace if trace is not None else retrace])  # type: ignore[index]
     osc = [i for i in scar_ch if names[i].lower().startswith(OSCILLATION_PREFIXES)]
     osc_ch = osc[0] if osc else (scar_ch[0] if scar_ch else -1)
+    topo = [i for i in scar_ch if names[i].lower().startswith(TOPOGRAPHY_PREFIXES)]
+    topo_ch = topo[0] if topo else -1
     s = settings
     ch_family = [K.F_LEVEL, K.F_RMS, K.F_SHARP, K.F_DECOR, K.F_SCAR, -1]
     ch_sign2 = [True, True, True, False, False, False]
@@ -170,6 +184,7 @@ def make_layout(channels: Sequence[str], settings: ScoringSettings) -> Layout:
         pair_r=np.array(pair_r, dtype=np.int64),
         scar_ch=np.array(scar_ch, dtype=np.int64),
         osc_ch=osc_ch,
+        topo_ch=topo_ch,
         family=family,
         consensus=consensus.astype(np.int64),
         sign2=np.array(ch_sign2 * n_ch + [False] * (3 * n_pairs + len(ring)), dtype=np.bool_),
@@ -240,6 +255,7 @@ class ScanState:
             layout.pair_r,
             layout.scar_ch,
             layout.osc_ch,
+            layout.topo_ch,
             layout.family,
             layout.consensus,
             layout.sign2,
