@@ -120,6 +120,29 @@ def test_power_spectrum_matches_numpy_fft(points: int) -> None:
     assert peak == pytest.approx(R.spectral_peak(power, base, 4))
 
 
+@pytest.mark.parametrize("k", [4, 5, 8, 19, 40, 61, 62])
+def test_peak_bin_and_local_contrast_match_numpy(k: int) -> None:
+    rng = np.random.default_rng(k)
+    m, klo = 64, 4
+    logp = rng.standard_normal(m)
+    base = rng.standard_normal(m)
+    logp[k] += 8.0  # the peak, at the range's ends too (k = klo, k = M - 2)
+    assert K.peak_bin(logp, base, klo) == R.peak_bin(logp, base, klo) == k
+    got = K.local_contrast(logp, k, klo)
+    assert got == pytest.approx(R.local_contrast(logp, k, klo), rel=1e-12)
+    assert got > 4.0
+
+
+def test_local_contrast_of_a_smooth_spectrum_is_small() -> None:
+    """A 1/f^2-like topography spectrum has no peak: what confirms ringing is a bump on it."""
+    m = 128
+    logp = -2.0 * np.log(np.arange(1, m + 1))
+    # from 8 cycles per line (topo_kmin: the slowest peak that can confirm ringing) up
+    assert all(abs(K.local_contrast(logp, k, 4)) < 0.5 for k in range(8, m - 1))
+    logp[50:52] += 3.0
+    assert K.local_contrast(logp, 50, 4) > 2.5
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3, 5])
 def test_persistent_peak_matches_numpy_and_keeps_the_history(depth: int) -> None:
     rng = np.random.default_rng(depth)

@@ -4,10 +4,12 @@ clean generated scans raise nothing."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from spmwatch import synth
-from spmwatch.scoring.scorer import score_scan
+from spmwatch.scoring import kernels as K
+from spmwatch.scoring.scorer import ScoringSettings, score_scan
 
 SEEDS = range(5)
 
@@ -60,3 +62,35 @@ def test_clean_generated_scans_raise_no_alert(traces: bool) -> None:
     for seed in range(6):
         scan = synth.clean_scan(2000 + seed, 128, 256, traces=traces, scan_down=seed % 2 == 1)
         assert score_scan(scan).alert is None, scan.scan_id
+
+
+def test_weak_persistent_ringing_alerts_where_it_starts() -> None:
+    """Seed 11 rings on every line from position 64 at a ringing z of ~10, below the flag:
+    before the topography check its lines entered the ringing baseline and faded unflagged.
+    Its peak stands out of the Height spectrum too, so it now alerts as oscillation."""
+    scan, truth = synth.failing_scan(11, fault="oscillation")
+    first = int(truth.first_position or 0)
+    frame = score_scan(scan)
+    assert frame.alert is not None and frame.alert.kind == "oscillation"
+    assert 0 <= frame.alert.position - first <= 12
+    flagged = [s.position for s in frame.lines if s.flagged]
+    assert flagged and min(flagged) >= first  # nothing before the ringing
+    # an oscillation event holds the ringing's first stored lines (here index = position)
+    assert any(e.kind == "oscillation" and e.start <= first + 2 <= e.end for e in frame.events)
+    # without the confirmation (never confirmed) the same scan is missed, as it was before
+    assert score_scan(scan, ScoringSettings(topo_contrast=np.inf)).alert is None
+
+
+def test_ringing_in_the_error_channel_alone_is_not_confirmed() -> None:
+    """The same ringing left in the Amplitude channels only (Height and ZSensor clean) is no
+    feedback loop ringing: no line is confirmed, every row equals the unconfirmed scorer's."""
+    scan, _ = synth.failing_scan(11, fault="oscillation")
+    clean = synth.clean_scan(11, 128, 256, traces=True)
+    for name in scan.channels:
+        if not name.startswith("Amplitude"):
+            scan.channels[name] = clean.channels[name]
+    rows = score_scan(scan).features
+    assert (rows[:, K.F_RING] >= 6.0).sum() >= 10  # the check ran: the peak is a ringing hint
+    np.testing.assert_array_equal(
+        rows, score_scan(scan, ScoringSettings(topo_contrast=np.inf)).features
+    )

@@ -795,24 +795,38 @@ def peak_bin(log_pooled, base, klo):
 
 @njit(**_OPTS)
 def local_contrast(log_pooled, k, klo):
-    """How far the pooled log power at bins k-1..k+1 (the highest) stands above the mean of
-    its neighbours k+-4..16 within klo..M-2, in nats.
+    """How far the pooled log power at bins k-1..k+1 (the highest) stands above the line
+    fitted through its neighbours k+-4..16 within klo..M-2, in nats (0 with < 2 neighbours).
 
     A loop that rings moves the z piezo, so its frequency stands out of the topography's
-    spectrum too; it needs no running spectrum of that channel (a smooth 1/f-like spectrum
-    gives ~0), so the topography's FFT is taken only on lines that already show a peak.
+    spectrum too. A line rather than a mean: near klo or M-2 the neighbours sit on one side,
+    and a mean of the steep low bins alone would read a smooth spectrum as a bump. It needs
+    no running spectrum of that channel (a smooth 1/f-like spectrum gives ~0), so the
+    topography's FFT is taken only on lines that already show a peak.
     """
     m = log_pooled.shape[0]
     near = -np.inf
     for j in range(max(k - 1, klo), min(k + 2, m - 1)):
         near = max(near, log_pooled[j])
-    total = 0.0
     n = 0
+    sx = 0.0
+    sy = 0.0
+    sxx = 0.0
+    sxy = 0.0
     for j in range(max(k - 16, klo), min(k + 17, m - 1)):
         if abs(j - k) >= 4:
-            total += log_pooled[j]
+            x = float(j - k)
+            y = log_pooled[j]
             n += 1
-    return near - total / n if n else 0.0
+            sx += x
+            sy += y
+            sxx += x * x
+            sxy += x * y
+    if n < 2:
+        return 0.0
+    # least squares y = a + b x with x = j - k: the fit's value at k is a
+    a = (sy * sxx - sx * sxy) / (n * sxx - sx * sx)
+    return near - a
 
 
 @njit(**_OPTS)

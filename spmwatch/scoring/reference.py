@@ -108,6 +108,24 @@ def persistent_peak(log_pooled: np.ndarray, spec: np.ndarray, klo: int) -> float
     return float(max(0.0, low.max()))
 
 
+def peak_bin(log_pooled: np.ndarray, base: np.ndarray, klo: int) -> int:
+    """The bin in klo..M-2 where log_pooled most exceeds base (the first on ties)."""
+    return klo + int(np.argmax(log_pooled[klo:-1] - base[klo:-1]))
+
+
+def local_contrast(log_pooled: np.ndarray, k: int, klo: int) -> float:
+    """max of log_pooled over bins k-1..k+1 minus the value at k of the least-squares line
+    through bins k+-4..16, all within klo..M-2 (0 with fewer than 2 such bins)."""
+    bins = np.arange(len(log_pooled))
+    valid = (bins >= klo) & (bins < len(log_pooled) - 1)
+    near = log_pooled[valid & (np.abs(bins - k) <= 1)]
+    side = valid & (np.abs(bins - k) >= 4) & (np.abs(bins - k) <= 16)
+    if side.sum() < 2:
+        return 0.0
+    at_k = np.polyfit(bins[side] - k, log_pooled[side], 1)[1]
+    return float(near.max() - at_k)
+
+
 def robust_baseline(ring: np.ndarray, floors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(median, max(1.4826 MAD, floor)) of each column."""
     med = np.median(ring, axis=0)
