@@ -1119,19 +1119,20 @@ def score_line(
     # letting it widen the jitter scale would fade a persistent tip change within a few lines
     bh = state[I_BASE_HEAD]
     clip = cfg[S_CLIP]
-    full = state[I_BASE_N] >= window
-    for i in range(n_raw):
+    # a confirmed ringing line leaves the ringing measures' slot as it was (the median while
+    # the ring fills): entering, even clipped, it raised their median within ~10 lines and a
+    # weak persistent ringing faded before it alerted
+    entered = ring_i if confirmed else n_raw
+    for i in range(entered):
         v = raw[i]
         if flagged and family[i] == F_LEVEL:
             v = base_med[i]  # a held step is no sample of the line-to-line jitter
-        elif confirmed and i >= ring_i:
-            # a confirmed ringing line leaves the ringing measures' slot as it was (the
-            # median while the ring fills): entering, even clipped, it raised their median
-            # within ~10 lines and a weak persistent ringing faded before it alerted
-            v = base_ring[bh, i] if full else base_med[i]
         elif flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
         base_ring[bh, i] = v
+    if state[I_BASE_N] < window:
+        for i in range(entered, n_raw):
+            base_ring[bh, i] = base_med[i]
     # the reference level also follows a line flagged for ringing whose own level is calm
     # (z < half the flag threshold): a long ringing run would otherwise hold the reference
     # while the sample's level drifts, and end in a false tip change
