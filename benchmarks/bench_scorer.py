@@ -231,11 +231,11 @@ def main() -> None:
 
     def kernel_frame() -> None:
         scorer = ScanScorer("k", names, POINTS, LINES)
-        K.score_frame(frame32, 0, scorer._frame1[0], *scorer._args, scorer._features)
+        K.score_frame(frame32, 0, *scorer._args, scorer._features)
 
     def kernel_frame64() -> None:
         scorer = ScanScorer("k", names, POINTS, LINES)
-        K.score_frame(frame, 0, scorer._frame1[0], *scorer._args, scorer._features)
+        K.score_frame(frame, 0, *scorer._args, scorer._features)
 
     def kernel_chunks(dtype: type) -> Callable[[], None]:
         def run() -> None:
@@ -244,7 +244,7 @@ def main() -> None:
             for start in range(0, LINES, CHUNK_LINES):
                 for c, name in enumerate(names):
                     buf[:, c] = scan.channels[name][start : start + CHUNK_LINES]
-                K.score_frame(buf, start, scorer._frame1[0], *scorer._args, scorer._features)
+                K.score_frame(buf, start, *scorer._args, scorer._features)
 
         return run
 
@@ -252,7 +252,7 @@ def main() -> None:
         scorer = ScanScorer("c", names, POINTS, LINES)
         args, rows = scorer._args, scorer._features
         for k in range(LINES):
-            K.score_frame(frame[k : k + 1], k, scorer._frame1[0], *args, rows)
+            K.score_frame(frame[k : k + 1], k, *args, rows)
 
     def push() -> None:
         scorer = ScanScorer("p", names, POINTS, LINES)
@@ -289,7 +289,7 @@ def main() -> None:
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for k in range(64, LINES):
-        K.score_frame(frame[k : k + 1], k, scorer._frame1[0], *args, rows)
+        K.score_frame(frame[k : k + 1], k, *args, rows)
     middle = tracemalloc.take_snapshot()
     for line in lines[64:]:
         scorer.push(line)

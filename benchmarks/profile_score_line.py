@@ -100,7 +100,7 @@ for frame in range(frames + 1):  # the first compiles, and does not count
         for c, ch in enumerate(chans):
             buf[:, c] = ch[start : start + CHUNK_LINES]
         started = time.perf_counter()
-        K.score_frame(buf, start, scorer._frame1[0], *scorer._args, scorer._features)
+        K.score_frame(buf, start, *scorer._args, scorer._features)
         wall += time.perf_counter() - started
     ticks = scorer._state.iwork[-16 : -16 + len(names_steps)].copy()
     if frame and (best is None or ticks.sum() < best[0].sum()):

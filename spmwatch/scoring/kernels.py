@@ -1165,77 +1165,16 @@ def score_line(
 
 
 @njit(**_OPTS)
-def score_frame(
-    frame,
-    start,
-    line_buf,
-    cfg,
-    pair_t,
-    pair_r,
-    scar_ch,
-    osc_ch,
-    topo_ch,
-    family,
-    consensus,
-    sign2,
-    floors,
-    state,
-    hist,
-    scar_grid,
-    hist_good,
-    base_ring,
-    base_net,
-    base_buf,
-    base_med,
-    base_scale,
-    ref_level,
-    lags,
-    lag_votes,
-    spec_base,
-    fft_tw,
-    work,
-    iwork,
-    raw,
-    out,
-):
-    """score_line over frame[k] (k in acquisition order) into out[start + k].
+def score_frame(frame, start, *scan):
+    """score_line over frame[k] (k in acquisition order) into out[start + k]; `scan` is
+    score_line's arguments after the line (cfg ... raw) followed by out.
 
     The one entry point for live lines (a frame of one) and saved frames alike, so both run
     the same machine code and give bit-identical rows. A float32 frame (.ibw data) is read
     as it is: line_stats widens each sample as it reads it and everything after works on
     the float64 detrended history, so no widened copy of the line is made (the widening
-    pass cost ~2.5 us per line). `line_buf` is no longer used; it stays in the signature for
-    the callers until they drop it.
+    pass cost ~2.5 us per line).
     """
+    state, out = scan[:-1], scan[-1]
     for k in range(frame.shape[0]):
-        score_line(
-            frame[k],
-            cfg,
-            pair_t,
-            pair_r,
-            scar_ch,
-            osc_ch,
-            topo_ch,
-            family,
-            consensus,
-            sign2,
-            floors,
-            state,
-            hist,
-            scar_grid,
-            hist_good,
-            base_ring,
-            base_net,
-            base_buf,
-            base_med,
-            base_scale,
-            ref_level,
-            lags,
-            lag_votes,
-            spec_base,
-            fft_tw,
-            work,
-            iwork,
-            raw,
-            out[start + k],
-        )
+        score_line(frame[k], *state, out[start + k])

@@ -348,7 +348,7 @@ class ScanScorer:
         n = len(self._lines)
         self._fill(line.channels)
         self._reserve(1)
-        K.score_frame(self._frame1, n, self._frame1[0], *self._args, self._features)
+        K.score_frame(self._frame1, n, *self._args, self._features)
         return self._ingest(int(line.index), n)
 
     def score_ahead(self, frame: np.ndarray, indices: Sequence[int]) -> None:
@@ -369,7 +369,7 @@ class ScanScorer:
             part = frame[first : first + CHUNK_LINES]
             chunk = self._chunk[: len(part)]
             np.copyto(chunk, part, casting="unsafe")
-            K.score_frame(chunk, start + first, self._frame1[0], *self._args, self._features)
+            K.score_frame(chunk, start + first, *self._args, self._features)
         self._ahead.extend(int(i) for i in indices)
 
     def _no_lines_ahead(self) -> None:
@@ -428,7 +428,7 @@ class ScanScorer:
         if frame.dtype != np.float32:
             frame = np.ascontiguousarray(frame, dtype=np.float64)
         frame = np.ascontiguousarray(frame)
-        K.score_frame(frame, start, self._frame1[0], *self._args, self._features)
+        K.score_frame(frame, start, *self._args, self._features)
         self._ingest_rows([int(i) for i in indices], start, stop_at_alert=False)
 
     def take_ahead(self, most: int) -> list[LineScore]:
