@@ -65,8 +65,8 @@ def test_a_line_that_turns_flat_as_the_frame_grows_matches():
 
 
 def test_a_tall_frame_samples_the_entropy_lines_as_the_definition_does():
-    """Beyond 128 good lines the entropy samples every k-th good line (k grows with the
-    frame), and a flat line shifts which lines are sampled."""
+    """Beyond 2 x ENTROPY_LINES good lines the entropy samples every k-th good line (k grows
+    with the frame), and a flat line shifts which lines are sampled."""
     scan, _ = synth.failing_scan(seed=4, lines=300, points=64, fault="dropout", at=0.5)
     channels = dict(list(scan.channels.items())[:2])
     for data in channels.values():
