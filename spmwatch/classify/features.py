@@ -347,14 +347,18 @@ def _shares(hist, out):
 _LOG_BINS = np.log(ENTROPY_BINS)
 
 
-def _entropy(p: np.ndarray) -> float:
+@njit(**_JIT)
+def _entropy(p):
     """Shannon entropy of a histogram from the shares of its non-empty bins (`_shares`),
-    normalised to [0, 1] by that of ENTROPY_BINS equal bins. numpy's log and sum on both
-    paths, so they round alike."""
-    return float(-(p * np.log(p)).sum() / _LOG_BINS)
+    normalised to [0, 1] by that of ENTROPY_BINS equal bins."""
+    total = 0.0
+    for share in p:
+        total += share * np.log(share)
+    return -total / _LOG_BINS
 
 
-def _histogram_entropy(hist: np.ndarray) -> float:
+@njit(**_JIT)
+def _histogram_entropy(hist):
     """`_entropy` of a histogram's counts."""
     p = np.empty(len(hist))
     return _entropy(p[: _shares(hist, p)])
@@ -366,60 +370,59 @@ def _entropy_step(n_good):
     return max(1, n_good // ENTROPY_LINES)
 
 
-def _summary(
-    scar_q99: float,
-    scar_frac: float,
-    band_frac: float,
-    ratio_lo: float,
-    ratio_hi: float,
-    flat_frac: float,
-    entropy: float,
-    rough_frac: float,
-    smooth_frac: float,
-    texture_first: float,
-    texture_last: float,
-) -> list[float]:
-    """The ten statistics of CHANNEL_STATS from their parts, the last scalar steps shared by
-    the from-scratch and the incremental paths so both round alike."""
-    drift = abs(np.log((texture_last + 1e-30) / (texture_first + 1e-30)))
-    return [
-        float(scar_q99),
-        float(scar_frac),
-        float(band_frac),
-        float(np.log(ratio_hi)),
-        float(-np.log(max(ratio_lo, 1e-6))),
-        float(flat_frac),
-        float(entropy),
-        float(rough_frac),
-        float(smooth_frac),
-        float(drift),
-    ]
-
-
-def _from_parts(parts: np.ndarray, shares: np.ndarray) -> list[float]:
-    """`_summary` of one channel's `_aggregate` parts and entropy histogram shares."""
+@njit(**_JIT)
+def _summary(parts, entropy, out):
+    """The ten statistics of CHANNEL_STATS into `out` from a channel's parts (q99 of the
+    steps, scar share, band share, 1 % and 99 % spread ratio, flat share, rough share,
+    smooth share, texture of the first and last third) and entropy. One compiled function
+    for the from-scratch and the incremental paths, so both round alike."""
     q99, scar, band, ratio_lo, ratio_hi, flat, rough, smooth, first, last = parts
-    return _summary(
-        scar_q99=q99,
-        scar_frac=scar,
-        band_frac=band,
-        ratio_lo=ratio_lo,
-        ratio_hi=ratio_hi,
-        flat_frac=flat,
-        entropy=_entropy(shares),
-        rough_frac=rough,
-        smooth_frac=smooth,
-        texture_first=first,
-        texture_last=last,
-    )
+    out[0] = q99
+    out[1] = scar
+    out[2] = band
+    out[3] = np.log(ratio_hi)
+    out[4] = -np.log(max(ratio_lo, 1e-6))
+    out[5] = flat
+    out[6] = entropy
+    out[7] = rough
+    out[8] = smooth
+    out[9] = abs(np.log((last + 1e-30) / (first + 1e-30)))
 
 
-def _too_few_lines(flat_frac: float) -> list[float]:
+@njit(**_JIT)
+def _too_few_lines(flat_frac, out):
     """Statistics of a channel with fewer than three good lines: only the flat share."""
-    return [0.0, 0.0, 0.0, 0.0, 0.0, flat_frac, 0.0, 0.0, 0.0, 0.0]
+    out[:] = 0.0
+    out[5] = flat_frac
 
 
-def _channel_stats(data: np.ndarray) -> list[float]:
+@njit(**_JIT)
+def _pool(table):
+    """Pool per-channel statistics (channels x CHANNEL_STATS) by their median over channels,
+    as np.median(table, axis=0) (NaN where a channel has one; zeros without channels)."""
+    n, width = table.shape
+    pooled = np.zeros(width)
+    column = np.empty(n)
+    for f in range(width):
+        if n == 0:
+            continue
+        for c in range(n):  # insertion sort: a handful of channels
+            v = table[c, f]
+            j = c - 1
+            while j >= 0 and column[j] > v:
+                column[j + 1] = column[j]
+                j -= 1
+            column[j + 1] = v
+        if np.isnan(table[:, f]).any():
+            pooled[f] = np.nan
+        elif n % 2:
+            pooled[f] = column[n // 2]
+        else:
+            pooled[f] = (column[n // 2 - 1] + column[n // 2]) / 2
+    return pooled
+
+
+def _channel_stats(data: np.ndarray) -> np.ndarray:
     """Per-line statistics of one channel (lines, points), aggregated over lines.
 
     Scale-free: every measure is relative to the channel's own pixel-to-pixel noise or its
@@ -433,8 +436,10 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     typical_std = float(np.median(line_std[finite_rows])) if finite_rows.any() else 0.0
     flat = (~finite_rows) | (line_std <= 1e-6 * (typical_std or 1.0))
     good = data[~flat]
+    stats = np.empty(len(CHANNEL_STATS))
     if good.shape[0] < 3 or typical_std == 0:
-        return _too_few_lines(float(flat.mean()))
+        _too_few_lines(float(flat.mean()), stats)
+        return stats
     # Scar measure: the median step between consecutive lines, against the pixel-to-pixel
     # noise along the line (the same idea as Gwyddion's scar marking, normalised per line).
     # Medians over every stride-th point: as robust, and the medians were most of the cost.
@@ -455,26 +460,22 @@ def _channel_stats(data: np.ndarray) -> list[float]:
     # between the first and last third of the frame (gain drift, tip change). Texture, not the
     # line spread: a few large particles in one part of the frame change the spread, not this.
     third = max(1, len(good) // 3)
-    return _summary(
-        scar_q99=_quantile(steps, 0.99),
-        scar_frac=(steps > SCAR_STEP).mean(),
-        band_frac=(bands > SCAR_STEP).mean(),
-        ratio_lo=_quantile(ratio, 0.01),
-        ratio_hi=_quantile(ratio, 0.99),
-        flat_frac=flat.mean(),
-        entropy=entropy,
-        rough_frac=(along > ROUGH * noise).mean(),
-        smooth_frac=(along < noise / ROUGH).mean(),
-        texture_first=np.median(along[:third]),
-        texture_last=np.median(along[-third:]),
+    parts = np.array(
+        [
+            _quantile(steps, 0.99),
+            (steps > SCAR_STEP).mean(),
+            (bands > SCAR_STEP).mean(),
+            _quantile(ratio, 0.01),
+            _quantile(ratio, 0.99),
+            flat.mean(),
+            (along > ROUGH * noise).mean(),
+            (along < noise / ROUGH).mean(),
+            np.median(along[:third]),
+            np.median(along[-third:]),
+        ]
     )
-
-
-def _pool(table: list[list[float]]) -> list[float]:
-    """Pool per-channel statistics by their median over channels."""
-    if not table:
-        return [0.0] * len(CHANNEL_STATS)
-    return [float(v) for v in np.median(np.array(table), axis=0)]
+    _summary(parts, entropy, stats)
+    return stats
 
 
 # The incremental path: per-line values cached as lines arrive, then aggregated. Columns of the
@@ -872,28 +873,27 @@ def _sample_histogram(data, rows, table):
 
 
 @njit(**_JIT)
-def _frame_parts(lines, table, n, stride):
-    """`_aggregate` and `_sample_histogram` of every channel's first n lines, in one call:
-    (enough good lines, flat share, parts, entropy histogram shares and their number) per
-    channel."""
+def _pooled_stats(lines, table, n, stride):
+    """CHANNEL_STATS of every channel's first n lines, pooled over the channels, in one call:
+    `_aggregate`, `_sample_histogram` and `_summary` per channel, then `_pool`."""
     channels = lines.shape[0]
-    enough = np.zeros(channels, np.bool_)
-    flat = np.empty(channels)
-    parts = np.zeros((channels, 10))
-    shares = np.zeros((channels, ENTROPY_BINS))
-    filled = np.zeros(channels, np.int64)
+    stats = np.empty((channels, len(CHANNEL_STATS)))
+    shares = np.empty(ENTROPY_BINS)
     for c in range(channels):
-        ok, flat[c], good, parts[c] = _aggregate(lines[c], table[c], n, stride)
+        ok, flat, good, parts = _aggregate(lines[c], table[c], n, stride)
         if ok:
-            enough[c] = True
             rows = good[:: _entropy_step(good.size)]
-            filled[c] = _shares(_sample_histogram(lines[c], rows, table[c])[2], shares[c])
-    return enough, flat, parts, shares, filled
+            filled = _shares(_sample_histogram(lines[c], rows, table[c])[2], shares)
+            _summary(parts, _entropy(shares[:filled]), stats[c])
+        else:
+            _too_few_lines(flat, stats[c])
+    return _pool(stats)
 
 
 def channel_features(channels: Mapping[str, np.ndarray]) -> list[float]:
     """Channel statistics pooled over channels by their median (see the module docstring)."""
-    return _pool([_channel_stats(data) for data in channels.values()])
+    stats = [_channel_stats(data) for data in channels.values()]
+    return _pool(np.array(stats).reshape(len(stats), len(CHANNEL_STATS))).tolist()
 
 
 class ChannelStatsAccumulator:
@@ -1016,19 +1016,12 @@ class ChannelStatsAccumulator:
         cached per-line values."""
         self._settle()
         n = self.n_lines if lines is None else max(0, min(lines, self.n_lines))
-        if n == 0:  # the mean of no lines, as numpy gives it
-            return _pool([_too_few_lines(float("nan")) for _ in self.names])
-        enough, flat, parts, shares, filled = _frame_parts(
-            self._lines, self._table, n, self._stride
-        )
-        return _pool(
-            [
-                _from_parts(parts[c], shares[c, : filled[c]])
-                if enough[c]
-                else _too_few_lines(flat[c])
-                for c in range(len(self.names))
-            ]
-        )
+        if n == 0:  # the flat share of no lines is NaN, as numpy's mean of nothing
+            stats = np.empty((len(self.names), len(CHANNEL_STATS)))
+            for row in stats:
+                _too_few_lines(np.nan, row)
+            return _pool(stats).tolist()
+        return _pooled_stats(self._lines, self._table, n, self._stride).tolist()
 
     def _grow(self) -> None:
         """Double the capacity (a scan longer than announced)."""
