@@ -102,8 +102,13 @@ def test_failing_scan_gives_one_alert_then_the_frame(running: Running) -> None:
     assert frame["verdict"] == "fail" and frame["alert"]["line"] == alert["line"]
     assert frame["lines"] == frame["expected_lines"] == LINES and frame["partial"] is False
     assert any(e["kind"] == offline.alert.kind for e in frame["events"])
-    lines = running.sub.of(protocol.TOPIC_LINE, scan_id="fail-1")
-    assert len(lines) == LINES and any(line["flagged"] for line in lines)
+
+    def every_line_score() -> list[dict] | None:
+        # line scores wait behind alerts and frames (docs/protocol.md): the frame may be first
+        found = running.sub.of(protocol.TOPIC_LINE, scan_id="fail-1")
+        return found if len(found) == LINES else None
+
+    assert any(line["flagged"] for line in wait_for(every_line_score))
     # the log and the metrics say how long the daemon took from the alert line to the alert
     logged = wait_for(
         lambda: [e for e in running.daemon.logged("alert") if e["seq"] == alert["seq"]]
