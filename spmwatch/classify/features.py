@@ -402,10 +402,10 @@ def _pool(table):
     as np.median(table, axis=0) (NaN where a channel has one; zeros without channels)."""
     n, width = table.shape
     pooled = np.zeros(width)
+    if n == 0:
+        return pooled
     column = np.empty(n)
     for f in range(width):
-        if n == 0:
-            continue
         for c in range(n):  # insertion sort: a handful of channels
             v = table[c, f]
             j = c - 1
@@ -893,7 +893,7 @@ def _pooled_stats(lines, table, n, stride):
 def channel_features(channels: Mapping[str, np.ndarray]) -> list[float]:
     """Channel statistics pooled over channels by their median (see the module docstring)."""
     stats = [_channel_stats(data) for data in channels.values()]
-    return _pool(np.array(stats).reshape(len(stats), len(CHANNEL_STATS))).tolist()
+    return _pool(np.array(stats).reshape(-1, len(CHANNEL_STATS))).tolist()
 
 
 class ChannelStatsAccumulator:
