@@ -1,4 +1,5 @@
-"""`spmwatch demo`: the whole chain on one machine, no microscope, in well under a minute.
+"""`spmwatch demo`: the whole chain on one machine, no microscope, in well under a minute
+(once numba has compiled the kernels: the first run after an install adds about a minute).
 
 It writes a generated scan whose tip fails part-way, starts the real daemon and the responder
 (dry-run) as subprocesses on free loopback ports, replays the scan into the daemon's line socket
@@ -29,7 +30,9 @@ from spmwatch.report import write_report
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.sources.replay import replay_lines
 
-START_TIMEOUT = 60.0  # a cold numba cache compiles the kernels on the first start
+# A cold numba cache compiles the kernels on the first start: ~60 s on a 2-core machine
+START_TIMEOUT = 300.0
+COMPILING_NOTE_AFTER = 5.0  # s of waiting for the daemon before the demo says why
 RESULT_TIMEOUT = 20.0
 
 
@@ -85,7 +88,16 @@ def run_demo(
         listener.start()
         stack.callback(listener.join, 2.0)
         stack.callback(stop.set)
-        _wait(lambda: _ready(ends.control), "the daemon to report ready", daemon)
+        _wait(
+            lambda: _ready(ends.control),
+            "the daemon to report ready",
+            daemon,
+            note=(
+                "daemon    starting: the first run after an install compiles the numba kernels"
+                " into a cache (about a minute); later starts take a few seconds",
+                say,
+            ),
+        )
         _wait(
             lambda: "responder_ready" in _read(out_dir / "respond.log"), "the responder", responder
         )
@@ -203,13 +215,24 @@ def _ready(endpoint: str) -> bool:
         return False
 
 
-def _wait(predicate: Callable[[], bool], what: str, child: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
+def _wait(
+    predicate: Callable[[], bool],
+    what: str,
+    child: subprocess.Popen[bytes],
+    note: tuple[str, TextIO] | None = None,
+) -> None:
+    """Poll until `predicate` holds; `note` (text, stream) is printed once if that takes longer
+    than COMPILING_NOTE_AFTER, so a slow first start does not look like a hang."""
+    started = time.monotonic()
     while not predicate():
         if child.poll() is not None:
             raise DemoError(f"waiting for {what}: the process exited with code {child.returncode}")
-        if time.monotonic() > deadline:
+        waited = time.monotonic() - started
+        if waited > START_TIMEOUT:
             raise DemoError(f"{what} did not come within {START_TIMEOUT:g} s")
+        if note is not None and waited > COMPILING_NOTE_AFTER:
+            print(note[0], file=note[1], flush=True)
+            note = None
         time.sleep(0.05)
 
 
