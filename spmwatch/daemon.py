@@ -190,6 +190,11 @@ class Daemon:
             self.model = load_model(s.model.path)
         except ModelError as exc:
             raise StartupError(f"model: {exc}") from exc
+        log.info(
+            "warming_up",
+            note="the first start after an install compiles the numba kernels (about a minute);"
+            " later starts load them from numba's cache",
+        )
         warm = self._warm_up()
         self.publisher = Publisher(
             s.publish.endpoint,
