@@ -34,6 +34,10 @@ from spmwatch.sources.replay import replay_lines
 START_TIMEOUT = 300.0
 COMPILING_NOTE_AFTER = 5.0  # s of waiting for the daemon before the demo says why
 RESULT_TIMEOUT = 20.0
+# The folder this process imported spmwatch from. The children run `python -m spmwatch` from
+# there: from any other folder, `-m` would import a `spmwatch` found in that folder first (the
+# clone a user installed from), which is other code with a numba cache of its own to compile.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DemoError(RuntimeError):
@@ -196,6 +200,7 @@ def _process(command: str, config: Path, log_file: Path) -> Iterator[subprocess.
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            cwd=PACKAGE_ROOT,
         )
         try:
             yield child

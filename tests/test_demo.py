@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def test_demo_raises_the_alert_the_responder_acts_and_the_report_is_written(tmp_path: Path) -> None:
+    # Run from a folder holding another `spmwatch`, as a user runs the demo from the clone
+    # they installed from: the daemon and the responder must run the demo's own package (a
+    # child importing the decoy exits at once and the demo fails).
+    decoy = tmp_path / "cwd" / "spmwatch"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text('raise SystemExit("the decoy spmwatch was imported")\n')
+    (decoy / "__main__.py").write_text("")
     out = tmp_path / "demo"
+    script = REPO / "spmwatch" / "__main__.py"  # not -m: the demo must not import the decoy
     done = subprocess.run(
-        [sys.executable, "-m", "spmwatch", "demo", "--out", str(out), "--seed", "0"],
+        [sys.executable, str(script), "demo", "--out", str(out), "--seed", "0"],
         capture_output=True,
         text=True,
         timeout=180,
+        cwd=decoy.parent,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
