@@ -116,6 +116,31 @@ def _convert(hint: Any, raw: Any, where: str) -> Any:
     raise ConfigError(f"{where}: settings type {hint!r} is not supported")  # a code bug
 
 
+def check_bounds(
+    settings: object,
+    above: Mapping[str, float] | None = None,
+    at_least: Mapping[str, float] | None = None,
+    at_most: Mapping[str, float] | None = None,
+    ordered: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """ValueError naming the first field of `settings` out of its bounds: > above[name],
+    >= at_least[name], <= at_most[name], and field a <= field b for each (a, b) in `ordered`.
+    For `__post_init__` checks (NaN fails every bound)."""
+    for bounds, ok, word in (
+        (above, lambda v, b: v > b, ">"),
+        (at_least, lambda v, b: v >= b, ">="),
+        (at_most, lambda v, b: v <= b, "<="),
+    ):
+        for name, bound in (bounds or {}).items():
+            value = getattr(settings, name)
+            if not ok(value, bound):
+                raise ValueError(f"{name} = {value!r} must be {word} {bound}")
+    for low, high in ordered:
+        a, b = getattr(settings, low), getattr(settings, high)
+        if not a <= b:
+            raise ValueError(f"{low} = {a!r} must be <= {high} = {b!r}")
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 

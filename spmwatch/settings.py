@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from spmwatch import protocol
-from spmwatch.config import ConfigError, build, load_toml
+from spmwatch.config import ConfigError, build, check_bounds, load_toml
 from spmwatch.scoring.scorer import ScoringSettings
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
@@ -21,11 +21,6 @@ _SCHEMES = ("tcp://", "ipc://", "inproc://")
 def _check_endpoint(name: str, value: str) -> None:
     if not value.startswith(_SCHEMES):
         raise ValueError(f"{name} = {value!r} must start with one of {', '.join(_SCHEMES)}")
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} = {value!r} must be > 0")
 
 
 @dataclass(frozen=True)
@@ -39,8 +34,7 @@ class WatchSettings:
     state_file: str = ""
 
     def __post_init__(self) -> None:
-        if self.settle < 0:
-            raise ValueError(f"settle = {self.settle} must be >= 0")
+        check_bounds(self, at_least={"settle": 0})
 
 
 @dataclass(frozen=True)
@@ -73,9 +67,7 @@ class PublishSettings:
 
     def __post_init__(self) -> None:
         _check_endpoint("endpoint", self.endpoint)
-        _check_positive("heartbeat_interval", self.heartbeat_interval)
-        _check_positive("hwm", self.hwm)
-        _check_positive("line_queue", self.line_queue)
+        check_bounds(self, above={"heartbeat_interval": 0, "hwm": 0, "line_queue": 0})
 
 
 @dataclass(frozen=True)
@@ -137,10 +129,10 @@ class DaemonSettings:
     max_held_mib: int = 1024
 
     def __post_init__(self) -> None:
-        _check_positive("queue_size", self.queue_size)
-        _check_positive("max_open_scans", self.max_open_scans)
-        _check_positive("scan_timeout", self.scan_timeout)
-        _check_positive("max_held_mib", self.max_held_mib)
+        check_bounds(
+            self,
+            above={"queue_size": 0, "max_open_scans": 0, "scan_timeout": 0, "max_held_mib": 0},
+        )
 
     @property
     def max_held_bytes(self) -> int:

@@ -63,6 +63,14 @@ def test_every_key_is_commented() -> None:
         ("[daemon]\nmax_open_scans = 0\n", "daemon: max_open_scans = 0 must be > 0"),
         ("[daemon]\nmax_held_mib = 0\n", "daemon: max_held_mib = 0 must be > 0"),
         ("[nonsense]\n", "nonsense: unknown key"),
+        ("[scoring]\nflag_z = -3\n", "scoring: flag_z = -3.0 must be > 0"),
+        ("[scoring]\nflag_z = 60\n", "scoring: flag_z = 60.0 must be <= z_clip = 50.0"),
+        ("[scoring]\nmin_baseline = 40\n", "scoring: min_baseline = 40 must be <= window = 32"),
+        ("[scoring]\ndropout_fraction = 1.5\n", "scoring: dropout_fraction = 1.5 must be <= 1"),
+        ("[scoring]\nfloor_scar = 0\n", "scoring: floor_scar = 0.0 must be > 0"),
+        ("[scoring]\nflag_z = nan\n", "scoring: flag_z = nan must be > 0"),
+        ("[scoring.alert]\nk = 6\n", "scoring.alert: k = 6 must be <= m = 5"),
+        ("[scoring.alert]\nslow_kinds = ['streaks']\n", "scoring.alert.slow_kinds[0]: 'streaks'"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:

@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spmwatch.model import Alert, Event
+from spmwatch.config import check_bounds
+from spmwatch.model import Alert, Event, EventKind
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class AlertRule:
 
     k: int = 3
     m: int = 5
-    slow_kinds: tuple[str, ...] = ("streak", "oscillation")
+    slow_kinds: tuple[EventKind, ...] = ("streak", "oscillation")
     slow_k: int = 10
     slow_m: int = 14
     dropout_run: int = 2
@@ -35,6 +36,26 @@ class AlertRule:
     high_lines: int = 16
     gap: int = 1
     band_lines: int = 8  # a level excursion that ends within this many lines was a band
+
+    def __post_init__(self) -> None:
+        check_bounds(
+            self,
+            at_least={
+                "k": 1,
+                "slow_k": 1,
+                "dropout_run": 1,
+                "medium_lines": 1,
+                "gap": 0,
+                "band_lines": 0,
+            },
+            above={"medium_z": 0},
+            ordered=(
+                ("k", "m"),
+                ("slow_k", "slow_m"),
+                ("medium_z", "high_z"),
+                ("medium_lines", "high_lines"),
+            ),
+        )
 
 
 def severity(score: float, n_lines: int, rule: AlertRule) -> str:

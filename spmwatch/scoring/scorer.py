@@ -17,6 +17,7 @@ from itertools import islice, repeat
 
 import numpy as np
 
+from spmwatch.config import check_bounds
 from spmwatch.model import Alert, FrameScores, Line, LineScore, Scan, pair_channels
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring.events import AlertRule, EventTracker
@@ -102,6 +103,41 @@ class ScoringSettings:
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
+
+    def __post_init__(self) -> None:
+        floors = {name: 0 for name in self.__dataclass_fields__ if name.startswith("floor_")}
+        check_bounds(
+            self,
+            above={
+                "z_clip": 0,
+                "flag_z": 0,
+                "dropout_fraction": 0,
+                "scar_soft": 0,
+                "spec_alpha": 0,
+                "clip": 0,
+                **floors,
+            },
+            at_least={
+                "window": 2,
+                "min_baseline": 1,
+                "refresh": 1,
+                "scar_min_len": 1,
+                "lag_max": 0,
+                "lag_votes": 1,
+                "lag_every": 1,
+                "lag_recheck": 0,
+                "spec_klo": 1,
+                "level_floor": 0,
+                "ring_lines": 1,
+                "topo_contrast": 0,
+                "topo_kmin": 0,
+                "topo_boost": 0,
+                "consensus": 1,
+            },
+            at_most={"dropout_fraction": 1, "spec_alpha": 1},
+            # a flag above the clip, or a warm-up longer than the window, would never flag
+            ordered=(("flag_z", "z_clip"), ("min_baseline", "window"), ("scar_soft", "scar_hard")),
+        )
 
     def as_array(self) -> np.ndarray:
         cfg = np.zeros(K.N_SETTINGS)
