@@ -48,3 +48,22 @@ def test_demo_raises_the_alert_the_responder_acts_and_the_report_is_written(tmp_
     mask = np.load(out / "report" / "demo_0001_mask.npy")
     assert mask.dtype == bool and mask.any()
     assert "responder_ready" in (out / "respond.log").read_text()
+
+
+def test_demo_of_a_fault_without_line_alert_shows_the_failed_frame(tmp_path: Path) -> None:
+    # A scan that stops half-way has no line to alert on while scanning: the demo shows the
+    # failed frame verdict instead of timing out waiting for an alert (it used to crash).
+    command = ["demo", "--out", str(tmp_path), "--fault", "partial_frame"]
+    done = subprocess.run(
+        [sys.executable, "-m", "spmwatch", *command],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert not [line for line in lines if line.startswith(("ALERT", "ACTION"))], done.stdout
+    frames = [line for line in lines if line.startswith("FRAME")]
+    assert len(frames) == 1 and "FAIL" in frames[0] and "partial_frame 64-127" in frames[0]
+    assert any(line.startswith("no alert") for line in lines)
+    assert "after the 64th line scanned of 128" in lines[0]
