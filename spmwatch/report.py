@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from spmwatch.model import EVENT_KINDS, FrameScores, Scan, split_direction
 from spmwatch.protocol import safe_scan_id
@@ -39,8 +40,11 @@ KIND_COLOURS: dict[str, str] = dict(
 OTHER_KIND_COLOUR = "#4daf4a"  # a kind added to the scorer after this palette
 ALERT_COLOUR = "#00e000"
 DPI = 110
-# Display units by channel prefix: length channels are stored in metres, Phase in degrees.
+# Display units by channel prefix: length channels are stored in metres, Phase in degrees,
+# the auxiliary inputs and potentials in volts. Asylum files do not record a unit per channel.
 _LENGTH_PREFIXES = ("height", "zsensor", "amplitude", "deflection")
+_VOLT_PREFIXES = ("userin", "potential", "nappotential", "surfacepotential", "bias")
+UNKNOWN_UNIT = "as saved (no unit in the file)"
 
 
 # ------------------------------------------------------------------------------ pure maths
@@ -116,7 +120,9 @@ def display_unit(name: str, image: np.ndarray) -> tuple[float, str]:
         return 1e9, "nm"
     if prefix.startswith("phase"):
         return 1.0, "deg"
-    return 1.0, ""
+    if prefix.startswith(_VOLT_PREFIXES):
+        return 1.0, "V"
+    return 1.0, UNKNOWN_UNIT
 
 
 def shown_channels(scan: Scan) -> list[str]:
@@ -180,6 +186,8 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
         parts.append("events: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     if scan.problems:
         parts.append(f"{len(scan.problems)} data problem(s)")
+    if first_pair(scan) is None:
+        parts.append("one direction saved: no trace − retrace map")
     return head, "   ·   ".join(parts)
 
 
@@ -241,9 +249,9 @@ def _image_panel(
     )
     ax.set_title(title, fontsize=10)
     bar = fig.colorbar(shown, ax=ax, location="bottom", shrink=0.85, pad=0.02, aspect=30)
+    bar.ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # 6+ labels ran together on a panel
     bar.ax.tick_params(labelsize=8)
-    if unit:
-        bar.set_label(unit, fontsize=8, labelpad=1)
+    bar.set_label(unit, fontsize=8, labelpad=1)
 
 
 def _score_panel(ax: Axes, frame: FrameScores, n_lines: int, threshold: float) -> None:

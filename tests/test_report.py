@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 
 from spmwatch import synth
-from spmwatch.report import level_lines, pair_lags, residual_map, robust_limits
-from spmwatch.scoring.scorer import synthetic_scan
+from spmwatch.report import (
+    UNKNOWN_UNIT,
+    display_unit,
+    level_lines,
+    pair_lags,
+    render_png,
+    residual_map,
+    robust_limits,
+)
+from spmwatch.scoring.scorer import score_scan, synthetic_scan
 from tests.ibw_fixtures import make_scan, write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +148,21 @@ def test_residual_map_of_identical_shifted_lines_is_zero(lag: int) -> None:
     finite = residual[np.isfinite(residual)]
     assert finite.size == 3 * (80 - abs(lag))
     assert np.abs(finite).max() < 1e-9
+
+
+def test_a_retrace_only_report_says_why_it_has_no_residual_map() -> None:
+    scan = synthetic_scan(lines=40, points=64, pairs=2)
+    scan.channels = {n.replace("Ch0", "UserIn0"): a for n, a in scan.channels.items()}
+    scan.channels = {n: a for n, a in scan.channels.items() if n.endswith("Retrace")}
+    frame = score_scan(scan)
+    record = {"file": "x.ibw", "verdict": "pass", "probability": 0.1, "alert": None}
+    fig = render_png(scan, frame, record, {}, 12.0)
+    texts = [t.get_text() for t in fig.texts]
+    assert any("one direction saved: no trace − retrace map" in t for t in texts)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert not any("trace − retrace" in t for t in titles)
+    bar_labels = {ax.get_xlabel() for ax in fig.axes} - {"", "fast axis (µm)", "point"}
+    assert "V" in bar_labels  # UserIn0, by Asylum convention
+    assert UNKNOWN_UNIT in bar_labels  # Ch1: no unit known, and the bar says so
+    assert display_unit("PhaseTrace", np.ones(3))[1] == "deg"
+    assert display_unit("HeightTrace", np.full(3, 2e-9)) == (1e9, "nm")
