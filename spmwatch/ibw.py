@@ -499,7 +499,7 @@ _RECORD_FIELDS = (
     "scan_rate",
     "scan_down",
     "partial",
-    "complete",
+    "file_complete",
 )
 
 
@@ -509,7 +509,7 @@ def inspect_file(path: str | Path) -> dict[str, object]:
     try:
         scan = read_scan(path)
     except IbwError as exc:
-        record["complete"] = False if isinstance(exc, IncompleteError) else None
+        record["file_complete"] = False if isinstance(exc, IncompleteError) else None
         record["errors"] = [f"{exc.kind}: {exc.reason}"]
         return record
     except FileNotFoundError:
@@ -527,7 +527,7 @@ def inspect_file(path: str | Path) -> dict[str, object]:
         scan_rate=scan.scan_rate,
         scan_down=scan.scan_down,
         partial=scan.partial,
-        complete=True,
+        file_complete=True,
         errors=list(scan.problems),
     )
     return record

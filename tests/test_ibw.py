@@ -503,7 +503,7 @@ def test_inspect_exits_0_when_every_file_reads(tmp_path: Path) -> None:
         32,
         True,
     )
-    assert all(record["complete"] and record["errors"] == [] for record in records)
+    assert all(record["file_complete"] and record["errors"] == [] for record in records)
 
 
 def test_inspect_exits_2_and_still_reports_the_readable_files(tmp_path: Path) -> None:
@@ -518,7 +518,7 @@ def test_inspect_exits_2_and_still_reports_the_readable_files(tmp_path: Path) ->
     assert result.returncode == 2
     records = {Path(r["file"]).name: r for r in map(json.loads, result.stdout.splitlines())}
     assert records["good.ibw"]["channels"] == ["HeightTrace", "HeightRetrace"]
-    assert records["cut.ibw"]["complete"] is False
+    assert records["cut.ibw"]["file_complete"] is False
     assert records["cut.ibw"]["errors"][0].startswith("incomplete: truncated")
     assert records["junk.ibw"]["channels"] is None
     assert records["junk.ibw"]["errors"][0].startswith("not_ibw:")

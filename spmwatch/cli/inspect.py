@@ -24,7 +24,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Exit 0 when every file reads, 2 when any is unreadable.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help=".ibw files to inspect")
-    parser.add_argument("--json", action="store_true", help="one JSON record per line")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON record per line: `partial` is a frame with fewer lines than it was set "
+        "up for, `file_complete` false a file not (yet) fully written",
+    )
     parser.set_defaults(func=run)
 
 
@@ -36,7 +41,7 @@ def _directions(pair: Iterable[str | None]) -> str:
 def format_record(record: dict[str, object]) -> str:
     """A compact human line (plus indented error lines) for one record."""
     if record["channels"] is None:
-        status = "INCOMPLETE" if record["complete"] is False else "UNREADABLE"
+        status = "INCOMPLETE" if record["file_complete"] is False else "UNREADABLE"
         head = f"{record['file']}  {status}"
     else:
         pairs = record["pairs"]
