@@ -490,6 +490,15 @@ def warm_up_reader() -> None:
         read_scan(path)
 
 
+def read_problem(exc: IbwError | OSError) -> str:
+    """Why `read_scan` failed, without the path (the caller shows it once)."""
+    if isinstance(exc, IbwError):
+        return f"{exc.kind}: {exc.reason}"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    return f"cannot read: {exc.strerror or exc}"
+
+
 _RECORD_FIELDS = (
     "channels",
     "pairs",
@@ -508,15 +517,9 @@ def inspect_file(path: str | Path) -> dict[str, object]:
     record: dict[str, object] = {"file": str(path), **dict.fromkeys(_RECORD_FIELDS), "errors": []}
     try:
         scan = read_scan(path)
-    except IbwError as exc:
+    except (IbwError, OSError) as exc:
         record["file_complete"] = False if isinstance(exc, IncompleteError) else None
-        record["errors"] = [f"{exc.kind}: {exc.reason}"]
-        return record
-    except FileNotFoundError:
-        record["errors"] = ["file not found"]
-        return record
-    except OSError as exc:
-        record["errors"] = [f"cannot read: {exc.strerror or exc}"]
+        record["errors"] = [read_problem(exc)]
         return record
     record.update(
         channels=list(scan.channels),

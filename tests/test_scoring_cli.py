@@ -31,12 +31,24 @@ def test_score_json_good_bad_and_unreadable(tmp_path: Path) -> None:
     write_scan(bad, tmp_path / "bad.ibw")
     (tmp_path / "junk.ibw").write_bytes(b"not an igor wave")
     files = [str(tmp_path / n) for n in ("good.ibw", "junk.ibw", "bad.ibw")]
+    files.append(str(tmp_path / "absent.ibw"))
     done = spmwatch("score", "--json", *files)
     assert done.returncode == 2
-    assert "junk.ibw" in done.stderr
+    # every file gets a record, in order; the unreadable ones say why (the path once)
     records = [json.loads(line) for line in done.stdout.splitlines()]
-    assert [Path(r["file"]).name for r in records] == ["good.ibw", "bad.ibw"]
-    ok, failed = records
+    assert [Path(r["file"]).name for r in records] == [
+        "good.ibw",
+        "junk.ibw",
+        "bad.ibw",
+        "absent.ibw",
+    ]
+    ok, junk, failed, absent = records
+    assert junk == {"file": files[1], "error": junk["error"]}
+    assert junk["error"].startswith("not_ibw: ")
+    assert absent == {"file": files[3], "error": "file not found"}
+    assert f"spmwatch score: {files[1]}: not_ibw: " in done.stderr
+    assert done.stderr.count(files[1]) == 1
+    assert "2 of 4 files unreadable" in done.stderr
     assert ok["verdict"] == "pass" and ok["alert"] is None and len(ok["lines"]) == 128
     assert failed["verdict"] == "fail" and failed["alert"]["kind"] == "dropout"
     assert failed["alert"]["line"] in rows.tolist()

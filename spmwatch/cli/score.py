@@ -8,16 +8,27 @@ import sys
 
 from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
-from spmwatch.ibw import IbwError, read_scan
+from spmwatch.ibw import IbwError, read_problem, read_scan
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_MODEL = 3
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("score", help="score .ibw scans line by line")
-    parser.add_argument("files", nargs="+", metavar="FILE")
-    parser.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    parser = subparsers.add_parser(
+        "score",
+        help="score .ibw scans line by line",
+        description="Score each Asylum .ibw file line by line, exactly as the daemon would have "
+        "live, and judge the frame: verdict, probability, alert line, events. Exit 0 when every "
+        "file was scored, 2 when any was unreadable (the others are still scored), 3 when the "
+        "model cannot be used.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help=".ibw files to score")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per file per line; an unreadable file gets {"file", "error"}',
+    )
     add_model_option(parser)
     parser.set_defaults(func=run)
 
@@ -61,15 +72,21 @@ def run(args: argparse.Namespace) -> int:
     model = open_model(args.model, "score")
     if model is None:
         return EXIT_BAD_MODEL
-    status = 0
+    unreadable = 0
     for path in args.files:
         try:
             scan = read_scan(path)
         except (IbwError, OSError) as exc:
-            print(f"spmwatch score: cannot read {path}: {exc}", file=sys.stderr)
-            status = EXIT_UNREADABLE
+            unreadable += 1
+            problem = read_problem(exc)
+            print(f"spmwatch score: {path}: {problem}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"file": path, "error": problem}), flush=True)
             continue
         frame, verdict = assess(scan, model)
         record = score_record(path, frame, verdict)
         print(json.dumps(record) if args.json else _human(record), flush=True)
-    return status
+    if unreadable:
+        print(f"{unreadable} of {len(args.files)} files unreadable", file=sys.stderr)
+        return EXIT_UNREADABLE
+    return 0
