@@ -23,7 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     where.add_argument("--endpoint", help=f"control socket (default {protocol.CONTROL_ENDPOINT})")
     where.add_argument("--config", metavar="FILE", help="take the endpoint from this config")
     parser.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait for a reply (default 5)"
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for a reply (default 5)",
     )
     parser.set_defaults(func=run)
 

@@ -29,7 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "too slowly for a line alert and is failed by the frame verdict",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated scan")
-    parser.add_argument("--rate", type=float, default=100.0, help="replay rate in lines/s")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, metavar="R", help="replay rate, lines/s (default 100)"
+    )
     parser.set_defaults(func=run)
 
 

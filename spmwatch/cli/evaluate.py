@@ -22,7 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--good", type=Path, required=True, help="folder of good .ibw scans")
     parser.add_argument("--bad", type=Path, required=True, help="folder of failed .ibw scans")
-    parser.add_argument("--model", type=Path, default=None, help="model (default: the shipped)")
+    parser.add_argument(
+        "--model", type=Path, metavar="PATH", help="classifier .skops file (default: the shipped)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument(
         "--synthetic",
@@ -40,7 +42,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic scans per fault kind for detection/delay (default 10)",
     )
     parser.add_argument("--no-cv", action="store_true", help="only apply the given model")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the generated scans and the estimators (default 0)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

@@ -24,7 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Subscribe to spmwatch.alert, apply the policy and publish each outcome on "
         "spmwatch.action. Without --config the built-in defaults apply.",
     )
-    parser.add_argument("--config", help="respond.toml (default: built-in defaults)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="respond.toml (default: built-in defaults)"
+    )
     parser.add_argument(
         "--dry-run", action="store_true", help="log the exact Igor commands, send nothing"
     )

@@ -24,7 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Subscribe to a spmwatch PUB socket and print each event; seq gaps are "
         "reported on stderr.",
     )
-    parser.add_argument("--endpoint", default=protocol.PUB_ENDPOINT, help="PUB socket to read")
+    parser.add_argument(
+        "--endpoint",
+        default=protocol.PUB_ENDPOINT,
+        help=f"PUB socket to read (default {protocol.PUB_ENDPOINT})",
+    )
     parser.add_argument(
         "--topic",
         action="append",
@@ -32,7 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="topic to follow (repeatable; default: all)",
     )
     parser.add_argument("--count", type=int, help="exit after this many events")
-    parser.add_argument("--timeout", type=float, help="exit 1 if this many seconds pass idle")
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help="exit 1 if this many seconds pass idle"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--secret-key", help="CURVE: this subscriber's NAME.key_secret")
     parser.add_argument("--server-key", help="CURVE: the publisher's public NAME.key")

@@ -30,7 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="synthetic labelled scans to add (default 1000)",
     )
     parser.add_argument("--out", type=Path, required=True, help="model path, e.g. models/NAME")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the generated scans and the estimators (default 0)",
+    )
     parser.add_argument(
         "--false-alarm",
         type=float,
