@@ -9,9 +9,12 @@ one `spmwatch.action` message per decision. The rules, in the order they are app
 2. seq gap: the first alert after a gap in seq (some alerts lost or reordered) is not acted on;
    a `resync` notice is published and the next alert is judged normally;
 3. stale: an alert older than `alert_ttl` seconds is logged and skipped;
-4. policy: kind x severity -> actions; notify_only just publishes a notice;
-5. debounce: at most one acting response per (scan, kind);
-6. rescan cap: at most `max_rescans_per_hour` rescans in any hour.
+4. saved frame: an alert from a saved .ibw (`origin` saved_frame) is only noted, because that
+   scan is over and an action would hit whatever the microscope does now (unless
+   `act_on_saved_frames`);
+5. policy: kind x severity -> actions; notify_only just publishes a notice;
+6. debounce: at most one acting response per (scan, kind) within `debounce_s`;
+7. rescan cap: at most `max_rescans_per_hour` rescans in any hour.
 
 The decision is written to the state file *before* Igor is touched, so a crash mid-action can
 at worst miss an action, never repeat one.
@@ -20,6 +23,7 @@ at worst miss an action, never repeat one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -33,7 +37,7 @@ import structlog
 import zmq
 
 from spmwatch import protocol
-from spmwatch.config import ConfigError, build, load_toml
+from spmwatch.config import ConfigError, build, check_bounds, load_toml
 from spmwatch.curve import configure_client
 from spmwatch.igor import IgorError, IgorLink, igor_name
 from spmwatch.model import EVENT_KINDS, SEVERITIES
@@ -148,6 +152,8 @@ class RespondSettings:
     confirm_interval: float = 0.3
     withdraw_control: str = "Withdraw_0"
     max_rescans_per_hour: int = 2
+    debounce_s: float = 3600.0
+    act_on_saved_frames: bool = False
     state_file: str = "~/.local/state/spmwatch/respond-state.json"
     heartbeat_interval: float = 1.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -160,13 +166,17 @@ class RespondSettings:
         for name in ("subscribe", "actions_endpoint"):
             if not getattr(self, name).startswith(_SCHEMES):
                 raise ValueError(f"{name} = {getattr(self, name)!r} must start with tcp://, ...")
-        for name in ("alert_ttl", "igor_timeout", "confirm_interval", "heartbeat_interval"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} = {getattr(self, name)!r} must be > 0")
-        if self.confirm_reads < 1:
-            raise ValueError(f"confirm_reads = {self.confirm_reads} must be >= 1")
-        if self.max_rescans_per_hour < 0:
-            raise ValueError(f"max_rescans_per_hour = {self.max_rescans_per_hour} must be >= 0")
+        check_bounds(
+            self,
+            above={
+                "alert_ttl": 0,
+                "igor_timeout": 0,
+                "confirm_interval": 0,
+                "heartbeat_interval": 0,
+                "debounce_s": 0,
+            },
+            at_least={"confirm_reads": 1, "max_rescans_per_hour": 0},
+        )
         if not self.state_file:
             raise ValueError("state_file must be set: it is what stops a restart acting twice")
         igor_name(self.withdraw_control, "withdraw_control")
@@ -225,14 +235,15 @@ def parse_alert(payload: Mapping[str, Any]) -> IncomingAlert:
 
 
 class ResponderState:
-    """Handled alerts, acted-on (scan, kind) pairs and rescan times, saved atomically as JSON."""
+    """Handled alerts, acted-on (scan, kind) pairs with their times and rescan times, saved
+    atomically as JSON."""
 
     KEEP = 2000  # enough for hours of alerts; old entries cannot come back over PUB/SUB
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.handled: dict[str, None] = {}  # insertion-ordered sets
-        self.acted: dict[str, None] = {}
+        self.acted: dict[str, float] = {}  # debounce key -> when it was acted on
         self.rescans: list[float] = []
 
     @classmethod
@@ -241,7 +252,10 @@ class ResponderState:
         try:
             data = json.loads(state.path.read_text(encoding="utf-8"))
             state.handled = dict.fromkeys(str(k) for k in data["handled"])
-            state.acted = dict.fromkeys(str(k) for k in data["acted"])
+            acted = data["acted"]
+            # a list: a state file from before the debounce expired (time unknown, so expired)
+            pairs = acted.items() if isinstance(acted, dict) else ((k, 0.0) for k in acted)
+            state.acted = {str(k): float(t) for k, t in pairs}
             state.rescans = [float(t) for t in data["rescans"]]
         except FileNotFoundError:
             pass
@@ -255,7 +269,7 @@ class ResponderState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "handled": list(self.handled)[-self.KEEP :],
-            "acted": list(self.acted)[-self.KEEP :],
+            "acted": dict(list(self.acted.items())[-self.KEEP :]),
             "rescans": self.rescans,
         }
         temporary = self.path.with_name(self.path.name + ".tmp")
@@ -316,17 +330,28 @@ class Responder:
             why = f"stale: alert is {age:.1f} s old, alert_ttl is {self.settings.alert_ttl:g} s"
             log.warning("alert_stale", scan_id=alert.scan_id, seq=alert.seq, age=round(age, 3))
             return [self._notice(alert, "skip", why)]
+        saved = alert.payload.get("origin") == protocol.SAVED_FRAME
+        if saved and not self.settings.act_on_saved_frames:
+            self.state.save()
+            why = (
+                "saved frame: that scan is over, an action now would hit whatever the microscope "
+                "does next (act_on_saved_frames = true to act)"
+            )
+            return [self._notice(alert, "notify_only", why, outcome="ok")]
         actions = self.settings.policy.actions_for(alert.kind, alert.severity)
         if actions == ("notify_only",):
             self.state.save()
             why = f"policy for {alert.severity} {alert.kind} is notify_only"
             return [self._notice(alert, "notify_only", why, outcome="ok")]
         debounce = f"{alert.stream}|{alert.scan_id}|{alert.kind}"
-        if debounce in self.state.acted:
+        now = self.clock()
+        if now - self.state.acted.get(debounce, -math.inf) < self.settings.debounce_s:
             self.state.save()
             why = f"debounced: already acted on {alert.kind} in scan {alert.scan_id}"
             return [self._notice(alert, "skip", why)]
-        self.state.acted[debounce] = None
+        # a scan name used again after debounce_s is a new scan: act, and move it to the end
+        self.state.acted.pop(debounce, None)
+        self.state.acted[debounce] = now
         self.state.save()  # before touching Igor: at most once, even across a crash
         return [self._act(action, alert) for action in actions]
 

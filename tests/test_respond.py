@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,18 @@ class Harness:
             dry_run=True, state_file=str(tmp_path / "state.json"), **overrides
         )
         self.published: list[tuple[str | None, dict[str, Any]]] = []
+        self.now = time.time()  # the responder's clock; alert_payload stamps with time.time()
         self.restart()
 
     def restart(self) -> None:
         state = respond.ResponderState.load(self.settings.state_file)
         link = IgorLink(self.settings.igor_timeout, dry_run=True)
         self.responder = respond.Responder(
-            self.settings, link, lambda scan, fields: self.published.append((scan, fields)), state
+            self.settings,
+            link,
+            lambda scan, fields: self.published.append((scan, fields)),
+            state,
+            clock=lambda: self.now,
         )
 
     def handle(self, payload: dict[str, Any]) -> list[tuple[str, str]]:
@@ -102,6 +108,31 @@ def test_high_tip_change_stops_and_withdraws_once_per_scan(tmp_path: Path) -> No
     # another kind in the same scan, and the same kind in another scan, still act
     assert h.handle(alert_payload(2, kind="dropout")) == [("stop_scan", "ok")]
     assert h.handle(alert_payload(3, scan_id="scanB")) == [("stop_scan", "ok"), ("withdraw", "ok")]
+
+
+def test_debounce_ends_after_debounce_s_so_a_reused_scan_name_acts_again(tmp_path: Path) -> None:
+    h = Harness(tmp_path, debounce_s=600.0, alert_ttl=1e9)
+    assert h.handle(alert_payload(0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    h.now += 599.0
+    assert h.handle(alert_payload(1)) == [("skip", "skipped")]
+    h.restart()  # the acted-on time survives a restart
+    assert h.handle(alert_payload(2)) == [("skip", "skipped")]
+    h.now += 2.0  # 601 s after the action: the same name is a new scan
+    assert h.handle(alert_payload(3)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    h.now += 599.0  # and the new action starts a new debounce
+    assert h.handle(alert_payload(4)) == [("skip", "skipped")]
+
+
+def test_alerts_from_saved_frames_are_noted_not_acted_on(tmp_path: Path) -> None:
+    saved = {**alert_payload(0), "origin": "saved_frame"}
+    h = Harness(tmp_path)
+    assert h.handle(saved) == [("notify_only", "ok")]
+    assert h.published[-1][1]["igor_commands"] == []
+    assert "saved frame" in h.published[-1][1]["reason"]
+    # it does not use up the debounce: a live alert of that scan still acts
+    assert h.handle(alert_payload(1)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    h = Harness(tmp_path / "acting", act_on_saved_frames=True)
+    assert h.handle(saved) == [("stop_scan", "ok"), ("withdraw", "ok")]
 
 
 def test_notify_only_does_not_use_up_the_debounce(tmp_path: Path) -> None:
