@@ -58,6 +58,20 @@ _FIRST_LINES_HELD = 1024  # room reserved for an open scan's lines at first; it 
 _LIVE_SECTIONS = ("scoring", "model", "logging", "daemon")
 
 
+def _as_stored(
+    lines: ChannelStatsAccumulator, frame: FrameScores
+) -> ChannelStatsAccumulator | dict[str, np.ndarray]:
+    """The scan's lines in the order a saved .ibw stores them (by line index), so a finished
+    scan's verdict is the one `spmwatch score` gives its file: some frame statistics (the
+    entropy's sample lines, the first against the last third) depend on the order, and a
+    top-down scan arrives last index first. Lines that came in index order stay as they are."""
+    index = np.fromiter((score.index for score in frame.lines), np.int64, len(frame.lines))
+    if len(index) != lines.n_lines or bool(np.all(index[1:] >= index[:-1])):
+        return lines
+    order = np.argsort(index, kind="stable")
+    return {name: rows[order] for name, rows in lines.channels().items()}
+
+
 class StartupError(RuntimeError):
     """The daemon cannot start (model unusable, address in use); the text says why."""
 
@@ -532,7 +546,7 @@ class Daemon:
             self.metrics.open_scans.set(len(self._scans))
         self._held_bytes -= scan.count * scan.row_bytes
         frame = scan.scorer.finish()
-        verdict = self._verdict(frame, scan.lines, finished=True)
+        verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=True)
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)
 
     def _on_frame_file(self, item: FrameFile) -> None:
