@@ -219,6 +219,14 @@ class Daemon:
             curve=(s.curve.server_secret_key, s.curve.authorized_keys) if s.curve.enabled else None,
             name=s.daemon.name or socket.gethostname(),
         )
+        for key, endpoint, risk in s.exposed():
+            log.warning(
+                "endpoint_exposed",
+                key=key,
+                endpoint=endpoint,
+                reason=f"listens beyond this machine without authentication: anyone who reaches "
+                f"it can {risk} (docs/responder.md, CURVE)",
+            )
         self.control = ControlServer(s.control.endpoint, self.command)
         self._bind(self.publisher.start, "publish.endpoint", s.publish.endpoint)
         self._bind(self.control.start, "control.endpoint", s.control.endpoint)

@@ -6,6 +6,7 @@ every socket user import the names from here instead of repeating strings. JSON 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -25,6 +26,21 @@ LINES_ENDPOINT = "tcp://127.0.0.1:5561"
 CONTROL_ENDPOINT = "tcp://127.0.0.1:5562"
 ACTIONS_ENDPOINT = "tcp://127.0.0.1:5563"
 METRICS_ADDRESS = "127.0.0.1:9560"
+
+
+def is_local(endpoint: str) -> bool:
+    """Whether a ZeroMQ endpoint can only be reached from this machine: ipc://, inproc:// or a
+    loopback tcp:// address. A host name or an interface name counts as reachable."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
 
 TOPIC_ALERT = "spmwatch.alert"
 TOPIC_FRAME = "spmwatch.frame"

@@ -159,6 +159,18 @@ class Settings:
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
 
+    def exposed(self) -> list[tuple[str, str, str]]:
+        """(key, endpoint, what anyone reaching it can do) for each socket that listens beyond
+        this machine without CURVE (which covers the PUB socket only), for a warning at start."""
+        found = []
+        if not protocol.is_local(self.publish.endpoint) and not self.curve.enabled:
+            found.append(("publish.endpoint", self.publish.endpoint, "read every alert"))
+        if self.lines.enabled and not protocol.is_local(self.lines.endpoint):
+            found.append(("lines.endpoint", self.lines.endpoint, "push lines: forge scans"))
+        if not protocol.is_local(self.control.endpoint):
+            found.append(("control.endpoint", self.control.endpoint, "pause the daemon"))
+        return found
+
 
 def load_settings(path: str | Path) -> Settings:
     """Read and check a config file; every problem is a ConfigError naming the file and key."""

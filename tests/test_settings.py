@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from spmwatch import protocol
 from spmwatch.config import ConfigError, load_toml
-from spmwatch.settings import Settings, load_settings
+from spmwatch.settings import (
+    ControlSettings,
+    CurveSettings,
+    LinesSettings,
+    PublishSettings,
+    Settings,
+    load_settings,
+)
 from tests.daemon_helpers import REPO
 
 SHIPPED = REPO / "config" / "spmwatch.toml"
@@ -85,3 +93,41 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_settings(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    "endpoint,local",
+    [
+        ("tcp://127.0.0.1:5560", True),
+        ("tcp://127.5.6.7:1", True),
+        ("tcp://localhost:5560", True),
+        ("tcp://[::1]:5560", True),
+        ("ipc:///run/spmwatch/pub", True),
+        ("inproc://x", True),
+        ("tcp://0.0.0.0:5560", False),
+        ("tcp://*:5560", False),
+        ("tcp://192.168.1.20:5560", False),
+        ("tcp://eth0:5560", False),
+        ("tcp://afm-pc.lab:5560", False),
+    ],
+)
+def test_is_local(endpoint: str, local: bool) -> None:
+    assert protocol.is_local(endpoint) is local
+
+
+def test_sockets_beyond_the_machine_without_authentication_are_named() -> None:
+    assert Settings().exposed() == []
+    wide = Settings(
+        publish=PublishSettings(endpoint="tcp://0.0.0.0:5560"),
+        lines=LinesSettings(endpoint="tcp://*:5561"),
+        control=ControlSettings(endpoint="tcp://192.168.1.2:5562"),
+    )
+    assert [key for key, _, _ in wide.exposed()] == [
+        "publish.endpoint",
+        "lines.endpoint",
+        "control.endpoint",
+    ]
+    # CURVE covers the PUB socket, and a switched-off line socket listens nowhere
+    curve = CurveSettings(enabled=True, server_secret_key="k", authorized_keys="d")
+    covered = dataclasses.replace(wide, curve=curve, lines=LinesSettings(enabled=False))
+    assert [key for key, _, _ in covered.exposed()] == ["control.endpoint"]

@@ -91,3 +91,20 @@ def test_subscribe_prints_readable_lines_and_times_out() -> None:
     finally:
         daemon.close()
         context.term()
+
+
+def test_proxy_refuses_to_republish_an_encrypted_stream_in_plain_text() -> None:
+    proxy = _spmwatch(
+        "proxy",
+        "--connect",
+        "tcp://127.0.0.1:5560",
+        "--bind",
+        "tcp://0.0.0.0:5570",
+        "--secret-key",
+        "proxy.key_secret",
+        "--daemon-key",
+        "daemon.key",
+    )
+    out, err = proxy.communicate(timeout=60)
+    assert proxy.returncode == 2, out + err
+    assert "plain text" in err and "--authorized-keys" in err

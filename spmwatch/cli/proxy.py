@@ -15,6 +15,7 @@ import threading
 import zmq
 
 from spmwatch.curve import CurveError, configure_client, configure_server
+from spmwatch.protocol import is_local
 
 PROXY_ENDPOINT = "tcp://127.0.0.1:5570"
 
@@ -43,6 +44,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.daemon_key or args.authorized_keys) and not args.secret_key:
         print("spmwatch proxy: CURVE options need --secret-key", file=sys.stderr)
+        return 2
+    if args.daemon_key and not args.authorized_keys and not is_local(args.bind):
+        print(
+            f"spmwatch proxy: the daemons' stream is encrypted (--daemon-key), but {args.bind} "
+            "would republish it in plain text to anyone on the network: give --authorized-keys, "
+            "or bind to a loopback address",
+            file=sys.stderr,
+        )
         return 2
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
