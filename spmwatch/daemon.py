@@ -358,6 +358,7 @@ class Daemon:
                     recursive=s.watch.recursive,
                     existing=s.watch.existing,
                     settle=s.watch.settle,
+                    give_up=s.watch.incomplete_after,
                     seen=SeenFiles(Path(s.watch.state_file) if s.watch.state_file else None),
                 )
             )

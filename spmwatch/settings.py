@@ -31,10 +31,11 @@ class WatchSettings:
     recursive: bool = False
     existing: bool = False
     settle: float = 1.0
+    incomplete_after: float = 30.0
     state_file: str = ""
 
     def __post_init__(self) -> None:
-        check_bounds(self, at_least={"settle": 0})
+        check_bounds(self, at_least={"settle": 0}, above={"incomplete_after": 0})
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("daemon")
     watched = tmp / "watched"
     watched.mkdir()
-    run = _start(tmp, f'[watch]\nfolders = ["{watched}"]\nsettle = 0.2\n')
+    run = _start(tmp, f'[watch]\nfolders = ["{watched}"]\nsettle = 0.2\nincomplete_after = 2.0\n')
     run.folder = watched
     yield run
     run.sub.close()
@@ -177,6 +177,23 @@ def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
     assert frame["verdict"] == "fail" and frame["lines"] == LINES
     alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id=frame["scan_id"])
     assert len(alerts) == 1 and alerts[0]["origin"] == "saved_frame"
+
+
+def test_a_file_left_incomplete_is_reported_after_incomplete_after(running: Running) -> None:
+    pytest.importorskip("spmwatch.sources.folder")
+    from spmwatch.synth import write
+
+    whole = write(_good("stuck-1"), running.folder.parent / "stuck-1.ibw").read_bytes()
+    (running.folder / "stuck-1.ibw").write_bytes(whole[: len(whole) // 2])
+
+    def reported() -> list[dict]:
+        errors = running.daemon.logged("source_error")
+        return [e for e in errors if str(e.get("subject", "")).endswith("stuck-1.ibw")]
+
+    # [watch] incomplete_after = 2.0 in this daemon's config (the default is 30 s)
+    error = wait_for(reported, 20)[0]
+    assert "still incomplete after 2 s unchanged" in error["reason"]
+    assert running.sub.of(protocol.TOPIC_FRAME, file="stuck-1.ibw") == []
 
 
 def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Running) -> None:
