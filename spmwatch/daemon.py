@@ -723,12 +723,14 @@ class Daemon:
         try:
             new = load_settings(self.config_path)
         except ConfigError as exc:
-            log.error("config_reload_failed", error=str(exc))
+            log.error("config_reload_failed", error=str(exc), kept="the running config")
             return
         old = self.settings
         reply = self.reload_model(new.model.path)
         if not reply.get("ok", True):
-            log.error("config_reload_failed", error="model: " + reply["error"])
+            log.error(
+                "config_reload_failed", error="model: " + reply["error"], kept="the running config"
+            )
             return
         fixed = {
             f.name: getattr(old, f.name)

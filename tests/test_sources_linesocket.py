@@ -16,7 +16,7 @@ from sources_helpers import Collector, test_line, wait_for
 
 from spmwatch.model import Line, LineBlock
 from spmwatch.protocol import EndOfScan, encode_line
-from spmwatch.sources.linesocket import LineReceiver, LineSender
+from spmwatch.sources.linesocket import LineReceiver, LineSender, reason_key
 
 TESTS = Path(__file__).resolve().parent
 ANY_PORT = "tcp://127.0.0.1:*"
@@ -222,3 +222,14 @@ def test_busy_port_fails_at_start(receiver: tuple[LineReceiver, Collector]) -> N
     other = LineReceiver(recv.endpoint, Collector())
     with pytest.raises(OSError, match="cannot bind the line socket"):
         other.start()
+
+
+def test_reason_keys_group_by_kind_and_stay_readable() -> None:
+    """Reasons are metrics labels: values out (so they group), whole words, a bounded length."""
+    a = reason_key("scan_id '../etc' must be 1-64 characters of letters, digits, '.', '-' or '_'")
+    b = reason_key("scan_id 'x y' must be 1-64 characters of letters, digits, '.', '-' or '_'")
+    assert a == b == "scan_id ? must be ? characters of letters, digits, ?, ? or ?"
+    text = "meta: " + "values must be JSON numbers " * 5
+    long = reason_key(text)
+    assert len(long) <= 80 and long.endswith(" ...")
+    assert text.startswith(long[: -len(" ...")] + " ")  # cut between words

@@ -35,12 +35,16 @@ from spmwatch.sources import Counters, Sink, SourceThread
 MAX_OPEN_SCANS = 16
 _POLL_MS = 100
 RECEIVE_HWM = 256
-_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?")
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?(-\d+(\.\d+)?)?")  # 1-64: one value
+REASON_CHARS = 80  # a reason key (a metrics label) is cut at a word boundary before this
 
 
 def reason_key(text: str) -> str:
     """Reduce an error text to its kind, so counts group by reason rather than by value."""
-    return _VALUES.sub("?", text)[:80]
+    key = _VALUES.sub("?", text)
+    if len(key) > REASON_CHARS:
+        key = key[: REASON_CHARS - 4].rsplit(" ", 1)[0] + " ..."
+    return key
 
 
 @dataclass
