@@ -9,15 +9,21 @@ accepts only the clients whose public `*.key` files sit in its authorised-keys f
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+log = structlog.get_logger("spmwatch.curve")
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -82,14 +88,32 @@ def authorized_keys(directory: str | Path) -> frozenset[bytes]:
     return keys
 
 
-class _KeySet:
-    """ZAP credentials provider: allow exactly the given client keys."""
+REFUSED_LOG_INTERVAL = 60.0  # s: a refused client retries every ~0.1 s; log it once a minute
 
-    def __init__(self, keys: frozenset[bytes]) -> None:
+
+class _KeySet:
+    """ZAP credentials provider: allow exactly the given client keys, and log who is refused
+    (otherwise a subscriber with a wrong key just hears nothing, and nobody can tell why)."""
+
+    def __init__(self, keys: frozenset[bytes], clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
+        self._clock = clock
+        self._logged: dict[bytes, float] = {}
 
     def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys
+        if key in self.keys:
+            return True
+        now = self._clock()
+        if now - self._logged.get(key, -math.inf) >= REFUSED_LOG_INTERVAL:
+            if len(self._logged) > 1000:  # keys from a scan of the port: bound the memory
+                self._logged.clear()
+            self._logged[key] = now
+            log.warning(
+                "curve_client_refused",
+                client_key=z85.encode(key).decode("ascii"),
+                reason="its public key is not in the authorised-keys folder",
+            )
+        return False
 
 
 def configure_server(

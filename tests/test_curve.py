@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import structlog
 import zmq
 from responder_helpers import wait_for
+from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
 from spmwatch import curve
@@ -112,3 +114,19 @@ def test_keys_command_writes_a_pair(tmp_path: Path) -> None:
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert again.returncode == 2
     assert "already exists" in again.stderr
+
+
+def test_a_refused_client_is_logged_once_a_minute() -> None:
+    now = [0.0]
+    keys = curve._KeySet(frozenset({b"k" * 32}), clock=lambda: now[0])
+    stranger = b"s" * 32
+    with structlog.testing.capture_logs() as logs:
+        assert keys.callback("*", b"k" * 32) is True
+        assert keys.callback("*", stranger) is False
+        now[0] += 30.0
+        assert keys.callback("*", stranger) is False  # retries within the minute: no new line
+        now[0] += 31.0
+        assert keys.callback("*", stranger) is False
+    refused = [e for e in logs if e["event"] == "curve_client_refused"]
+    assert len(refused) == 2
+    assert refused[0]["client_key"] == z85.encode(stranger).decode("ascii")
