@@ -576,6 +576,8 @@ class Daemon:
 
     def _score_frame_file(self, item: FrameFile) -> None:
         frame = score_scan(item.scan, self.settings.scoring)
+        self._lines_scored("folder").inc(frame.n_lines)
+        self._count("lines_scored", n=frame.n_lines)
         verdict = self._verdict(frame, item.scan.channels, finished=True)
         scan_id = item.scan.scan_id
         if frame.alert is not None:

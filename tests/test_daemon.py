@@ -175,6 +175,8 @@ def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
     frame = wait_for(lambda: running.sub.of(protocol.TOPIC_FRAME, file="saved-1.ibw"), 30)[0]
     assert frame["origin"] == "saved_frame" and frame["source"] == "folder"
     assert frame["verdict"] == "fail" and frame["lines"] == LINES
+    metrics = urllib.request.urlopen(f"http://{running.endpoints['metrics']}/metrics").read()
+    assert b'spmwatch_lines_scored_total{source="folder"}' in metrics  # its lines count too
     alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id=frame["scan_id"])
     assert len(alerts) == 1 and alerts[0]["origin"] == "saved_frame"
 
