@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 import threading
@@ -298,3 +300,36 @@ def test_unsavable_state_file_is_reported_and_watching_goes_on(
     assert "state file not saved" in sink.errors[0].reason
     assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 5)
     assert len(sink.frames) == 1 and watcher.running
+
+
+def test_a_new_mtime_on_the_same_bytes_is_not_a_new_frame(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    """touch, a sync tool or a restore re-stamps files: scored again, they repeated alerts."""
+    state = tmp_path / "seen.json"
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    start(watcher, stop_after)
+    first = make_scan(lines=4, points=8, seed=1, scan_id="a")
+    (watched / "a.ibw").write_bytes(ibw_bytes(tmp_path, first))
+    assert wait_for(lambda: len(sink.frames) == 1)
+    assert wait_for(lambda: state.exists() and "a.ibw" in state.read_text())
+    later = time.time() + 5
+    os.utime(watched / "a.ibw", (later, later))
+    assert wait_for(lambda: watcher.counters.snapshot().get("unchanged", 0) == 1)
+    assert len(sink.frames) == 1
+    # the same size with other bytes is a new frame
+    second = make_scan(lines=4, points=8, seed=2, scan_id="a")
+    blob = ibw_bytes(tmp_path, second)
+    assert len(blob) == (watched / "a.ibw").stat().st_size
+    (watched / "a.ibw").write_bytes(blob)
+    assert wait_for(lambda: len(sink.frames) == 2)
+    assert_same_scan(sink.frames[1].scan, second)
+
+
+def test_a_version_1_state_file_is_still_read(tmp_path: Path) -> None:
+    state = tmp_path / "seen.json"
+    state.write_text(json.dumps({"v": 1, "files": {str(tmp_path / "a.ibw"): [10, 20]}}))
+    seen = SeenFiles(state)
+    assert seen.load_error is None and (tmp_path / "a.ibw", (10, 20)) in seen
+    assert seen.digest_of(tmp_path / "a.ibw", 10) is None  # no digest: a re-stamp is re-read

@@ -2,8 +2,9 @@
 
 watchdog events make pick-up prompt, but they are only a hint: a periodic rescan catches
 whatever they miss (network shares, overflowed event queues, a folder that was away), and the
-`SeenFiles` registry of (path, size, mtime) keeps every frame to one delivery, across
-restarts too when it persists to a state file.
+`SeenFiles` registry of (path, size, mtime, content digest) keeps every frame to one
+delivery, across restarts too when it persists to a state file: a new mtime with the same
+bytes (`touch`, a sync tool, a backup restore) is not a new frame.
 
 A frame enters the registry only when the consumer acknowledges it (`FrameFile.done`, after
 its verdict is published); until then it is "in flight" and the rescan leaves it alone. So a
@@ -14,6 +15,7 @@ crash between hand-over and verdict costs at most one repeat after the restart, 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import queue
@@ -35,7 +37,7 @@ from spmwatch.sources.readiness import Broken, Readiness, Ready, Stamp, stamp_of
 
 # Entries kept in the registry; the oldest are forgotten beyond this (their files are old news).
 MAX_SEEN = 100_000
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 1: [size, mtime_ns] per file, read as entries without a digest
 
 
 def is_ibw(path: str | Path) -> bool:
@@ -45,6 +47,15 @@ def is_ibw(path: str | Path) -> bool:
 def read_frame(path: Path) -> Scan:
     """Read a saved frame under a scan id that is safe on the wire and in file names."""
     return read_scan(path, scan_id=safe_scan_id(path.stem))
+
+
+def content_digest(path: Path) -> str:
+    """A digest of the file's bytes: what tells a new frame from the same bytes re-stamped."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class SeenFiles:
@@ -58,7 +69,7 @@ class SeenFiles:
     def __init__(self, state_file: str | Path | None = None) -> None:
         self.state_file = Path(state_file) if state_file is not None else None
         self._lock = threading.Lock()
-        self._seen: dict[str, Stamp] = {}
+        self._seen: dict[str, tuple[int, int, str | None]] = {}  # size, mtime_ns, digest
         self.load_error: str | None = None
         if self.state_file is not None and self.state_file.exists():
             self._load(self.state_file)
@@ -66,24 +77,34 @@ class SeenFiles:
     def _load(self, path: Path) -> None:
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(state, dict) or state.get("v") != _STATE_VERSION:
-                raise ValueError(f"not a version {_STATE_VERSION} spmwatch state file")
-            self._seen = {str(p): (int(s[0]), int(s[1])) for p, s in state["files"].items()}
+            if not isinstance(state, dict) or state.get("v") not in (1, _STATE_VERSION):
+                raise ValueError(f"not a version 1 or {_STATE_VERSION} spmwatch state file")
+            self._seen = {
+                str(p): (int(e[0]), int(e[1]), str(e[2]) if len(e) > 2 and e[2] else None)
+                for p, e in state["files"].items()
+            }
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             self.load_error = f"state file {path} ignored: {exc}"
 
     def __contains__(self, item: tuple[Path, Stamp]) -> bool:
         path, stamp = item
         with self._lock:
-            return self._seen.get(str(path)) == stamp
+            entry = self._seen.get(str(path))
+        return entry is not None and entry[:2] == stamp
+
+    def digest_of(self, path: Path, size: int) -> str | None:
+        """The digest recorded for `path` when its recorded version had `size` bytes."""
+        with self._lock:
+            entry = self._seen.get(str(path))
+        return entry[2] if entry is not None and entry[0] == size else None
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def add(self, path: Path, stamp: Stamp) -> None:
+    def add(self, path: Path, stamp: Stamp, digest: str | None = None) -> None:
         with self._lock:
             self._seen.pop(str(path), None)  # re-insert: the dict's order is the age order
-            self._seen[str(path)] = stamp
+            self._seen[str(path)] = (*stamp, digest)
             while len(self._seen) > MAX_SEEN:
                 del self._seen[next(iter(self._seen))]
             if self.state_file is not None:
@@ -257,7 +278,13 @@ class FolderWatcher(SourceThread):
 
     def _record(self, path: Path, stamp: Stamp, report: bool = True) -> None:
         try:
-            self.seen.add(path, stamp)  # in memory even when the save fails
+            digest = content_digest(path)
+            if stamp_of(path.stat()) != stamp:  # rewritten meanwhile: the bytes are another's
+                digest = None
+        except OSError:
+            digest = None
+        try:
+            self.seen.add(path, stamp, digest)  # in memory even when the save fails
         except OSError as exc:
             if report:
                 self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
@@ -321,6 +348,19 @@ class FolderWatcher(SourceThread):
             (path, stamp) in self.seen or (path, stamp) in self._in_flight or path in self._deferred
         )
 
+    def _same_bytes(self, result: Ready) -> bool:
+        """A version whose bytes equal the recorded ones (only its mtime moved): recorded under
+        its new stamp, counted as `unchanged`, not handed over again."""
+        recorded = self.seen.digest_of(result.path, result.stamp[0])
+        try:
+            if recorded is None or content_digest(result.path) != recorded:
+                return False
+        except OSError:
+            return False
+        self.counters.add("unchanged")
+        self.seen.add(result.path, result.stamp, recorded)
+        return True
+
     def _deliver(self, result: Ready | Broken) -> None:
         if self._handled(result.path, result.stamp):
             return  # the rescan and an event raced to the same version
@@ -329,6 +369,8 @@ class FolderWatcher(SourceThread):
             self.counters.reject(result.kind)
             self._emit_error(str(result.path), result.reason)
             self._record(result.path, result.stamp)
+            return
+        if self._same_bytes(result):
             return
         self._in_flight.add((result.path, result.stamp))
         acknowledge = functools.partial(self._acknowledged, result.path, result.stamp)
