@@ -584,7 +584,7 @@ class Daemon:
             self._publish_alert(
                 frame.alert, verdict, scan_id, "folder", protocol.SAVED_FRAME, frame.n_lines
             )
-        self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.path.name)
+        self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.shown)
 
     def _redeliver_if_resumed(self) -> None:
         """Frames deferred while paused are asked for again from here, the thread that deferred

@@ -333,3 +333,15 @@ def test_a_version_1_state_file_is_still_read(tmp_path: Path) -> None:
     seen = SeenFiles(state)
     assert seen.load_error is None and (tmp_path / "a.ibw", (10, 20)) in seen
     assert seen.digest_of(tmp_path / "a.ibw", 10) is None  # no digest: a re-stamp is re-read
+
+
+def test_a_recursive_watch_names_frames_by_their_path_inside_the_folder(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    sink = TimedCollector()
+    start(FolderWatcher(watched, sink, recursive=True, settle=0.05), stop_after)
+    (watched / "day2").mkdir()
+    for where in (watched, watched / "day2"):  # Asylum's numbering restarts in a new folder
+        (where / "Image0001.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert wait_for(lambda: len(sink.frames) == 2)
+    assert sorted(f.shown for f in sink.frames) == ["Image0001.ibw", "day2/Image0001.ibw"]

@@ -40,6 +40,12 @@ class FrameFile:
     acknowledge: Callable[[bool], None] = field(
         default=_no_acknowledgement, compare=False, repr=False
     )
+    name: str = ""  # the path inside the watched folder ("sub/Image0001.ibw"); "" = path.name
+
+    @property
+    def shown(self) -> str:
+        """How messages name the file: the name alone would not tell two sub-folders apart."""
+        return self.name or self.path.name
 
     def done(self) -> None:
         """Its verdict (or its error) is published: the source may record it as handled."""
