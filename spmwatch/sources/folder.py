@@ -375,6 +375,7 @@ class FolderWatcher(SourceThread):
         self._in_flight.add((result.path, result.stamp))
         acknowledge = functools.partial(self._acknowledged, result.path, result.stamp)
         self._sink(FrameFile(result.path, result.scan, acknowledge, self._inner_name(result.path)))
+        self.counters.add("frames")
 
     def _inner_name(self, path: Path) -> str:
         """`path` inside the watched folder holding it, with / separators."""
@@ -383,7 +384,6 @@ class FolderWatcher(SourceThread):
             if path.is_relative_to(root):
                 return path.relative_to(root).as_posix()
         return path.name
-        self.counters.add("frames")
 
     def _start_observer(self, folder: _Folder) -> None:
         observer = Observer()
