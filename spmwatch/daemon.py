@@ -554,8 +554,11 @@ class Daemon:
             scan = self._scans.pop(scan_id)
             self.metrics.open_scans.set(len(self._scans))
         self._held_bytes -= scan.count * scan.row_bytes
-        frame = scan.scorer.finish()
-        verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=True)
+        # a scan cut by the daemon stopping is judged as a frame in progress: no partial_frame
+        # event and no stopped-early rule, since the microscope may well be scanning on
+        cut = closed_by == "shutdown"
+        frame = scan.scorer.frame() if cut else scan.scorer.finish()
+        verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=not cut)
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)
 
     def _on_frame_file(self, item: FrameFile) -> None:

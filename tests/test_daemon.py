@@ -20,7 +20,7 @@ from spmwatch import protocol
 from spmwatch.assess import assess
 from spmwatch.classify.classifier import load_default
 from spmwatch.model import Scan
-from spmwatch.scoring.scorer import score_scan
+from spmwatch.scoring.scorer import ScanScorer, score_scan
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.synth import clean_scan, failing_scan
 from tests.daemon_helpers import (
@@ -298,6 +298,13 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     try:
         scans = [_good(f"drain-{i}") for i in range(3)]
         sent = sum(send_scan(run.endpoints["lines"], scan, end=False) for scan in scans)
+        cut = _good("cut-by-stop")  # half sent, then the daemon stops under it
+        rows = {k: v[: LINES // 2] for k, v in cut.channels.items()}
+        half = dataclasses.replace(cut, channels=rows)
+        with LineSender(run.endpoints["lines"], linger=10.0) as sender:
+            for line in half.lines(source="test"):
+                sender.send(dataclasses.replace(line, n_lines=LINES))
+        sent += LINES // 2
         wait_for(
             lambda: (
                 json.loads(ctl(run.endpoints["control"], "status").stdout)["sources"]["socket"][
@@ -318,6 +325,16 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     for scan in scans:
         assert run.sub.of(protocol.TOPIC_FRAME, scan_id=scan.scan_id)
     assert run.daemon.logged("stopped")
+    # the daemon, not the scan, ended it: judged on its lines so far, not failed as stopped
+    (frame,) = run.sub.of(protocol.TOPIC_FRAME, scan_id="cut-by-stop")
+    assert frame["closed_by"] == "shutdown" and frame["partial"] is True
+    assert frame["lines"] == LINES // 2 and frame["expected_lines"] == LINES
+    assert [e["kind"] for e in frame["events"]] == []
+    scorer = ScanScorer("cut-by-stop", list(half.channels), half.n_points, LINES)
+    for line in half.lines():
+        scorer.push(line)
+    so_far = load_default().verdict(scorer.frame(), half.channels, finished=False)
+    assert frame["probability"] == so_far.to_dict()["probability"] < 1.0
 
 
 def test_sighup_reloads_config(tmp_path: Path) -> None:
