@@ -17,6 +17,7 @@ from spmwatch.classify.features import channel_features, feature_names, frame_ve
 from spmwatch.classify.train import (
     choose_rule,
     family_of,
+    progress,
     thresholds,
     train_model,
 )
@@ -275,3 +276,11 @@ def test_a_finished_frame_whose_scan_alerted_fails_but_the_alert_keeps_the_model
     clean_frame = score_scan(clean)
     assert clean_frame.alert is None
     assert loaded.predict_proba(clean_frame, clean) < 1.0
+
+
+def test_progress_bars_work_without_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    """train and evaluate show bars unless --quiet; tqdm was once missing from the
+    dependencies, and every test ran quiet, so a user's first `spmwatch train` crashed."""
+    assert list(progress(range(5), "scans")) == list(range(5))
+    assert "scans" in capsys.readouterr().err
+    assert progress([1, 2], "scans", quiet=True) == [1, 2]
