@@ -219,26 +219,6 @@ class IgorLink:
 
         return self._call(f"read {key}", round_trip)
 
-    def stop_scan(self) -> list[str]:
-        return self.send(stop_scan_command())
-
-    def withdraw(self, control: str) -> list[str]:
-        return self.send(withdraw_command(control))
-
-    def rescan(
-        self,
-        direction: Direction = "down",
-        setpoint: float | None = None,
-        integral_gain: float | None = None,
-        scan_rate: float | None = None,
-        base_name: str | None = None,
-        setpoint_kind: SetpointKind = "amplitude",
-    ) -> list[str]:
-        lines = rescan_commands(
-            direction, setpoint, integral_gain, scan_rate, base_name, setpoint_kind
-        )
-        return self.send(lines)
-
     def scan_status(self) -> float | None:
         """Igor's ScanStatus: non-zero while a frame is being scanned (None in dry-run)."""
         return self.read(STATUS_KEY)

@@ -39,7 +39,14 @@ import zmq
 from spmwatch import protocol
 from spmwatch.config import ConfigError, build, check_bounds, load_toml
 from spmwatch.curve import configure_client
-from spmwatch.igor import IgorError, IgorLink, igor_name
+from spmwatch.igor import (
+    IgorError,
+    IgorLink,
+    igor_name,
+    rescan_commands,
+    stop_scan_command,
+    withdraw_command,
+)
 from spmwatch.model import EVENT_KINDS, SEVERITIES
 from spmwatch.publish import Publisher
 from spmwatch.sdnotify import Notifier
@@ -265,7 +272,18 @@ class ResponderState:
         return state
 
     def save(self) -> None:
-        """Write to a temporary file, fsync, rename: a crash leaves the old or the new file."""
+        """Write to a temporary file, fsync, rename: a crash leaves the old or the new file.
+
+        A failure (disk full, permissions changed) is logged and the responder goes on: acting
+        with a stale state file risks a repeat after a crash, not acting risks a broken tip.
+        `serve` checks once at start that the file can be written at all."""
+        try:
+            self.write()
+        except OSError as exc:
+            log.error("state_file_not_saved", path=str(self.path), error=str(exc))
+
+    def write(self) -> None:
+        """`save`, raising OSError when the file cannot be written."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
             "handled": list(self.handled)[-self.KEEP :],
@@ -358,33 +376,34 @@ class Responder:
     def _act(self, action: Action, alert: IncomingAlert) -> dict[str, Any]:
         settings = self.settings
         expect: Callable[[float], bool] | None = None
-        commands: list[str] = []
-        try:
-            if action == "stop_scan":
-                commands = self.link.stop_scan()
-                expect = _stopped
-            elif action == "withdraw":
-                commands = self.link.withdraw(settings.withdraw_control)
-            else:
-                now = self.clock()
-                cap = settings.max_rescans_per_hour
-                if self.state.rescans_in_last_hour(now) >= cap:
-                    return self._notice(
-                        alert, "rescan", f"rescan cap reached: {cap} per hour", outcome="skipped"
-                    )
-                self.state.rescans.append(now)
-                self.state.save()
-                rescan = settings.rescan
-                commands = self.link.rescan(
-                    rescan.direction,
-                    setpoint=rescan.setpoint,
-                    integral_gain=rescan.integral_gain,
-                    scan_rate=rescan.scan_rate,
-                    base_name=rescan.base_name(alert.scan_id),
-                    setpoint_kind=rescan.setpoint_kind,
+        if action == "stop_scan":
+            commands = [stop_scan_command()]
+            expect = _stopped
+        elif action == "withdraw":
+            commands = [withdraw_command(settings.withdraw_control)]
+        else:
+            now = self.clock()
+            cap = settings.max_rescans_per_hour
+            if self.state.rescans_in_last_hour(now) >= cap:
+                return self._notice(
+                    alert, "rescan", f"rescan cap reached: {cap} per hour", outcome="skipped"
                 )
-                expect = _scanning
+            self.state.rescans.append(now)
+            self.state.save()
+            rescan = settings.rescan
+            commands = rescan_commands(
+                rescan.direction,
+                rescan.setpoint,
+                rescan.integral_gain,
+                rescan.scan_rate,
+                rescan.base_name(alert.scan_id),
+                rescan.setpoint_kind,
+            )
+            expect = _scanning
+        try:
+            self.link.send(commands)
         except IgorError as exc:
+            # the commands it tried go out with the failure: the operator can send them by hand
             log.error("igor_action_failed", action=action, scan_id=alert.scan_id, error=str(exc))
             return self._notice(alert, action, str(exc), outcome="failed", commands=commands)
         return self._confirm(action, alert, commands, expect)
@@ -490,6 +509,13 @@ def serve(
         sub.subscribe(protocol.TOPIC_ALERT.encode())
         sub.connect(settings.subscribe)
         state = ResponderState.load(settings.state_file)
+        try:
+            state.write()
+        except OSError as exc:
+            raise OSError(
+                f"state_file {state.path} cannot be written ({exc}): point state_file at a "
+                "writable place (the systemd unit: /var/lib/spmwatch-respond/state.json)"
+            ) from exc
 
         def emit(scan_id: str | None, fields: dict[str, Any]) -> None:
             publisher.publish(protocol.TOPIC_ACTION, scan_id, "responder", fields)

@@ -49,7 +49,7 @@ def test_bad_values_are_refused(call, message: str) -> None:
 def test_dry_run_returns_the_lines_and_reads_nothing() -> None:
     link = igor.IgorLink(timeout=1, dry_run=True)
     link.connect()  # no aespm import in dry-run
-    assert link.rescan("up", scan_rate=1.5) == [
+    assert link.send(igor.rescan_commands("up", scan_rate=1.5)) == [
         'ARExecuteControl("ScanRateSetVar_0","MasterPanel",1.5,"")',
         'ARExecuteControl("UpScan_0","MasterPanel",0,"")',
     ]

@@ -19,6 +19,9 @@ aespm = pytest.importorskip(
 
 from spmwatch import igor  # noqa: E402
 
+STOP = 'ARExecuteControl("StopScan_0","MasterPanel",0,"")'
+WITHDRAW = 'ARExecuteControl("Withdraw_0","MasterPanel",0,"")'
+
 pytestmark = pytest.mark.aespm
 
 
@@ -57,9 +60,9 @@ def test_our_command_strings_are_what_aespm_sends(fake: FakeIgor, action, value,
 def test_stop_withdraw_and_status_round_trips(fake: FakeIgor) -> None:
     link = igor.IgorLink(timeout=5)
     assert link.scan_status() == 1.0
-    assert link.stop_scan() == ['ARExecuteControl("StopScan_0","MasterPanel",0,"")']
+    assert link.send(igor.stop_scan_command()) == [STOP]
     assert link.scan_status() == 0.0
-    assert link.withdraw("Withdraw_0") == ['ARExecuteControl("Withdraw_0","MasterPanel",0,"")']
+    assert link.send(igor.withdraw_command("Withdraw_0")) == [WITHDRAW]
     assert fake.withdrawn
     assert fake.commands == [
         'ARExecuteControl("StopScan_0","MasterPanel",0,"")',
@@ -71,7 +74,7 @@ def test_stop_withdraw_and_status_round_trips(fake: FakeIgor) -> None:
 def test_rescan_sends_parameters_then_starts_the_frame_in_one_round_trip(fake: FakeIgor) -> None:
     fake.scanning = False
     link = igor.IgorLink(timeout=5)
-    sent = link.rescan("up", setpoint=0.35, integral_gain=8.0, scan_rate=0.5, base_name="retry_a")
+    sent = link.send(igor.rescan_commands("up", 0.35, 8.0, 0.5, "retry_a"))
     expected = [
         'PV("AmplitudeSetpointVolts", 0.35)',
         'ARExecuteControl("IntegralGainSetVar_0","MasterPanel",8.0,"")',
@@ -102,7 +105,7 @@ def test_igor_not_running_times_out_and_never_stacks_calls(fake: FakeIgor) -> No
     link = igor.IgorLink(timeout=0.3)
     started = time.monotonic()
     with pytest.raises(igor.IgorTimeout, match=r"within 0\.3 s"):
-        link.stop_scan()
+        link.send(igor.stop_scan_command())
     assert time.monotonic() - started < 3
     assert fake.hanging.is_set()
     with pytest.raises(igor.IgorTimeout, match="earlier Igor call"):
@@ -129,12 +132,12 @@ def test_missing_bat_is_reported_as_unavailable(
     monkeypatch.setattr(aespm.experiment, "Popen", subprocess.Popen)  # the real one
     fake.bat_file.unlink()
     with pytest.raises(igor.IgorUnavailable, match=r"SendToIgor\.bat"):
-        igor.IgorLink(timeout=5).stop_scan()
+        igor.IgorLink(timeout=5).send(igor.stop_scan_command())
 
 
 def test_dry_run_never_touches_aespm(fake: FakeIgor) -> None:
     link = igor.IgorLink(timeout=5, dry_run=True)
-    assert link.stop_scan() == ['ARExecuteControl("StopScan_0","MasterPanel",0,"")']
+    assert link.send(igor.stop_scan_command()) == [STOP]
     assert link.scan_status() is None
     assert fake.invocations == 0
     assert not fake.command_file.exists()

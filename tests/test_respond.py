@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import zmq
 from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
 
@@ -287,6 +288,26 @@ def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     out, _ = process.communicate(timeout=20)
     assert process.returncode == 2
     assert "dry_runn: unknown key" in out
+
+
+def test_an_unwritable_state_file_stops_the_start_not_the_first_alert(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config_file = tmp_path / "respond.toml"
+    config_file.write_text(f'state_file = "{(blocker / "state.json").as_posix()}"\n')
+    process = _start_responder(config_file)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert f"state_file {blocker / 'state.json'} cannot be written" in out
+    assert "responder_ready" not in out
+
+
+def test_a_state_file_that_stops_saving_does_not_stop_the_responder(tmp_path: Path) -> None:
+    h = Harness(tmp_path / "state")  # state_file = state/state.json, not written yet
+    (tmp_path / "state").write_text("")  # its folder is a file now: every save fails
+    with structlog.testing.capture_logs() as logs:
+        assert h.handle(alert_payload(0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    assert any(e["event"] == "state_file_not_saved" for e in logs)
 
 
 def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:

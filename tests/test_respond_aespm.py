@@ -90,7 +90,8 @@ class Recorder:
         )
 
     def handle(self, payload: dict[str, Any]) -> list[tuple[str, str, str]]:
-        return [(o["action"], o["outcome"], o["reason"]) for o in self.responder.handle(payload)]
+        self.outcomes = self.responder.handle(payload)
+        return [(o["action"], o["outcome"], o["reason"]) for o in self.outcomes]
 
 
 def test_igor_not_running_fails_the_action_and_the_responder_goes_on(
@@ -101,6 +102,8 @@ def test_igor_not_running_fails_the_action_and_the_responder_goes_on(
     (stop, withdraw) = recorder.handle(alert_payload(0, scan_id="scan1"))
     assert stop[:2] == ("stop_scan", "failed") and "no answer from Igor within 0.3 s" in stop[2]
     assert withdraw[:2] == ("withdraw", "failed") and "earlier Igor call" in withdraw[2]
+    # a failed action still names the commands it tried, for the operator to send by hand
+    assert [o["igor_commands"] for o in recorder.outcomes] == [[STOP], [WITHDRAW]]
     assert fake.invocations == 1
     fake.mode = "normal"
     fake.release()  # Igor is back
