@@ -232,7 +232,7 @@ class IgorLink:
             except Exception as exc:  # aespm imports IPython, matplotlib, Pyro5...: any may fail
                 raise IgorUnavailable(
                     f"cannot import aespm ({type(exc).__name__}: {exc}); "
-                    "install it with: pip install 'spmwatch[aespm]'"
+                    "install spmwatch with it: pip install '.[aespm]' in the spmwatch folder"
                 ) from exc
             self._module = aespm
         return self._module

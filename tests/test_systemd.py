@@ -15,8 +15,12 @@ import pytest
 
 from tests.daemon_helpers import REPO
 
-UNITS = ("spmwatch.service", "spmwatch-respond.service")
-INSTALLED = "/usr/local/bin/spmwatch"
+# each unit and where the install steps (docs/daemon.md) put its command
+INSTALLED = {
+    "spmwatch.service": "/opt/spmwatch/bin/spmwatch",
+    "spmwatch-respond.service": "/opt/spmwatch-respond/bin/spmwatch",
+}
+UNITS = tuple(INSTALLED)
 
 
 def _service(name: str) -> configparser.SectionProxy:
@@ -34,8 +38,8 @@ def test_units_verify(tmp_path: Path) -> None:
     paths = []
     for name in UNITS:
         text = (REPO / "systemd" / name).read_text()
-        assert INSTALLED in text
-        (tmp_path / name).write_text(text.replace(INSTALLED, str(stub)))
+        assert INSTALLED[name] in text
+        (tmp_path / name).write_text(text.replace(INSTALLED[name], str(stub)))
         paths.append(str(tmp_path / name))
     result = subprocess.run(
         ["systemd-analyze", "verify", *paths], capture_output=True, text=True, timeout=60
@@ -60,3 +64,8 @@ def test_service_contract(name: str) -> None:
 def test_daemon_unit_allows_the_jit() -> None:
     """numba compiles to executable memory: MemoryDenyWriteExecute would kill the daemon."""
     assert "MemoryDenyWriteExecute" not in _service("spmwatch.service")
+
+
+def test_the_linux_responder_unit_only_dry_runs() -> None:
+    """aespm drives Igor through a Windows .bat: on Linux the responder can only log."""
+    assert _service("spmwatch-respond.service")["ExecStart"].endswith(" --dry-run")
