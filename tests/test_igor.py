@@ -60,7 +60,8 @@ def test_dry_run_returns_the_lines_and_reads_nothing() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("aespm") is not None, reason="aespm is installed")
 def test_without_aespm_the_link_says_how_to_install_it() -> None:
-    with pytest.raises(igor.IgorUnavailable, match=r"pip install 'spmwatch\[aespm\]'"):
+    hint = r"pip install '\.\[aespm\]' in the spmwatch folder"
+    with pytest.raises(igor.IgorUnavailable, match=hint):
         igor.IgorLink(timeout=1).connect()
 
 
