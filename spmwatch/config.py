@@ -141,6 +141,14 @@ def check_bounds(
             raise ValueError(f"{low} = {a!r} must be <= {high} = {b!r}")
 
 
+def in_folder(folder: Path, value: str) -> str:
+    """A path from a config file, relative ones taken from the file's folder (not from wherever
+    the program was started: a service starts in /). Empty and ~ paths stay as they are."""
+    if not value or value.startswith("~") or Path(value).is_absolute():
+        return value
+    return str(folder / value)
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +37,7 @@ import structlog
 import zmq
 
 from spmwatch import protocol
-from spmwatch.config import ConfigError, build, check_bounds, load_toml
+from spmwatch.config import ConfigError, build, check_bounds, in_folder, load_toml
 from spmwatch.curve import configure_client
 from spmwatch.igor import (
     IgorError,
@@ -192,10 +192,22 @@ class RespondSettings:
 def load_respond_settings(path: str | Path) -> RespondSettings:
     """Read and check config/respond.toml; a problem is a ConfigError naming file and key."""
     try:
-        return build(RespondSettings, load_toml(path))
+        s = build(RespondSettings, load_toml(path))
     except ConfigError as exc:
         text = str(exc)
         raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+    folder = Path(path).absolute().parent  # relative paths are the config file's neighbours
+    curve = s.curve
+    return replace(
+        s,
+        state_file=in_folder(folder, s.state_file),
+        curve=replace(
+            curve,
+            secret_key=in_folder(folder, curve.secret_key),
+            daemon_public_key=in_folder(folder, curve.daemon_public_key),
+            authorized_keys=in_folder(folder, curve.authorized_keys),
+        ),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,12 @@ shipped file parses to exactly `Settings()`, so the two cannot drift. Values are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from spmwatch import protocol
-from spmwatch.config import ConfigError, build, check_bounds, load_toml
+from spmwatch.config import ConfigError, build, check_bounds, in_folder, load_toml
 from spmwatch.scoring.scorer import ScoringSettings
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
@@ -174,9 +174,26 @@ class Settings:
 
 
 def load_settings(path: str | Path) -> Settings:
-    """Read and check a config file; every problem is a ConfigError naming the file and key."""
+    """Read and check a config file; every problem is a ConfigError naming the file and key.
+    Relative paths in it are taken from the file's folder."""
     try:
-        return build(Settings, load_toml(path))
+        s = build(Settings, load_toml(path))
     except ConfigError as exc:
         text = str(exc)
         raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+    folder = Path(path).absolute().parent
+    return replace(
+        s,
+        watch=replace(
+            s.watch,
+            folders=tuple(Path(in_folder(folder, str(f))) for f in s.watch.folders),
+            state_file=in_folder(folder, s.watch.state_file),
+        ),
+        scope=replace(s.scope, buffer_dir=in_folder(folder, s.scope.buffer_dir)),
+        model=replace(s.model, path=in_folder(folder, s.model.path)),
+        curve=replace(
+            s.curve,
+            server_secret_key=in_folder(folder, s.curve.server_secret_key),
+            authorized_keys=in_folder(folder, s.curve.authorized_keys),
+        ),
+    )

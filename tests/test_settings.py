@@ -131,3 +131,21 @@ def test_sockets_beyond_the_machine_without_authentication_are_named() -> None:
     curve = CurveSettings(enabled=True, server_secret_key="k", authorized_keys="d")
     covered = dataclasses.replace(wide, curve=curve, lines=LinesSettings(enabled=False))
     assert [key for key, _, _ in covered.exposed()] == ["control.endpoint"]
+
+
+def test_relative_paths_are_taken_from_the_config_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service starts in /: `path = "mymodel.skops"` used to mean /mymodel.skops there."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    (folder / "spmwatch.toml").write_text(
+        '[model]\npath = "models/mine.skops"\n[watch]\nfolders = ["scans", "/abs"]\n'
+        'state_file = "~/seen.json"\n'
+    )
+    monkeypatch.chdir(tmp_path)  # anywhere else
+    s = load_settings(folder / "spmwatch.toml")
+    assert s.model.path == str(folder / "models" / "mine.skops")
+    assert s.watch.folders == (folder / "scans", Path("/abs"))
+    assert s.watch.state_file == "~/seen.json"  # ~ is the user's home, as written
+    assert load_settings(REPO / "config" / "spmwatch.toml").model.path == ""  # shipped model
