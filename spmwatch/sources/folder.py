@@ -358,7 +358,7 @@ class FolderWatcher(SourceThread):
         except OSError:
             return False
         self.counters.add("unchanged")
-        self.seen.add(result.path, result.stamp, recorded)
+        self._record(result.path, result.stamp)  # the new stamp (a save error is reported)
         return True
 
     def _deliver(self, result: Ready | Broken) -> None:
