@@ -41,6 +41,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 
 
+def load_file(cls: type[T], path: str | Path) -> T:
+    """`build(cls, load_toml(path))`, every ConfigError naming the file."""
+    try:
+        return build(cls, load_toml(path))
+    except ConfigError as exc:
+        text = str(exc)
+        raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+
+
 def build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     """Make a `cls` from a TOML table, checking every key against the dataclass fields."""
     if not isinstance(data, Mapping):

@@ -492,9 +492,10 @@ class Daemon:
         if rest:  # lines after a scan's end start a new scan of that id
             self._on_lines(rest)
 
-    def _tally(self, source: str, n: int) -> None:
+    def _tally(self, source: str, n: int, received: bool = True) -> None:
+        """n lines of `source` scored (and received: live lines; a saved frame's were read)."""
         self._lines_scored(source).inc(n)
-        self._count("lines_received", "lines_scored", n=n)
+        self._count(*(("lines_received",) if received else ()), "lines_scored", n=n)
 
     def _close_or_evict(self, scan: _OpenScan, scan_id: str) -> None:
         if scan.count >= scan.scorer.expected_lines:
@@ -579,15 +580,14 @@ class Daemon:
 
     def _score_frame_file(self, item: FrameFile) -> None:
         frame = score_scan(item.scan, self.settings.scoring)
-        self._lines_scored("folder").inc(frame.n_lines)
-        self._count("lines_scored", n=frame.n_lines)
+        self._tally("folder", frame.n_lines, received=False)
         verdict = self._verdict(frame, item.scan.channels, finished=True)
         scan_id = item.scan.scan_id
         if frame.alert is not None:
             self._publish_alert(
                 frame.alert, verdict, scan_id, "folder", protocol.SAVED_FRAME, frame.n_lines
             )
-        self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.shown)
+        self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.name)
 
     def _redeliver_if_resumed(self) -> None:
         """Frames deferred while paused are asked for again from here, the thread that deferred

@@ -37,7 +37,7 @@ import structlog
 import zmq
 
 from spmwatch import protocol
-from spmwatch.config import ConfigError, build, check_bounds, in_folder, load_toml
+from spmwatch.config import check_bounds, in_folder, load_file
 from spmwatch.curve import configure_client
 from spmwatch.igor import (
     IgorError,
@@ -191,11 +191,7 @@ class RespondSettings:
 
 def load_respond_settings(path: str | Path) -> RespondSettings:
     """Read and check config/respond.toml; a problem is a ConfigError naming file and key."""
-    try:
-        s = build(RespondSettings, load_toml(path))
-    except ConfigError as exc:
-        text = str(exc)
-        raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+    s = load_file(RespondSettings, path)
     folder = Path(path).absolute().parent  # relative paths are the config file's neighbours
     curve = s.curve
     return replace(

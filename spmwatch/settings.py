@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from spmwatch import protocol
-from spmwatch.config import ConfigError, build, check_bounds, in_folder, load_toml
+from spmwatch.config import check_bounds, in_folder, load_file
 from spmwatch.scoring.scorer import ScoringSettings
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
@@ -176,11 +176,7 @@ class Settings:
 def load_settings(path: str | Path) -> Settings:
     """Read and check a config file; every problem is a ConfigError naming the file and key.
     Relative paths in it are taken from the file's folder."""
-    try:
-        s = build(Settings, load_toml(path))
-    except ConfigError as exc:
-        text = str(exc)
-        raise ConfigError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
+    s = load_file(Settings, path)
     folder = Path(path).absolute().parent
     return replace(
         s,

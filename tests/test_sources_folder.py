@@ -344,4 +344,4 @@ def test_a_recursive_watch_names_frames_by_their_path_inside_the_folder(
     for where in (watched, watched / "day2"):  # Asylum's numbering restarts in a new folder
         (where / "Image0001.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
     assert wait_for(lambda: len(sink.frames) == 2)
-    assert sorted(f.shown for f in sink.frames) == ["Image0001.ibw", "day2/Image0001.ibw"]
+    assert sorted(f.name for f in sink.frames) == ["Image0001.ibw", "day2/Image0001.ibw"]

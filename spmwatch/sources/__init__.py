@@ -37,15 +37,12 @@ class FrameFile:
 
     path: Path
     scan: Scan
+    # how messages name the file: its path inside the watched folder ("day2/Image0001.ibw"),
+    # since the file name alone does not tell two sub-folders apart
+    name: str
     acknowledge: Callable[[bool], None] = field(
         default=_no_acknowledgement, compare=False, repr=False
     )
-    name: str = ""  # the path inside the watched folder ("sub/Image0001.ibw"); "" = path.name
-
-    @property
-    def shown(self) -> str:
-        """How messages name the file: the name alone would not tell two sub-folders apart."""
-        return self.name or self.path.name
 
     def done(self) -> None:
         """Its verdict (or its error) is published: the source may record it as handled."""

@@ -374,7 +374,7 @@ class FolderWatcher(SourceThread):
             return
         self._in_flight.add((result.path, result.stamp))
         acknowledge = functools.partial(self._acknowledged, result.path, result.stamp)
-        self._sink(FrameFile(result.path, result.scan, acknowledge, self._inner_name(result.path)))
+        self._sink(FrameFile(result.path, result.scan, self._inner_name(result.path), acknowledge))
         self.counters.add("frames")
 
     def _inner_name(self, path: Path) -> str:
