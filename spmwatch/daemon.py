@@ -237,7 +237,8 @@ class Daemon:
             self._bind(source.start, f"{source.name} source", getattr(source, "endpoint", ""))
             self.sources.append(source)
         self._started = time.monotonic()
-        status = f"scoring; model {self._model_name()}; warm-up {warm:.2f} s"
+        model = self._model_identity()
+        status = f"scoring; model {model['model']} ({model['model_sha256']}); warm-up {warm:.2f} s"
         # Everything loaded so far (numba, sklearn, the model) lives as long as the process:
         # out of the collector's sight, a full collection no longer walks it mid-scan.
         gc.freeze()
@@ -245,7 +246,7 @@ class Daemon:
         log.info(
             "ready",
             warm_up_s=round(warm, 3),
-            model=self._model_name(),
+            **model,
             publish=self.publisher.bound_endpoint,
             control=s.control.endpoint,
             metrics=s.metrics.address or None,
@@ -700,7 +701,7 @@ class Daemon:
             ]
         return {
             "paused": self._paused,
-            "model": self._model_name(),
+            **self._model_identity(),
             "uptime": round(time.monotonic() - self._started, 3),
             "counters": self._snapshot_counts(),
             "open_scans": scans,
@@ -714,11 +715,12 @@ class Daemon:
         try:
             model = load_model(path)
         except ModelError as exc:
-            log.error("model_reload_failed", error=str(exc), kept=self._model_name())
-            return {"ok": False, "error": str(exc), "model": self._model_name()}
+            kept = self._model_identity()
+            log.error("model_reload_failed", error=str(exc), kept=kept["model"])
+            return {"ok": False, "error": str(exc), **kept}
         self.model = model
-        log.info("model_loaded", model=self._model_name())
-        return {"model": self._model_name()}
+        log.info("model_loaded", **self._model_identity())
+        return self._model_identity()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and the model; on any error keep both as they are."""
@@ -748,7 +750,7 @@ class Daemon:
             logs.setup_logging(new.logging.level, new.logging.format, None, LOG_FLUSH_INTERVAL)
         if needs_restart:
             log.warning("config_needs_restart", sections=needs_restart)
-        log.info("config_reloaded", path=str(self.config_path), model=self._model_name())
+        log.info("config_reloaded", path=str(self.config_path), **self._model_identity())
 
     # -- counters ---------------------------------------------------------------------------------
 
@@ -761,13 +763,15 @@ class Daemon:
         with self._lock:
             return dict(self._counts)
 
-    def _model_name(self) -> str:
-        return getattr(self.model, "name", "none")
+    def _model_identity(self) -> dict[str, Any]:
+        if self.model is None:
+            return {"model": "none", "model_sha256": None, "threshold": None}
+        return self.model.identity()
 
     def _heartbeat(self) -> dict[str, Any]:
         return {
             "counters": self._snapshot_counts(),
-            "model": self._model_name(),
+            **self._model_identity(),
             "paused": self._paused,
             "open_scans": len(self._scans),
             "queue": len(self._inbox),

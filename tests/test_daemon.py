@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import signal
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import zmq
 
 from spmwatch import protocol
 from spmwatch.assess import assess
-from spmwatch.classify.classifier import load_default
+from spmwatch.classify.classifier import default_model_path, load_default
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import ScanScorer, score_scan
 from spmwatch.sources.linesocket import LineSender
@@ -227,7 +228,16 @@ def test_ctl_status_pause_resume(running: Running) -> None:
     result = ctl(running.endpoints["control"], "status")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert status["ok"] and status["paused"] is False and status["model"]
+    assert status["ok"] and status["paused"] is False
+    shipped = json.loads(default_model_path().with_suffix(".json").read_text())
+    identity = {
+        "model": "default",
+        "model_sha256": shipped["model_sha256"][:12],
+        "threshold": shipped["threshold"],
+    }
+    assert {key: status[key] for key in identity} == identity
+    beat = wait_for(lambda: running.sub.of(protocol.TOPIC_HEARTBEAT))[-1]
+    assert {key: beat[key] for key in identity} == identity
     assert status["counters"]["lines_scored"] >= 0 and status["uptime"] > 0
 
     assert json.loads(ctl(running.endpoints["control"], "pause").stdout)["paused"] is True
@@ -351,6 +361,21 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         failed = wait_for(lambda: run.daemon.logged("config_reload_failed"), 30)
         assert "lines.bogus: unknown key" in failed[0]["error"]
         assert failed[0]["kept"] == "the running config"
+
+        # a copy of the shipped model with its threshold edited: status shows which is live
+        edited = tmp_path / "edited"
+        edited.mkdir()
+        shipped = default_model_path()
+        shutil.copy(shipped, edited / "default.skops")
+        sidecar = json.loads(shipped.with_suffix(".json").read_text())
+        sidecar["threshold"] = 0.75
+        (edited / "default.json").write_text(json.dumps(sidecar))
+        config.write_text(text + '[model]\npath = "edited/default.skops"\n')
+        run.daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: len(run.daemon.logged("config_reloaded")) == 2, 30)
+        status = json.loads(ctl(run.endpoints["control"], "status").stdout)
+        assert status["threshold"] == 0.75
+        assert status["model_sha256"] == sidecar["model_sha256"][:12]
 
         moved = text.replace(run.endpoints["control"], "tcp://127.0.0.1:1")
         config.write_text(moved)

@@ -241,6 +241,18 @@ class Classifier:
         self.name = path.stem
         self.linear = LinearSigmoid.extract(estimator)  # the fast path, when it applies
 
+    def identity(self) -> dict[str, Any]:
+        """Which model decides: its name, the start of its file's SHA-256 and its threshold.
+
+        The name alone cannot tell a retrained `default` from the shipped one, nor show a
+        threshold edited in the sidecar; status, heartbeats and the logs carry all three.
+        """
+        return {
+            "model": self.name,
+            "model_sha256": str(self.sidecar["model_sha256"])[:12],
+            "threshold": self.threshold,
+        }
+
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
         """Load and verify `path` (a .skops file with its .json sidecar); ModelError if unusable."""
