@@ -472,6 +472,15 @@ class Daemon:
             now = time.perf_counter()
             for received in done:
                 observe(now - received)
+            for score in scores:
+                if score.flagged:  # rare; at debug level the log shows every line that counted
+                    log.debug(
+                        "line_flagged",
+                        scan_id=first.scan_id,
+                        line=score.index,
+                        score=round(score.score, 2),
+                        kind=score.kind,
+                    )
             if behind:
                 self.publisher.shed_lines(len(scores))
             elif publish_lines:
@@ -663,6 +672,7 @@ class Daemon:
             lines=frame.n_lines,
             closed_by=closed_by,
             file=file,
+            events=[f"{e.kind} {e.start}-{e.end}" for e in frame.events],
         )
 
     def _error(self, source: str, scan_id: str | None, subject: str, reason: str) -> None:

@@ -110,7 +110,21 @@ def test_failing_scan_gives_one_alert_then_the_frame(running: Running) -> None:
         found = running.sub.of(protocol.TOPIC_LINE, scan_id="fail-1")
         return found if len(found) == LINES else None
 
-    assert any(line["flagged"] for line in wait_for(every_line_score))
+    flagged = [line["line"] for line in wait_for(every_line_score) if line["flagged"]]
+    assert flagged
+    # at debug level the log names each flagged line; the frame's log line names its events
+    said = wait_for(
+        lambda: [
+            e["line"] for e in running.daemon.logged("line_flagged") if e["scan_id"] == "fail-1"
+        ]
+    )
+    assert sorted(said) == sorted(flagged)
+    frame_log = wait_for(
+        lambda: [e for e in running.daemon.logged("frame") if e["scan_id"] == "fail-1"]
+    )
+    assert frame_log[0]["events"] == [
+        f"{e['kind']} {e['start']}-{e['end']}" for e in frame["events"]
+    ]
     # the log and the metrics say how long the daemon took from the alert line to the alert
     logged = wait_for(
         lambda: [e for e in running.daemon.logged("alert") if e["seq"] == alert["seq"]]
@@ -196,6 +210,13 @@ def test_a_file_left_incomplete_is_reported_after_incomplete_after(running: Runn
     # [watch] incomplete_after = 2.0 in this daemon's config (the default is 30 s)
     error = wait_for(reported, 20)[0]
     assert "still incomplete after 2 s unchanged" in error["reason"]
+    # the wait itself was logged once, before the report
+    waits = [
+        e
+        for e in running.daemon.logged("file_incomplete_waiting")
+        if e["file"].endswith("stuck-1.ibw")
+    ]
+    assert len(waits) == 1 and waits[0]["broken_after_s"] == 2.0 and waits[0]["reason"]
     assert running.sub.of(protocol.TOPIC_FRAME, file="stuck-1.ibw") == []
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from stat import S_ISDIR
 
+import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
@@ -34,6 +35,8 @@ from spmwatch.model import Scan
 from spmwatch.protocol import safe_scan_id
 from spmwatch.sources import Counters, FrameFile, Sink, SourceThread
 from spmwatch.sources.readiness import Broken, Readiness, Ready, Stamp, stamp_of
+
+log = structlog.get_logger("spmwatch.sources")
 
 # Entries kept in the registry; the oldest are forgotten beyond this (their files are old news).
 MAX_SEEN = 100_000
@@ -331,7 +334,8 @@ class FolderWatcher(SourceThread):
             return
         if baseline:
             self.seen.add(resolved, stamp)
-        else:
+        elif resolved not in self._readiness:
+            log.debug("file_seen", file=str(resolved), size=stamp[0])
             self._readiness.add(resolved)
 
     def _inside(self, path: Path) -> bool:
@@ -358,6 +362,7 @@ class FolderWatcher(SourceThread):
         except OSError:
             return False
         self.counters.add("unchanged")
+        log.debug("file_unchanged", file=str(result.path), reason="same bytes, new timestamp")
         self._record(result.path, result.stamp)  # the new stamp (a save error is reported)
         return True
 

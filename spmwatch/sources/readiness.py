@@ -14,8 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from spmwatch.ibw import IbwError, IncompleteError, check_complete
 from spmwatch.model import Scan
+
+log = structlog.get_logger("spmwatch.sources")
 
 Stamp = tuple[int, int]  # (size, mtime_ns): what "this version of the file" means
 
@@ -43,6 +47,7 @@ class Broken:
 class _Pending:
     stamp: Stamp
     stable_since: float
+    told_incomplete: bool = False  # this version's wait was logged
 
 
 class Readiness:
@@ -73,6 +78,9 @@ class Readiness:
     def __len__(self) -> int:
         return len(self._pending)
 
+    def __contains__(self, path: Path) -> bool:
+        return path in self._pending
+
     def poll_all(self) -> list[Ready | Broken]:
         """Check every candidate once; the ones returned (and vanished files) are dropped."""
         return [result for path in list(self._pending) if (result := self.poll(path))]
@@ -96,7 +104,7 @@ class Readiness:
         now = self._clock()
         stamp = stamp_of(path.stat())
         if stamp != pending.stamp:
-            pending.stamp, pending.stable_since = stamp, now
+            pending.stamp, pending.stable_since, pending.told_incomplete = stamp, now, False
             if self.settle > 0:
                 return None
         unchanged_for = now - pending.stable_since
@@ -111,6 +119,14 @@ class Readiness:
             if unchanged_for >= self.give_up:
                 reason = f"still incomplete after {unchanged_for:.0f} s unchanged: {exc.reason}"
                 return Broken(path, stamp, exc.kind, reason)
+            if not pending.told_incomplete:  # said once, so a stuck copy is not a mystery
+                pending.told_incomplete = True
+                log.info(
+                    "file_incomplete_waiting",
+                    file=str(path),
+                    reason=exc.reason,
+                    broken_after_s=self.give_up,
+                )
             return None
         except IbwError as exc:
             return Broken(path, stamp, exc.kind, exc.reason)
