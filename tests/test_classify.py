@@ -37,7 +37,8 @@ def folders(tmp_path_factory) -> tuple[Path, Path]:
         synth.write(synth.clean_scan(100 + i, 48, 64), good / f"Clean{'AB'[i % 2]}_{i:04d}.ibw")
         kind = ("tip_change", "dropout", "tracking_loss")[i % 3]
         scan, _ = synth.failing_scan(seed=200 + i, lines=48, points=64, fault=kind, at=0.4)
-        synth.write(scan, bad / f"Fault{'AB'[i % 2]}_{i:04d}.ibw")
+        # long family names, as users' folders have: the console table must print them whole
+        synth.write(scan, bad / f"FaultOnALongSampleName{'AB'[i % 2]}_{i:04d}.ibw")
     return good, bad
 
 
@@ -216,6 +217,8 @@ def test_evaluate_writes_summary_plot_and_table(folders, model: Path, tmp_path: 
     assert {"accuracy", "precision", "recall", "f1", "auroc", "pr_auc", "latency_ms"} <= set(header)
     splits = {r.split(",")[0] for r in rows[1:]}
     assert {"given", "lofo", "synthetic:tip_change", "synthetic:clean"} <= splits
+    printed = {line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()}
+    assert splits <= printed  # the console table prints every split's name whole
     assert (out / "roc_pr.png").stat().st_size > 1000
     table = (out / "per_file.csv").read_text().splitlines()
     assert sum(1 for line in table if line.startswith("given,")) == 12

@@ -86,11 +86,10 @@ def run(args: argparse.Namespace) -> int:
         "detection_rate",
         "median_delay_lines",
     )
-    print("  ".join(f"{k:>12}" if k not in ("split", "model") else f"{k:<24}"[:24] for k in shown))
-    for row in rows:
-        cells = [
-            f"{row[k]!s:<24}"[:24] if k in ("split", "model") else f"{row[k]!s:>12}" for k in shown
-        ]
+    # names left-aligned as wide as the longest (family names are the user's folder names)
+    width = {k: max(len(k), *(len(str(row[k])) for row in rows)) for k in ("split", "model")}
+    for row in [dict(zip(shown, shown, strict=True)), *rows]:
+        cells = [f"{row[k]!s:<{width[k]}}" if k in width else f"{row[k]!s:>12}" for k in shown]
         print("  ".join(cells))
     print(f"wrote {args.out / 'summary.csv'}, per_file.csv, roc_pr.png")
     return 0
