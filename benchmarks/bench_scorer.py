@@ -90,7 +90,7 @@ def _loop_lag(hist, head, pair_t, pair_r, lags, reach, work, reps):
     for _ in range(reps):
         for p in range(pair_t.shape[0]):
             t, r = hist[head, pair_t[p]], hist[head, pair_r[p]]
-            acc += K.best_lag(t, r, lags[p] - reach, lags[p] + reach)
+            acc += K.best_lag(t, r, lags[p] - reach, lags[p] + reach, work[8])
     return acc
 
 

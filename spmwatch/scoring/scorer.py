@@ -278,7 +278,8 @@ class ScanState:
         self.fft_tw = _fft_tables(points)
         # the running log spectrum, then the excess over it of the last ring_lines - 1 lines
         self.spec_base = np.zeros((max(settings.ring_lines, 1), max(self.fft_tw.shape[1], 1)))
-        self.work = np.zeros((10, max(points, settings.window, n_ch, 8)))
+        lag_scratch = K.lag_scratch_size(points, settings.lag_max)  # row 8 in the lag step
+        self.work = np.zeros((10, max(points, settings.window, n_ch, 8, lag_scratch)))
         n_iwork = max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH + points)
         self.iwork = np.zeros(n_iwork, dtype=np.int64)  # lag median, scar grid
         self.raw = np.zeros(layout.n_raw)
