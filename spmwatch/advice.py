@@ -1,28 +1,38 @@
-"""What the daemon suggests doing about an alert, by kind and severity.
+"""The default response to an alert, by kind and severity: one table for both ends.
 
-Only a suggestion carried in each spmwatch.alert: the responder's own policy decides what it
-really does. The table is deliberately conservative: stopping the scan is cheap, a crashed tip
-is not; withdrawing is kept for signs the tip is no longer tracking the surface at all.
+The responder's default policy (`respond.PolicySettings`, listed in config/respond.toml) is
+this table, and each spmwatch.alert carries its strongest action as the suggestion, so a
+dashboard never suggests what the default responder would not do. A tip that has changed or
+lost tracking only gets worse while the scan runs: stop at medium (the alert rule already
+needs several lines of evidence) and also withdraw at high. Ringing and dropouts stop the scan
+at high; streaks and stopped frames are notices (a streak is often debris that moves on).
 """
 
 from __future__ import annotations
 
-ACTIONS: tuple[str, ...] = ("notify_only", "rescan", "stop_scan", "withdraw")
+from spmwatch.model import SEVERITIES
 
-# kind -> (low, medium, high)
-_TABLE: dict[str, tuple[str, str, str]] = {
-    "tip_change": ("notify_only", "stop_scan", "stop_scan"),
-    "streak": ("notify_only", "notify_only", "rescan"),
-    "tracking_loss": ("notify_only", "stop_scan", "withdraw"),
-    "oscillation": ("notify_only", "rescan", "stop_scan"),
-    "dropout": ("stop_scan", "stop_scan", "withdraw"),
-    "partial_frame": ("notify_only", "notify_only", "notify_only"),
+ACTIONS: tuple[str, ...] = ("notify_only", "rescan", "stop_scan", "withdraw")  # weakest first
+
+_NOTICE = ("notify_only",)
+_STOP = ("stop_scan",)
+_STOP_AND_WITHDRAW = ("stop_scan", "withdraw")
+
+# kind -> actions at (low, medium, high), run in the order listed
+DEFAULT_POLICY: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "tip_change": (_NOTICE, _STOP, _STOP_AND_WITHDRAW),
+    "streak": (_NOTICE, _NOTICE, _NOTICE),
+    "tracking_loss": (_NOTICE, _STOP, _STOP_AND_WITHDRAW),
+    "oscillation": (_NOTICE, _NOTICE, _STOP),
+    "dropout": (_NOTICE, _NOTICE, _STOP),
+    "partial_frame": (_NOTICE, _NOTICE, _NOTICE),
 }
-_SEVERITY = {"low": 0, "medium": 1, "high": 2}
 
 
 def suggested_action(kind: str, severity: str) -> str:
-    """The table's action; an unknown kind or severity gets stop_scan, the safe choice."""
-    row = _TABLE.get(kind)
-    level = _SEVERITY.get(severity)
-    return "stop_scan" if row is None or level is None else row[level]
+    """The strongest action of the default policy; stop_scan, the safe choice, for a kind or
+    severity the table does not know."""
+    row = DEFAULT_POLICY.get(kind)
+    if row is None or severity not in SEVERITIES:
+        return "stop_scan"
+    return max(row[SEVERITIES.index(severity)], key=ACTIONS.index)

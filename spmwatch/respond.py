@@ -37,6 +37,7 @@ import structlog
 import zmq
 
 from spmwatch import protocol
+from spmwatch.advice import DEFAULT_POLICY
 from spmwatch.config import check_bounds, in_folder, load_file
 from spmwatch.curve import configure_client
 from spmwatch.igor import (
@@ -87,23 +88,24 @@ class SeverityActions:
             _check_actions(severity, getattr(self, severity))
 
 
-# A tip that has changed or lost tracking only gets worse while the scan runs: stop at medium
-# (the alert rule already needs several lines of evidence), and also withdraw at high.
-_STOP_AND_WITHDRAW = partial(SeverityActions, medium=("stop_scan",), high=("stop_scan", "withdraw"))
-_STOP = partial(SeverityActions, high=("stop_scan",))
+def _default(kind: str) -> Callable[[], SeverityActions]:
+    """The default actions for `kind`: the table in spmwatch.advice, which the daemon's
+    suggested actions come from too."""
+    return partial(SeverityActions, *DEFAULT_POLICY[kind])
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """By default a tip change or tracking loss stops the scan from medium severity on, ringing
-    and dropouts at high; streaks and stopped frames are notices."""
+    """By default a tip change or tracking loss stops the scan from medium severity on (and
+    withdraws at high), ringing and dropouts stop it at high; streaks and stopped frames are
+    notices (spmwatch.advice.DEFAULT_POLICY)."""
 
-    tip_change: SeverityActions = field(default_factory=_STOP_AND_WITHDRAW)
-    streak: SeverityActions = field(default_factory=SeverityActions)
-    tracking_loss: SeverityActions = field(default_factory=_STOP_AND_WITHDRAW)
-    oscillation: SeverityActions = field(default_factory=_STOP)
-    dropout: SeverityActions = field(default_factory=_STOP)
-    partial_frame: SeverityActions = field(default_factory=SeverityActions)
+    tip_change: SeverityActions = field(default_factory=_default("tip_change"))
+    streak: SeverityActions = field(default_factory=_default("streak"))
+    tracking_loss: SeverityActions = field(default_factory=_default("tracking_loss"))
+    oscillation: SeverityActions = field(default_factory=_default("oscillation"))
+    dropout: SeverityActions = field(default_factory=_default("dropout"))
+    partial_frame: SeverityActions = field(default_factory=_default("partial_frame"))
 
     def actions_for(self, kind: str, severity: str) -> tuple[Action, ...]:
         return getattr(getattr(self, kind), severity)

@@ -23,8 +23,9 @@ import zmq
 from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
 
 from spmwatch import config, respond
+from spmwatch.advice import ACTIONS, suggested_action
 from spmwatch.igor import IgorLink
-from spmwatch.model import EVENT_KINDS
+from spmwatch.model import EVENT_KINDS, SEVERITIES
 
 ROOT = Path(__file__).resolve().parents[1]
 STOP = 'ARExecuteControl("StopScan_0","MasterPanel",0,"")'
@@ -43,6 +44,21 @@ def test_shipped_config_is_exactly_the_defaults() -> None:
 def test_policy_covers_every_alert_kind() -> None:
     names = {f.name for f in dataclasses.fields(respond.PolicySettings)}
     assert names == set(EVENT_KINDS)
+
+
+def test_an_alert_suggests_what_the_default_responder_does() -> None:
+    """The alert's `action` is the strongest action the default policy runs (a dashboard
+    said "rescan" for streaks the default responder only noted)."""
+    policy = respond.PolicySettings()
+    for kind in EVENT_KINDS:
+        for severity in SEVERITIES:
+            actions = policy.actions_for(kind, severity)
+            suggested = suggested_action(kind, severity)
+            assert suggested in actions, (kind, severity)
+            assert all(ACTIONS.index(a) <= ACTIONS.index(suggested) for a in actions)
+    assert suggested_action("tip_change", "high") == "withdraw"
+    assert suggested_action("streak", "high") == "notify_only"
+    assert suggested_action("unheard_of", "high") == "stop_scan"
 
 
 @pytest.mark.parametrize(
