@@ -28,9 +28,16 @@ def score_record(path: str, frame: FrameScores, verdict: Verdict) -> dict[str, o
         "model": verdict.model,
         "alert": None
         if alert is None
-        else {"line": alert.line, "kind": alert.kind, "severity": alert.severity},
+        else {
+            "line": alert.line,
+            "position": alert.position,
+            "kind": alert.kind,
+            "severity": alert.severity,
+            "score": round(alert.score, 3),
+        },
+        # a flagged line's kind shows which rule of the alert it counted for
         "lines": [
-            {"index": s.index, "score": round(s.score, 3), "flagged": s.flagged}
+            {"index": s.index, "score": round(s.score, 3), "flagged": s.flagged, "kind": s.kind}
             for s in frame.lines
         ],
         "events": [e.to_dict() for e in frame.events],

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from spmwatch import synth
 from spmwatch.ibw import write_scan
 from spmwatch.scoring.scorer import synthetic_scan
 from tests import scoring_helpers as faults
@@ -52,6 +53,11 @@ def test_score_json_good_bad_and_unreadable(tmp_path: Path) -> None:
     assert ok["verdict"] == "pass" and ok["alert"] is None and len(ok["lines"]) == 128
     assert failed["verdict"] == "fail" and failed["alert"]["kind"] == "dropout"
     assert failed["alert"]["line"] in rows.tolist()
+    # the alert as the daemon publishes it (position, score), each line with its kind
+    alert_line = failed["lines"][failed["alert"]["position"]]
+    assert alert_line["index"] == failed["alert"]["line"] and alert_line["kind"] == "dropout"
+    assert failed["alert"]["score"] > 0
+    assert all((line["kind"] is None) == (not line["flagged"]) for line in failed["lines"])
     assert any(e["kind"] == "dropout" for e in failed["events"])
     assert failed["channels"] == list(bad.channels)
 
@@ -62,3 +68,11 @@ def test_score_human_output(tmp_path: Path) -> None:
     done = spmwatch("score", str(tmp_path / "a.ibw"))
     assert done.returncode == 0, done.stderr
     assert "fail" in done.stdout and "tracking_loss" in done.stdout
+    assert "fail at >= 0.60, model default" in done.stdout  # what the verdict was judged by
+    # a stopped frame: the partial_frame row counts the lines never saved
+    cut, _ = synth.failing_scan(seed=4, lines=128, points=64, fault="partial_frame", at=0.5)
+    synth.write(cut, tmp_path / "cut.ibw")
+    done = spmwatch("score", str(tmp_path / "cut.ibw"))
+    missing = cut.expected_lines - cut.n_lines
+    row = next(line for line in done.stdout.splitlines() if "partial_frame" in line)
+    assert f"{missing} lines not saved" in row and "high" in row  # half the frame is missing

@@ -54,7 +54,8 @@ def _human(record: dict[str, object]) -> str:
     flagged = sum(1 for line in lines if line["flagged"])
     alert = record["alert"]
     out = [
-        f"{record['file']}: {record['verdict']} (p={record['probability']:.2f}), "
+        f"{record['file']}: {record['verdict']} (p={record['probability']:.2f}, fail at "
+        f">= {record['threshold']:.2f}, model {record['model']}), "
         f"{len(lines)} lines, {flagged} flagged, alert: "
         + ("none" if alert is None else f"line {alert['line']} {alert['kind']} {alert['severity']}")
     ]
@@ -64,7 +65,13 @@ def _human(record: dict[str, object]) -> str:
         out.append(f"  {'kind':<14}{'start':>6}{'end':>6}  {'severity':<8}{'score':>8}")
         for e in events:
             span = f"{e['start']:>6}{e['end']:>6}"
-            out.append(f"  {e['kind']:<14}{span}  {e['severity']:<8}{e['score']:>8.2f}")
+            # a partial_frame's score is the number of lines that never came, not a z
+            score = (
+                f"{e['score']:>8.0f} lines not saved"
+                if e["kind"] == "partial_frame"
+                else f"{e['score']:>8.2f}"
+            )
+            out.append(f"  {e['kind']:<14}{span}  {e['severity']:<8}{score}")
     return "\n".join(out)
 
 
