@@ -1,10 +1,10 @@
-"""A scored frame for a person: one PNG, the score record as JSON, and a per-line flag mask.
+"""A scored frame for a person: one PNG, the score record as JSON, and a per-line event mask.
 
 Why: an alert is only trusted when a microscopist can check at a glance where it fired and
 what the lines looked like there. The PNG puts the channels, the trace-minus-retrace residual
 and the per-line score side by side on one shared line axis, so a shaded event band can be
 followed across every panel. The JSON is the exact `spmwatch score --json` record and the mask
-is the flag per stored line, for scripts. Rendering uses matplotlib's object API on an Agg
+marks the stored lines inside events, for scripts that blank bad lines. Rendering uses matplotlib's object API on an Agg
 canvas (no pyplot state, no display), so the daemon can call it from any thread.
 """
 
@@ -50,12 +50,17 @@ UNKNOWN_UNIT = "as saved (no unit in the file)"
 # ------------------------------------------------------------------------------ pure maths
 
 
-def flag_mask(frame: FrameScores, n_lines: int) -> np.ndarray:
-    """Boolean flag per stored line index (lines not scored stay False)."""
+def event_mask(frame: FrameScores, n_lines: int) -> np.ndarray:
+    """True for each stored line inside an event: the lines to distrust or blank.
+
+    Events, not flags: a streak is confirmed by the clean line after its band, which is the
+    line flagged (docs/scoring.md, Scar delay), while the event spans the band itself. A
+    partial_frame event covers lines that were never saved, so it marks none.
+    """
     mask = np.zeros(n_lines, dtype=bool)
-    for line in frame.lines:
-        if 0 <= line.index < n_lines:
-            mask[line.index] = line.flagged
+    for event in frame.events:
+        if event.kind != "partial_frame":
+            mask[max(event.start, 0) : min(event.end, n_lines - 1) + 1] = True
     return mask
 
 
@@ -447,6 +452,6 @@ def write_report(
     _write_atomic(paths["png"], lambda p: fig.savefig(p, format="png", dpi=DPI))
     text = json.dumps(record, indent=1) + "\n"
     _write_atomic(paths["json"], lambda p: p.write_text(text, encoding="utf-8"))
-    mask = flag_mask(frame, scan.n_lines)
+    mask = event_mask(frame, scan.n_lines)
     _write_atomic(paths["mask"], lambda p: _save_npy(p, mask))
     return paths

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from spmwatch import synth
+from spmwatch.ibw import write_scan
 from spmwatch.report import (
     UNKNOWN_UNIT,
     display_unit,
@@ -23,6 +24,7 @@ from spmwatch.report import (
     robust_limits,
 )
 from spmwatch.scoring.scorer import score_scan, synthetic_scan
+from tests import scoring_helpers as faults
 from tests.ibw_fixtures import make_scan, write_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,9 +73,25 @@ def check_report(path: Path, out: Path, stem: str) -> dict:
     mask = np.load(mask_path, allow_pickle=False)
     assert mask.dtype == np.bool_
     assert len(mask) == len(record["lines"])
-    flagged = sorted(line["index"] for line in record["lines"] if line["flagged"])
-    assert np.flatnonzero(mask).tolist() == flagged
+    inside = {
+        i
+        for e in record["events"]
+        if e["kind"] != "partial_frame"
+        for i in range(e["start"], e["end"] + 1)
+    }
+    assert np.flatnonzero(mask).tolist() == sorted(inside)
     return record
+
+
+def test_the_mask_marks_a_streak_band_not_the_line_that_confirmed_it(tmp_path: Path) -> None:
+    scan, rows = faults.streaks(synthetic_scan(96, 128, seed=5, scan_id="band"), 40, 2)
+    path = tmp_path / "band.ibw"
+    write_scan(scan, path)
+    record = check_report(path, tmp_path / "out", "band")
+    mask = np.load(tmp_path / "out" / "band_mask.npy")
+    flagged = [line["index"] for line in record["lines"] if line["flagged"]]
+    assert np.flatnonzero(mask).tolist() == rows.tolist() == [40]  # the band line itself
+    assert 41 in flagged  # flagged too: the line after shows the band ended
 
 
 def test_report_of_a_failing_synthetic_scan(tmp_path: Path) -> None:
