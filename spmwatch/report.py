@@ -4,8 +4,9 @@ Why: an alert is only trusted when a microscopist can check at a glance where it
 what the lines looked like there. The PNG puts the channels, the trace-minus-retrace residual
 and the per-line score side by side on one shared line axis, so a shaded event band can be
 followed across every panel. The JSON is the exact `spmwatch score --json` record and the mask
-marks the stored lines inside events, for scripts that blank bad lines. Rendering uses matplotlib's object API on an Agg
-canvas (no pyplot state, no display), so the daemon can call it from any thread.
+marks the stored lines inside events, for scripts that blank bad lines. Rendering uses
+matplotlib's object API on an Agg canvas (no pyplot state, no display), so the daemon can call
+it from any thread.
 """
 
 from __future__ import annotations

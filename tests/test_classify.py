@@ -287,3 +287,27 @@ def test_progress_bars_work_without_quiet(capsys: pytest.CaptureFixture[str]) ->
     assert list(progress(range(5), "scans")) == list(range(5))
     assert "scans" in capsys.readouterr().err
     assert progress([1, 2], "scans", quiet=True) == [1, 2]
+
+
+def test_an_early_false_fail_is_not_a_negative_delay():
+    """A frame failing before its fault began is an early fail, not a delay (it gave
+    'median_delay_lines -124' for a fault never detected)."""
+    from spmwatch.classify.evaluate import online_run
+
+    scan, truth = synth.failing_scan(seed=7, lines=64, points=64, fault="dropout", at=0.5)
+    strict = C.load_default()
+    strict.threshold = 0.0  # every frame so far fails: the first check is before the fault
+    onset = truth.first_position
+    assert onset is not None and onset > 4
+    run = online_run(strict, scan, watch_from=onset)
+    assert run.early and run.first is not None and onset <= run.first < onset + 4
+
+
+def test_undefined_metrics_are_empty_not_zero():
+    from spmwatch.classify.splits import metrics
+
+    nothing_failed = metrics(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.3]), 0.5)
+    assert np.isnan(nothing_failed["precision"]) and nothing_failed["recall"] == 0.0
+    assert nothing_failed["f1"] == 0.0
+    all_good = metrics(np.array([0, 0]), np.array([0.1, 0.2]), 0.5)
+    assert np.isnan(all_good["precision"]) and np.isnan(all_good["f1"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -413,5 +414,17 @@ def save(
         "bank": bank is not None,
         **sidecar,
     }
-    sidecar_path(path).write_text(json.dumps(side, indent=2, sort_keys=True) + "\n", "utf-8")
+    text = json.dumps(_undefined_as_null(side), indent=2, sort_keys=True, allow_nan=False)
+    sidecar_path(path).write_text(text + "\n", "utf-8")
     return path
+
+
+def _undefined_as_null(value: Any) -> Any:
+    """NaN (an undefined metric, e.g. precision with nothing failed) as null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _undefined_as_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_undefined_as_null(v) for v in value]
+    return value

@@ -50,6 +50,7 @@ SUMMARY_FIELDS = (
     "latency_ms",
     "detection_rate",
     "median_delay_lines",
+    "early_fail_rate",
 )
 
 
@@ -152,17 +153,25 @@ def timed(fn: Callable[[], object], repeat: int) -> float:
     return float(np.median(times))
 
 
-def online_run(
-    classifier: Classifier, scan, step: int = 4
-) -> tuple[int | None, float, list[float]]:
-    """Stream a scan line by line as the daemon does; return the first acquisition position
-    at which the frame-so-far fails (checked every `step` lines), the final probability and
-    the time of each probability (ms: channel statistics of the lines so far + model)."""
+@dataclass
+class OnlineRun:
+    """What the daemon's verdicts on one streamed scan would have been."""
+
+    first: int | None  # first position at or after `watch_from` whose frame-so-far fails
+    early: bool  # a frame-so-far failed before `watch_from` (before the fault began)
+    final: float  # probability of the finished frame
+    times: list[float]  # ms per probability (channel statistics of the lines so far + model)
+
+
+def online_run(classifier: Classifier, scan, step: int = 4, watch_from: int = 0) -> OnlineRun:
+    """Stream a scan line by line as the daemon does, judging the frame so far every `step`
+    lines. A fail before `watch_from` (the fault's first line) is an early, false fail, kept
+    apart: counted as a delay it gave negative delays for faults never detected."""
     from spmwatch.scoring.scorer import ScanScorer
 
     scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
     order = scan.acquisition_order()
-    first, times = None, []
+    first, early, times = None, False, []
     for line in scan.lines():
         scorer.push(line)
         seen = line.position + 1
@@ -172,11 +181,14 @@ def online_run(
             p = classifier.predict_proba(scorer.frame(), so_far, finished=False)
             times.append((time.perf_counter() - start) * 1e3)
             if p >= classifier.threshold:
-                first = line.position
+                if line.position >= watch_from:
+                    first = line.position
+                else:
+                    early = True
     final = classifier.predict_proba(scorer.finish(), scan.channels, finished=True)
     if first is None and final >= classifier.threshold:
         first = scan.n_lines
-    return first, final, times
+    return OnlineRun(first, early, final, times)
 
 
 def synthetic_rows(
@@ -191,7 +203,7 @@ def synthetic_rows(
     rng = np.random.default_rng(seed)
     rows = []
     for kind in (*synth.FAULT_KINDS, "clean"):
-        detected, delays, names, times = [], [], [], []
+        detected, delays, names, times, early = [], [], [], [], []
         for i in progress(range(per_kind), f"synthetic {kind}", quiet):
             base = synth.clean_scan(
                 int(rng.integers(2**31)),
@@ -206,12 +218,14 @@ def synthetic_rows(
                 scan, truth = synth.inject(
                     base, kind, int(rng.integers(2**31)), at=float(rng.uniform(0.2, 0.6))
                 )
-            first, final, calls = online_run(classifier, scan)
-            times += calls
-            detected.append(final >= classifier.threshold)
+            onset = truth.first_position
+            run = online_run(classifier, scan, watch_from=onset or 0)
+            times += run.times
+            detected.append(run.final >= classifier.threshold)
             names.append(scan.scan_id)
-            if first is not None and truth.first_position is not None:
-                delays.append(first - truth.first_position)
+            early.append(run.early)
+            if run.first is not None and onset is not None:
+                delays.append(run.first - onset)
         labels = np.full(per_kind, 0 if kind == "clean" else 1)
         result = SplitResult(
             f"synthetic:{kind}",
@@ -228,6 +242,7 @@ def synthetic_rows(
                 {
                     "detection_rate": float(np.mean(detected)),
                     "median_delay_lines": float(np.median(delays)) if delays else float("nan"),
+                    "early_fail_rate": float(np.mean(early)),
                 },
             )
         )

@@ -25,15 +25,17 @@ def metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[st
     fn = int((~predicted & (labels == 1)).sum())
     n_good = int((labels == 0).sum())
     both = 0 < labels.sum() < len(labels)
-    precision = tp / (tp + fp) if tp + fp else 0.0
+    # undefined (NaN, an empty cell) when nothing was failed or there is nothing bad to fail
+    precision = tp / (tp + fp) if tp + fp else float("nan")
     recall = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
     return {
         "n_good": n_good,
         "n_bad": int(labels.sum()),
         "accuracy": float((predicted == labels.astype(bool)).mean()) if len(labels) else np.nan,
         "precision": precision,
         "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "f1": f1,
         "false_alarm": fp / n_good if n_good else float("nan"),
         "auroc": float(roc_auc_score(labels, scores)) if both else float("nan"),
         "pr_auc": float(average_precision_score(labels, scores)) if both else float("nan"),

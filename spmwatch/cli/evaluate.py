@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         "latency_ms",
         "detection_rate",
         "median_delay_lines",
+        "early_fail_rate",
     )
     # names left-aligned as wide as the longest (family names are the user's folder names)
     width = {k: max(len(k), *(len(str(row[k])) for row in rows)) for k in ("split", "model")}
