@@ -5,7 +5,8 @@ this table, and each spmwatch.alert carries its strongest action as the suggesti
 dashboard never suggests what the default responder would not do. A tip that has changed or
 lost tracking only gets worse while the scan runs: stop at medium (the alert rule already
 needs several lines of evidence) and also withdraw at high. Ringing and dropouts stop the scan
-at high; streaks and stopped frames are notices (a streak is often debris that moves on).
+at high; streaks, stopped frames and poor images are notices (a streak is often debris that
+moves on; a poor image is a judgement on the frame so far, with no located fault).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ DEFAULT_POLICY: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...
     "oscillation": (_NOTICE, _NOTICE, _STOP),
     "dropout": (_NOTICE, _NOTICE, _STOP),
     "partial_frame": (_NOTICE, _NOTICE, _NOTICE),
+    # the classifier's judgement of the whole frame so far: no located fault, so a person looks
+    "poor_image": (_NOTICE, _NOTICE, _NOTICE),
 }
 
 

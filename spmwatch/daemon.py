@@ -33,6 +33,7 @@ from spmwatch import logs, protocol
 from spmwatch.advice import suggested_action
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.classify.features import ChannelStatsAccumulator
+from spmwatch.classify.watch import FrameWatch, is_check, lines_to_next_check
 from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.inbox import Inbox
@@ -86,6 +87,7 @@ class _OpenScan:
     last_seen: float
     lines: ChannelStatsAccumulator
     alerted: bool = False
+    watch: FrameWatch | None = None  # the frame watch's checks (None: off)
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
@@ -464,8 +466,12 @@ class Daemon:
         held = scan.lines.block(scan.count, scan.count + len(indices))
         scan.scorer.score_ahead(held.transpose(1, 0, 2), indices)
         pending = take_times
-        while pending:  # in steps that end on the alert line, if one comes
-            scores = scan.scorer.take_ahead(len(pending))
+        watch = scan.watch
+        while pending:  # in steps that end on the alert line or a frame-watch check
+            most = len(pending)
+            if watch is not None and not watch.raised:
+                most = min(most, lines_to_next_check(scan.count))
+            scores = scan.scorer.take_ahead(most)
             done, pending = pending[: len(scores)], pending[len(scores) :]
             scan.count += len(scores)
             self._held_bytes += len(scores) * scan.row_bytes
@@ -496,11 +502,26 @@ class Daemon:
                 self._publish_alert(
                     alert, verdict, first.scan_id, first.source, origin, seen, received=done[-1]
                 )  # the alert line ends the step: done[-1] is its hand-over time
+            if watch is not None and is_check(scan.count, scan.scorer.expected_lines):
+                self._watch(scan, watch, first)
         self._tally(first.source, len(indices))
         if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
             self._close_or_evict(scan, first.scan_id)
         if rest:  # lines after a scan's end start a new scan of that id
             self._on_lines(rest)
+
+    def _watch(self, scan: _OpenScan, watch: FrameWatch, first: Line | LineBlock) -> None:
+        """A frame-watch check: the frame so far judged; its poor_image alert published once
+        the rule of `[model] watch_threshold` and `watch_checks` holds (classify.watch)."""
+        if watch.raised:
+            return
+        frame = scan.scorer.frame()
+        verdict = self._verdict(frame, scan.lines, finished=False)
+        alert = watch.judge(frame, verdict)
+        if alert is not None:
+            self._publish_alert(
+                alert, verdict, first.scan_id, first.source, protocol.LIVE, scan.count
+            )
 
     def _tally(self, source: str, n: int, received: bool = True) -> None:
         """n lines of `source` scored (and received: live lines; a saved frame's were read)."""
@@ -528,7 +549,14 @@ class Daemon:
         scorer = ScanScorer(line.scan_id, names, line.points, line.n_lines, self.settings.scoring)
         held = ChannelStatsAccumulator(names, line.points, min(line.n_lines, _FIRST_LINES_HELD))
         row_bytes = line.points * len(names) * 4
-        scan = _OpenScan(scorer, line.source, time.monotonic(), held, row_bytes=row_bytes)
+        scan = _OpenScan(
+            scorer,
+            line.source,
+            time.monotonic(),
+            held,
+            watch=self.settings.model.frame_watch(),
+            row_bytes=row_bytes,
+        )
         with self._lock:
             self._scans[line.scan_id] = scan
             self.metrics.open_scans.set(len(self._scans))

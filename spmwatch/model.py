@@ -18,8 +18,10 @@ TRACE = "Trace"
 RETRACE = "Retrace"
 
 EventKind = Literal[
-    "tip_change", "streak", "tracking_loss", "oscillation", "dropout", "partial_frame"
+    "tip_change", "streak", "tracking_loss", "oscillation", "dropout", "partial_frame", "poor_image"
 ]
+# Kinds of events and alerts; poor_image (the frame classifier's view of a frame in progress,
+# spmwatch.classify.watch) is an alert kind only, never an event.
 EVENT_KINDS: tuple[str, ...] = (
     "tip_change",
     "streak",
@@ -27,6 +29,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "oscillation",
     "dropout",
     "partial_frame",
+    "poor_image",
 )
 Severity = Literal["low", "medium", "high"]
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high")

@@ -34,7 +34,7 @@ MAX_CHANNEL_PANELS = 4
 KIND_COLOURS: dict[str, str] = dict(
     zip(
         EVENT_KINDS,
-        ("#e41a1c", "#ff7f00", "#984ea3", "#1f78b4", "#a65628", "#666666"),
+        ("#e41a1c", "#ff7f00", "#984ea3", "#1f78b4", "#a65628", "#666666", "#f781bf"),
         strict=True,
     )
 )
@@ -170,6 +170,9 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
         said = f"alert at line {alert['line']}: {alert['kind']} ({alert['severity']})"
     else:
         said = "no alert"
+    watched = record.get("poor_image")
+    if isinstance(watched, Mapping):  # the frame watch judged the frame so far a failure
+        said += f"   |   poor image from line {watched['line']}"
     head = f"{name}   |   {verdict} ({prob})   |   {said}"
     parts = [
         f"{scan.n_lines} of {scan.expected_lines} lines"

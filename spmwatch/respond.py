@@ -106,6 +106,7 @@ class PolicySettings:
     oscillation: SeverityActions = field(default_factory=_default("oscillation"))
     dropout: SeverityActions = field(default_factory=_default("dropout"))
     partial_frame: SeverityActions = field(default_factory=_default("partial_frame"))
+    poor_image: SeverityActions = field(default_factory=_default("poor_image"))
 
     def actions_for(self, kind: str, severity: str) -> tuple[Action, ...]:
         return getattr(getattr(self, kind), severity)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from spmwatch import protocol
+from spmwatch.classify.watch import FrameWatch
 from spmwatch.config import check_bounds, in_folder, load_file
 from spmwatch.scoring.scorer import ScoringSettings
 
@@ -101,9 +102,24 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The classifier file (.skops); empty means the model shipped with spmwatch."""
+    """The classifier file (.skops; empty: the model shipped with spmwatch), and whether it
+    also judges frames in progress (spmwatch.classify.watch)."""
 
     path: str = ""
+    watch: bool = True
+    watch_threshold: float = 0.95
+    watch_checks: int = 3
+
+    def __post_init__(self) -> None:
+        check_bounds(
+            self,
+            at_least={"watch_threshold": 0.5, "watch_checks": 1},
+            at_most={"watch_threshold": 1.0, "watch_checks": 16},
+        )
+
+    def frame_watch(self) -> FrameWatch | None:
+        """A new scan's frame watch, or None when it is off."""
+        return FrameWatch(self.watch_threshold, self.watch_checks) if self.watch else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from spmwatch import protocol
-from spmwatch.assess import assess
+from spmwatch.assess import assess, watch_replay
 from spmwatch.classify.classifier import default_model_path, load_default
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import ScanScorer, score_scan
@@ -156,6 +156,27 @@ def test_a_scan_sent_in_blocks_is_judged_as_line_by_line(running: Running) -> No
     keys = ("verdict", "probability", "lines", "partial")
     assert [frames[0][k] for k in keys] == [frames[1][k] for k in keys]
     assert frames[1]["lines"] == LINES
+
+
+def test_the_frame_watch_alert_is_the_one_spmwatch_score_replays(running: Running) -> None:
+    """The classifier judges the frame so far every 16 lines: live, its poor_image alert comes
+    at the line, with the probability, that the offline replay gives."""
+    scan, _ = failing_scan(0, 96, 64, fault="dropout", at=0.3)
+    scan = dataclasses.replace(scan, scan_id="watched-1")
+    offline = watch_replay(scan, load_default())
+    assert offline is not None
+    send_scan(running.endpoints["lines"], scan)
+    _frame(running, "watched-1")
+    alerts = {a["kind"]: a for a in running.sub.of(protocol.TOPIC_ALERT, scan_id="watched-1")}
+    assert set(alerts) == {"dropout", "poor_image"}  # the line alert and the frame watch's
+    live = alerts["poor_image"]
+    assert (live["line"], live["position"], live["severity"]) == (
+        offline[0].line,
+        offline[0].position,
+        offline[0].severity,
+    )
+    assert live["probability"] == round(offline[1].probability, 4)
+    assert live["action"] == "notify_only" and live["origin"] == "live"
 
 
 def test_good_scan_passes_without_alert(running: Running) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spmwatch.assess import assess, score_record
+from spmwatch.assess import assess, score_record, watch_replay
 from spmwatch.cli.score import EXIT_BAD_MODEL, EXIT_UNREADABLE, add_model_option, open_model
 from spmwatch.ibw import IbwError, read_scan
 
@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"spmwatch report: cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
     frame, verdict = assess(scan, model)
+    record = score_record(args.file, frame, verdict, watch_replay(scan, model))
     try:
-        paths = write_report(scan, frame, score_record(args.file, frame, verdict), args.out)
+        paths = write_report(scan, frame, record, args.out)
     except OSError as exc:
         print(f"spmwatch report: cannot write the report into {args.out}: {exc}", file=sys.stderr)
         return EXIT_WRITE_FAILED

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from spmwatch.assess import assess, score_record
+from spmwatch.assess import assess, score_record, watch_replay
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.ibw import IbwError, read_problem, read_scan
 
@@ -59,6 +59,12 @@ def _human(record: dict[str, object]) -> str:
         f"{len(lines)} lines, {flagged} flagged, alert: "
         + ("none" if alert is None else f"line {alert['line']} {alert['kind']} {alert['severity']}")
     ]
+    watched = record["poor_image"]
+    if isinstance(watched, dict):
+        out.append(
+            f"  poor image: the frame so far was judged a failure at line {watched['line']} "
+            f"(after {watched['position'] + 1} lines scanned, p={watched['probability']:.2f})"
+        )
     events = record["events"]
     assert isinstance(events, list)
     if events:
@@ -91,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"file": path, "error": problem}), flush=True)
             continue
         frame, verdict = assess(scan, model)
-        record = score_record(path, frame, verdict)
+        record = score_record(path, frame, verdict, watch_replay(scan, model))
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if unreadable:
         print(f"{unreadable} of {len(args.files)} files unreadable", file=sys.stderr)

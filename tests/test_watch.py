@@ -1,0 +1,73 @@
+"""The frame watch: the classifier's judgement of a frame in progress (spmwatch.classify.watch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spmwatch import synth
+from spmwatch.assess import watch_replay
+from spmwatch.classify.classifier import load_default
+from spmwatch.classify.watch import WATCH_EVERY, WATCH_FROM, FrameWatch, is_check
+from spmwatch.classify.watch import lines_to_next_check as to_next
+from spmwatch.ibw import read_scan
+from spmwatch.model import Verdict
+from spmwatch.scoring.scorer import ScanScorer
+from spmwatch.settings import ModelSettings
+
+
+def test_checks_fall_every_watch_every_lines_from_watch_from() -> None:
+    checks = [seen for seen in range(1, 200) if is_check(seen, 200)]
+    assert checks == list(range(WATCH_FROM, 200, WATCH_EVERY))
+    # stepping by lines_to_next_check lands on every check and nothing else
+    seen, landed = 0, []
+    while seen < 200:
+        seen += to_next(seen)
+        landed.append(seen)
+    assert [s for s in landed if s < 200] == checks
+    assert not is_check(WATCH_FROM + WATCH_EVERY, WATCH_FROM + WATCH_EVERY)  # the finished frame
+
+
+def test_the_alert_needs_checks_in_a_row_and_comes_once() -> None:
+    scan, _ = synth.failing_scan(0, 96, 64, fault="dropout", at=0.3)
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
+    for line in scan.lines():
+        scorer.push(line)
+    frame = scorer.frame()
+    watch = FrameWatch(threshold=0.9, checks=3)
+
+    def judge(p: float):
+        return watch.judge(frame, Verdict(scan.scan_id, "fail", p, 0.5, "m"))
+
+    assert [judge(p) for p in (0.95, 0.95, 0.5, 0.95, 0.92)] == [None] * 5  # broken run
+    alert = judge(0.999)
+    assert alert is not None and alert.kind == "poor_image" and alert.severity == "high"
+    assert (alert.line, alert.position) == (frame.lines[-1].index, frame.lines[-1].position)
+    assert judge(0.999) is None  # once per scan
+    assert ModelSettings(watch=False).frame_watch() is None
+
+
+def test_real_bad_scans_are_named_while_they_scan(data_root: Path) -> None:
+    """docs/classifier.md, Frames in progress: 5 of the 9 bad real scans, 4 of them without a
+    line alert, and of the good real scans only the one the classifier fails when finished."""
+    model = load_default()
+    named = {}
+    for path in sorted((data_root / "ofdspm").glob("*/*.ibw")):
+        watched = watch_replay(read_scan(path), model)
+        if watched is not None:
+            named[path.name] = (path.parent.name, watched[0].position + 1)
+    assert named == {
+        "Cs50MA50approx_0032.ibw": ("bad", 64),
+        "Cs50MA50approx_0035.ibw": ("bad", 64),
+        "H_90Cs10MA_0000.ibw": ("bad", 64),
+        "approx5050CsMA0012.ibw": ("bad", 192),
+        "approx5050CsMA0022.ibw": ("bad", 144),
+        "BSFO_AC_0001.ibw": ("good", 160),
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_clean_generated_scans_are_not_named(seed: int) -> None:
+    scan = synth.clean_scan(seed, 160, 128, traces=bool(seed % 2), scan_down=seed % 3 == 0)
+    assert watch_replay(scan, load_default()) is None
