@@ -445,8 +445,10 @@ class Daemon:
         scan.last_seen = time.monotonic()
         assert self.publisher is not None
         publish_lines = self.settings.publish.line_topic
-        # behind: line scores are shed (counted, seq used up) so the time goes to scoring
-        behind = publish_lines and len(self._inbox) >= self._shed_depth
+        # behind: line scores are shed (counted, seq used up) and frame-watch checks skipped,
+        # so the time goes to scoring the lines and raising their alerts
+        overloaded = len(self._inbox) >= self._shed_depth
+        behind = publish_lines and overloaded
         observe = self.metrics.latency.observe
         budget = self.settings.daemon.max_held_bytes
         # the lines up to the one that completes the scan or takes the kept lines past the
@@ -466,7 +468,7 @@ class Daemon:
         held = scan.lines.block(scan.count, scan.count + len(indices))
         scan.scorer.score_ahead(held.transpose(1, 0, 2), indices)
         pending = take_times
-        watch = scan.watch
+        watch = None if overloaded else scan.watch
         while pending:  # in steps that end on the alert line or a frame-watch check
             most = len(pending)
             if watch is not None and not watch.raised:
