@@ -327,12 +327,33 @@ def test_a_new_mtime_on_the_same_bytes_is_not_a_new_frame(
     assert_same_scan(sink.frames[1].scan, second)
 
 
+def test_bytes_appended_after_the_wave_do_not_make_a_new_frame(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    """Asylum appends ~64 KB after the wave's sections. A copy whose tail came after a pause
+    was whole as a wave, scored, then scored again when the tail landed: two verdicts."""
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles())
+    start(watcher, stop_after)
+    wave = ibw_bytes(tmp_path, make_scan(lines=4, points=8, seed=1, scan_id="t"))
+    target = watched / "t.ibw"
+    target.write_bytes(wave)
+    assert wait_for(lambda: len(sink.frames) == 1)
+    with target.open("ab") as handle:
+        handle.write(b"\0" * 4096)  # what Asylum writes after the wave
+    assert wait_for(lambda: watcher.counters.snapshot().get("unchanged", 0) == 1)
+    assert len(sink.frames) == 1
+    # the wave itself rewritten (another frame under the name) is scored
+    target.write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8, seed=2, scan_id="t")))
+    assert wait_for(lambda: len(sink.frames) == 2)
+
+
 def test_a_version_1_state_file_is_still_read(tmp_path: Path) -> None:
     state = tmp_path / "seen.json"
     state.write_text(json.dumps({"v": 1, "files": {str(tmp_path / "a.ibw"): [10, 20]}}))
     seen = SeenFiles(state)
     assert seen.load_error is None and (tmp_path / "a.ibw", (10, 20)) in seen
-    assert seen.digest_of(tmp_path / "a.ibw", 10) is None  # no digest: a re-stamp is re-read
+    assert seen.digest_of(tmp_path / "a.ibw") is None  # no digest: a re-stamp is re-read
 
 
 def test_a_recursive_watch_names_frames_by_their_path_inside_the_folder(

@@ -30,7 +30,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from spmwatch.ibw import read_scan, warm_up_reader
+from spmwatch.ibw import IbwError, check_complete, read_scan, warm_up_reader
 from spmwatch.model import Scan
 from spmwatch.protocol import safe_scan_id
 from spmwatch.sources import Counters, FrameFile, Sink, SourceThread
@@ -53,11 +53,23 @@ def read_frame(path: Path) -> Scan:
 
 
 def content_digest(path: Path) -> str:
-    """A digest of the file's bytes: what tells a new frame from the same bytes re-stamped."""
+    """A digest of the wave's own bytes (the headers and every section they declare): what
+    tells a new frame from the same one re-stamped, or rewritten with only the bytes Asylum
+    appends after the wave changed (~64 KB; a copy whose tail came later was scored twice).
+    A file that is not a wave is digested whole."""
+    try:
+        remaining: int | None = check_complete(path).implied
+    except IbwError:
+        remaining = None
     digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
+        while remaining is None or remaining > 0:
+            chunk = handle.read(1 << 20 if remaining is None else min(1 << 20, remaining))
+            if not chunk:
+                break
             digest.update(chunk)
+            if remaining is not None:
+                remaining -= len(chunk)
     return digest.hexdigest()
 
 
@@ -95,11 +107,11 @@ class SeenFiles:
             entry = self._seen.get(str(path))
         return entry is not None and entry[:2] == stamp
 
-    def digest_of(self, path: Path, size: int) -> str | None:
-        """The digest recorded for `path` when its recorded version had `size` bytes."""
+    def digest_of(self, path: Path) -> str | None:
+        """The digest recorded for `path`'s last handled version, if any."""
         with self._lock:
             entry = self._seen.get(str(path))
-        return entry[2] if entry is not None and entry[0] == size else None
+        return entry[2] if entry is not None else None
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -355,7 +367,7 @@ class FolderWatcher(SourceThread):
     def _same_bytes(self, result: Ready) -> bool:
         """A version whose bytes equal the recorded ones (only its mtime moved): recorded under
         its new stamp, counted as `unchanged`, not handed over again."""
-        recorded = self.seen.digest_of(result.path, result.stamp[0])
+        recorded = self.seen.digest_of(result.path)
         try:
             if recorded is None or content_digest(result.path) != recorded:
                 return False
