@@ -109,6 +109,9 @@ class _OpenScan:
                 self.lines.push(rows)
 
 
+_PAUSED_SCANS_KEPT = 256
+
+
 def _n_lines(item: Line | LineBlock) -> int:
     return item.count if isinstance(item, LineBlock) else 1
 
@@ -168,6 +171,8 @@ class Daemon:
             0,
         )
         self._paused = False
+        # scans that lost lines to a pause (newest last, bounded): judged as frames in progress
+        self._paused_through: OrderedDict[str, bool] = OrderedDict()
         self._frames_deferred = False  # some FrameFile was deferred while paused
         self._held_bytes = 0  # lines kept by the open scans (main thread only)
         self._stop = threading.Event()
@@ -438,6 +443,10 @@ class Daemon:
         first = run[0][1]
         if self._paused:
             self._count("lines_received", "lines_paused", n=sum(_n_lines(item) for _, item in run))
+            self._paused_through[first.scan_id] = True
+            self._paused_through.move_to_end(first.scan_id)
+            while len(self._paused_through) > _PAUSED_SCANS_KEPT:
+                self._paused_through.popitem(last=False)
             return
         scan = self._scans.get(first.scan_id)
         if scan is None:
@@ -595,9 +604,11 @@ class Daemon:
             scan = self._scans.pop(scan_id)
             self.metrics.open_scans.set(len(self._scans))
         self._held_bytes -= scan.count * scan.row_bytes
-        # a scan cut by the daemon stopping is judged as a frame in progress: no partial_frame
-        # event and no stopped-early rule, since the microscope may well be scanning on
-        cut = closed_by == "shutdown"
+        # a scan cut by the daemon stopping, or missing the lines that came while it was
+        # paused, is judged as a frame in progress: no partial_frame event and no stopped-early
+        # rule (the microscope may well be scanning on; an operator's pause is no failed scan)
+        paused_through = self._paused_through.pop(scan_id, False)
+        cut = closed_by == "shutdown" or paused_through
         frame = scan.scorer.frame() if cut else scan.scorer.finish()
         verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=not cut)
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)

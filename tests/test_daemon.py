@@ -304,6 +304,32 @@ def test_ctl_status_pause_resume(running: Running) -> None:
     assert len(running.sub.of(protocol.TOPIC_ALERT, scan_id="after-resume")) == 1
 
 
+def test_a_scan_paused_half_way_is_not_failed_for_the_lines_it_missed(running: Running) -> None:
+    """An operator's pause drops lines; the scan used to end as a stopped frame, fail at 1.0."""
+    scan = _good("paused-half")
+    lines = list(scan.lines(source="test"))
+    control = running.endpoints["control"]
+    before = json.loads(ctl(control, "status").stdout)["counters"]["lines_paused"]
+    assert json.loads(ctl(control, "pause").stdout)["paused"] is True
+    with LineSender(running.endpoints["lines"], linger=10.0) as sender:
+        for line in lines[: LINES // 2]:
+            sender.send(line)
+
+    def paused_all() -> bool:
+        counters = json.loads(ctl(control, "status").stdout)["counters"]
+        return counters["lines_paused"] == before + LINES // 2
+
+    wait_for(paused_all)
+    assert json.loads(ctl(control, "resume").stdout)["paused"] is False
+    with LineSender(running.endpoints["lines"], linger=10.0) as sender:
+        for line in lines[LINES // 2 :]:
+            sender.send(line)
+        sender.end(scan.scan_id)
+    frame = _frame(running, "paused-half")
+    assert frame["lines"] == LINES // 2 and frame["verdict"] == "pass"
+    assert [e["kind"] for e in frame["events"]] == []  # no partial_frame for the paused lines
+
+
 def test_reload_model_keeps_serving(running: Running) -> None:
     result = ctl(running.endpoints["control"], "reload-model")
     assert result.returncode == 0, result.stderr
