@@ -10,6 +10,7 @@ reported against the section.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -164,3 +165,15 @@ def _join(where: str, key: str) -> str:
 
 def _kind(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:80]
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename an unreadable state file to `<name>.unreadable` (replacing an older one), so the
+    fresh state written next does not destroy what a person may want to recover; the new name,
+    or None when even the rename fails."""
+    aside = path.with_name(path.name + ".unreadable")
+    try:
+        os.replace(path, aside)
+    except OSError:
+        return None
+    return aside

@@ -74,7 +74,12 @@ def _as_stored(
 
 
 class StartupError(RuntimeError):
-    """The daemon cannot start (model unusable, address in use); the text says why."""
+    """The daemon cannot start (model unusable, address in use); the text says why.
+    `exit_code` 2 marks a configuration to fix (systemd does not retry it), 1 anything else."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclasses.dataclass
@@ -198,7 +203,7 @@ class Daemon:
         except StartupError as exc:
             log.error("startup_failed", error=str(exc))
             self._close()
-            return 1
+            return exc.exit_code
         self.serve()
         self.shutdown()
         return 0
@@ -359,6 +364,15 @@ class Daemon:
         if s.watch.folders:
             from spmwatch.sources.folder import FolderWatcher, SeenFiles
 
+            seen = SeenFiles(Path(s.watch.state_file) if s.watch.state_file else None)
+            try:
+                seen.save()  # now, not after the first frame: an unwritable file is a config error
+            except OSError as exc:
+                raise StartupError(
+                    f"[watch] state_file {s.watch.state_file} cannot be written ({exc}): point "
+                    "it at a writable file (the systemd unit: /var/lib/spmwatch/seen.json)",
+                    exit_code=2,
+                ) from exc
             made.append(
                 FolderWatcher(
                     list(s.watch.folders),
@@ -367,7 +381,7 @@ class Daemon:
                     existing=s.watch.existing,
                     settle=s.watch.settle,
                     give_up=s.watch.incomplete_after,
-                    seen=SeenFiles(Path(s.watch.state_file) if s.watch.state_file else None),
+                    seen=seen,
                 )
             )
         if s.scope.buffer_dir:

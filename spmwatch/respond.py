@@ -38,7 +38,7 @@ import zmq
 
 from spmwatch import protocol
 from spmwatch.advice import DEFAULT_POLICY
-from spmwatch.config import check_bounds, in_folder, load_file
+from spmwatch.config import check_bounds, in_folder, load_file, set_aside
 from spmwatch.curve import configure_client
 from spmwatch.igor import (
     IgorError,
@@ -278,8 +278,15 @@ class ResponderState:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Refusing to start would leave a failing tip unattended; say it loudly instead.
-            log.error("state_file_unreadable", path=str(state.path), error=str(exc))
+            # Refusing to start would leave a failing tip unattended; say it loudly instead,
+            # and keep the unreadable file for a person
+            aside = set_aside(state.path)
+            log.error(
+                "state_file_unreadable",
+                path=str(state.path),
+                error=str(exc),
+                kept_as=str(aside) if aside else None,
+            )
         return state
 
     def save(self) -> None:

@@ -371,6 +371,35 @@ def test_bad_config_key_exits_2_before_binding(tmp_path: Path) -> None:
             probe.bind(("127.0.0.1", port))
 
 
+def test_an_unwritable_state_file_stops_the_start_with_exit_2(tmp_path: Path) -> None:
+    """It used to start, then fail to save after the first frame: under systemd every restart
+    re-scored and re-published every file."""
+    (tmp_path / "afile").write_text("not a folder")
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    extra = f'[watch]\nfolders = ["{watched}"]\nstate_file = "afile/seen.json"\n'
+    config, _ = write_config(tmp_path, extra)
+    daemon = DaemonProcess(config)
+    assert daemon.proc.wait(60) == 2
+    failed = wait_for(lambda: daemon.logged("startup_failed"))
+    assert (
+        f"[watch] state_file {tmp_path / 'afile/seen.json'} cannot be written" in failed[0]["error"]
+    )
+    assert not daemon.logged("ready")
+
+
+def test_an_unreadable_state_file_is_kept_aside(tmp_path: Path) -> None:
+    from spmwatch.sources.folder import SeenFiles
+
+    state = tmp_path / "seen.json"
+    state.write_text("{half a json")
+    seen = SeenFiles(state)
+    assert seen.load_error is not None and "kept as" in seen.load_error
+    assert (tmp_path / "seen.json.unreadable").read_text() == "{half a json"
+    seen.save()
+    assert SeenFiles(state).load_error is None
+
+
 def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     run = _start(tmp_path)
     try:

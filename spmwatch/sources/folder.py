@@ -30,6 +30,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from spmwatch.config import set_aside
 from spmwatch.ibw import IbwError, check_complete, read_scan, warm_up_reader
 from spmwatch.model import Scan
 from spmwatch.protocol import safe_scan_id
@@ -99,7 +100,15 @@ class SeenFiles:
                 for p, e in state["files"].items()
             }
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-            self.load_error = f"state file {path} ignored: {exc}"
+            aside = set_aside(path)
+            kept = f"; kept as {aside}" if aside else ""
+            self.load_error = f"state file {path} ignored: {exc}{kept}"
+
+    def save(self) -> None:
+        """Write the registry now (OSError when it cannot be): the daemon's start-up check."""
+        if self.state_file is not None:
+            with self._lock:
+                self._save(self.state_file)
 
     def __contains__(self, item: tuple[Path, Stamp]) -> bool:
         path, stamp = item
