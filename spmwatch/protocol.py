@@ -28,6 +28,22 @@ ACTIONS_ENDPOINT = "tcp://127.0.0.1:5563"
 METRICS_ADDRESS = "127.0.0.1:9560"
 
 
+ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+
+
+def check_endpoint(name: str, value: str) -> None:
+    """ValueError naming `name` for an endpoint ZeroMQ would refuse or quietly bend: another
+    scheme, or a tcp:// port outside 1-65535 (99999 was bound as some other free port)."""
+    if not value.startswith(ENDPOINT_SCHEMES):
+        raise ValueError(f"{name} = {value!r} must start with one of {', '.join(ENDPOINT_SCHEMES)}")
+    if value.startswith("tcp://"):
+        port = value.rpartition(":")[2]
+        if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(
+                f"{name} = {value!r}: the port must be 1-65535 (or * for any free one)"
+            )
+
+
 def is_local(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint can only be reached from this machine: ipc://, inproc:// or a
     loopback tcp:// address. A host name or an interface name counts as reachable."""

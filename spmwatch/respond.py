@@ -56,7 +56,6 @@ log = structlog.get_logger("spmwatch.respond")
 
 Action = Literal["stop_scan", "withdraw", "rescan", "notify_only"]
 HOUR = 3600.0
-_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +173,7 @@ class RespondSettings:
 
     def __post_init__(self) -> None:
         for name in ("subscribe", "actions_endpoint"):
-            if not getattr(self, name).startswith(_SCHEMES):
-                raise ValueError(f"{name} = {getattr(self, name)!r} must start with tcp://, ...")
+            protocol.check_endpoint(name, getattr(self, name))
         check_bounds(
             self,
             above={

@@ -16,13 +16,6 @@ from spmwatch.classify.watch import FrameWatch
 from spmwatch.config import check_bounds, in_folder, load_file
 from spmwatch.scoring.scorer import ScoringSettings
 
-_SCHEMES = ("tcp://", "ipc://", "inproc://")
-
-
-def _check_endpoint(name: str, value: str) -> None:
-    if not value.startswith(_SCHEMES):
-        raise ValueError(f"{name} = {value!r} must start with one of {', '.join(_SCHEMES)}")
-
 
 @dataclass(frozen=True)
 class WatchSettings:
@@ -47,7 +40,7 @@ class LinesSettings:
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        _check_endpoint("endpoint", self.endpoint)
+        protocol.check_endpoint("endpoint", self.endpoint)
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ class PublishSettings:
     line_queue: int = 10_000
 
     def __post_init__(self) -> None:
-        _check_endpoint("endpoint", self.endpoint)
+        protocol.check_endpoint("endpoint", self.endpoint)
         check_bounds(self, above={"heartbeat_interval": 0, "hwm": 0, "line_queue": 0})
 
 
@@ -79,7 +72,7 @@ class ControlSettings:
     endpoint: str = protocol.CONTROL_ENDPOINT
 
     def __post_init__(self) -> None:
-        _check_endpoint("endpoint", self.endpoint)
+        protocol.check_endpoint("endpoint", self.endpoint)
 
 
 @dataclass(frozen=True)

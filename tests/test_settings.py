@@ -79,6 +79,13 @@ def test_every_key_is_commented() -> None:
         ("[scoring]\nflag_z = nan\n", "scoring: flag_z = nan must be > 0"),
         ("[scoring.alert]\nk = 6\n", "scoring.alert: k = 6 must be <= m = 5"),
         ("[scoring.alert]\nslow_kinds = ['streaks']\n", "scoring.alert.slow_kinds[0]: 'streaks'"),
+        (
+            "[lines]\nendpoint = 'tcp://127.0.0.1:99999'\n",
+            "lines: endpoint = 'tcp://127.0.0.1:99999'",
+        ),
+        ("[control]\nendpoint = 'tcp://127.0.0.1:0'\n", "the port must be 1-65535"),
+        ("[model]\nwatch_threshold = 0.3\n", "model: watch_threshold = 0.3 must be >= 0.5"),
+        ("[model]\nwatch_checks = 0\n", "model: watch_checks = 0 must be >= 1"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:
