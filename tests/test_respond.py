@@ -352,3 +352,34 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
         receiver.close()
         if process.poll() is None:
             _stop(process)
+
+
+def test_an_actions_address_in_use_exits_1_naming_the_key(tmp_path: Path) -> None:
+    """A port clash may pass: exit 1 lets systemd retry (2, a config to fix, is not retried)."""
+    endpoint = free_tcp_endpoint()
+    config_file = tmp_path / "respond.toml"
+    config_file.write_text(
+        f'actions_endpoint = "{endpoint}"\nstate_file = "{tmp_path / "state.json"}"\n'
+    )
+    context = zmq.Context.instance()
+    holder = context.socket(zmq.PUB)
+    holder.bind(endpoint)
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "spmwatch",
+                "respond",
+                "--config",
+                str(config_file),
+                "--dry-run",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        holder.close(linger=0)
+    assert done.returncode == 1
+    assert f"actions_endpoint {endpoint}: Address already in use" in done.stderr

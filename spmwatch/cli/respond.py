@@ -47,7 +47,13 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         serve(settings, stop)
-    except (IgorUnavailable, CurveError, zmq.ZMQError, OSError) as exc:
+    except zmq.ZMQError as exc:  # the actions socket's address in use: may pass, so exit 1
+        print(
+            f"spmwatch respond: actions_endpoint {settings.actions_endpoint}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except (IgorUnavailable, CurveError, OSError) as exc:  # settings to fix: not retried
         print(f"spmwatch respond: {exc}", file=sys.stderr)
         return 2
     return 0
