@@ -229,6 +229,8 @@ def test_reason_keys_group_by_kind_and_stay_readable() -> None:
     a = reason_key("scan_id '../etc' must be 1-64 characters of letters, digits, '.', '-' or '_'")
     b = reason_key("scan_id 'x y' must be 1-64 characters of letters, digits, '.', '-' or '_'")
     assert a == b == "scan_id ? must be ? characters of letters, digits, ?, ? or ?"
+    dtype = reason_key("channel H has 1024 bytes, expected 2048 (512 points of float32)")
+    assert dtype == "channel H has ? bytes, expected ? (? points of float32)"  # words stay whole
     text = "meta: " + "values must be JSON numbers " * 5
     long = reason_key(text)
     assert len(long) <= 80 and long.endswith(" ...")

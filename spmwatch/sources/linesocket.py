@@ -35,7 +35,9 @@ from spmwatch.sources import Counters, Sink, SourceThread
 MAX_OPEN_SCANS = 16
 _POLL_MS = 100
 RECEIVE_HWM = 256
-_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?(-\d+(\.\d+)?)?")  # 1-64: one value
+# quoted values and standalone numbers (1-64 is one value); digits inside a word (float32,
+# utf-8) are part of the word and stay
+_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w.])-?\d+(\.\d+)?(-\d+(\.\d+)?)?(?!\w)")
 REASON_CHARS = 80  # a reason key (a metrics label) is cut at a word boundary before this
 
 
