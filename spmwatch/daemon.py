@@ -810,6 +810,9 @@ class Daemon:
             if f.name not in _LIVE_SECTIONS
         }
         needs_restart = [name for name, value in fixed.items() if getattr(new, name) != value]
+        if new.daemon.name != old.daemon.name:  # the publisher stamps every message with it
+            needs_restart.append("daemon.name")
+            fixed["daemon"] = dataclasses.replace(new.daemon, name=old.daemon.name)
         self.settings = dataclasses.replace(new, **fixed)
         if new.logging != old.logging:
             logs.setup_logging(new.logging.level, new.logging.format, None, LOG_FLUSH_INTERVAL)

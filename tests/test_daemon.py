@@ -475,10 +475,11 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         assert status["model_sha256"] == sidecar["model_sha256"][:12]
 
         moved = text.replace(run.endpoints["control"], "tcp://127.0.0.1:1")
-        config.write_text(moved)
+        config.write_text(moved + '[daemon]\nname = "renamed"\n')
         run.daemon.proc.send_signal(signal.SIGHUP)
         restart = wait_for(lambda: run.daemon.logged("config_needs_restart"), 30)
-        assert restart[0]["sections"] == ["control"]
+        # the daemon's name is on every message, fixed when the publisher starts
+        assert restart[0]["sections"] == ["control", "daemon.name"]
         # the old control endpoint still answers: sockets are not moved by a reload
         assert ctl(run.endpoints["control"], "status").returncode == 0
     finally:
