@@ -361,7 +361,8 @@ class Responder:
         age = self.clock() - alert.time
         if abs(age) > self.settings.alert_ttl:
             self.state.save()
-            why = f"stale: alert is {age:.1f} s old, alert_ttl is {self.settings.alert_ttl:g} s"
+            when = f"{age:.1f} s old" if age > 0 else f"{-age:.1f} s in the future (clocks apart?)"
+            why = f"stale: alert is {when}, alert_ttl is {self.settings.alert_ttl:g} s"
             log.warning("alert_stale", scan_id=alert.scan_id, seq=alert.seq, age=round(age, 3))
             return [self._notice(alert, "skip", why)]
         saved = alert.payload.get("origin") == protocol.SAVED_FRAME

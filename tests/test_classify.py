@@ -311,3 +311,8 @@ def test_undefined_metrics_are_empty_not_zero():
     assert nothing_failed["f1"] == 0.0
     all_good = metrics(np.array([0, 0]), np.array([0.1, 0.2]), 0.5)
     assert np.isnan(all_good["precision"]) and np.isnan(all_good["f1"])
+
+
+def test_a_folder_as_model_path_is_named_as_one(tmp_path: Path):
+    with pytest.raises(C.ModelError, match=r"a folder; name the model's \.skops file"):
+        C.Classifier.load(tmp_path)

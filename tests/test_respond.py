@@ -162,8 +162,9 @@ def test_notify_only_does_not_use_up_the_debounce(tmp_path: Path) -> None:
 def test_stale_alert_is_logged_not_acted_on(tmp_path: Path) -> None:
     h = Harness(tmp_path, alert_ttl=5.0)
     assert h.handle(alert_payload(0, age=30.0)) == [("skip", "skipped")]
-    assert "stale" in h.published[-1][1]["reason"]
+    assert "stale: alert is 30.0 s old" in h.published[-1][1]["reason"]
     assert h.handle(alert_payload(1, age=-30.0)) == [("skip", "skipped")]  # clock far ahead
+    assert "30.0 s in the future" in h.published[-1][1]["reason"]
     assert h.handle(alert_payload(2, age=1.0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
 
 

@@ -258,6 +258,8 @@ class Classifier:
     def load(cls, path: str | Path) -> Classifier:
         """Load and verify `path` (a .skops file with its .json sidecar); ModelError if unusable."""
         path = Path(path)
+        if path.is_dir():
+            raise ModelError(f"{path}: a folder; name the model's .skops file (.json beside it)")
         if path.suffix != ".skops":
             path = path.with_suffix(".skops")
         if not path.is_file():
