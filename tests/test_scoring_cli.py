@@ -76,3 +76,18 @@ def test_score_human_output(tmp_path: Path) -> None:
     missing = cut.expected_lines - cut.n_lines
     row = next(line for line in done.stdout.splitlines() if "partial_frame" in line)
     assert f"{missing} lines not saved" in row and "high" in row  # half the frame is missing
+
+
+def test_a_slow_first_file_is_explained(monkeypatch, capsys) -> None:
+    """The first run after an install compiles for about a minute: it looked like a hang."""
+    from spmwatch.cli import score as cli_score
+    from tests.polling import wait_for
+
+    with cli_score.compiling_note("score"):
+        pass
+    assert capsys.readouterr().err == ""  # a quick file: nothing said
+    monkeypatch.setattr(cli_score, "COMPILING_NOTE_AFTER", 0.01)
+    said: list[str] = []
+    with cli_score.compiling_note("score"):
+        wait_for(lambda: said.append(capsys.readouterr().err) or "still working" in said[-1])
+    assert "compiles the scoring kernels" in said[-1]

@@ -6,7 +6,13 @@ import argparse
 import sys
 
 from spmwatch.assess import assess, score_record, watch_replay
-from spmwatch.cli.score import EXIT_BAD_MODEL, EXIT_UNREADABLE, add_model_option, open_model
+from spmwatch.cli.score import (
+    EXIT_BAD_MODEL,
+    EXIT_UNREADABLE,
+    add_model_option,
+    compiling_note,
+    open_model,
+)
 from spmwatch.ibw import IbwError, read_scan
 
 EXIT_WRITE_FAILED = 1
@@ -39,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     except (IbwError, OSError) as exc:
         print(f"spmwatch report: cannot read {args.file}: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE
-    frame, verdict = assess(scan, model)
-    record = score_record(args.file, frame, verdict, watch_replay(scan, model))
+    with compiling_note("report"):
+        frame, verdict = assess(scan, model)
+        record = score_record(args.file, frame, verdict, watch_replay(scan, model))
     try:
         paths = write_report(scan, frame, record, args.out)
     except OSError as exc:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from spmwatch.assess import assess, score_record, watch_replay
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
@@ -37,6 +40,30 @@ def add_model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", metavar="PATH", help="classifier .skops file (default: the shipped model)"
     )
+
+
+COMPILING_NOTE_AFTER = 5.0  # s before a first file still not scored is explained
+
+
+@contextmanager
+def compiling_note(command: str) -> Iterator[None]:
+    """Say on stderr why the first file takes long when it does: on the first run after an
+    install numba compiles the kernels into its cache (about a minute), which looked like a hang."""
+    timer = threading.Timer(
+        COMPILING_NOTE_AFTER,
+        lambda: print(
+            f"spmwatch {command}: still working: the first run after an install compiles the "
+            "scoring kernels into numba's cache (about a minute); later runs take a second",
+            file=sys.stderr,
+            flush=True,
+        ),
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def open_model(path: str | None, command: str) -> Classifier | None:
@@ -96,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"file": path, "error": problem}), flush=True)
             continue
-        frame, verdict = assess(scan, model)
-        record = score_record(path, frame, verdict, watch_replay(scan, model))
+        with compiling_note("score"):
+            frame, verdict = assess(scan, model)
+            record = score_record(path, frame, verdict, watch_replay(scan, model))
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if unreadable:
         print(f"{unreadable} of {len(args.files)} files unreadable", file=sys.stderr)
