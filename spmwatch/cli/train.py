@@ -18,7 +18,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train the pass/fail classifier from labelled folders plus synthetic scans",
         description="Score every .ibw in --good and --bad, add synthetic labelled scans, "
-        "cross-validate by sample family, choose the threshold and write the model.",
+        "cross-validate by sample family, choose the threshold and write the model. A scan's "
+        "sample family is its file name without the trailing number (Asylum's BaseName: "
+        "PTO_AC_0004 -> PTO_AC), so name files by sample: the cross-validation holds out one "
+        "family at a time, and a model is only measured fairly on samples it never saw.",
     )
     parser.add_argument("--good", type=Path, required=True, help="folder of good .ibw scans")
     parser.add_argument("--bad", type=Path, required=True, help="folder of failed .ibw scans")
