@@ -9,7 +9,6 @@ accepts only the clients whose public `*.key` files sit in its authorised-keys f
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import re
 import time
@@ -22,6 +21,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+
+from spmwatch.logs import Throttle
 
 log = structlog.get_logger("spmwatch.curve")
 
@@ -97,17 +98,12 @@ class _KeySet:
 
     def __init__(self, keys: frozenset[bytes], clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
-        self._clock = clock
-        self._logged: dict[bytes, float] = {}
+        self._refusals = Throttle(1, REFUSED_LOG_INTERVAL, clock)
 
     def callback(self, domain: str, key: bytes) -> bool:
         if key in self.keys:
             return True
-        now = self._clock()
-        if now - self._logged.get(key, -math.inf) >= REFUSED_LOG_INTERVAL:
-            if len(self._logged) > 1000:  # keys from a scan of the port: bound the memory
-                self._logged.clear()
-            self._logged[key] = now
+        if self._refusals.admit(key) is not None:
             log.warning(
                 "curve_client_refused",
                 client_key=z85.encode(key).decode("ascii"),

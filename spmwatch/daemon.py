@@ -44,6 +44,7 @@ from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm
 from spmwatch.sdnotify import Notifier
 from spmwatch.settings import Settings, load_settings
 from spmwatch.sources import FrameFile, SourceError
+from spmwatch.sources.linesocket import reason_key
 
 log = structlog.get_logger("spmwatch.daemon")
 
@@ -115,6 +116,7 @@ class _OpenScan:
 
 
 _PAUSED_SCANS_KEPT = 256
+ERROR_BURST, ERROR_WINDOW = 20, 10.0  # reports of one kind of error let through per window (s)
 
 
 def _n_lines(item: Line | LineBlock) -> int:
@@ -176,6 +178,7 @@ class Daemon:
             0,
         )
         self._paused = False
+        self._error_reports = logs.Throttle(ERROR_BURST, ERROR_WINDOW)
         # scans that lost lines to a pause (newest last, bounded): judged as frames in progress
         self._paused_through: OrderedDict[str, bool] = OrderedDict()
         self._frames_deferred = False  # some FrameFile was deferred while paused
@@ -731,11 +734,18 @@ class Daemon:
         )
 
     def _error(self, source: str, scan_id: str | None, subject: str, reason: str) -> None:
+        """Count every error; log and publish at most ERROR_BURST of one kind about one subject
+        (a socket, a file) per ERROR_WINDOW s, the next one saying how many were held back
+        (`suppressed`). Each broken file is still reported: its path is its own subject."""
         self._count("errors")
         self.metrics.errors.labels(source).inc()
-        log.warning("source_error", source=source, subject=subject, reason=reason)
+        held = self._error_reports.admit((source, subject, reason_key(reason)))
+        if held is None:
+            return
+        extra = {"suppressed": held} if held else {}
+        log.warning("source_error", source=source, subject=subject, reason=reason, **extra)
         if self.publisher is not None:
-            fields = protocol.error_fields(subject, reason)
+            fields = {**protocol.error_fields(subject, reason), **extra}
             self.publisher.publish(protocol.TOPIC_ERROR, scan_id, source, fields)
 
     # -- control (called from the control thread) -------------------------------------------------

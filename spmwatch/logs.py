@@ -16,6 +16,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import Any, Literal
 
 import structlog
@@ -112,3 +113,37 @@ def setup_logging(
 def _keep(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
     """ConsoleRenderer formats exceptions itself; this stands in for format_exc_info there."""
     return event
+
+
+class Throttle:
+    """At most `burst` reports per key in each `window` seconds; the rest are held back and
+    counted, and the next report let through says how many. A broken producer repeating one
+    bad message thousands of times a second must neither flood the journal and the
+    subscribers nor hide that it happened."""
+
+    MAX_KEYS = 1000  # keys from a flood of distinct ones: bound the memory
+
+    def __init__(
+        self, burst: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.window = window
+        self._clock = clock
+        self._keys: dict[Hashable, list[float]] = {}  # key -> [window start, reports, held]
+
+    def admit(self, key: Hashable) -> int | None:
+        """None to hold this report back; else how many were held back since the last one
+        let through (0 as a rule)."""
+        now = self._clock()
+        entry = self._keys.get(key)
+        if entry is None or now - entry[0] >= self.window:
+            held = int(entry[2]) if entry is not None else 0
+            if entry is None and len(self._keys) >= self.MAX_KEYS:
+                self._keys.clear()
+            self._keys[key] = [now, 1, 0]
+            return held
+        if entry[1] < self.burst:
+            entry[1] += 1
+            return 0
+        entry[2] += 1
+        return None

@@ -266,6 +266,32 @@ def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Run
     assert b"spmwatch_lines_scored_total" in metrics
 
 
+def test_a_flood_of_one_bad_message_is_counted_but_not_repeated(tmp_path: Path) -> None:
+    """A broken bridge sent 2,000 bad messages in 9 ms: 2,000 log lines and error events."""
+    from spmwatch.daemon import ERROR_BURST
+
+    run = _start(tmp_path)
+    try:
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 5000)
+        push.connect(run.endpoints["lines"])
+        for _ in range(5 * ERROR_BURST):
+            push.send_multipart([b"{bad", b"x"])
+        push.close()
+
+        def counted() -> int:
+            return json.loads(ctl(run.endpoints["control"], "status").stdout)["counters"]["errors"]
+
+        wait_for(lambda: counted() == 5 * ERROR_BURST)  # every one counted, and all handled
+        wait_for(lambda: len(run.daemon.logged("source_error")) >= ERROR_BURST)
+        assert len(run.daemon.logged("source_error")) == ERROR_BURST
+        published = wait_for(lambda: run.sub.of(protocol.TOPIC_ERROR))
+        assert len(published) <= ERROR_BURST
+    finally:
+        run.sub.close()
+        assert run.daemon.stop() == 0
+
+
 def test_ctl_status_pause_resume(running: Running) -> None:
     result = ctl(running.endpoints["control"], "status")
     assert result.returncode == 0, result.stderr

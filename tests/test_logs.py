@@ -66,3 +66,13 @@ def test_structlog_events_are_json_lines_through_the_writer(pipe) -> None:
     # back to structlog's and logging's defaults for the other tests
     structlog.reset_defaults()
     logging.getLogger().handlers.clear()
+
+
+def test_throttle_lets_a_burst_through_then_counts_what_it_holds_back() -> None:
+    now = [0.0]
+    throttle = logs.Throttle(burst=3, window=10.0, clock=lambda: now[0])
+    assert [throttle.admit("bad json") for _ in range(5)] == [0, 0, 0, None, None]
+    assert throttle.admit("other") == 0  # each key has its own budget
+    now[0] = 10.0
+    assert throttle.admit("bad json") == 2  # the next window says how many were held back
+    assert throttle.admit("bad json") == 0
