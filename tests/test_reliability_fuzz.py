@@ -227,6 +227,7 @@ def test_channel_set_changing_mid_scan_is_rejected_and_the_scan_carries_on(
     assert wait_for(lambda: len(sink.lines) == 2 and len(sink.errors) == 2)
     assert [line.index for line in sink.lines] == [0, 3]
     assert all("differ from the scan's first line" in e.reason for e in sink.errors)
+    assert [e.scan_id for e in sink.errors] == ["morph", "morph"]  # the event names its scan
 
 
 def test_nan_and_inf_floods_are_delivered_as_data_for_the_scorer_to_flag(

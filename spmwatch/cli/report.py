@@ -13,7 +13,7 @@ from spmwatch.cli.score import (
     compiling_note,
     open_model,
 )
-from spmwatch.ibw import IbwError, read_scan
+from spmwatch.ibw import IbwError, read_problem, read_scan
 
 EXIT_WRITE_FAILED = 1
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         scan = read_scan(args.file)
     except (IbwError, OSError) as exc:
-        print(f"spmwatch report: cannot read {args.file}: {exc}", file=sys.stderr)
+        print(f"spmwatch report: {args.file}: {read_problem(exc)}", file=sys.stderr)
         return EXIT_UNREADABLE
     with compiling_note("report"):
         frame, verdict = assess(scan, model)

@@ -186,6 +186,7 @@ class LineReceiver(SourceThread):
                 "channels differ from the scan's first line",
                 f"scan {lines.scan_id} {where}: channels {sorted(lines.channels)} "
                 f"differ from the scan's first line {sorted(scan.channels)}",
+                lines.scan_id,
             )
             return None
         if (lines.points, lines.n_lines) != (scan.points, scan.n_lines):
@@ -193,6 +194,7 @@ class LineReceiver(SourceThread):
                 "size differs from the scan's first line",
                 f"scan {lines.scan_id} {where}: {lines.points} points x {lines.n_lines} "
                 f"lines differ from the scan's first line ({scan.points} x {scan.n_lines})",
+                lines.scan_id,
             )
             return None
         return scan
