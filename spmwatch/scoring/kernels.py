@@ -400,21 +400,23 @@ def _cross_products(trace, retrace, lo, hi, scratch):
     products = scratch[size:]
     for i in range(size):
         padded[i] = 0.0
-    for i in range(n):
-        padded[reach + i] = trace[i]
+    padded[reach : reach + n] = trace
     for first in range(0, count, LAG_BLOCK):
-        o = reach + lo + first  # padded[o + i] is trace[i + lo + first]
+        # seg[i] is trace[i + lo + first]; a slice, so every index below is i + constant >= 0:
+        # indexing padded at a run-time offset kept numba's negative-index test in the loop,
+        # and it ran scalar, 3x slower than one product per lag
+        seg = padded[reach + lo + first : reach + lo + first + n + LAG_BLOCK - 1]
         d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = 0.0
         for i in range(n):
             r = retrace[i]
-            d0 += padded[o + i] * r
-            d1 += padded[o + 1 + i] * r
-            d2 += padded[o + 2 + i] * r
-            d3 += padded[o + 3 + i] * r
-            d4 += padded[o + 4 + i] * r
-            d5 += padded[o + 5 + i] * r
-            d6 += padded[o + 6 + i] * r
-            d7 += padded[o + 7 + i] * r
+            d0 += seg[i] * r
+            d1 += seg[i + 1] * r
+            d2 += seg[i + 2] * r
+            d3 += seg[i + 3] * r
+            d4 += seg[i + 4] * r
+            d5 += seg[i + 5] * r
+            d6 += seg[i + 6] * r
+            d7 += seg[i + 7] * r
         products[first] = d0
         products[first + 1] = d1
         products[first + 2] = d2
