@@ -95,25 +95,28 @@ def bench_alerts(seconds: float, rate: float, rss_lines: int) -> None:
             elapsed = time.perf_counter() - t0
         wait_for(lambda: sub.of(protocol.TOPIC_FRAME, scan_id=f"bench-{n_scan - 1}"), 60)
         alerts = sub.of(protocol.TOPIC_ALERT)
-        latencies = []
+        latencies, watched = [], []  # line alerts; the frame watch's poor_image alerts
         with sub._lock:
             events = list(sub.events)
         for topic, payload, received in events:
             if topic == protocol.TOPIC_ALERT:
                 key = (payload["scan_id"], payload["position"])
                 if key in sent_at:
-                    latencies.append(received - sent_at[key])
+                    late = received - sent_at[key]
+                    (watched if payload["kind"] == "poor_image" else latencies).append(late)
         seqs = [a["seq"] for a in alerts]
         gaps = sum(1 for a, b in itertools.pairwise(seqs) if b != a + 1)
         fault_at = [score_scan(t).alert.position for t in templates]  # type: ignore[union-attr]
         expected = sum((f"bench-{s}", fault_at[s % 4]) in sent_at for s in range(n_scan))
         print(f"\n[1] line -> alert at {i / elapsed:.0f} lines/s for {elapsed:.1f} s (512 x 8 ch)")
         print(f"    {percentiles(latencies)}")
+        print(f"    poor_image alerts of the frame watch (line -> alert): {percentiles(watched)}")
         # the daemon's own share: its source handing the alert line over -> the alert published
-        own = [e["latency_ms"] / 1e3 for e in daemon.logged("alert") if "latency_ms" in e]
+        own = [e["latency_ms"] / 1e3 for e in daemon.logged("alert") if "latency_ms" in e]  # lines
         print(f"    in the daemon (latency_ms of its alert logs): {percentiles(own)}")
         print(
-            f"    alerts {len(alerts)} (scans that reached their fault: {expected}), "
+            f"    alerts {len(alerts) - len(watched)} and {len(watched)} poor_image (scans that "
+            f"reached their fault: {expected}), "
             f"alert seq gaps {gaps}"
         )
         # RSS under a flood (unpaced) of lines
