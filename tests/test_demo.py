@@ -35,8 +35,9 @@ def test_demo_raises_the_alert_the_responder_acts_and_the_report_is_written(tmp_
     alerts = [line for line in lines if line.startswith("ALERT")]
     actions = [line for line in lines if line.startswith("ACTION")]
     frames = [line for line in lines if line.startswith("FRAME")]
-    assert len(alerts) == 1, done.stdout
-    assert "tip_change" in alerts[0]
+    # the line alert first; the frame watch may add its poor_image notice later in the scan
+    assert alerts and "tip_change" in alerts[0], done.stdout
+    assert len(alerts) <= 2 and all("poor_image" in a for a in alerts[1:]), done.stdout
     assert actions and all("ok" in line for line in actions), done.stdout
     # The responder (dry-run) names the exact Igor command it would send to stop the scan.
     assert any('ARExecuteControl("StopScan_0","MasterPanel",0,"")' in a for a in actions)
