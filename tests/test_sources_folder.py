@@ -348,6 +348,25 @@ def test_bytes_appended_after_the_wave_do_not_make_a_new_frame(
     assert wait_for(lambda: len(sink.frames) == 2)
 
 
+def test_a_link_to_a_file_outside_the_folder_is_not_read_and_is_counted(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    """A frame's path comes from the folder, so a link may point anywhere: never followed out,
+    but no longer silently (counted once as rejected)."""
+    outside = tmp_path / "elsewhere.ibw"
+    outside.write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8, seed=1, scan_id="o")))
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.05, seen=SeenFiles())
+    start(watcher, stop_after)
+    (watched / "link.ibw").symlink_to(outside)
+    reason = "link to a file outside the watched folders"
+    assert wait_for(lambda: watcher.counters.snapshot()["rejected"].get(reason) == 1)
+    seen_at = watcher.counters.snapshot()["rescans"]
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= seen_at + 3)
+    assert watcher.counters.snapshot()["rejected"][reason] == 1  # once, not at every rescan
+    assert sink.frames == [] and sink.errors == []
+
+
 def test_a_version_1_state_file_is_still_read(tmp_path: Path) -> None:
     state = tmp_path / "seen.json"
     state.write_text(json.dumps({"v": 1, "files": {str(tmp_path / "a.ibw"): [10, 20]}}))

@@ -223,6 +223,7 @@ class FolderWatcher(SourceThread):
         # redelivery requests reach it, in order, through _acks (None = redeliver).
         self._in_flight: set[tuple[Path, Stamp]] = set()
         self._deferred: set[Path] = set()
+        self._outside: set[Path] = set()  # links to files outside the folders, reported once
         self._acks: queue.SimpleQueue[tuple[Path, Stamp, bool] | None] = queue.SimpleQueue()
         self.counters = Counters("frames", "broken", "rescans", "folder_gone", "folder_back")
 
@@ -351,7 +352,13 @@ class FolderWatcher(SourceThread):
             stamp = stamp_of(resolved.stat())
         except OSError:
             return
-        if not self._inside(resolved) or self._handled(resolved, stamp):
+        if not self._inside(resolved):
+            if path not in self._outside:  # said once per link, not at every rescan
+                self._outside.add(path)
+                self.counters.reject("link to a file outside the watched folders")
+                log.info("file_outside_ignored", file=str(path), target=str(resolved))
+            return
+        if self._handled(resolved, stamp):
             return
         if baseline:
             self.seen.add(resolved, stamp)
