@@ -172,7 +172,7 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
         said = "no alert"
     watched = record.get("poor_image")
     if isinstance(watched, Mapping):  # the frame watch judged the frame so far a failure
-        said += f"   |   poor image from line {watched['line']}"
+        said += f"   |   poor image: frame so far judged failed at line {watched['line']}"
     head = f"{name}   |   {verdict} ({prob})   |   {said}"
     parts = [
         f"{scan.n_lines} of {scan.expected_lines} lines"
