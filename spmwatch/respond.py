@@ -348,8 +348,16 @@ class Responder:
         try:
             alert = parse_alert(payload)
         except protocol.ProtocolError as exc:
-            log.warning("alert_rejected", error=str(exc), seq=payload.get("seq"))
-            return []
+            seq = payload.get("seq")
+            log.warning("alert_rejected", error=str(exc), seq=seq)
+            # published too, so a dashboard sees it; none of its values is trusted but seq
+            known = {"seq": seq if isinstance(seq, int) else None}
+            reason = f"alert rejected: {exc}"
+            fields = protocol.action_fields(
+                "skip", "skipped", reason, known, dry_run=self.link.dry_run
+            )
+            self.emit(None, fields)
+            return [fields]
         if alert.key in self.state.handled:
             return [self._notice(alert, "skip", "duplicate: this alert was already handled")]
         gap = self._seq.gap(protocol.TOPIC_ALERT, alert.payload)

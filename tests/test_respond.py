@@ -208,9 +208,14 @@ def test_rescans_are_capped_per_hour(tmp_path: Path) -> None:
 
 def test_malformed_alerts_are_rejected_without_action(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    assert h.responder.handle({**alert_payload(0), "kind": "meltdown"}) == []
-    assert h.responder.handle({**alert_payload(1), "scan_id": "../../etc"}) == []
-    assert h.published == []
+    meltdown = h.responder.handle({**alert_payload(0), "kind": "meltdown"})
+    escape = h.responder.handle({**alert_payload(1), "scan_id": "../../etc"})
+    assert [(o["action"], o["outcome"]) for o in meltdown + escape] == [("skip", "skipped")] * 2
+    assert all(o["igor_commands"] == [] for o in meltdown + escape)  # nothing for Igor
+    # published, so a dashboard sees the rejection, under no scan and with no value it carried
+    assert [scan_id for scan_id, _ in h.published] == [None, None]
+    assert "alert rejected" in meltdown[0]["reason"] and "meltdown" in meltdown[0]["reason"]
+    assert meltdown[0]["kind"] is None and escape[0]["alert_seq"] == 1
 
 
 def test_unreadable_state_file_starts_empty(tmp_path: Path) -> None:
