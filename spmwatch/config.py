@@ -170,9 +170,12 @@ def _kind(value: Any) -> str:
 def set_aside(path: Path) -> Path | None:
     """Rename an unreadable state file to `<name>.unreadable` (replacing an older one), so the
     fresh state written next does not destroy what a person may want to recover; the new name,
-    or None when even the rename fails."""
+    or None when it is not a regular file (a folder named by mistake stays where it is, and
+    writing the state there then fails, naming the key) or the rename fails."""
     aside = path.with_name(path.name + ".unreadable")
     try:
+        if not path.is_file() or path.is_symlink():
+            return None
         os.replace(path, aside)
     except OSError:
         return None

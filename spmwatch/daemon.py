@@ -531,16 +531,19 @@ class Daemon:
                     alert, verdict, first.scan_id, first.source, origin, seen, received=done[-1]
                 )  # the alert line ends the step: done[-1] is its hand-over time
             if watch is not None and is_check(scan.count, scan.scorer.expected_lines):
-                self._watch(scan, watch, first)
+                self._watch(scan, watch, first, done[-1])
         self._tally(first.source, len(indices))
         if scan.count >= scan.scorer.expected_lines or self._held_bytes > budget:
             self._close_or_evict(scan, first.scan_id)
         if rest:  # lines after a scan's end start a new scan of that id
             self._on_lines(rest)
 
-    def _watch(self, scan: _OpenScan, watch: FrameWatch, first: Line | LineBlock) -> None:
+    def _watch(
+        self, scan: _OpenScan, watch: FrameWatch, first: Line | LineBlock, received: float
+    ) -> None:
         """A frame-watch check: the frame so far judged; its poor_image alert published once
-        the rule of `[model] watch_threshold` and `watch_checks` holds (classify.watch)."""
+        the rule of `[model] watch_threshold` and `watch_checks` holds (classify.watch).
+        `received`: when the check's line was handed over, for the alert's latency."""
         if watch.raised:
             return
         frame = scan.scorer.frame()
@@ -548,7 +551,7 @@ class Daemon:
         alert = watch.judge(frame, verdict)
         if alert is not None:
             self._publish_alert(
-                alert, verdict, first.scan_id, first.source, protocol.LIVE, scan.count
+                alert, verdict, first.scan_id, first.source, protocol.LIVE, scan.count, received
             )
 
     def _tally(self, source: str, n: int, received: bool = True) -> None:
@@ -634,12 +637,12 @@ class Daemon:
         """Acknowledged only once its verdict or error is out: a crash before that means the
         watcher hands it over again after the restart, never that it is lost. While paused it is
         deferred, and handed over again on resume."""
-        self._count("frame_files")
         if self._paused:
             log.info("frame_file_deferred", file=str(item.path))
             self._frames_deferred = True
             item.defer()
             return
+        self._count("frame_files")  # once, when scored: a deferred file comes back
         try:
             self._score_frame_file(item)
         except Exception as exc:
@@ -696,7 +699,9 @@ class Daemon:
         """Publish an alert; `received`: when a source handed over its line (live alerts),
         so the log and the metrics say how long the daemon took to raise it."""
         assert self.publisher is not None
-        action = suggested_action(alert.kind, alert.severity)
+        # a saved frame's scan is over: the shipped responder only notes such alerts
+        live = origin == protocol.LIVE
+        action = suggested_action(alert.kind, alert.severity) if live else "notify_only"
         fields = protocol.alert_fields(alert, verdict, action, origin, seen)
         seq = self.publisher.publish(protocol.TOPIC_ALERT, scan_id, source, fields)
         timing = {}

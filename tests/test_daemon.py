@@ -177,6 +177,10 @@ def test_the_frame_watch_alert_is_the_one_spmwatch_score_replays(running: Runnin
     )
     assert live["probability"] == round(offline[1].probability, 4)
     assert live["action"] == "notify_only" and live["origin"] == "live"
+    logged = wait_for(
+        lambda: [e for e in running.daemon.logged("alert") if e["seq"] == live["seq"]]
+    )
+    assert logged[0]["latency_ms"] > 0  # timed like the line alerts
 
 
 def test_good_scan_passes_without_alert(running: Running) -> None:
@@ -215,6 +219,7 @@ def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
     assert b'spmwatch_lines_scored_total{source="folder"}' in metrics  # its lines count too
     alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id=frame["scan_id"])
     assert len(alerts) == 1 and alerts[0]["origin"] == "saved_frame"
+    assert alerts[0]["action"] == "notify_only"  # that scan is over: what the responder does
 
 
 def test_a_file_left_incomplete_is_reported_after_incomplete_after(running: Running) -> None:
@@ -397,21 +402,27 @@ def test_bad_config_key_exits_2_before_binding(tmp_path: Path) -> None:
             probe.bind(("127.0.0.1", port))
 
 
-def test_an_unwritable_state_file_stops_the_start_with_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state_file", ["afile/seen.json", "adir"])
+def test_an_unwritable_state_file_stops_the_start_with_exit_2(
+    tmp_path: Path, state_file: str
+) -> None:
     """It used to start, then fail to save after the first frame: under systemd every restart
-    re-scored and re-published every file."""
+    re-scored and re-published every file. A folder named by mistake is left as it is (it was
+    renamed to adir.unreadable, contents and all)."""
     (tmp_path / "afile").write_text("not a folder")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "adir" / "keep.ibw").write_text("a user's file")
     watched = tmp_path / "watched"
     watched.mkdir()
-    extra = f'[watch]\nfolders = ["{watched}"]\nstate_file = "afile/seen.json"\n'
+    extra = f'[watch]\nfolders = ["{watched}"]\nstate_file = "{state_file}"\n'
     config, _ = write_config(tmp_path, extra)
     daemon = DaemonProcess(config)
     assert daemon.proc.wait(60) == 2
     failed = wait_for(lambda: daemon.logged("startup_failed"))
-    assert (
-        f"[watch] state_file {tmp_path / 'afile/seen.json'} cannot be written" in failed[0]["error"]
-    )
+    assert f"[watch] state_file {tmp_path / state_file} cannot be written" in failed[0]["error"]
     assert not daemon.logged("ready")
+    assert (tmp_path / "adir" / "keep.ibw").read_text() == "a user's file"
+    assert not (tmp_path / "adir.unreadable").exists()
 
 
 def test_an_unreadable_state_file_is_kept_aside(tmp_path: Path) -> None:

@@ -445,6 +445,7 @@ def test_frame_queued_but_unpublished_at_sigkill_is_scored_after_restart(tmp_pat
 def test_frame_saved_while_paused_is_scored_on_resume(watching: Watching) -> None:
     control = watching.endpoints["control"]
     name = "saved_while_paused.ibw"
+    files_before = json.loads(ctl(control, "status").stdout)["counters"]["frame_files"]
     assert json.loads(ctl(control, "pause").stdout)["paused"] is True
     try:
         write(_good("saved_while_paused"), watching.folder / name)
@@ -459,6 +460,8 @@ def test_frame_saved_while_paused_is_scored_on_resume(watching: Watching) -> Non
     write(_good("after_resume"), watching.folder / "after_resume.ibw")  # late repeats show up
     wait_for(lambda: watching.sub.of(protocol.TOPIC_FRAME, file="after_resume.ibw"), timeout=30)
     assert len(watching.sub.of(protocol.TOPIC_FRAME, file=name)) == 1
+    counters = json.loads(ctl(control, "status").stdout)["counters"]
+    assert counters["frame_files"] == files_before + 2  # the deferred file counted once
 
 
 # ---------------------------------------------------------------------------------------------
