@@ -10,6 +10,8 @@ import dataclasses
 import json
 import shutil
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -385,6 +387,18 @@ def test_ctl_without_daemon_says_so(tmp_path: Path) -> None:
     result = ctl(endpoint, "status", timeout=0.5)
     assert result.returncode == 1
     assert f"no spmwatch daemon answered at {endpoint}" in result.stderr
+
+
+def test_ctl_starts_without_the_classifier_stack_or_numba() -> None:
+    """Importing every command's module pulled in scikit-learn: `ctl pause` took 2 s."""
+    probe = (
+        "import sys\n"
+        "from spmwatch.cli import main\n"
+        "code = main(['ctl', 'status', '--endpoint', 'tcp://127.0.0.1:1', '--timeout', '0.05'])\n"
+        "print(code, 'sklearn' in sys.modules, 'numba' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["1", "False", "False"], done.stdout + done.stderr
 
 
 def test_bad_config_key_exits_2_before_binding(tmp_path: Path) -> None:

@@ -30,20 +30,25 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:
+    """The parser with the sub-commands in `commands` (each module imported for it)."""
     parser = argparse.ArgumentParser(
         prog="spmwatch",
         description="Watch AFM scans line by line and raise an alert when the tip fails.",
     )
     parser.add_argument("--version", action="version", version=f"spmwatch {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in commands:
         importlib.import_module(f"spmwatch.cli.{name.replace('-', '_')}").add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # only the module of the command asked for: importing them all pulled in scikit-learn and
+    # made `spmwatch ctl pause` take 2 s to reach the daemon
+    chosen = (argv[0],) if argv and argv[0] in COMMANDS else COMMANDS
+    args = build_parser(chosen).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -9,7 +9,6 @@ import sys
 from spmwatch import protocol
 from spmwatch.config import ConfigError
 from spmwatch.control import request
-from spmwatch.settings import load_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or protocol.CONTROL_ENDPOINT
     try:
-        if args.config:
+        if args.config:  # imported only here: the settings pull in the scorer and numba
+            from spmwatch.settings import load_settings
+
             endpoint = load_settings(args.config).control.endpoint
         reply = request(endpoint, args.command, args.timeout)
     except ConfigError as exc:
