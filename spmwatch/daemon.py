@@ -94,6 +94,7 @@ class _OpenScan:
     lines: ChannelStatsAccumulator
     alerted: bool = False
     watch: FrameWatch | None = None  # the frame watch's checks (None: off)
+    gap: bool = False  # lines of this scan were dropped (paused): the next does not follow
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
@@ -462,6 +463,9 @@ class Daemon:
             self._count("lines_received", "lines_paused", n=sum(_n_lines(item) for _, item in run))
             self._paused_through[first.scan_id] = True
             self._paused_through.move_to_end(first.scan_id)
+            paused_scan = self._scans.get(first.scan_id)
+            if paused_scan is not None:
+                paused_scan.gap = True
             while len(self._paused_through) > _PAUSED_SCANS_KEPT:
                 self._paused_through.popitem(last=False)
             return
@@ -492,6 +496,9 @@ class Daemon:
             indices += arrived
             take_times += [received] * len(arrived)
         held = scan.lines.block(scan.count, scan.count + len(indices))
+        if scan.gap:  # the first line since the pause is no neighbour of the last one scored
+            scan.scorer.mark_gap()
+            scan.gap = False
         scan.scorer.score_ahead(held.transpose(1, 0, 2), indices)
         pending = take_times
         watch = None if overloaded else scan.watch

@@ -359,3 +359,24 @@ def test_settings_defaults_are_consistent() -> None:
     s = ScoringSettings()
     assert s.min_baseline <= s.window and 0 < s.scar_soft < s.scar_hard
     assert len(s.as_array()) == K.N_SETTINGS
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_after_a_gap_the_next_line_is_not_compared_with_the_last_one(seed: int) -> None:
+    """Lines skipped (a pause): compared with a line 60 lines back, the next one was flagged."""
+    from spmwatch import synth
+
+    scan = synth.clean_scan(seed, 192, 128)
+    lines = list(scan.lines())
+    flagged = []
+    for gap in (False, True):
+        scorer = ScanScorer("gap", list(scan.channels), scan.n_points, scan.expected_lines)
+        for line in lines[:60]:
+            scorer.push(line)
+        if gap:
+            scorer.mark_gap()
+        for line in lines[120:]:
+            scorer.push(line)
+        flagged.append([s.index for s in scorer.finish().lines if s.flagged])
+    assert flagged[0] == [120]  # the premise: without the mark, the first line after is flagged
+    assert flagged[1] == []

@@ -1014,7 +1014,9 @@ def score_line(
     for f in range(out.shape[0]):
         out[f] = 0.0
     head = (state[I_HIST_HEAD] + 1) % depth
-    have_ref = state[I_BASE_N] > 0
+    # no reference level on a scan's first line, nor after a gap (ScanScorer.mark_gap sets the
+    # history count to 0): the line before it is not its neighbour
+    have_ref = state[I_BASE_N] > 0 and state[I_HIST_N] > 0
     # 1. per-channel statistics and the dropout test. The level is measured as the step from
     # the last unflagged line: a tip change is a new persistent state, so the step stays in
     # view on every line until a line is accepted again, instead of fading into a baseline.

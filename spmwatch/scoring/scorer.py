@@ -388,6 +388,14 @@ class ScanScorer:
         K.score_frame(self._frame1, n, *self._args, self._features)
         return self._ingest(int(line.index), n)
 
+    def mark_gap(self) -> None:
+        """The next line does not follow the last one scored (lines were skipped, e.g. while
+        the daemon was paused): its line-to-line measures (level step, decorrelation, scar
+        bands) start afresh, as on a scan's first line, instead of comparing it with a line
+        scanned long before. The robust baseline is kept."""
+        self._no_lines_ahead()
+        self._state.state[K.I_HIST_N] = 0
+
     def score_ahead(self, frame: np.ndarray, indices: Sequence[int]) -> None:
         """Run the kernel now over the next lines, frame (lines, channels, points) in any
         layout and float dtype, in chunks that stay in cache; `take_ahead` then turns their
