@@ -310,6 +310,7 @@ class Daemon:
             if now >= next_sweep:
                 self._expire_idle(now)
                 self._redeliver_if_resumed()
+                self._report_held_errors()
                 next_sweep = now + 1.0
             if self._reload.is_set():
                 self._reload.clear()
@@ -744,6 +745,18 @@ class Daemon:
             file=file,
             events=[f"{e.kind} {e.start}-{e.end}" for e in frame.events],
         )
+
+    def _report_held_errors(self) -> None:
+        """Errors held back by the limit whose flood has stopped: one report each, so the count
+        is not left to the next error of that kind, which may never come."""
+        assert self.publisher is not None
+        for (source, subject, kind), held in self._error_reports.overdue():
+            reason = f"{held} more like this were held back: {kind}"
+            log.warning(
+                "source_error", source=source, subject=subject, reason=reason, suppressed=held
+            )
+            fields = {**protocol.error_fields(subject, reason), "suppressed": held}
+            self.publisher.publish(protocol.TOPIC_ERROR, None, source, fields)
 
     def _error(self, source: str, scan_id: str | None, subject: str, reason: str) -> None:
         """Count every error; log and publish at most ERROR_BURST of one kind about one subject

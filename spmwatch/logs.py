@@ -147,3 +147,14 @@ class Throttle:
             return 0
         entry[2] += 1
         return None
+
+    def overdue(self) -> list[tuple[Hashable, int]]:
+        """Keys whose window has ended with reports held back, and how many (counted once):
+        a flood that simply stops is still reported."""
+        now = self._clock()
+        due = []
+        for key, entry in list(self._keys.items()):
+            if entry[2] and now - entry[0] >= self.window:
+                due.append((key, int(entry[2])))
+                del self._keys[key]
+        return due

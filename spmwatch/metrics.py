@@ -52,7 +52,12 @@ class Metrics:
             "spmwatch_alerts", "Alerts published.", ["kind", "severity"], registry=r
         )
         self.frames = Counter("spmwatch_frames", "Frames finished.", ["verdict"], registry=r)
-        self.errors = Counter("spmwatch_errors", "spmwatch.error events.", ["source"], registry=r)
+        self.errors = Counter(
+            "spmwatch_errors",
+            "Errors counted (all of them; the spmwatch.error events of one kind are limited).",
+            ["source"],
+            registry=r,
+        )
         self.latency = Histogram(
             "spmwatch_line_latency_seconds",
             "From a source handing over a line to its score being ready.",

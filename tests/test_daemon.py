@@ -294,6 +294,11 @@ def test_a_flood_of_one_bad_message_is_counted_but_not_repeated(tmp_path: Path) 
         assert len(run.daemon.logged("source_error")) == ERROR_BURST
         published = wait_for(lambda: run.sub.of(protocol.TOPIC_ERROR))
         assert len(published) <= ERROR_BURST
+        # the flood stopped: once its window is over, one report says how many were held back
+        held = wait_for(
+            lambda: [e for e in run.sub.of(protocol.TOPIC_ERROR) if "suppressed" in e], 30
+        )
+        assert held[0]["suppressed"] == 4 * ERROR_BURST
     finally:
         run.sub.close()
         assert run.daemon.stop() == 0

@@ -76,3 +76,9 @@ def test_throttle_lets_a_burst_through_then_counts_what_it_holds_back() -> None:
     now[0] = 10.0
     assert throttle.admit("bad json") == 2  # the next window says how many were held back
     assert throttle.admit("bad json") == 0
+    for _ in range(4):
+        throttle.admit("bad json")
+    assert throttle.overdue() == []  # its window is still open
+    now[0] = 20.0
+    assert throttle.overdue() == [("bad json", 3)]  # a flood that stops is reported, once
+    assert throttle.overdue() == []
