@@ -148,6 +148,10 @@ def test_malformed_messages_are_rejected_counted_and_survived(
     assert any("channels ['HeightRetrace'] differ" in r for r in reasons)
     assert any("16 points" in r for r in reasons)
     assert {error.source for error in sink.errors} == {"socket"}
+    # a refused message whose header names a valid scan says which scan it was
+    outside = next(e for e in sink.errors if "outside" in e.reason)
+    assert outside.scan_id == GOOD["scan_id"]
+    assert next(e for e in sink.errors if "not valid JSON" in e.reason).scan_id is None
     counts = recv.counters.snapshot()
     assert sum(counts["rejected"].values()) == expected_errors
     assert counts["received"] == len(MALFORMED) + 4

@@ -9,6 +9,7 @@ producer sends can stop it: bad messages become counted `SourceError`s.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from spmwatch.protocol import (
     encode_end,
     encode_line,
     encode_lines,
+    valid_scan_id,
 )
 from spmwatch.sources import Counters, Sink, SourceThread
 
@@ -47,6 +49,16 @@ def reason_key(text: str) -> str:
     if len(key) > REASON_CHARS:
         key = key[: REASON_CHARS - 4].rsplit(" ", 1)[0] + " ..."
     return key
+
+
+def _scan_named(frames: list[bytes]) -> str | None:
+    """The valid scan_id a refused message's header names, if it can be read: an operator
+    must be able to tell which producer or scan misbehaves."""
+    try:
+        header = json.loads(frames[0])
+        return valid_scan_id(header.get("scan_id"))
+    except (IndexError, ValueError, AttributeError, ProtocolError):
+        return None
 
 
 @dataclass
@@ -120,7 +132,7 @@ class LineReceiver(SourceThread):
         try:
             item = decode_line_message(frames, source=self.name)
         except ProtocolError as exc:
-            self._reject(reason_key(str(exc)), f"malformed message: {exc}")
+            self._reject(reason_key(str(exc)), f"malformed message: {exc}", _scan_named(frames))
             return
         if isinstance(item, EndOfScan):
             self._end(item)
