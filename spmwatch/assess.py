@@ -12,18 +12,23 @@ from spmwatch.classify.classifier import Classifier
 from spmwatch.classify.features import ChannelStatsAccumulator
 from spmwatch.classify.watch import is_check, lines_to_next_check
 from spmwatch.model import Alert, FrameScores, Scan, Verdict
-from spmwatch.scoring.scorer import ScanScorer, score_scan
+from spmwatch.scoring.scorer import ScanScorer, ScoringSettings, score_scan
 from spmwatch.settings import ModelSettings
 
 
-def assess(scan: Scan, model: Classifier) -> tuple[FrameScores, Verdict]:
+def assess(
+    scan: Scan, model: Classifier, scoring: ScoringSettings | None = None
+) -> tuple[FrameScores, Verdict]:
     """Score a whole saved frame and decide it, exactly as the daemon does for a finished frame."""
-    frame = score_scan(scan)
+    frame = score_scan(scan, scoring)
     return frame, model.verdict(frame, scan.channels, finished=True)
 
 
 def watch_replay(
-    scan: Scan, model: Classifier, settings: ModelSettings | None = None
+    scan: Scan,
+    model: Classifier,
+    settings: ModelSettings | None = None,
+    scoring: ScoringSettings | None = None,
 ) -> tuple[Alert, Verdict] | None:
     """The poor_image alert (with its verdict) the daemon's frame watch would have raised while
     this scan came in line by line: the same checks on the same frames so far."""
@@ -34,7 +39,7 @@ def watch_replay(
     order = scan.acquisition_order()
     arrived = {name: data[order] for name, data in scan.channels.items()}
     held = ChannelStatsAccumulator.of_frame(arrived)
-    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
+    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, scoring)
     scorer.score_ahead(np.stack([arrived[name] for name in names], axis=1), order.tolist())
     seen = 0
     while seen < len(order):

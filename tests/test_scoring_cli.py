@@ -91,3 +91,25 @@ def test_a_slow_first_file_is_explained(monkeypatch, capsys) -> None:
     with cli_score.compiling_note("score"):
         wait_for(lambda: said.append(capsys.readouterr().err) or "still working" in said[-1])
     assert "compiles the scoring kernels" in said[-1]
+
+
+def test_score_with_a_daemon_config_judges_as_that_daemon(tmp_path: Path) -> None:
+    scan, _ = synth.failing_scan(0, 96, 64, fault="dropout", at=0.3)
+    path = synth.write(scan, tmp_path / "watched.ibw")
+    default = json.loads(spmwatch("score", "--json", str(path)).stdout)
+    assert default["poor_image"] is not None  # the premise: the frame watch names it
+    off = tmp_path / "off.toml"
+    off.write_text("[model]\nwatch = false\n")
+    done = spmwatch("score", "--json", "--config", str(off), str(path))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["poor_image"] is None
+    strict = tmp_path / "strict.toml"
+    strict.write_text("[scoring]\nflag_z = 49\n")  # barely anything flags
+    record = json.loads(spmwatch("score", "--json", "--config", str(strict), str(path)).stdout)
+    assert sum(line["flagged"] for line in record["lines"]) < sum(
+        line["flagged"] for line in default["lines"]
+    )
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scoring]\nbogus = 1\n")
+    done = spmwatch("score", "--config", str(bad), str(path))
+    assert done.returncode == 2 and "scoring.bogus: unknown key" in done.stderr

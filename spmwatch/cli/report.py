@@ -12,6 +12,7 @@ from spmwatch.cli.score import (
     add_model_option,
     compiling_note,
     open_model,
+    open_settings,
 )
 from spmwatch.ibw import IbwError, read_problem, read_scan
 
@@ -23,9 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write a PNG, the score JSON and a flag mask for one .ibw scan",
         description="Score FILE as `spmwatch score` does and write <scan_id>.png, "
-        "<scan_id>.json (the `score --json` record) and <scan_id>_mask.npy (flag per stored "
-        "line) into DIR. Exit 0 when written, 1 when DIR cannot be written, 2 when FILE "
-        "cannot be read.",
+        "<scan_id>.json (the `score --json` record) and <scan_id>_mask.npy (True for each "
+        "stored line inside an event) into DIR. Exit 0 when written, 1 when DIR cannot be "
+        "written, 2 when FILE cannot be read or the config is bad.",
     )
     parser.add_argument("file", metavar="FILE", help="an Asylum .ibw scan")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the report")
@@ -37,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: matplotlib would otherwise load with every command, `spmwatch run` too.
     from spmwatch.report import write_report
 
-    model = open_model(args.model, "report")
+    settings = open_settings(args, "report")
+    if settings is None:
+        return EXIT_UNREADABLE
+    model = open_model(args.model or settings.model.path or None, "report")
     if model is None:
         return EXIT_BAD_MODEL
     try:
@@ -46,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"spmwatch report: {args.file}: {read_problem(exc)}", file=sys.stderr)
         return EXIT_UNREADABLE
     with compiling_note("report"):
-        frame, verdict = assess(scan, model)
-        record = score_record(args.file, frame, verdict, watch_replay(scan, model))
+        frame, verdict = assess(scan, model, settings.scoring)
+        watched = watch_replay(scan, model, settings.model, settings.scoring)
+        record = score_record(args.file, frame, verdict, watched)
     try:
         paths = write_report(scan, frame, record, args.out)
     except OSError as exc:

@@ -11,7 +11,9 @@ from contextlib import contextmanager
 
 from spmwatch.assess import assess, score_record, watch_replay
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
+from spmwatch.config import ConfigError
 from spmwatch.ibw import IbwError, read_problem, read_scan
+from spmwatch.settings import Settings, load_settings
 
 EXIT_UNREADABLE = 2
 EXIT_BAD_MODEL = 3
@@ -23,8 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="score .ibw scans line by line",
         description="Score each Asylum .ibw file line by line, exactly as the daemon would have "
         "live, and judge the frame: verdict, probability, alert line, events. Exit 0 when every "
-        "file was scored, 2 when any was unreadable (the others are still scored), 3 when the "
-        "model cannot be used.",
+        "file was scored, 2 when any was unreadable (the others are still scored) or the config "
+        "is bad, 3 when the model cannot be used.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help=".ibw files to score")
     parser.add_argument(
@@ -37,9 +39,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_model_option(parser: argparse.ArgumentParser) -> None:
+    """--model and --config: what judges the file, so it can be judged as a given daemon would."""
     parser.add_argument(
-        "--model", metavar="PATH", help="classifier .skops file (default: the shipped model)"
+        "--model",
+        metavar="PATH",
+        help="classifier .skops file (default: the config's [model] path, else the shipped model)",
     )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a daemon's config (spmwatch.toml): score with its [scoring] and [model] settings, "
+        "as that daemon would (default: the built-in settings)",
+    )
+
+
+def open_settings(args: argparse.Namespace, command: str) -> Settings | None:
+    """The settings of --config (the defaults without it), or None after printing why not."""
+    if not args.config:
+        return Settings()
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(f"spmwatch {command}: {exc}", file=sys.stderr)
+        return None
 
 
 COMPILING_NOTE_AFTER = 5.0  # s before a first file still not scored is explained
@@ -109,7 +131,10 @@ def _human(record: dict[str, object]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = open_model(args.model, "score")
+    settings = open_settings(args, "score")
+    if settings is None:
+        return EXIT_UNREADABLE
+    model = open_model(args.model or settings.model.path or None, "score")
     if model is None:
         return EXIT_BAD_MODEL
     unreadable = 0
@@ -124,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"file": path, "error": problem}), flush=True)
             continue
         with compiling_note("score"):
-            frame, verdict = assess(scan, model)
-            record = score_record(path, frame, verdict, watch_replay(scan, model))
+            frame, verdict = assess(scan, model, settings.scoring)
+            watched = watch_replay(scan, model, settings.model, settings.scoring)
+            record = score_record(path, frame, verdict, watched)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if unreadable:
         print(f"{unreadable} of {len(args.files)} files unreadable", file=sys.stderr)
