@@ -40,6 +40,7 @@ KIND_COLOURS: dict[str, str] = dict(
 )
 OTHER_KIND_COLOUR = "#4daf4a"  # a kind added to the scorer after this palette
 ALERT_COLOUR = "#00e000"
+WATCH_COLOUR = "#f781bf"  # the frame watch's poor_image line, the kind's colour
 DPI = 110
 # Display units by channel prefix: length channels are stored in metres, Phase in degrees,
 # the auxiliary inputs and potentials in volts. Asylum files do not record a unit per channel.
@@ -290,7 +291,7 @@ def _score_panel(ax: Axes, frame: FrameScores, n_lines: int, threshold: float) -
     _mark_events(ax, frame, n_lines, labels=True)
 
 
-def _legend(fig: Figure, frame: FrameScores, threshold: float) -> None:
+def _legend(fig: Figure, frame: FrameScores, threshold: float, watch_line: int | None) -> None:
     labels: dict[str, str] = {}
     for event in frame.events:
         missing = f" (lines {event.start}–{event.end} not saved)"
@@ -309,6 +310,9 @@ def _legend(fig: Figure, frame: FrameScores, threshold: float) -> None:
                 label=f"alert line {frame.alert.line}",
             )
         )
+    if watch_line is not None:
+        style = {"color": WATCH_COLOUR, "lw": 1.4, "ls": (0, (1, 1.5))}
+        handles.append(Line2D([], [], **style, label=f"poor image judged at line {watch_line}"))
     handles.append(
         Line2D([], [], color="#e41a1c", lw=1.0, ls="--", label=f"flag threshold {threshold:g}")
     )
@@ -394,7 +398,12 @@ def render_png(
     axes[0].set_ylabel("stored line index (line 0 at bottom)", fontsize=9)
     _score_panel(axes[-1], frame, n_lines, threshold)
     axes[-1].tick_params(labelsize=8, labelleft=True)
-    _legend(fig, frame, threshold)
+    watched = record.get("poor_image")
+    watch_line = watched["line"] if isinstance(watched, Mapping) else None
+    if watch_line is not None:  # where the frame watch judged the frame so far a failure
+        for ax in axes:
+            ax.axhline(watch_line, color=WATCH_COLOUR, lw=1.4, ls=(0, (1, 1.5)), zorder=5)
+    _legend(fig, frame, threshold, watch_line)
     return fig
 
 

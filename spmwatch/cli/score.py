@@ -111,8 +111,9 @@ def _human(record: dict[str, object]) -> str:
     watched = record["poor_image"]
     if isinstance(watched, dict):
         out.append(
-            f"  poor image: the frame so far was judged a failure at line {watched['line']} "
-            f"(after {watched['position'] + 1} lines scanned, p={watched['probability']:.2f})"
+            f"  poor image ({watched['severity']}): the frame so far was judged a failure at "
+            f"line {watched['line']} (after {watched['position'] + 1} lines scanned, "
+            f"p={watched['probability']:.2f})"
         )
     events = record["events"]
     assert isinstance(events, list)
