@@ -461,14 +461,7 @@ class Daemon:
         """Score consecutive lines of one scan; publish their scores and the scan's alert."""
         first = run[0][1]
         if self._paused:
-            self._count("lines_received", "lines_paused", n=sum(_n_lines(item) for _, item in run))
-            self._paused_through[first.scan_id] = True
-            self._paused_through.move_to_end(first.scan_id)
-            paused_scan = self._scans.get(first.scan_id)
-            if paused_scan is not None:
-                paused_scan.gap = True
-            while len(self._paused_through) > _PAUSED_SCANS_KEPT:
-                self._paused_through.popitem(last=False)
+            self._drop_paused(run)
             return
         scan = self._scans.get(first.scan_id)
         if scan is None:
@@ -561,6 +554,19 @@ class Daemon:
             self._publish_alert(
                 alert, verdict, first.scan_id, first.source, protocol.LIVE, scan.count, received
             )
+
+    def _drop_paused(self, run: list[Arrived]) -> None:
+        """Count lines that came while paused and remember their scan lost lines: its next
+        line is no neighbour of its last (mark_gap) and its end is no stopped frame."""
+        scan_id = run[0][1].scan_id
+        self._count("lines_received", "lines_paused", n=sum(_n_lines(item) for _, item in run))
+        self._paused_through[scan_id] = True
+        self._paused_through.move_to_end(scan_id)
+        while len(self._paused_through) > _PAUSED_SCANS_KEPT:
+            self._paused_through.popitem(last=False)
+        scan = self._scans.get(scan_id)
+        if scan is not None:
+            scan.gap = True
 
     def _tally(self, source: str, n: int, received: bool = True) -> None:
         """n lines of `source` scored (and received: live lines; a saved frame's were read)."""
