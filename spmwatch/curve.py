@@ -106,7 +106,7 @@ class _KeySet:
         if self._refusals.admit(key) is not None:
             log.warning(
                 "curve_client_refused",
-                client_key=z85.encode(key).decode("ascii"),
+                client_key=key.decode("ascii", "replace"),  # z85 already: as in its .key file
                 reason="its public key is not in the authorised-keys folder",
             )
         return False

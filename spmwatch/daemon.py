@@ -225,6 +225,7 @@ class Daemon:
             note="the first start after an install compiles the numba kernels (about a minute);"
             " later starts load them from numba's cache",
         )
+        logs.flush()  # out now: nothing else is written during the minute it explains
         warm = self._warm_up()
         self.publisher = Publisher(
             s.publish.endpoint,

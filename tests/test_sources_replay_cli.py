@@ -101,3 +101,15 @@ def test_in_process_replay_of_a_failing_real_scan_alerts_like_the_scorer(
         assert printed == []
     else:
         assert printed == [(str(alert.line), str(alert.position), alert.kind, alert.severity)]
+
+
+@pytest.mark.parametrize(
+    "option", [["--every", "0"], ["--every", "-5"], ["--rate", "0"], ["--timeout", "0"]]
+)
+def test_bad_numbers_are_refused_naming_the_option(tmp_path: Path, capsys, option) -> None:
+    """--every 0 ended in a ZeroDivisionError traceback; --rate 0 silently meant --fast."""
+    path = write_fixture(tmp_path, make_scan(lines=4, points=8))
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", str(path), *option])
+    assert exited.value.code == 2
+    assert f"argument {option[0]}: '{option[1]}' must be > 0" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spmwatch.ibw import IbwError, read_scan
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="the .ibw frame to play")
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, metavar="R", help="lines per second")
+    pace.add_argument("--rate", type=_positive(float), metavar="R", help="lines per second (> 0)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
     parser.add_argument(
         "--to",
@@ -43,16 +44,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--scan-id", help="scan id to use (default: the file name)")
     parser.add_argument(
-        "--every", type=int, default=32, metavar="N", help="print progress every N lines"
+        "--every",
+        type=_positive(int),
+        default=32,
+        metavar="N",
+        help="print progress every N lines (default 32)",
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_positive(float),
         default=10.0,
         metavar="S",
         help="give up when the receiver takes nothing for S seconds (default 10)",
     )
     parser.set_defaults(func=run)
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: `kind` of the text, refused (exit 2, naming it) unless > 0."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
