@@ -393,7 +393,15 @@ class Daemon:
         if s.scope.buffer_dir:
             from spmwatch.sources.scope import ScopeFollower
 
-            made.append(ScopeFollower(Path(s.scope.buffer_dir), self._sink))
+            made.append(
+                ScopeFollower(
+                    Path(s.scope.buffer_dir),
+                    self._sink,
+                    channel_names=s.scope.channels,
+                    n_lines=s.scope.lines,
+                    give_up=s.scope.incomplete_after,
+                )
+            )
         return made
 
     def _close(self) -> None:

@@ -15,6 +15,7 @@ from spmwatch import protocol
 from spmwatch.classify.watch import FrameWatch
 from spmwatch.config import check_bounds, in_folder, load_file
 from spmwatch.scoring.scorer import ScoringSettings
+from spmwatch.sources.scope import DEFAULT_CHANNELS as DEFAULT_SCOPE_CHANNELS
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,18 @@ class LinesSettings:
 
 @dataclass(frozen=True)
 class ScopeSettings:
-    """aespm's scope buffer folder to follow lines from; empty means off."""
+    """aespm's scope ring to follow lines from (empty `buffer_dir`: off). The ring's files
+    carry no line number, so the frame length and the channels it saves are told here."""
 
     buffer_dir: str = ""
+    lines: int = 256
+    channels: tuple[str, ...] = DEFAULT_SCOPE_CHANNELS
+    incomplete_after: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_bounds(self, above={"lines": 0, "incomplete_after": 0})
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels = {list(self.channels)} must be distinct names, >= 1")
 
 
 @dataclass(frozen=True)

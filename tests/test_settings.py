@@ -86,6 +86,8 @@ def test_every_key_is_commented() -> None:
         ("[control]\nendpoint = 'tcp://127.0.0.1:0'\n", "the port must be 1-65535"),
         ("[model]\nwatch_threshold = 0.3\n", "model: watch_threshold = 0.3 must be >= 0.5"),
         ("[model]\nwatch_checks = 0\n", "model: watch_checks = 0 must be >= 1"),
+        ("[scope]\nlines = 0\n", "scope: lines = 0 must be > 0"),
+        ("[scope]\nchannels = []\n", "scope: channels = [] must be distinct names"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, named: str) -> None:

@@ -117,3 +117,44 @@ def test_custom_channel_order_and_a_wrong_wave_is_reported(tmp_path: Path) -> No
 def test_scan_id_must_be_safe(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scan_id"):
         ScopeFollower(tmp_path, Collector(), scan_id="../x")
+
+
+def test_a_fast_scan_loses_no_line(tmp_path: Path) -> None:
+    """Igor writing 200 lines/s and never waiting: with a 50 ms settle per slot the follower
+    took ~20 slots a second, Igor lapped the ring, and lines were lost without a count."""
+    sink = Collector()
+    follower = ScopeFollower(tmp_path, sink, n_lines=60)  # the defaults: poll 50 ms
+    follower.start()
+    try:
+        for line in range(60):
+            save_scope(tmp_path / f"Scope{line % 20}.ibw", scope_data(line))
+            time.sleep(0.005)  # Igor's pace: a line every 5 ms
+        assert wait_for(lambda: len(sink.lines) == 60, timeout=20), follower.counters.snapshot()
+    finally:
+        assert follower.stop(2.0)
+    assert [line.index for line in sink.lines] == list(range(60))
+    for line in sink.lines:
+        np.testing.assert_array_equal(line.channels["ZSensorTrace"], scope_data(line.index)[0])
+    assert follower.counters.snapshot()["gaps"] == 0
+
+
+def test_a_missing_folder_is_reported_and_a_broken_slot_does_not_hold_the_ring(
+    tmp_path: Path,
+) -> None:
+    ring = tmp_path / "ring"
+    sink = Collector()
+    follower = ScopeFollower(ring, sink, poll=0.01, n_lines=8, give_up=0.3)
+    follower.start()
+    try:
+        assert wait_for(lambda: any("scope folder missing" in e.reason for e in sink.errors))
+        ring.mkdir()
+        save_scope(ring / "Scope0.ibw", scope_data(0))
+        assert wait_for(lambda: len(sink.lines) == 1)
+        whole = (ring / "Scope0.ibw").read_bytes()
+        (ring / "Scope1.ibw").write_bytes(whole[: len(whole) // 2])  # never finished
+        save_scope(ring / "Scope2.ibw", scope_data(2))
+        assert wait_for(lambda: len(sink.lines) == 2, timeout=5)  # after give_up, not 30 s
+    finally:
+        assert follower.stop(2.0)
+    broken = [e for e in sink.errors if e.subject.endswith("Scope1.ibw")]
+    assert broken and "still incomplete" in broken[0].reason and broken[0].scan_id == "scope-1"

@@ -3,14 +3,17 @@
 aespm's Igor user function `OverwriteZSensorScope()` runs on each image update: it bumps a
 counter modulo 20 and saves the live scope waves as one `nop x 8` wave into `Scope<k>.ibw`.
 Its columns are, in order: ZSensor, Amplitude, Phase and Height, each trace then retrace
-(`DEFAULT_CHANNELS`; pass `channel_names` if your Igor function saves another set or order).
+(`DEFAULT_CHANNELS`; `[scope] channels` if your Igor function saves another set or order).
 
 The files carry no line number, so the follower keeps its own: it reads the slots in ring
 order, skips a rewrite whose data did not change (an image update without a new line),
 counts and reports skipped slots as gaps (the line index jumps over them), and cuts the stream
-into frames of `n_lines` lines (scan ids `<scan_id>-1`, `<scan_id>-2`, ...). A follower
-that falls a whole lap (n_slots lines) behind Igor cannot tell; the daemon's queue keeps it
-fed, and a slot is read in about a millisecond.
+into frames of `n_lines` lines (`[scope] lines`; scan ids `<scan_id>-1`, `<scan_id>-2`, ...).
+A slot is read as soon as it is whole (its headers' sizes, then its stamp checked again after
+the read), not after a settle time: waiting 50 ms for each let Igor lap the ring above ~20
+lines/s. A follower that falls a whole lap (n_slots lines) behind Igor cannot tell; a slot is
+read in about a millisecond. A slot still incomplete after `give_up` s is reported broken and
+skipped, so one bad file holds the ring for seconds, not the 30 s a saved frame may take.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def scope_channels(scan: Scan, names: Sequence[str]) -> dict[str, np.ndarray]:
     if len(scan.channels) != 1 or scan.n_lines != len(names):
         raise ValueError(
             f"expected one nop x {len(names)} scope wave, found channels {shapes} "
-            "(set channel_names to match what your Igor function saves)"
+            "(set [scope] channels to the rows your Igor function saves)"
         )
     rows = next(iter(scan.channels.values()))
     return {name: rows[i] for i, name in enumerate(names)}
@@ -74,8 +77,8 @@ class ScopeFollower(SourceThread):
         poll: float = 0.05,
         channel_names: Sequence[str] = DEFAULT_CHANNELS,
         n_lines: int = 256,
-        settle: float = 0.05,
-        give_up: float = 30.0,
+        settle: float = 0.0,
+        give_up: float = 2.0,
     ) -> None:
         super().__init__(sink)
         self.buffer_dir = Path(buffer_dir)
@@ -101,6 +104,8 @@ class ScopeFollower(SourceThread):
 
     def start(self) -> None:
         """Remember the ring as it is: only files written after start() are new lines."""
+        if not self.buffer_dir.is_dir():
+            self._emit_error(str(self.buffer_dir), "scope folder missing; waiting for it")
         stamps = [self._stamp(k) for k in range(self.n_slots)]
         self._stamps = stamps
         written = [k for k in range(self.n_slots) if stamps[k] is not None]
@@ -140,7 +145,7 @@ class ScopeFollower(SourceThread):
         except ValueError as exc:
             # Igor saved a line here that cannot be read: lost, like a skipped slot.
             self.counters.add("broken")
-            self._emit_error(str(self.slot(k)), str(exc))
+            self._emit_error(str(self.slot(k)), str(exc), self.current_scan_id)
             self._advance(1)
             return True
         self._line(k, channels)
@@ -169,6 +174,7 @@ class ScopeFollower(SourceThread):
         self._emit_error(
             str(self.slot(k)),
             f"gap: {skipped} scope slot(s) skipped before Scope{k}; {skipped} line(s) lost",
+            self.current_scan_id,
         )
         self._advance(skipped)
 
