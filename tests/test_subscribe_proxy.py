@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -108,3 +109,21 @@ def test_proxy_refuses_to_republish_an_encrypted_stream_in_plain_text() -> None:
     out, err = proxy.communicate(timeout=60)
     assert proxy.returncode == 2, out + err
     assert "plain text" in err and "--authorized-keys" in err
+
+
+def test_a_proxy_open_beyond_the_machine_without_curve_warns() -> None:
+    from tests.daemon_helpers import free_port
+
+    port = free_port()
+    proxy = _spmwatch(
+        "proxy", "--connect", f"tcp://127.0.0.1:{free_port()}", "--bind", f"tcp://0.0.0.0:{port}"
+    )
+    try:
+        assert proxy.stderr is not None
+        ready, _, _ = select.select([proxy.stderr], [], [], 60)  # no hang if it never warns
+        assert ready, "the proxy wrote nothing to stderr"
+        warning = proxy.stderr.readline()  # the first line it writes to stderr
+        assert "reachable beyond this machine without CURVE" in warning
+    finally:
+        proxy.terminate()
+        proxy.communicate(timeout=30)

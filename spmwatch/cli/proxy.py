@@ -14,6 +14,7 @@ import threading
 
 import zmq
 
+from spmwatch import protocol
 from spmwatch.curve import CurveError, configure_client, configure_server
 from spmwatch.protocol import is_local
 
@@ -90,6 +91,13 @@ def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event
         )
         worker.start()
         print(f"spmwatch proxy: {' '.join(args.connect)} -> {args.bind}", flush=True)
+        if not args.authorized_keys and not protocol.is_local(args.bind):
+            print(
+                f"spmwatch proxy: warning: {args.bind} is reachable beyond this machine without "
+                "CURVE (--authorized-keys): anyone who can reach it can subscribe",
+                file=sys.stderr,
+                flush=True,
+            )
         stop.wait()
         steer.send(b"TERMINATE")
         worker.join(timeout=5)
