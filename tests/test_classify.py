@@ -316,3 +316,21 @@ def test_undefined_metrics_are_empty_not_zero():
 def test_a_folder_as_model_path_is_named_as_one(tmp_path: Path):
     with pytest.raises(C.ModelError, match=r"a folder; name the model's \.skops file"):
         C.Classifier.load(tmp_path)
+
+
+def test_the_shipped_model_is_found_in_a_user_install(tmp_path: Path, monkeypatch):
+    """`pip install --user` puts the wheel's data files under the user base, not sys.prefix."""
+    import shutil
+    import site
+    import sys
+
+    user_models = tmp_path / "user" / "share" / "spmwatch" / "models"
+    user_models.mkdir(parents=True)
+    shipped = C.default_model_path()
+    for path in (shipped, shipped.with_suffix(".json")):
+        shutil.copy(path, user_models / path.name)
+    monkeypatch.setattr(C, "__file__", str(tmp_path / "site-packages" / "spmwatch" / "x" / "c.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(site, "getuserbase", lambda: str(tmp_path / "user"))
+    assert C.default_model_path() == user_models / shipped.name
+    assert C.load_default().identity()["model"] == "default"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import site
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -364,10 +365,13 @@ class Classifier:
 
 def default_model_path() -> Path:
     """Where the shipped model is: the repository's models/ folder in a source checkout or
-    editable install, else the copy a wheel installs under <prefix>/share/spmwatch/models."""
+    editable install, else the copy a wheel installs under <data>/share/spmwatch/models, where
+    <data> is the environment's prefix or, for `pip install --user`, the user base."""
+    shipped = Path("share") / "spmwatch" / "models" / f"{DEFAULT_NAME}.skops"
     candidates = [
         Path(__file__).resolve().parents[2] / "models" / f"{DEFAULT_NAME}.skops",
-        Path(sys.prefix) / "share" / "spmwatch" / "models" / f"{DEFAULT_NAME}.skops",
+        Path(sys.prefix) / shipped,
+        Path(site.getuserbase()) / shipped,
     ]
     for candidate in candidates:
         if candidate.is_file():
