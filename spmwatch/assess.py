@@ -6,6 +6,8 @@ answer for a file is the one the daemon would have published live.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from spmwatch.classify.classifier import Classifier
@@ -16,25 +18,29 @@ from spmwatch.scoring.scorer import ScanScorer, ScoringSettings, score_scan
 from spmwatch.settings import ModelSettings
 
 
+class Assessment(NamedTuple):
+    """A saved frame judged as the daemon would have judged it."""
+
+    frame: FrameScores
+    verdict: Verdict
+    poor_image: tuple[Alert, Verdict] | None  # the frame watch's alert and its verdict
+
+
 def assess(
-    scan: Scan, model: Classifier, scoring: ScoringSettings | None = None
-) -> tuple[FrameScores, Verdict]:
-    """Score a whole saved frame and decide it, exactly as the daemon does for a finished frame."""
-    frame = score_scan(scan, scoring)
-    return frame, model.verdict(frame, scan.channels, finished=True)
-
-
-def watch_replay(
     scan: Scan,
     model: Classifier,
-    settings: ModelSettings | None = None,
     scoring: ScoringSettings | None = None,
-) -> tuple[Alert, Verdict] | None:
-    """The poor_image alert (with its verdict) the daemon's frame watch would have raised while
-    this scan came in line by line: the same checks on the same frames so far."""
-    watch = (settings or ModelSettings()).frame_watch()
+    watching: ModelSettings | None = None,
+) -> Assessment:
+    """Score a whole saved frame and decide it, exactly as the daemon does for a finished frame.
+
+    With `watching` (its frame watch on), also the poor_image alert the daemon would have raised
+    while the scan came in line by line: the same checks on the same frames so far, made in the
+    same scoring pass (the lines go to the scorer in steps that end on each check)."""
+    watch = watching.frame_watch() if watching is not None else None
     if watch is None:
-        return None
+        frame = score_scan(scan, scoring)
+        return Assessment(frame, model.verdict(frame, scan.channels, finished=True), None)
     names = list(scan.channels)
     order = scan.acquisition_order()
     arrived = {name: data[order] for name, data in scan.channels.items()}
@@ -42,15 +48,18 @@ def watch_replay(
     scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, scoring)
     scorer.score_ahead(np.stack([arrived[name] for name in names], axis=1), order.tolist())
     seen = 0
+    raised: tuple[Alert, Verdict] | None = None
     while seen < len(order):
-        seen += len(scorer.take_ahead(lines_to_next_check(seen)))  # stops at a line alert too
-        if is_check(seen, scan.expected_lines):
-            frame = scorer.frame()
-            verdict = model.verdict(frame, held, finished=False)
-            alert = watch.judge(frame, verdict)
+        step = lines_to_next_check(seen) if raised is None else len(order) - seen
+        seen += len(scorer.take_ahead(step))  # stops at a line alert too
+        if raised is None and is_check(seen, scan.expected_lines):
+            so_far = scorer.frame()
+            verdict = model.verdict(so_far, held, finished=False)
+            alert = watch.judge(so_far, verdict)
             if alert is not None:
-                return alert, verdict
-    return None
+                raised = (alert, verdict)
+    frame = scorer.finish()
+    return Assessment(frame, model.verdict(frame, scan.channels, finished=True), raised)
 
 
 def score_record(
@@ -60,7 +69,7 @@ def score_record(
     watched: tuple[Alert, Verdict] | None = None,
 ) -> dict[str, object]:
     """The `spmwatch score --json` record of one file (also what `spmwatch report` writes);
-    `watched`: the frame watch's alert, from `watch_replay`."""
+    `watched`: the frame watch's alert, `Assessment.poor_image`."""
     alert = frame.alert
     return {
         "file": path,

@@ -128,7 +128,7 @@ def run_demo(
             "slow for it, or lines that never came); the frame verdict failed the scan",
             file=say,
         )
-    frame, verdict = assess(scan, load_default())
+    frame, verdict, _ = assess(scan, load_default())
     paths = write_report(
         scan, frame, score_record(str(scan_file), frame, verdict), out_dir / "report"
     )

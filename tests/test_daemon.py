@@ -20,10 +20,11 @@ import pytest
 import zmq
 
 from spmwatch import protocol
-from spmwatch.assess import assess, watch_replay
+from spmwatch.assess import assess
 from spmwatch.classify.classifier import default_model_path, load_default
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import ScanScorer, score_scan
+from spmwatch.settings import ModelSettings
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.synth import clean_scan, failing_scan
 from tests.daemon_helpers import (
@@ -165,7 +166,7 @@ def test_the_frame_watch_alert_is_the_one_spmwatch_score_replays(running: Runnin
     at the line, with the probability, that the offline replay gives."""
     scan, _ = failing_scan(0, 96, 64, fault="dropout", at=0.3)
     scan = dataclasses.replace(scan, scan_id="watched-1")
-    offline = watch_replay(scan, load_default())
+    offline = assess(scan, load_default(), watching=ModelSettings()).poor_image
     assert offline is not None
     send_scan(running.endpoints["lines"], scan)
     _frame(running, "watched-1")
@@ -201,7 +202,7 @@ def test_a_live_scan_gets_the_verdict_spmwatch_score_gives_its_file(
     scan_id = f"order-{int(scan_down)}"
     scan, _ = failing_scan(5, LINES, POINTS, fault="gain_drift", at=0.3)
     scan = dataclasses.replace(scan, scan_id=scan_id, scan_down=scan_down)
-    _, offline = assess(scan, load_default())
+    _, offline, _ = assess(scan, load_default())
     send_scan(running.endpoints["lines"], scan)
     frame = _frame(running, scan_id)
     assert frame["lines"] == LINES

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spmwatch import synth
-from spmwatch.assess import watch_replay
+from spmwatch.assess import assess
 from spmwatch.classify.classifier import load_default
 from spmwatch.classify.watch import WATCH_EVERY, WATCH_FROM, FrameWatch, is_check
 from spmwatch.classify.watch import lines_to_next_check as to_next
@@ -54,7 +54,7 @@ def test_real_bad_scans_are_named_while_they_scan(data_root: Path) -> None:
     model = load_default()
     named = {}
     for path in sorted((data_root / "ofdspm").glob("*/*.ibw")):
-        watched = watch_replay(read_scan(path), model)
+        watched = assess(read_scan(path), model, watching=ModelSettings()).poor_image
         if watched is not None:
             named[path.name] = (path.parent.name, watched[0].position + 1)
     assert named == {
@@ -70,4 +70,4 @@ def test_real_bad_scans_are_named_while_they_scan(data_root: Path) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_clean_generated_scans_are_not_named(seed: int) -> None:
     scan = synth.clean_scan(seed, 160, 128, traces=bool(seed % 2), scan_down=seed % 3 == 0)
-    assert watch_replay(scan, load_default()) is None
+    assert assess(scan, load_default(), watching=ModelSettings()).poor_image is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from spmwatch.assess import assess, score_record, watch_replay
+from spmwatch.assess import assess, score_record
 from spmwatch.cli.score import (
     EXIT_BAD_MODEL,
     EXIT_UNREADABLE,
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"spmwatch report: {args.file}: {read_problem(exc)}", file=sys.stderr)
         return EXIT_UNREADABLE
     with compiling_note("report"):
-        frame, verdict = assess(scan, model, settings.scoring)
-        watched = watch_replay(scan, model, settings.model, settings.scoring)
+        frame, verdict, watched = assess(scan, model, settings.scoring, settings.model)
         record = score_record(args.file, frame, verdict, watched)
     try:
         paths = write_report(scan, frame, record, args.out)

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from spmwatch.assess import assess, score_record, watch_replay
+from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.config import ConfigError
 from spmwatch.ibw import IbwError, read_problem, read_scan
@@ -150,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"file": path, "error": problem}), flush=True)
             continue
         with compiling_note("score"):
-            frame, verdict = assess(scan, model, settings.scoring)
-            watched = watch_replay(scan, model, settings.model, settings.scoring)
+            frame, verdict, watched = assess(scan, model, settings.scoring, settings.model)
             record = score_record(path, frame, verdict, watched)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if unreadable:
