@@ -764,14 +764,9 @@ class Daemon:
     def _report_held_errors(self) -> None:
         """Errors held back by the limit whose flood has stopped: one report each, so the count
         is not left to the next error of that kind, which may never come."""
-        assert self.publisher is not None
         for (source, subject, kind), held in self._error_reports.overdue():
             reason = f"{held} more like this were held back: {kind}"
-            log.warning(
-                "source_error", source=source, subject=subject, reason=reason, suppressed=held
-            )
-            fields = {**protocol.error_fields(subject, reason), "suppressed": held}
-            self.publisher.publish(protocol.TOPIC_ERROR, None, source, fields)
+            self._report_error(source, None, subject, reason, held)
 
     def _error(self, source: str, scan_id: str | None, subject: str, reason: str) -> None:
         """Count every error; log and publish at most ERROR_BURST of one kind about one subject
@@ -780,8 +775,13 @@ class Daemon:
         self._count("errors")
         self.metrics.errors.labels(source).inc()
         held = self._error_reports.admit((source, subject, reason_key(reason)))
-        if held is None:
-            return
+        if held is not None:
+            self._report_error(source, scan_id, subject, reason, held)
+
+    def _report_error(
+        self, source: str, scan_id: str | None, subject: str, reason: str, held: int
+    ) -> None:
+        """Log and publish one error; `held`: how many like it the limit held back before."""
         extra = {"suppressed": held} if held else {}
         log.warning("source_error", source=source, subject=subject, reason=reason, **extra)
         if self.publisher is not None:

@@ -96,8 +96,8 @@ def _default(kind: str) -> Callable[[], SeverityActions]:
 @dataclass(frozen=True)
 class PolicySettings:
     """By default a tip change or tracking loss stops the scan from medium severity on (and
-    withdraws at high), ringing and dropouts stop it at high; streaks and stopped frames are
-    notices (spmwatch.advice.DEFAULT_POLICY)."""
+    withdraws at high), ringing and dropouts stop it at high; streaks, stopped frames and poor
+    images are notices (spmwatch.advice.DEFAULT_POLICY)."""
 
     tip_change: SeverityActions = field(default_factory=_default("tip_change"))
     streak: SeverityActions = field(default_factory=_default("streak"))
