@@ -14,12 +14,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-
 from spmwatch import synth
+from spmwatch.assess import watch_checks
 from spmwatch.classify.classifier import load_default
-from spmwatch.classify.features import ChannelStatsAccumulator
-from spmwatch.classify.watch import is_check, lines_to_next_check
 from spmwatch.ibw import read_scan
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import ScanScorer
@@ -29,18 +26,8 @@ RULES = [(0.9, 1), (0.9, 2), (0.9, 3), (0.95, 1), (0.95, 2), (0.95, 3), (0.97, 2
 
 def probabilities(scan: Scan, model) -> list[float]:
     """The in-progress probability at every check of the scan, as the daemon computes it."""
-    names = list(scan.channels)
-    order = scan.acquisition_order()
-    arrived = {name: data[order] for name, data in scan.channels.items()}
-    held = ChannelStatsAccumulator.of_frame(arrived)
-    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
-    scorer.score_ahead(np.stack([arrived[name] for name in names], axis=1), order.tolist())
-    seen, found = 0, []
-    while seen < len(order):
-        seen += len(scorer.take_ahead(lines_to_next_check(seen)))
-        if is_check(seen, scan.expected_lines):
-            found.append(model.predict_proba(scorer.frame(), held, finished=False))
-    return found
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
+    return [verdict.probability for _, verdict in watch_checks(scan, scorer, model)]
 
 
 def named(checks: list[float], threshold: float, in_a_row: int) -> bool:

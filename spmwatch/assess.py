@@ -6,6 +6,7 @@ answer for a file is the one the daemon would have published live.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -41,25 +42,37 @@ def assess(
     if watch is None:
         frame = score_scan(scan, scoring)
         return Assessment(frame, model.verdict(frame, scan.channels, finished=True), None)
-    names = list(scan.channels)
+    scorer = ScanScorer(
+        scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines, scoring
+    )
+    raised: tuple[Alert, Verdict] | None = None
+    for so_far, verdict in watch_checks(scan, scorer, model):
+        alert = watch.judge(so_far, verdict)
+        if alert is not None:
+            raised = (alert, verdict)
+            break
+    while scorer.take_ahead(scan.n_lines):  # the lines after the alert (each step ends on one)
+        pass
+    frame = scorer.finish()
+    return Assessment(frame, model.verdict(frame, scan.channels, finished=True), raised)
+
+
+def watch_checks(
+    scan: Scan, scorer: ScanScorer, model: Classifier
+) -> Iterator[tuple[FrameScores, Verdict]]:
+    """Feed `scan` to a fresh `scorer` line by line as the daemon would, in one scoring pass,
+    and yield the frame so far with its in-progress verdict at each frame-watch check. Lines
+    past the last check taken stay ahead in the scorer (`take_ahead` them)."""
     order = scan.acquisition_order()
     arrived = {name: data[order] for name, data in scan.channels.items()}
     held = ChannelStatsAccumulator.of_frame(arrived)
-    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, scoring)
-    scorer.score_ahead(np.stack([arrived[name] for name in names], axis=1), order.tolist())
+    scorer.score_ahead(np.stack([arrived[name] for name in scan.channels], axis=1), order.tolist())
     seen = 0
-    raised: tuple[Alert, Verdict] | None = None
     while seen < len(order):
-        step = lines_to_next_check(seen) if raised is None else len(order) - seen
-        seen += len(scorer.take_ahead(step))  # stops at a line alert too
-        if raised is None and is_check(seen, scan.expected_lines):
+        seen += len(scorer.take_ahead(lines_to_next_check(seen)))  # stops at a line alert too
+        if is_check(seen, scan.expected_lines):
             so_far = scorer.frame()
-            verdict = model.verdict(so_far, held, finished=False)
-            alert = watch.judge(so_far, verdict)
-            if alert is not None:
-                raised = (alert, verdict)
-    frame = scorer.finish()
-    return Assessment(frame, model.verdict(frame, scan.channels, finished=True), raised)
+            yield so_far, model.verdict(so_far, held, finished=False)
 
 
 def score_record(
