@@ -4,10 +4,9 @@
 
 Every figure is timed `--repeat` times; the best (the machine at its quietest) and the median
 are printed, because the machine is shared. Input is float32 like real .ibw data. Figures:
-numba per line (the kernel looping over the whole frame as float64 and as float32, which it
-reads as it is: both read the frame from memory; the kernel fed CHUNK_LINES lines at a time
-through one reused buffer, as score_scan does, float64 and float32, the copy included; one
-kernel call per line from Python; ScanScorer.push with its Python bookkeeping), the numpy
+numba per line (the kernel looping over the whole frame, float32 (.ibw data, read where it
+lies, as score_scan does) and float64; one kernel call per line from Python;
+ScanScorer.push with its Python bookkeeping), the numpy
 reference per line and the speed-up, whole-frame score_scan lines/s on one core, allocations
 kept per line in steady state (tracemalloc), and a per-kernel breakdown (each kernel looped
 inside numba on the scan state after 64 lines, amortised per line by how often score_line
@@ -19,17 +18,19 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
+from spmwatch.ibw import read_scan, write_scan
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring import reference as R
 from spmwatch.scoring.scorer import (
-    CHUNK_LINES,
     ScanScorer,
     ScoringSettings,
     score_scan,
@@ -57,11 +58,11 @@ def us(pair: tuple[float, float], per: float) -> str:
 # Kernel loops for the breakdown: each runs one kernel `reps` times inside numba, so the
 # figure holds no Python call overhead.
 @njit
-def _loop_stats(x, hist, head, prev, reps):
+def _loop_stats(x, units, hist, head, prev, reps):
     stats = np.empty(16)
     for _ in range(reps):
         for c in range(x.shape[0]):
-            K.line_stats(x[c], hist[prev, c], hist[head, c], stats)
+            K.line_stats(x[c], units[c], hist[prev, c], hist[head, c], stats)
 
 
 @njit
@@ -134,7 +135,7 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
     """(kernel, best us per call set, amortised us per line) on the state after 64 lines."""
     settings = ScoringSettings()
     scorer = ScanScorer("breakdown", names, POINTS, LINES)
-    scorer.score_frame(frame[:64], list(range(64)))
+    scorer.score_frame(frame, range(64))
     st, lay = scorer._state, scorer.layout
     head = int(st.state[K.I_HIST_HEAD])
     prev = (head - 1) % K.HIST_DEPTH
@@ -146,7 +147,7 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
         (
             "line_stats (+ consistency) x channels",
             _loop_stats,
-            (frame[64], st.hist.copy(), head, prev),
+            (np.ascontiguousarray(frame[:, 64]), st.units, st.hist.copy(), head, prev),
             1.0,
         ),
         (
@@ -222,29 +223,20 @@ def main() -> None:
     repeat = parser.parse_args().repeat
 
     print(f"warm-up (compile or load cache): {warm_up():.2f} s")
-    scan = synthetic_scan(LINES, POINTS, PAIRS, seed=1, lag=14)
-    scan.channels = {name: a.astype(np.float32) for name, a in scan.channels.items()}
+    with tempfile.TemporaryDirectory() as folder:  # a real file: score_scan reads it in place
+        path = Path(folder) / "bench.ibw"
+        write_scan(synthetic_scan(LINES, POINTS, PAIRS, seed=1, lag=14), path)
+        scan = read_scan(path)
     names = list(scan.channels)
-    frame32 = np.ascontiguousarray(np.stack([scan.channels[n] for n in names], axis=1))
+    frame32 = scan.block()  # (channels, lines, points), as read_scan holds a file's data
     frame = frame32.astype(np.float64)
+    order = np.arange(LINES)
     lines = list(scan.lines())
 
-    def kernel_frame() -> None:
-        scorer = ScanScorer("k", names, POINTS, LINES)
-        K.score_frame(frame32, 0, *scorer._args, scorer._features)
-
-    def kernel_frame64() -> None:
-        scorer = ScanScorer("k", names, POINTS, LINES)
-        K.score_frame(frame, 0, *scorer._args, scorer._features)
-
-    def kernel_chunks(dtype: type) -> Callable[[], None]:
+    def kernel_frame(data: np.ndarray) -> Callable[[], None]:
         def run() -> None:
             scorer = ScanScorer("k", names, POINTS, LINES)
-            buf = np.empty((CHUNK_LINES, len(names), POINTS), dtype=dtype)
-            for start in range(0, LINES, CHUNK_LINES):
-                for c, name in enumerate(names):
-                    buf[:, c] = scan.channels[name][start : start + CHUNK_LINES]
-                K.score_frame(buf, start, *scorer._args, scorer._features)
+            K.score_frame(data, order, 0, *scorer._args, scorer._features)
 
         return run
 
@@ -252,17 +244,15 @@ def main() -> None:
         scorer = ScanScorer("c", names, POINTS, LINES)
         args, rows = scorer._args, scorer._features
         for k in range(LINES):
-            K.score_frame(frame[k : k + 1], k, *args, rows)
+            K.score_frame(frame, order[k : k + 1], k, *args, rows)
 
     def push() -> None:
         scorer = ScanScorer("p", names, POINTS, LINES)
         for line in lines:
             scorer.push(line)
 
-    t_frame = timed(kernel_frame, repeat)
-    t_frame64 = timed(kernel_frame64, repeat)
-    t_chunks64 = timed(kernel_chunks(np.float64), repeat)
-    t_chunks32 = timed(kernel_chunks(np.float32), repeat)
+    t_frame = timed(kernel_frame(frame32), repeat)
+    t_frame64 = timed(kernel_frame(frame), repeat)
     t_calls = timed(kernel_calls, repeat)
     t_push = timed(push, repeat)
 
@@ -274,7 +264,7 @@ def main() -> None:
     def numpy_lines() -> None:
         for k in range(1, n_numpy + 1):
             R.line_features(
-                frame[k], frame[k - 1], layout.pair_t, layout.pair_r, lags, layout.osc_ch, m
+                frame[:, k], frame[:, k - 1], layout.pair_t, layout.pair_r, lags, layout.osc_ch, m
             )
 
     t_numpy = timed(numpy_lines, max(3, repeat // 2))
@@ -289,7 +279,7 @@ def main() -> None:
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for k in range(64, LINES):
-        K.score_frame(frame[k : k + 1], k, *args, rows)
+        K.score_frame(frame, order[k : k + 1], k, *args, rows)
     middle = tracemalloc.take_snapshot()
     for line in lines[64:]:
         scorer.push(line)
@@ -304,14 +294,12 @@ def main() -> None:
         f"lines: {POINTS} points x {len(names)} channels ({PAIRS} trace/retrace pairs), "
         "float32 input"
     )
-    print(f"numba score_frame, in-kernel loop : {us(t_frame64, LINES)}/line")
-    print(f"  same, float32 frame (as it is)  : {us(t_frame, LINES)}/line")
-    print(f"  {CHUNK_LINES}-line chunks, float64 + copy : {us(t_chunks64, LINES)}/line")
-    print(f"  {CHUNK_LINES}-line chunks, float32 + copy : {us(t_chunks32, LINES)}/line")
+    print(f"numba score_frame, float32 frame  : {us(t_frame, LINES)}/line (.ibw data, in place)")
+    print(f"  same, float64 frame             : {us(t_frame64, LINES)}/line")
     print(f"numba kernel, one call per line   : {us(t_calls, LINES)}/line")
     print(f"numba ScanScorer.push (total)     : {us(t_push, LINES)}/line")
     print(f"numpy reference features          : {us(t_numpy, n_numpy)}/line")
-    kernel_speedup = t_numpy[0] / n_numpy / (t_frame64[0] / LINES)
+    kernel_speedup = t_numpy[0] / n_numpy / (t_frame[0] / LINES)
     print(f"speed-up kernel vs numpy (best)   : {kernel_speedup:8.1f} x")
     print(
         f"speed-up push vs numpy (best)     : {t_numpy[0] / n_numpy / (t_push[0] / LINES):8.1f} x"
@@ -326,7 +314,7 @@ def main() -> None:
         "(the LineScore record that frame() returns)"
     )
     print("per-kernel breakdown (best us per call set; amortised us per line):")
-    rows = breakdown(frame, names, repeat)
+    rows = breakdown(frame32, names, repeat)
     for name, per_call, per_line in rows:
         print(f"  {name:38s} {per_call:9.2f} {per_line:9.2f}")
     print(

@@ -8,11 +8,11 @@ same kernels run one after the other on a line that has just arrived, so their s
 the glue (the scar grid copy, the z loop, the baseline ring) and the cache misses between
 steps. This script copies the package into a temporary directory, inserts a cycle counter
 (llvm.readcyclecounter) at the start of each step of `score_line` in that copy (the kernels
-themselves are not changed), feeds it a 512-line frame in chunks of CHUNK_LINES through one
-reused float64 buffer as score_scan does, and prints the cycles per line of each step from
-the quietest of `--frames` frames (the counters are wall-clock TSC ticks: another job on the
-core shows up as time). The counts are kept in the last 16 entries of `iwork`, which the
-kernels leave unused at 512 points.
+themselves are not changed), feeds it a 512-line float32 frame read in place as score_scan
+does, and prints the cycles per line of each step from the quietest of `--frames` frames
+(the counters are wall-clock TSC ticks: another job on the core shows up as time). The
+counts are kept in the last 16 entries of `iwork`, which the kernels leave unused at 512
+points. The prefetch of the next line (in score_frame, between the steps) is not counted.
 """
 
 from __future__ import annotations
@@ -85,23 +85,19 @@ RUN = r"""
 import sys, time
 import numpy as np
 from spmwatch.scoring import kernels as K
-from spmwatch.scoring.scorer import CHUNK_LINES, ScanScorer, synthetic_scan
+from spmwatch.scoring.scorer import ScanScorer, synthetic_scan
 names_steps, frames = sys.argv[1].split("|"), int(sys.argv[2])
 LINES, POINTS, PAIRS = 512, 512, 4
 scan = synthetic_scan(LINES, POINTS, PAIRS, seed=1, lag=14)
 names = list(scan.channels)
-chans = [scan.channels[n].astype(np.float32) for n in names]
-buf = np.empty((CHUNK_LINES, len(names), POINTS))
+block = scan.block().astype(np.float32)  # (channels, lines, points): a read file's data
+order = np.arange(LINES)
 best = None
 for frame in range(frames + 1):  # the first compiles, and does not count
     scorer = ScanScorer("profile", names, POINTS, LINES)
-    wall = 0.0
-    for start in range(0, LINES, CHUNK_LINES):
-        for c, ch in enumerate(chans):
-            buf[:, c] = ch[start : start + CHUNK_LINES]
-        started = time.perf_counter()
-        K.score_frame(buf, start, *scorer._args, scorer._features)
-        wall += time.perf_counter() - started
+    started = time.perf_counter()
+    K.score_frame(block, order, 0, *scorer._args, scorer._features)  # as score_scan does
+    wall = time.perf_counter() - started
     ticks = scorer._state.iwork[-16 : -16 + len(names_steps)].copy()
     if frame and (best is None or ticks.sum() < best[0].sum()):
         best = (ticks, wall)

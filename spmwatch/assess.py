@@ -66,7 +66,7 @@ def watch_checks(
     order = scan.acquisition_order()
     arrived = {name: data[order] for name, data in scan.channels.items()}
     held = ChannelStatsAccumulator.of_frame(arrived)
-    scorer.score_ahead(np.stack([arrived[name] for name in scan.channels], axis=1), order.tolist())
+    scorer.score_ahead(np.stack([arrived[name] for name in scan.channels]), order.tolist())
     seen = 0
     while seen < len(order):
         seen += len(scorer.take_ahead(lines_to_next_check(seen)))  # stops at a line alert too

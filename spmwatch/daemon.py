@@ -498,11 +498,10 @@ class Daemon:
             arrived = item.indices() if isinstance(item, LineBlock) else (item.index,)
             indices += arrived
             take_times += [received] * len(arrived)
-        held = scan.lines.block(scan.count, scan.count + len(indices))
         if scan.gap:  # the first line since the pause is no neighbour of the last one scored
             scan.scorer.mark_gap()
             scan.gap = False
-        scan.scorer.score_ahead(held.transpose(1, 0, 2), indices)
+        scan.scorer.score_ahead(scan.lines.stored(), indices, first=scan.count)
         pending = take_times
         watch = None if overloaded else scan.watch
         while pending:  # in steps that end on the alert line or a frame-watch check

@@ -408,8 +408,10 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
     # Igor stores column-major: points vary fastest, then lines, then channels.
     data = data.reshape(n_channels, shape[1], shape[0])
     native = dtype.newbyteorder("=")
-    # A copy per channel: the view above reads the file's bytes, which are not ours to keep.
-    channels = {name: data[c].astype(native) for c, name in enumerate(names)}
+    # One copy (the view above reads the file's bytes, which are not ours to keep); each
+    # channel is a view of it, so the scorer reads the frame as it lies (Scan.block).
+    block = data.astype(native)
+    channels = {name: block[c] for c, name in enumerate(names)}
 
     note, note_problems = _read_note(raw, header)
     meta, meta_problems = note_meta(note)

@@ -10,7 +10,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -188,6 +188,20 @@ class Scan:
             return float(rate)
         return 0.0
 
+    def block(self) -> np.ndarray:
+        """The channels as one (channels, lines, points) array, in the channels' order: the
+        array read_scan holds them in (no copy), else a stacked copy."""
+        arrays = list(self.channels.values())
+        base = arrays[0].base if arrays else None
+        if isinstance(base, np.ndarray) and base.ndim == 3 and len(base) == len(arrays):
+            rows = [base[c] for c in range(len(arrays))]
+            if all(
+                a.ctypes.data == r.ctypes.data and a.shape == r.shape and a.strides == r.strides
+                for a, r in zip(arrays, rows, strict=True)
+            ):
+                return base
+        return np.stack(arrays)
+
     def acquisition_order(self) -> np.ndarray:
         """Stored line indices in the order the microscope scanned them.
 
@@ -211,9 +225,9 @@ class Scan:
             )
 
 
-@dataclass(frozen=True)
-class LineScore:
-    """The scorer's answer for one line: a combined score, the flag and the likeliest kind."""
+class LineScore(NamedTuple):
+    """The scorer's answer for one line: a combined score, the flag and the likeliest kind.
+    A named tuple: a frame makes one per line, and a frozen dataclass took ~0.7 us to build."""
 
     index: int
     position: int

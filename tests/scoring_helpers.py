@@ -11,6 +11,7 @@ import copy
 import numpy as np
 
 from spmwatch.model import Scan
+from spmwatch.scoring import reference as R
 
 
 def _faulty(scan: Scan, start: int, count: int) -> tuple[Scan, np.ndarray]:
@@ -70,3 +71,31 @@ def ringing(scan: Scan, channel: str, start: int, count: int = 40) -> tuple[Scan
     x = np.arange(a.shape[1])
     a[rows] += 4 * np.median(np.std(a, axis=1)) * np.sin(2 * np.pi * x / 8)
     return out, rows
+
+
+def assert_line_stats_close(
+    x: np.ndarray, unit: float, d: np.ndarray, stats: np.ndarray, prev: np.ndarray
+) -> None:
+    """kernels.line_stats' detrended row `d` and stats, in `unit`s, against the float64
+    reference.
+
+    The kernel measures in float32 after taking the line's first sample off, so its errors
+    scale with the line's span (the largest minus the smallest finite sample), not with the
+    values: ~1e-7 of it per sample, the sums ~1e-6. The sample counts are exact.
+    """
+    d_ref, stats_ref = R.line_stats(x.astype(np.float64))
+    d_ref, stats_ref[:4] = d_ref * unit, stats_ref[:4] * unit
+    finite = x[np.isfinite(x)].astype(np.float64)
+    span = float(finite.max() - finite.min()) * unit if len(finite) else 0.0
+    n = len(x)
+    tol = 1e-5 * span + 1e-30
+    np.testing.assert_allclose(d, d_ref, rtol=0, atol=tol)
+    np.testing.assert_allclose(stats[0], stats_ref[0], rtol=1e-12, atol=tol)  # level
+    np.testing.assert_allclose(stats[1] * n, stats_ref[1] * n, rtol=0, atol=tol)  # slope
+    np.testing.assert_allclose(stats[2:4], stats_ref[2:4], rtol=1e-4, atol=tol)  # rms
+    np.testing.assert_array_equal(stats[4:6], stats_ref[4:6])  # bad, flat shares: counts
+    # the consistency with the previous line, measured in the same pass, on the row it wrote
+    corr, vdiff = R.line_pair(d.astype(np.float64), prev.astype(np.float64))
+    scale = float(np.sqrt(np.mean(d.astype(np.float64) ** 2) + np.mean(prev**2)))
+    np.testing.assert_allclose(stats[6], corr, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(stats[7], vdiff, rtol=1e-4, atol=1e-5 * scale + 1e-30)

@@ -146,7 +146,8 @@ def test_blocks_pushed_at_once_match_and_early_lines_are_measured_alone(run: int
         acc.push_block({name: data[start : start + run] for name, data in scan.channels.items()})
     for name in names:
         np.testing.assert_array_equal(acc.channels()[name], scan.channels[name])
-        np.testing.assert_array_equal(acc.block(3, 9)[names.index(name)], scan.channels[name][3:9])
+        stored = acc.stored()[names.index(name)]
+        np.testing.assert_array_equal(stored[3:9], scan.channels[name][3:9])
     for n in (0, 1, 9, 17, 33, 60, 99):  # features(n): the first n lines, however many are held
         first = {name: data[:n] for name, data in scan.channels.items()}
         with np.errstate(all="ignore"):

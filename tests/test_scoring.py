@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from spmwatch.ibw import read_scan, write_scan
 from spmwatch.model import Line
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring import reference as R
@@ -23,7 +26,9 @@ from spmwatch.scoring.scorer import (
 from spmwatch.sorting import bitonic_merger, sort_network
 from tests import scoring_helpers as faults
 
-finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+# 0 or 1e-20..1e3 in size: any two distinct values then differ by more than ~1e-36, inside
+# the spans the float32 scorer measures (kernels.unit_of)
+finite = st.one_of(st.just(0.0), st.floats(1e-20, 1e3), st.floats(-1e3, -1e-20))
 lines = arrays(np.float64, st.integers(8, 300), elements=finite)
 SCAR_SCRATCH = np.zeros(3 * K.SCAR_MAX_WIDTH + 128, dtype=np.int64)
 
@@ -41,24 +46,23 @@ def kernel_scar(history: np.ndarray, min_len: int = 16) -> tuple[float, int]:
     )
 
 
-def kernel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """kernels.line_stats against a previous line, with its consistency checked on the way:
-    the fused measurement must equal line_pair of the two detrended lines."""
-    d = np.empty_like(x)
-    prev = np.cos(np.arange(len(x)) * 0.3)
+def kernel_stats(x: np.ndarray) -> None:
+    """kernels.line_stats against the reference, in the line's unit (the scorer fixes one per
+    channel), with the consistency against a previous line (a float32 row, as the scan
+    history holds) measured on the way."""
+    d = np.empty(len(x), dtype=np.float32)
+    prev = np.cos(np.arange(len(x)) * 0.3).astype(np.float32)
     stats = np.empty(16)
-    K.line_stats(x, prev, d, stats)
-    np.testing.assert_allclose(stats[6:8], R.line_pair(d, prev), rtol=1e-9, atol=1e-12)
-    return d, stats[:6]
+    unit = K.unit_of(x)
+    K.line_stats(x, unit, prev, d, stats)
+    faults.assert_line_stats_close(x, unit, d, stats, prev)
 
 
 @settings(max_examples=150, deadline=None)
 @given(lines)
 def test_line_stats_matches_numpy(x: np.ndarray) -> None:
-    d, stats = kernel_stats(x)
-    d_ref, stats_ref = R.line_stats(x)
-    np.testing.assert_allclose(stats, stats_ref, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(d, d_ref, rtol=1e-9, atol=1e-7)
+    kernel_stats(x)
+    kernel_stats(x.astype(np.float32))  # what the scorer reads
 
 
 @settings(max_examples=100, deadline=None)
@@ -67,10 +71,8 @@ def test_line_stats_with_non_finite_samples_matches_numpy(x: np.ndarray, seed: i
     rng = np.random.default_rng(seed)
     x = x.copy()
     x[rng.random(len(x)) < 0.1] = rng.choice([np.nan, np.inf, -np.inf])
-    d, stats = kernel_stats(x)
-    d_ref, stats_ref = R.line_stats(x)
-    np.testing.assert_allclose(stats, stats_ref, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(d, d_ref, rtol=1e-9, atol=1e-7)
+    kernel_stats(x)
+    kernel_stats(x.astype(np.float32))
 
 
 @settings(max_examples=100, deadline=None)
@@ -79,8 +81,10 @@ def test_residual_and_lag_match_numpy(n: int, lag: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     t, r = rng.standard_normal(n), rng.standard_normal(n)
     out = np.empty(3)
-    K.residual(t, r, lag, out)
-    np.testing.assert_allclose(out, R.residual(t, r, lag), rtol=1e-9, atol=1e-12)
+    t32, r32 = t.astype(np.float32), r.astype(np.float32)  # the history's rows
+    K.residual(t32, r32, lag, out)
+    # float32 arithmetic: ~1e-6 of the values (~1 here), in each sum
+    np.testing.assert_allclose(out, R.residual(t32.astype(float), r32, lag), rtol=0, atol=2e-5)
     corr, rms = K.line_pair(t, r)
     np.testing.assert_allclose((corr, rms), R.line_pair(t, r), rtol=1e-9)
     scratch = np.full(K.lag_scratch_size(n, 22), np.nan)  # what it reads, it writes first
@@ -180,6 +184,10 @@ def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:
     med_ref, scale_ref = R.robust_baseline(ring[:count], floors)
     np.testing.assert_array_equal(med, med_ref)
     np.testing.assert_allclose(scale, scale_ref, rtol=1e-15)
+    # the scorer sorts in float32 (16 lanes a vector): the values rounded to float32
+    K.robust_baseline(ring, count, net, np.empty((32, 16), np.float32), floors, med, scale)
+    np.testing.assert_allclose(med, med_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(scale, scale_ref, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8, 13, 16])
@@ -244,18 +252,70 @@ def test_streaming_equals_batch_and_is_causal(dtype) -> None:
 
 
 def test_float32_frame_read_as_it_is_gives_the_rows_of_the_float64_frame() -> None:
-    # the kernel reads float32 samples as they are (line_stats widens each one it reads)
+    # the scorer works at float32 resolution: a float64 frame of the same values is narrowed
     scan, _ = faults.streaks(synthetic_scan(96, 128, seed=5), 40, 20)
     names = list(scan.channels)
-    frame32 = np.stack([scan.channels[n] for n in names], axis=1).astype(np.float32)
+    frame32 = scan.block().astype(np.float32)
     rows = []
     for frame in (frame32, frame32.astype(np.float64)):
         scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
-        scorer.score_frame(frame, list(range(len(frame))))
+        scorer.score_frame(frame, range(scan.n_lines))
         rows.append(scorer.finish())
     # bit for bit when both specialisations come from one build (tests/conftest.py)
     np.testing.assert_array_equal(rows[0].features, rows[1].features)
     assert rows[0].events == rows[1].events and any(rows[0].events)
+
+
+@pytest.mark.parametrize("exponent", [-90, -30, 30, 90])
+def test_a_scan_in_any_unit_gives_the_same_rows(exponent: int) -> None:
+    # each channel is measured in a unit of its own (kernels.unit_of): data in units 2^90
+    # times smaller or larger give the rows of the data as they were, bit for bit, where
+    # float32 squares would underflow (or overflow) without it
+    scan, _ = faults.tip_change(synthetic_scan(96, 128, seed=3), 50, 4)
+    expected = score_scan(scan)
+    assert expected.alert is not None and expected.alert.kind == "tip_change"
+    scan.channels = {name: a * 2.0**exponent for name, a in scan.channels.items()}
+    got = score_scan(scan)
+    np.testing.assert_array_equal(got.features, expected.features)
+    assert got.events == expected.events and got.alert == expected.alert
+
+
+def test_a_read_file_is_scored_where_it_lies(tmp_path) -> None:
+    path = tmp_path / "frame.ibw"
+    saved = synthetic_scan(48, 64, seed=2)
+    saved.channels = {name: a.astype(np.float32) for name, a in saved.channels.items()}
+    write_scan(saved, path)  # float32, as Asylum saves
+    scan = read_scan(path)
+    block = scan.block()  # the one array read_scan holds the channels in: no copy
+    assert block.dtype == np.float32 and block.flags.c_contiguous and block.shape == (4, 48, 64)
+    assert scan.block() is block
+    assert all(np.shares_memory(block, a) for a in scan.channels.values())
+    expected = score_scan(scan)
+    scan.channels["Ch0Trace"] = scan.channels["Ch0Trace"].copy()  # no longer one array
+    stacked = scan.block()
+    assert stacked is not block and not np.shares_memory(stacked, block)
+    np.testing.assert_array_equal(stacked, block)
+    np.testing.assert_array_equal(score_scan(scan).features, expected.features)
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), 64, 48)
+    with pytest.raises(ValueError, match="rows outside the frame's 48 lines"):
+        scorer.score_frame(block, [0, 48])
+
+
+def test_values_beyond_float32_are_non_finite_samples() -> None:
+    # the scorer narrows float64 input to float32: a channel of 1e300 becomes inf, a bad
+    # line, without a numpy overflow warning on the way
+    scan = synthetic_scan(40, 64)
+    scorer = ScanScorer("huge", list(scan.channels), 64, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for line in scan.lines():
+            channels = dict(line.channels)
+            if line.position == 20:
+                channels["Ch0Trace"] = np.full(64, 1e300)
+            result = scorer.push(Line("huge", line.index, line.position, 40, channels))
+            assert result.flagged == (line.position == 20)
+            if line.position == 20:
+                assert result.kind == "dropout"
 
 
 @pytest.mark.parametrize(

@@ -12,15 +12,16 @@ from tests import scoring_helpers as faults
 
 
 def _planes(lines, names, dtype=np.float64) -> np.ndarray:
-    """(lines, channels, points) as a transposed view of (channels, lines, points), the layout
-    the daemon keeps its lines in."""
-    planes = np.stack([[line.channels[n] for line in lines] for n in names]).astype(dtype)
-    return planes.transpose(1, 0, 2)
+    """(channels, lines, points), the layout the daemon keeps its lines in."""
+    return np.stack([[line.channels[n] for line in lines] for n in names]).astype(dtype)
 
 
 @pytest.mark.parametrize("run", [1, 7, 40])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_scoring_ahead_gives_the_rows_events_and_alert_line_of_plain_pushes(run, dtype) -> None:
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_scoring_ahead_gives_the_rows_events_and_alert_line_of_plain_pushes(
+    run, dtype, order
+) -> None:
     scan, _ = faults.tracking_loss(synthetic_scan(120, 96, seed=7), 70, 12)
     scan.channels = {name: a.astype(dtype) for name, a in scan.channels.items()}
     names = list(scan.channels)
@@ -38,7 +39,10 @@ def test_scoring_ahead_gives_the_rows_events_and_alert_line_of_plain_pushes(run,
     compared = False
     for start in range(0, len(lines), run):
         part = lines[start : start + run]
-        scorer.score_ahead(_planes(part, names, dtype), [line.index for line in part])
+        # all the lines so far, as the daemon stores them (read in place when C-contiguous;
+        # a strided array is copied), the new ones from `start` on
+        stored = np.asarray(_planes(lines[: start + len(part)], names, dtype), order=order)
+        scorer.score_ahead(stored, [line.index for line in part], first=start)
         while len(taken) < start + len(part):
             step = scorer.take_ahead(len(part))
             taken += step
@@ -62,11 +66,12 @@ def test_nothing_else_scores_while_lines_scored_ahead_wait() -> None:
     scorer.score_ahead(_planes(lines[:4], names), [0, 1, 2, 3])
     with pytest.raises(RuntimeError, match="4 lines scored ahead wait"):
         scorer.push(lines[4])
-    frame = np.stack([scan.channels[n] for n in names], axis=1)
     with pytest.raises(RuntimeError, match="scored ahead wait"):
-        scorer.score_frame(frame[4:], list(range(4, 20)))
-    with pytest.raises(ValueError, match="3 lines but 2 indices"):
-        scorer.score_ahead(_planes(lines[4:7], names), [4, 5])
+        scorer.score_frame(scan.block(), range(4, 20))
+    with pytest.raises(ValueError, match=r"lines 4\.\.\+3 outside the frame's 6"):
+        scorer.score_ahead(_planes(lines[:6], names), [4, 5, 6], first=4)
+    with pytest.raises(ValueError, match=r"frame shaped \(3, 2, 32\), not"):
+        scorer.score_ahead(_planes(lines[4:6], names)[:3], [4, 5])
     assert [s.index for s in scorer.take_ahead(3)] == [0, 1, 2]
     assert [s.index for s in scorer.take_ahead(3)] == [3]
     scorer.push(lines[4])  # all taken: plain pushes again

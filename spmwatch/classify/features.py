@@ -995,10 +995,11 @@ class ChannelStatsAccumulator:
             plane[i : i + k] = rows
         self.n_lines = i + k
 
-    def block(self, start: int, stop: int) -> np.ndarray:
-        """Lines start..stop-1 as stored, (channels, lines, points): a view, valid until the
-        next push."""
-        return self._lines[:, start:stop]
+    def stored(self) -> np.ndarray:
+        """The lines as stored, (channels, capacity, points), C-contiguous: lines 0..n_lines-1
+        are filled. The array itself (the scorer reads it in place), valid until the next
+        push."""
+        return self._lines
 
     def _settle(self) -> None:
         """Compute the per-line values of the lines stored since the last time, in one call."""

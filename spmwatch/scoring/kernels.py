@@ -76,7 +76,7 @@ N_STATE = 8
 SCAR_MAX_WIDTH = 4
 HIST_DEPTH = SCAR_MAX_WIDTH + 2  # band of 4 + the older neighbour + the newest line
 TINY = 1e-300
-KEY_MAX = 0x7FFFFFFFFFFFFFFF
+UNIT_EXP_MAX = 126  # unit_of: 2^-126 .. 2^126, float32's normal range
 
 # Reassociation lets LLVM vectorise the sums (results move by rounding only); no-NaN/no-inf
 # flags are left out on purpose, they would fold away the isfinite tests of the dropout check.
@@ -106,6 +106,26 @@ def _bits_f64(typingctx, bits):
         return builder.bitcast(args[0], ir.DoubleType())
 
     return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, row, i):
+    """Ask the cache for the line of memory holding row[i] (llvm.prefetch: read, keep)."""
+    if not isinstance(row, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        address = builder.gep(array.data, [args[1]])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty=fnty)
+        ptr = builder.bitcast(address, i8p)
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(row, types.intp), codegen
 
 
 LN2 = math.log(2.0)
@@ -138,69 +158,145 @@ def fast_log(x):
     return v if e_raw < 0x7FF else x
 
 
-@njit(**_OPTS)
-def _order_key(bits):
-    """An int64 that orders like the float64 whose bits these are (finite values, -0 < +0).
+@intrinsic
+def _order_key(typingctx, x):
+    """An int of x's width that orders like the float x (finite values, -0 < +0).
 
     Integer min/max reductions vectorise; float ones do not without no-NaN fast-math, which
-    would also fold away the isfinite tests. The map is its own inverse.
+    would also fold away the isfinite tests of the dropout check. `_key_value` undoes it.
     """
-    return bits ^ ((bits >> 63) & 0x7FFFFFFFFFFFFFFF)
+    if x not in (types.float32, types.float64):
+        return None
+    width = x.bitwidth
+
+    def codegen(context, builder, signature, args):
+        ity = ir.IntType(width)
+        bits = builder.bitcast(args[0], ity)
+        sign = builder.ashr(bits, ir.Constant(ity, width - 1))
+        return builder.xor(bits, builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
+
+    return (types.int32 if width == 32 else types.int64)(x), codegen
+
+
+@intrinsic
+def _finite(typingctx, x):
+    """Whether the float x is finite, from its exponent bits. math.isfinite of a float32
+    computed in a loop under this module's fast-math flags was seen to come out True for
+    -inf; an integer test of the bits cannot be folded away."""
+    if x not in (types.float32, types.float64):
+        return None
+    width = x.bitwidth
+    exponent = 0x7F800000 if width == 32 else 0x7FF0000000000000
+
+    def codegen(context, builder, signature, args):
+        ity = ir.IntType(width)
+        bits = builder.and_(builder.bitcast(args[0], ity), ir.Constant(ity, exponent))
+        return builder.icmp_unsigned("!=", bits, ir.Constant(ity, exponent))
+
+    return types.boolean(x), codegen
+
+
+@intrinsic
+def _key_value(typingctx, key):
+    """The float whose order key (`_order_key`) this is: float32 for an int32 key."""
+    if key not in (types.int32, types.int64):
+        return None
+    width = key.bitwidth
+
+    def codegen(context, builder, signature, args):
+        ity = ir.IntType(width)
+        sign = builder.ashr(args[0], ir.Constant(ity, width - 1))
+        bits = builder.xor(args[0], builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
+        return builder.bitcast(bits, ir.FloatType() if width == 32 else ir.DoubleType())
+
+    return (types.float32 if width == 32 else types.float64)(key), codegen
 
 
 @njit(**_OPTS)
-def _finite_sums(x):
-    """(sum, sum (i - half) x, sum (i - half)^2, finite count, min, max) over the finite
-    samples: the careful first pass, for lines holding NaN or inf (or sums overflowing)."""
-    n = x.shape[0]
-    half = 0.5 * (n - 1)
-    s = 0.0
-    sx = 0.0
-    sxx = 0.0
-    good = 0
+def unit_of(x):
+    """The power of two that brings the span of x's finite samples into [0.5, 1) (within
+    2^+-UNIT_EXP_MAX), or 0.0 for a line without a span (constant, or < 2 finite samples).
+
+    A scan's lines are measured in such a unit of each channel, chosen on the channel's first
+    line with a span (score_line), so that the float32 squares of line_stats and residual
+    neither underflow nor overflow whatever unit the data come in (SI metres: spans ~1e-9;
+    spans from ~1e-38 to ~1e38 are measured). Every feature is a robust z against the scan's
+    own lines, so a fixed unit changes none.
+    """
     lo = np.inf
     hi = -np.inf
-    for i in range(n):
+    for i in range(x.shape[0]):
         v = np.float64(x[i])
-        if math.isfinite(v):
-            s += v
-            sx += v * (i - half)
+        if _finite(v):
+            lo = min(lo, v)
+            hi = max(hi, v)
+    span = hi - lo
+    if not span > 0.0:
+        return 0.0
+    e = math.frexp(span)[1] if _finite(span) else UNIT_EXP_MAX
+    return math.ldexp(1.0, min(max(-e, -UNIT_EXP_MAX), UNIT_EXP_MAX))
+
+
+@njit(**_OPTS)
+def _finite_sums(x, unit):
+    """(pilot, sum y, sum (i - half) y, sum (i - half)^2, good, lo, hi) over the samples
+    whose y = (x - pilot) unit is finite in float32 (pilot: the first finite sample), the
+    sums in float64; lo and hi are those samples' extremes in x's type. The careful first
+    pass, for lines holding NaN or inf (or values that overflow float32)."""
+    n = x.shape[0]
+    half = 0.5 * (n - 1)
+    first = 0
+    while first < n - 1 and not _finite(x[first]):
+        first += 1
+    pilot = x[first]  # in x's type; a line with no finite sample sums nothing below
+    s = 0.0
+    sx = 0.0
+    st = 0.0
+    sxx = 0.0
+    good = 0
+    lo = hi = pilot
+    for i in range(n):
+        v = x[i]
+        y = np.float32((np.float64(v) - pilot) * unit)
+        if _finite(v) and _finite(y):
+            s += y
+            sx += y * (i - half)
+            st += i - half
             sxx += (i - half) * (i - half)
             good += 1
             lo = min(lo, v)
             hi = max(hi, v)
-    return s, sx, sxx, good, lo, hi
+    # the slope is sum (i - half) x / sum (i - half)^2 over these samples; with some left out,
+    # sum (i - half) is not 0, so the pilot taken off y comes back in
+    return pilot, s, sx + np.float64(pilot) * unit * st, sxx, good, lo, hi
 
 
 @njit(inline="always", **_OPTS)
-def _detrend_pass(x, prev, out, mean, slope, lo, hi, checked, acc):
-    """The second pass of line_stats: write the detrended line and accumulate, in acc,
-    [sum d^2, sum (d_i - d_i-1)^2, sum d p, sum p^2, sum (d - p)^2, samples at hi, at lo,
-    zeros]. `checked` (a constant at each call, so the test folds away when False) writes
-    non-finite samples as 0. The counts are float sums: a masked add per vector."""
+def _detrend_pass(x, prev, out, u, pu, mean, slope, lo, hi, checked, acc):
+    """The second pass of line_stats: write the detrended line d = (x u - pu) - mean -
+    slope t in float32 and accumulate, in acc, [sum d^2, sum (d_i - d_i-1)^2, sum d p,
+    sum p^2, sum (d - p)^2, samples at hi, at lo, zeros]. The counts compare x itself, so
+    they are exact. `checked` (a constant at each call, so the test folds away when False)
+    writes the samples left out of the sums as 0. Counts are float sums: a masked add per
+    vector."""
     n = x.shape[0]
-    t = -0.5 * (n - 1)
-    ss = 0.0
-    sd = 0.0
-    sdp = 0.0
-    spp = 0.0
-    sdd = 0.0
-    n_hi = 0.0
-    n_lo = 0.0
-    zeros = 0.0
-    v = np.float64(x[0])
-    before = v - mean - slope * t  # d_0, so that the first difference below is 0
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    t = np.float32(-0.5 * (n - 1))
+    ss = sd = sdp = spp = sdd = n_hi = n_lo = zeros = zero
+    before = np.float32(x[0] * u - pu) - mean - slope * t  # d_0: the first difference is 0
     if checked:
-        before = before if math.isfinite(v) else 0.0
+        before = before if _finite(before) else zero
     for i in range(n):
-        v = np.float64(x[i])
-        n_hi += 1.0 if v == hi else 0.0
-        n_lo += 1.0 if v == lo else 0.0
-        zeros += 1.0 if v == 0.0 else 0.0
-        d = v - mean - slope * t
+        v = x[i]
+        n_hi += one if v == hi else zero
+        n_lo += one if v == lo else zero
+        zeros += one if v == zero else zero
+        y = np.float32(v * u - pu)
+        d = y - mean - slope * t
         if checked:
-            d = d if math.isfinite(v) else 0.0
-        t += 1.0
+            d = d if _finite(y) else zero
+        t += one
         out[i] = d
         e = d - before
         before = d
@@ -221,9 +317,9 @@ def _detrend_pass(x, prev, out, mean, slope, lo, hi, checked, acc):
 
 
 @njit(**_OPTS)
-def line_stats(x, prev, out_detrended, stats):
+def line_stats(x, unit, prev, out_detrended, stats):
     """Detrend one line (offset + slope by least squares), measure it and compare it with
-    the previous line's detrended values `prev`.
+    the previous line's detrended values `prev`, in the channel's `unit` (unit_of).
 
     stats (>= 16 values, the last 8 scratch) <- [level, slope, rms, diff_rms, bad_fraction,
     flat_fraction, corr, vdiff_rms]: bad_fraction is the larger share of non-finite or
@@ -231,6 +327,12 @@ def line_stats(x, prev, out_detrended, stats):
     larger share of samples pinned at the line max or min (a segment of a live line
     saturated or parachuting: tracking loss, not a dropout); corr and vdiff_rms are
     `line_pair(detrended, prev)`. Non-finite samples are written as 0 in `out_detrended`.
+    Values are in `unit`s: level, slope, rms and the detrended row x unit.
+
+    The arithmetic is float32 (16 lanes a vector instead of 8) on y = (x - pilot) unit, the
+    pilot being the line's first sample: taking it off first keeps the values' resolution
+    relative to the line's own span, not to its offset, so the errors are those of the
+    data's float32 resolution (Asylum saves float32). out_detrended and prev are float32.
 
     Two passes, branch-free so they vectorise: the sums and the min/max (through order keys
     of the bits), then the detrended values with everything measured on them. The first
@@ -238,34 +340,41 @@ def line_stats(x, prev, out_detrended, stats):
     non-finite, and only then is the line summed again sample by sample (_finite_sums).
     """
     n = x.shape[0]
-    s = 0.0
-    sx = 0.0
-    t = -0.5 * (n - 1)
-    key_lo = KEY_MAX
-    key_hi = -KEY_MAX
+    one = np.float32(1.0)
+    s32 = np.float32(0.0)
+    sx32 = np.float32(0.0)
+    t = np.float32(-0.5 * (n - 1))
+    pilot = x[0]
+    u = np.float32(unit)  # a power of two: x u is exact
+    pu = np.float32(np.float64(pilot) * unit)
+    key_lo = key_hi = _order_key(pilot)
     for i in range(n):
-        v = np.float64(x[i])
-        s += v
-        sx += v * t
-        t += 1.0
-        k = _order_key(_f64_bits(v))
+        v = x[i]
+        y = np.float32(v * u - pu)
+        s32 += y
+        sx32 += y * t
+        t += one
+        k = _order_key(v)
         key_lo = k if k < key_lo else key_lo
         key_hi = k if k > key_hi else key_hi
-    checked = not (math.isfinite(s) and math.isfinite(sx))
+    checked = not (_finite(s32) and _finite(sx32))
     if checked:
-        s, sx, sxx, good, lo, hi = _finite_sums(x)
+        pilot, s, sx, sxx, good, lo, hi = _finite_sums(x, unit)
+        pu = np.float32(np.float64(pilot) * unit)
     else:
+        s = np.float64(s32)
+        sx = np.float64(sx32)
         sxx = n * (n * n - 1.0) / 12.0  # sum of (i - half)^2 (exact below ~100,000 points)
         good = n
-        lo = _bits_f64(_order_key(key_lo))
-        hi = _bits_f64(_order_key(key_hi))
+        lo = _key_value(key_lo)
+        hi = _key_value(key_hi)
     acc = stats[8:16]
     if good < 2 or hi == lo:
         spp = 0.0
         for i in range(n):
             out_detrended[i] = 0.0
             spp += prev[i] * prev[i]
-        stats[0] = s / good if good > 0 else 0.0
+        stats[0] = pu + s / good if good > 0 else 0.0
         stats[1] = 0.0
         stats[2] = 0.0
         stats[3] = 0.0
@@ -276,13 +385,15 @@ def line_stats(x, prev, out_detrended, stats):
         return
     mean = s / good
     slope = sx / sxx if sxx > 0.0 else 0.0
+    mean32 = np.float32(mean)
+    slope32 = np.float32(slope)
     if checked:
-        _detrend_pass(x, prev, out_detrended, mean, slope, lo, hi, True, acc)
+        _detrend_pass(x, prev, out_detrended, u, pu, mean32, slope32, lo, hi, True, acc)
     else:
-        _detrend_pass(x, prev, out_detrended, mean, slope, lo, hi, False, acc)
+        _detrend_pass(x, prev, out_detrended, u, pu, mean32, slope32, lo, hi, False, acc)
     ss = acc[0]
     denom = math.sqrt(ss * acc[3])
-    stats[0] = mean
+    stats[0] = pu + mean
     stats[1] = slope
     stats[2] = math.sqrt(ss / n)
     stats[3] = math.sqrt(acc[1] / (n - 1))
@@ -316,7 +427,8 @@ def residual(trace, retrace, lag, out):
     """Trace minus retrace after shifting by `lag` px: trace[i + lag] - retrace[i].
 
     The residual over the overlap has its own offset and slope removed (the two directions
-    drift apart slightly). out <- [rms, max |residual|, trace/retrace correlation].
+    drift apart slightly). out <- [rms, max |residual|, trace/retrace correlation]. float32
+    arithmetic, like line_stats that wrote the rows (16 lanes a vector).
     """
     n = trace.shape[0]
     i0 = max(0, -lag)
@@ -327,36 +439,37 @@ def residual(trace, retrace, lag, out):
         out[1] = 0.0
         out[2] = 1.0
         return
-    half = 0.5 * (m - 1)
+    one = np.float32(1.0)
+    t0 = np.float32(-0.5 * (m - 1))
     tt = trace[i0 + lag : i1 + lag]  # the overlap, so the loops index from 0 and vectorise
     rr = retrace[i0:i1]
-    s = 0.0
-    sx = 0.0
-    stt = 0.0
-    srr = 0.0
-    str_ = 0.0
+    s = sx = stt = srr = str_ = np.float32(0.0)
+    x = t0
     for i in range(m):
-        t = tt[i]
-        r = rr[i]
+        t = np.float32(tt[i])
+        r = np.float32(rr[i])
         d = t - r
         s += d
-        sx += d * (i - half)
+        sx += d * x
+        x += one
         stt += t * t
         srr += r * r
         str_ += t * r
     sxx = m * (m * m - 1.0) / 12.0
-    mean = s / m
-    slope = sx / sxx
-    ss = 0.0
-    top = 0  # the largest |d| as the largest int64 of its bits: non-negative floats order so
+    mean = np.float32(s / m)
+    slope = np.float32(sx / sxx)
+    ss = np.float32(0.0)
+    top = _order_key(ss)  # the largest |d| through its order key: an int max vectorises
+    x = t0
     for i in range(m):
-        d = tt[i] - rr[i] - mean - slope * (i - half)
+        d = np.float32(tt[i]) - np.float32(rr[i]) - mean - slope * x
+        x += one
         ss += d * d
-        bits = _f64_bits(abs(d))
-        top = bits if bits > top else top
-    denom = math.sqrt(stt * srr)
+        key = _order_key(abs(d))
+        top = key if key > top else top
+    denom = math.sqrt(np.float64(stt) * np.float64(srr))
     out[0] = math.sqrt(ss / m)
-    out[1] = _bits_f64(top)
+    out[1] = _key_value(top)
     out[2] = str_ / denom if denom > 0.0 else 0.0
 
 
@@ -489,19 +602,20 @@ def best_lag(trace, retrace, lo, hi, scratch):
 @njit(inline="always", **_OPTS)
 def _band_excess(newest, r1, r2, r3, r4, r5, w, i, sign):
     """How far the band of the w lines r1..rw before the newest sits above (sign > 0) or
-    below both neighbours at pixel i: the newest line and the line before the band."""
-    a = newest[i]
-    lo = hi = r1[i]
-    b = r2[i]
+    below both neighbours at pixel i: the newest line and the line before the band. In
+    float64 like the grid test (the float32 rows are widened into the grid), so the two agree."""
+    a = np.float64(newest[i])
+    lo = hi = np.float64(r1[i])
+    b = np.float64(r2[i])
     if w >= 2:
         lo, hi = min(lo, b), max(hi, b)
-        b = r3[i]
+        b = np.float64(r3[i])
     if w >= 3:
         lo, hi = min(lo, b), max(hi, b)
-        b = r4[i]
+        b = np.float64(r4[i])
     if w >= 4:
         lo, hi = min(lo, b), max(hi, b)
-        b = r5[i]
+        b = np.float64(r5[i])
     if sign > 0:
         return lo - max(a, b)
     return min(a, b) - hi
@@ -797,9 +911,9 @@ def spectral_peak(power, base, klo, have_base, log_out):
         return 0.0
     peak = 0
     for k in range(klo, m - 1):
-        key = _order_key(_f64_bits(log_out[k] - base[k]))
+        key = _order_key(log_out[k] - base[k])
         peak = key if key > peak else peak
-    return _bits_f64(_order_key(peak))
+    return _key_value(peak)
 
 
 @njit(**_OPTS)
@@ -829,7 +943,7 @@ def persistent_peak(log_pooled, spec, klo, scratch):
             low[k] = min(low[k], spec[r, k])
     top = 0  # the order key of +0.0: the max is taken over keys so that it vectorises
     for k in range(m):
-        key = _order_key(_f64_bits(low[k])) if klo <= k < m - 1 else 0
+        key = _order_key(low[k]) if klo <= k < m - 1 else 0
         top = key if key > top else top
     for r in range(depth - 1, 1, -1):
         for k in range(m):
@@ -837,7 +951,7 @@ def persistent_peak(log_pooled, spec, klo, scratch):
     if depth > 1:
         for k in range(m):
             spec[1, k] = excess[k]
-    return _bits_f64(_order_key(top))
+    return _key_value(top)
 
 
 @njit(**_OPTS)
@@ -965,7 +1079,8 @@ def _median_int(votes, count, buf):
 
 @njit(**_OPTS)
 def score_line(
-    data,
+    frame,
+    row,
     cfg,
     pair_t,
     pair_r,
@@ -986,6 +1101,7 @@ def score_line(
     base_med,
     base_scale,
     ref_level,
+    units,
     lags,
     lag_votes,
     spec_base,
@@ -995,14 +1111,15 @@ def score_line(
     raw,
     out,
 ):
-    """Score one line (data: (channels, points)) against the scan state, and advance it.
+    """Score line `row` of frame (channels, lines, points) against the scan state, and
+    advance it. The frame is read in place: frame[c, row] is a contiguous row.
 
     out <- the feature row (N_FEATURES). Returns nothing; the flag is
     out[F_SCORE] >= cfg[S_FLAG_Z]. Families: two-sided robust z for level, RMS and sharpness,
     one-sided for the rest; the score is the largest clipped family z, or z_clip for a
     dropout line. Flagged and dropout lines never enter the baseline.
     """
-    n_ch = data.shape[0]
+    n_ch = frame.shape[0]
     n_pairs = pair_t.shape[0]
     n_raw = raw.shape[0]
     depth = hist.shape[0]
@@ -1028,8 +1145,17 @@ def score_line(
     # decorrelation takes the better of the two previous lines, so a single glitch line is
     # not counted again on the line after it
     second = hist_n >= 3 and not hist_good[prev]
+    # each channel's unit, fixed on its first line with a span (see unit_of); the two
+    # channels of a pair share one, since residuals subtract their rows
     for c in range(n_ch):
-        line_stats(data[c], hist[prev, c], hist[head, c], stats)
+        if units[c] == 0.0:
+            units[c] = unit_of(frame[c, row])
+    for p in range(n_pairs):
+        u = units[pair_t[p]] if units[pair_t[p]] > 0.0 else units[pair_r[p]]
+        units[pair_t[p]] = u
+        units[pair_r[p]] = u
+    for c in range(n_ch):
+        line_stats(frame[c, row], units[c], hist[prev, c], hist[head, c], stats)
         base = c * N_CH_RAW
         levels[c] = stats[0]
         raw[base + CH_LEVEL] = stats[0] - ref_level[c] if have_ref else 0.0
@@ -1227,16 +1353,24 @@ def score_line(
 
 
 @njit(**_OPTS)
-def score_frame(frame, start, *scan):
-    """score_line over frame[k] (k in acquisition order) into out[start + k]; `scan` is
-    score_line's arguments after the line (cfg ... raw) followed by out.
+def score_frame(frame, rows, start, *scan):
+    """score_line over the lines frame[:, rows[k]] (k in acquisition order) into out[start +
+    k]; frame is (channels, lines, points), C-contiguous (ScanScorer gives float32); `scan`
+    is score_line's arguments after the row (cfg ... raw) followed by out.
 
     The one entry point for live lines (a frame of one) and saved frames alike, so both run
-    the same machine code and give bit-identical rows. A float32 frame (.ibw data) is read
-    as it is: line_stats widens each sample as it reads it and everything after works on
-    the float64 detrended history, so no widened copy of the line is made (the widening
-    pass cost ~2.5 us per line).
+    the same machine code and give bit-identical rows. A saved frame is read where it lies
+    (.ibw data: float32): no copy of it is made, line_stats reads each line once, and the
+    next line is on its way from memory meanwhile.
     """
     state, out = scan[:-1], scan[-1]
-    for k in range(frame.shape[0]):
-        score_line(frame[k], *state, out[start + k])
+    per_cache_line = max(64 // frame.itemsize, 1)
+    for k in range(rows.shape[0]):
+        if k + 1 < rows.shape[0]:
+            # the next line from memory while this one is scored: in a saved frame each line
+            # is new to the cache, and reading it cold cost ~1.4 us of its ~10
+            for c in range(frame.shape[0]):
+                nxt = frame[c, rows[k + 1]]
+                for i in range(0, nxt.shape[0], per_cache_line):
+                    _prefetch(nxt, i)
+        score_line(frame, rows[k], *state, out[start + k])

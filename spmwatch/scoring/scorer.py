@@ -55,8 +55,6 @@ FAMILY_KIND: tuple[str, ...] = (
 )
 # Feature rows allocated up front; more are added by doubling as lines arrive.
 INITIAL_ROWS = 1024
-# Lines per kernel call in score_scan: the chunk (x channels x points) stays in L2 cache.
-CHUNK_LINES = 32
 # Channels whose spectrum shows feedback ringing best (error signals), by name prefix.
 OSCILLATION_PREFIXES: tuple[str, ...] = ("amplitude", "deflection")
 # Channels that follow the z piezo (a ringing loop shows there too), by name prefix.
@@ -262,17 +260,19 @@ class ScanState:
         n_pairs = len(layout.pair_t)
         self.cfg = settings.as_array()
         self.state = np.zeros(K.N_STATE, dtype=np.int64)
-        self.hist = np.zeros((K.HIST_DEPTH, n_ch, points))
+        # float32: line_stats measures in float32 (see there) and writes the rows
+        self.hist = np.zeros((K.HIST_DEPTH, n_ch, points), dtype=np.float32)
         self.scar_grid = np.zeros((K.HIST_DEPTH, n_ch, points))  # every step-th pixel
         self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
         # sort the ring's columns, then merge the V of their distances (robust_baseline)
         self.base_net = np.vstack([sort_network(settings.window), bitonic_merger(settings.window)])
         width = -(-layout.n_raw // 16) * 16  # whole vectors for the sorting network
-        self.base_buf = np.zeros((next_pow2(settings.window), width))
+        self.base_buf = np.zeros((next_pow2(settings.window), width), dtype=np.float32)
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
         self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
+        self.units = np.zeros(n_ch)  # each channel's unit (kernels.unit_of), 0 until chosen
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
         self.fft_tw = _fft_tables(points)
@@ -307,6 +307,7 @@ class ScanState:
             self.base_med,
             self.base_scale,
             self.ref_level,
+            self.units,
             self.lags,
             self.lag_votes,
             self.spec_base,
@@ -353,8 +354,9 @@ class ScanScorer:
         self.expected_lines = int(expected_lines)
         self._state = ScanState(self.layout, self.points, self.settings)
         self._args = self._state.args(self.layout)
-        self._frame1 = np.zeros((1, len(self.layout.channels), self.points))
-        self._rows = list(self._frame1[0])  # one view per channel, made once
+        self._frame1 = np.zeros((len(self.layout.channels), 1, self.points), dtype=np.float32)
+        self._rows = list(self._frame1[:, 0])  # one view per channel, made once
+        self._row0 = np.zeros(1, dtype=np.int64)
         self._shape = (self.points,)
         self._flag_z = self.settings.flag_z
         # rows grow on demand: expected_lines comes from the file's note and may be absurd
@@ -363,7 +365,6 @@ class ScanScorer:
         self._events = EventTracker(self.settings.alert)
         self._finished = False
         self._ahead: deque[int] = deque()  # indices of the lines scored ahead, not yet taken
-        self._chunk: np.ndarray | None = None  # score_ahead's input buffer, made on first use
 
     @property
     def alert(self) -> Alert | None:
@@ -385,7 +386,7 @@ class ScanScorer:
         n = len(self._lines)
         self._fill(line.channels)
         self._reserve(1)
-        K.score_frame(self._frame1, n, *self._args, self._features)
+        K.score_frame(self._frame1, self._row0, n, *self._args, self._features)
         return self._ingest(int(line.index), n)
 
     def mark_gap(self) -> None:
@@ -396,26 +397,35 @@ class ScanScorer:
         self._no_lines_ahead()
         self._state.state[K.I_HIST_N] = 0
 
-    def score_ahead(self, frame: np.ndarray, indices: Sequence[int]) -> None:
-        """Run the kernel now over the next lines, frame (lines, channels, points) in any
-        layout and float dtype, in chunks that stay in cache; `take_ahead` then turns their
-        rows into scores and events. The same rows as pushing the lines one by one, without
-        a kernel call and a copy-in per line.
+    def score_ahead(self, frame: np.ndarray, indices: Sequence[int], first: int = 0) -> None:
+        """Run the kernel now over the next lines, frame[:, first : first + len(indices)] of
+        frame (channels, lines, points) in acquisition order, any layout and float type;
+        `take_ahead` then turns their rows into scores and events. The same rows as pushing
+        the lines one by one, without a kernel call and a copy-in per line; a C-contiguous
+        frame is read in place.
         """
-        if len(frame) != len(indices):
-            raise ValueError(f"frame has {len(frame)} lines but {len(indices)} indices were given")
-        dtype = np.float32 if frame.dtype == np.float32 else np.float64  # the kernel's two
-        if self._chunk is None or self._chunk.dtype != dtype:
-            shape = (CHUNK_LINES, len(self.layout.channels), self.points)
-            self._chunk = np.zeros(shape, dtype)
+        if not 0 <= first <= first + len(indices) <= frame.shape[1]:
+            raise ValueError(f"lines {first}..+{len(indices)} outside the frame's {frame.shape[1]}")
         start = len(self._lines) + len(self._ahead)
         self._reserve(len(self._ahead) + len(indices))
-        for first in range(0, len(indices), CHUNK_LINES):
-            part = frame[first : first + CHUNK_LINES]
-            chunk = self._chunk[: len(part)]
-            np.copyto(chunk, part, casting="unsafe")
-            K.score_frame(chunk, start + first, *self._args, self._features)
+        frame, first = self._kernel_frame(frame, first, len(indices))
+        rows = np.arange(first, first + len(indices), dtype=np.int64)
+        K.score_frame(frame, rows, start, *self._args, self._features)
         self._ahead.extend(int(i) for i in indices)
+
+    def _kernel_frame(self, frame: np.ndarray, first: int, count: int) -> tuple[np.ndarray, int]:
+        """(array, row of line `first`) for the kernel to read lines first..first+count-1 of
+        frame (channels, lines, points) from: the frame itself when it is C-contiguous
+        float32, else a float32 copy of those lines (the kernel runs ~6x slower on a strided
+        array). Other types are narrowed: the scorer works at float32 resolution, the type
+        Asylum saves, so the rows of a line do not depend on the type it came in."""
+        shape = (len(self.layout.channels), self.points)
+        if frame.ndim != 3 or (frame.shape[0], frame.shape[2]) != shape:
+            raise ValueError(f"frame shaped {frame.shape}, not (channels, lines, points) {shape}")
+        if frame.dtype == np.float32 and frame.flags.c_contiguous:
+            return frame, first
+        with np.errstate(over="ignore"):  # beyond float32: inf, a non-finite sample
+            return np.ascontiguousarray(frame[:, first : first + count], dtype=np.float32), 0
 
     def _no_lines_ahead(self) -> None:
         if self._ahead:
@@ -428,7 +438,8 @@ class ScanScorer:
             values = channels.get(name)
             if getattr(values, "shape", None) == self._shape:
                 try:
-                    np.copyto(target, values, casting="unsafe")  # type: ignore[arg-type]
+                    with np.errstate(over="ignore"):  # beyond float32: inf, as _kernel_frame
+                        np.copyto(target, values, casting="unsafe")  # type: ignore[arg-type]
                     continue
                 except (TypeError, ValueError):
                     pass
@@ -458,23 +469,20 @@ class ScanScorer:
         self._events.push(index, score, flagged, kind, span)
         return result
 
-    def score_frame(self, frame: np.ndarray, indices: Sequence[int]) -> None:
-        """Score many lines at once (frame: (lines, channels, points), acquisition order).
-
-        float32 frames (the .ibw data type) are converted line by line inside the kernel;
-        anything else is scored as float64. Same rows as pushing the lines one by one.
+    def score_frame(self, frame: np.ndarray, rows: Sequence[int]) -> None:
+        """Score the lines frame[:, row] for each of `rows` (stored indices in acquisition
+        order, which also name the lines) of frame (channels, lines, points). A C-contiguous
+        float32 frame (`Scan.block()` of a read file) is read where it lies.
         """
-        n = len(indices)
         self._no_lines_ahead()
-        if len(frame) != n:
-            raise ValueError(f"frame has {len(frame)} lines but {n} indices were given")
+        order = np.asarray(rows, dtype=np.int64)
+        if len(order) and not (order.min() >= 0 and order.max() < frame.shape[1]):
+            raise ValueError(f"rows outside the frame's {frame.shape[1]} lines")
         start = len(self._lines)
-        self._reserve(n)
-        if frame.dtype != np.float32:
-            frame = np.ascontiguousarray(frame, dtype=np.float64)
-        frame = np.ascontiguousarray(frame)
-        K.score_frame(frame, start, *self._args, self._features)
-        self._ingest_rows([int(i) for i in indices], start, stop_at_alert=False)
+        self._reserve(len(order))
+        frame, _ = self._kernel_frame(frame, 0, frame.shape[1])
+        K.score_frame(frame, order, start, *self._args, self._features)
+        self._ingest_rows(order.tolist(), start, stop_at_alert=False)
 
     def take_ahead(self, most: int) -> list[LineScore]:
         """Ingest up to `most` of the lines scored ahead, in order, like their `push`es: quiet
@@ -534,36 +542,13 @@ class ScanScorer:
 
 
 def score_scan(scan: Scan, settings: ScoringSettings | None = None) -> FrameScores:
-    """Score a whole saved frame in acquisition order, then close it.
-
-    The lines go to the kernel in chunks of CHUNK_LINES through one reused float64 buffer
-    that stays in cache: a frame-sized copy cost ~3 us per line (fresh pages, strided
-    writes). numpy widens float32 data while filling it, which beat a float32 chunk widened
-    line by line in the kernel (~45,000 against ~50,000 lines/s).
-    """
+    """Score a whole saved frame in acquisition order, then close it. The kernel reads the
+    frame where it lies (`Scan.block()`: read_scan's one array, no copy)."""
     names = list(scan.channels)
     scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines, settings)
-    order = scan.acquisition_order()
-    if len(order):
-        buf = np.empty((min(len(order), CHUNK_LINES), len(names), scan.n_points))
-        for start in range(0, len(order), CHUNK_LINES):
-            chunk = order[start : start + CHUNK_LINES]
-            frame = buf[: len(chunk)]
-            rows = _as_slice(chunk)  # a slice copies straight from the channel
-            for c, name in enumerate(names):
-                frame[:, c] = scan.channels[name][rows]
-            scorer.score_frame(frame, chunk.tolist())
+    if names:
+        scorer.score_frame(scan.block(), scan.acquisition_order())
     return scorer.finish()
-
-
-def _as_slice(order: np.ndarray) -> slice | np.ndarray:
-    """`order` as a slice when it is a plain up or down run of indices (the usual case)."""
-    n = len(order)
-    first, last = int(order[0]), int(order[-1])
-    step = 1 if last >= first else -1
-    if abs(last - first) == n - 1 and np.array_equal(order, np.arange(first, last + step, step)):
-        return slice(first, None if last + step < 0 else last + step, step)
-    return order
 
 
 def synthetic_scan(
@@ -599,10 +584,6 @@ def warm_up() -> float:
     started = time.perf_counter()
     scan = synthetic_scan()
     score_scan(scan)
-    names = list(scan.channels)
-    frame32 = np.stack([scan.channels[name] for name in names], axis=1).astype(np.float32)
-    scorer = ScanScorer(scan.scan_id, names, scan.n_points, scan.expected_lines)
-    scorer.score_frame(frame32, list(range(len(frame32))))  # a float32 frame (.ibw data)
     scorer = ScanScorer(scan.scan_id, list(scan.channels), scan.n_points, scan.expected_lines)
     for line in scan.lines():
         scorer.push(line)
