@@ -299,6 +299,9 @@ def test_a_read_file_is_scored_where_it_lies(tmp_path) -> None:
     scorer = ScanScorer(scan.scan_id, list(scan.channels), 64, 48)
     with pytest.raises(ValueError, match="rows outside the frame's 48 lines"):
         scorer.score_frame(block, [0, 48])
+    block.flags.writeable = False  # copied for the kernel (one machine code for all frames)
+    scorer.score_frame(block, scan.acquisition_order())
+    np.testing.assert_array_equal(scorer.finish().features, expected.features)
 
 
 def test_values_beyond_float32_are_non_finite_samples() -> None:

@@ -415,17 +415,18 @@ class ScanScorer:
 
     def _kernel_frame(self, frame: np.ndarray, first: int, count: int) -> tuple[np.ndarray, int]:
         """(array, row of line `first`) for the kernel to read lines first..first+count-1 of
-        frame (channels, lines, points) from: the frame itself when it is C-contiguous
-        float32, else a float32 copy of those lines (the kernel runs ~6x slower on a strided
-        array). Other types are narrowed: the scorer works at float32 resolution, the type
-        Asylum saves, so the rows of a line do not depend on the type it came in."""
+        frame (channels, lines, points) from: the frame itself when it is C-contiguous,
+        writeable float32, else a float32 copy of those lines (the kernel runs ~6x slower on
+        a strided array, and a read-only one would compile another specialisation). Other
+        types are narrowed: the scorer works at float32 resolution, the type Asylum saves,
+        so the rows of a line do not depend on the type it came in."""
         shape = (len(self.layout.channels), self.points)
         if frame.ndim != 3 or (frame.shape[0], frame.shape[2]) != shape:
             raise ValueError(f"frame shaped {frame.shape}, not (channels, lines, points) {shape}")
-        if frame.dtype == np.float32 and frame.flags.c_contiguous:
+        if frame.dtype == np.float32 and frame.flags.c_contiguous and frame.flags.writeable:
             return frame, first
         with np.errstate(over="ignore"):  # beyond float32: inf, a non-finite sample
-            return np.ascontiguousarray(frame[:, first : first + count], dtype=np.float32), 0
+            return np.array(frame[:, first : first + count], dtype=np.float32, order="C"), 0
 
     def _no_lines_ahead(self) -> None:
         if self._ahead:
