@@ -21,6 +21,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from spmwatch.logs import Throttle
 
@@ -30,6 +31,11 @@ PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _Z85_KEY_LENGTH = 40
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class CurveError(ValueError):
@@ -89,7 +95,8 @@ def authorized_keys(directory: str | Path) -> frozenset[bytes]:
     return keys
 
 
-REFUSED_LOG_INTERVAL = 60.0  # s: a refused client retries every ~0.1 s; log it once a minute
+# s: a refused client retries every ~0.1 s; it is reported once a minute, on both sides
+REFUSED_LOG_INTERVAL = 60.0
 
 
 class _KeySet:
@@ -142,6 +149,50 @@ def configure_client(
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_serverkey = read_public_key(server_public_key_file)
+
+
+class HandshakeWatch:
+    """Why a CURVE client hears nothing: its socket's failed handshakes (read from a ZeroMQ
+    monitor socket), each kind reported at most once per REFUSED_LOG_INTERVAL with what
+    to check. Without it a refused subscriber only waits: the refusal is logged on the
+    server's side alone. Call `check()` from the loop that uses the socket's thread, and
+    `close()` before closing the socket."""
+
+    def __init__(
+        self,
+        socket: zmq.Socket,
+        report: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._socket = socket
+        self._monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED)
+        self._report = report
+        self._reports = Throttle(1, REFUSED_LOG_INTERVAL, clock)
+
+    def check(self) -> None:
+        """Report the failures that came since the last check (never blocks)."""
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            kind = event["event"]
+            if self._reports.admit(kind) is not None:
+                self._report(handshake_failure(kind, event["value"]))
+
+    def close(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
+
+
+def handshake_failure(event: int, value: int) -> str:
+    """What a failed CURVE handshake (a monitor event and its value) means, and what to check."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"the server refused this client's key (ZAP status {value}): copy this client's "
+            "public NAME.key into the server's authorised-keys folder"
+        )
+    return (
+        "the CURVE handshake failed: check that the server key given is the server's own "
+        "public NAME.key, and that the server runs with CURVE on"
+    )
 
 
 def _certificate(public: bytes, secret: bytes | None, stamp: str) -> str:

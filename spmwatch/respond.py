@@ -39,7 +39,7 @@ import zmq
 from spmwatch import protocol
 from spmwatch.advice import DEFAULT_POLICY
 from spmwatch.config import check_bounds, in_folder, load_file, set_aside
-from spmwatch.curve import configure_client
+from spmwatch.curve import HandshakeWatch, configure_client
 from spmwatch.igor import (
     IgorError,
     IgorLink,
@@ -527,9 +527,13 @@ def serve(
     )
     publisher.start()
     sub = context.socket(zmq.SUB)
+    watch = None
     try:
         if curve.enabled:
             configure_client(sub, curve.secret_key, curve.daemon_public_key)
+            watch = HandshakeWatch(
+                sub, lambda problem: log.warning("curve_handshake_failed", problem=problem)
+            )
         sub.setsockopt(zmq.LINGER, 0)
         sub.subscribe(protocol.TOPIC_ALERT.encode())
         sub.connect(settings.subscribe)
@@ -561,6 +565,8 @@ def serve(
             if ping is not None and time.monotonic() >= next_ping:
                 notifier.watchdog()  # from this loop: a hung Igor call is caught by its time-out
                 next_ping = time.monotonic() + ping
+            if watch is not None:
+                watch.check()
             if not sub.poll(200):
                 continue
             try:
@@ -572,5 +578,7 @@ def serve(
                 responder.handle(payload)
     finally:
         Notifier().stopping()
+        if watch is not None:
+            watch.close()
         sub.close(linger=0)
         publisher.stop()

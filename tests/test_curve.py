@@ -132,3 +132,77 @@ def test_a_refused_client_is_logged_once_a_minute() -> None:
     refused = [e for e in logs if e["event"] == "curve_client_refused"]
     assert len(refused) == 2
     assert refused[0]["client_key"] == stranger.decode("ascii")  # greppable in a key folder
+
+
+def _curve_publisher(tmp_path: Path, ctx: zmq.Context):
+    """A CURVE publisher on loopback that admits only the key pair in tmp_path/authorised."""
+    server = curve.write_keypair(tmp_path / "server", "server")
+    curve.write_keypair(tmp_path / "authorised", "good")
+    pub = ctx.socket(zmq.PUB)
+    auth = curve.configure_server(pub, server.secret, tmp_path / "authorised")
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    return pub, auth, server, f"tcp://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("mistake", ["client key not authorised", "wrong server key"])
+def test_a_client_whose_handshake_fails_is_told_why(tmp_path: Path, mistake: str) -> None:
+    ctx = zmq.Context()
+    pub, auth, server, endpoint = _curve_publisher(tmp_path, ctx)
+    stranger = curve.write_keypair(tmp_path / "elsewhere", "stranger")
+    other_server = curve.write_keypair(tmp_path / "other", "other")
+    now = [0.0]
+    problems: list[str] = []
+    sub = ctx.socket(zmq.SUB)
+    watch = None
+    try:
+        if mistake == "client key not authorised":
+            curve.configure_client(sub, stranger.secret, server.public)
+        else:
+            good = tmp_path / "authorised" / "good.key_secret"
+            curve.configure_client(sub, good, other_server.public)
+        watch = curve.HandshakeWatch(sub, problems.append, clock=lambda: now[0])
+        sub.connect(endpoint)
+
+        def told() -> bool:
+            watch.check()
+            return bool(problems)
+
+        wait_for(told, timeout=10)
+        if mistake == "client key not authorised":
+            assert "refused this client's key (ZAP status 400)" in problems[0]
+            return  # a refused client does not retry
+        assert "check that the server key given is the server's own" in problems[0]
+        # this client retries ~10 times a second: nothing more within the minute ...
+        for _ in range(5):
+            sub.poll(150)
+            watch.check()
+        assert len(problems) == 1
+        now[0] += curve.REFUSED_LOG_INTERVAL  # ... and once more after it
+        wait_for(lambda: (watch.check(), len(problems) == 2)[1], timeout=10)
+    finally:
+        if watch is not None:
+            watch.close()
+        sub.close(linger=0)
+        pub.close(linger=0)
+        auth.stop()
+        ctx.term()
+
+
+def test_subscribe_with_a_refused_key_says_so(tmp_path: Path) -> None:
+    ctx = zmq.Context()
+    pub, auth, server, endpoint = _curve_publisher(tmp_path, ctx)
+    stranger = curve.write_keypair(tmp_path / "elsewhere", "stranger")
+    cmd = [sys.executable, "-m", "spmwatch", "subscribe", "--endpoint", endpoint]
+    cmd += ["--secret-key", str(stranger.secret), "--server-key", str(server.public)]
+    cmd += ["--timeout", "3"]
+    try:
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120
+        )
+    finally:
+        pub.close(linger=0)
+        auth.stop()
+        ctx.term()
+    assert done.returncode == 1  # nothing received: the idle time-out
+    assert "the server refused this client's key" in done.stderr
+    assert done.stderr.count("refused this client's key") == 1  # not once per retry

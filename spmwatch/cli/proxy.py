@@ -15,7 +15,7 @@ import threading
 import zmq
 
 from spmwatch import protocol
-from spmwatch.curve import CurveError, configure_client, configure_server
+from spmwatch.curve import CurveError, HandshakeWatch, configure_client, configure_server
 from spmwatch.protocol import is_local
 
 PROXY_ENDPOINT = "tcp://127.0.0.1:5570"
@@ -67,18 +67,24 @@ def run(args: argparse.Namespace) -> int:
         context.term()
 
 
+def _say(problem: str) -> None:
+    print(f"spmwatch proxy: from the daemon: {problem}", file=sys.stderr, flush=True)
+
+
 def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event) -> int:
     frontend = context.socket(zmq.XSUB)
     backend = context.socket(zmq.XPUB)
     control = context.socket(zmq.PAIR)
     steer = context.socket(zmq.PAIR)
     auth = None
+    watch = None
     sockets = (frontend, backend, control, steer)
     try:
         for socket in sockets:
             socket.setsockopt(zmq.LINGER, 0)
         if args.daemon_key:
             configure_client(frontend, args.secret_key, args.daemon_key)
+            watch = HandshakeWatch(frontend, _say)  # before the proxy thread takes the socket
         if args.authorized_keys:
             auth = configure_server(backend, args.secret_key, args.authorized_keys, context)
         backend.bind(args.bind)
@@ -98,11 +104,15 @@ def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event
                 file=sys.stderr,
                 flush=True,
             )
-        stop.wait()
+        while not stop.wait(0.2):
+            if watch is not None:
+                watch.check()
         steer.send(b"TERMINATE")
         worker.join(timeout=5)
         return 0
     finally:
+        if watch is not None:
+            watch.close()
         for socket in sockets:
             socket.close(linger=0)
         if auth is not None:

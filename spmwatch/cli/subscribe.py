@@ -12,7 +12,7 @@ from typing import Any
 import zmq
 
 from spmwatch import protocol
-from spmwatch.curve import CurveError, configure_client
+from spmwatch.curve import CurveError, HandshakeWatch, configure_client
 
 _ENVELOPE = ("v", "seq", "time", "scan_id", "source")
 
@@ -52,26 +52,38 @@ def run(args: argparse.Namespace) -> int:
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
+    watch = None
     try:
         if args.secret_key:
             configure_client(socket, args.secret_key, args.server_key)
+            watch = HandshakeWatch(socket, _say)
         for topic in args.topic or protocol.TOPICS:
             socket.subscribe(topic.encode())
         socket.connect(args.endpoint)
-        return _print_events(socket, args)
+        return _print_events(socket, args, watch)
     except (CurveError, zmq.ZMQError) as exc:
         print(f"spmwatch subscribe: {exc}", file=sys.stderr)
         return 2
     finally:
+        if watch is not None:
+            watch.close()
         socket.close(linger=0)
         context.term()
 
 
-def _print_events(socket: zmq.Socket, args: argparse.Namespace) -> int:
+def _say(problem: str) -> None:
+    print(f"spmwatch subscribe: {problem}", file=sys.stderr, flush=True)
+
+
+def _print_events(
+    socket: zmq.Socket, args: argparse.Namespace, watch: HandshakeWatch | None
+) -> int:
     seq = protocol.SeqTracker()
     seen = 0
     idle_since = time.monotonic()
     while args.count is None or seen < args.count:
+        if watch is not None:
+            watch.check()
         if not socket.poll(100):
             if args.timeout is not None and time.monotonic() - idle_since > args.timeout:
                 print(f"spmwatch subscribe: nothing for {args.timeout:g} s", file=sys.stderr)
