@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Compile the scorer's numba kernels in a child process, then load them here, before
-    any test runs.
-
-    numba's machine code for the fast-math kernels rounds the last bits differently when a
-    process compiles a kernel itself than when it loads it from the cache (up to ~1e-14 in the
-    z scores), and a kernel loaded after another was compiled in the same process links to
-    that fresh code: a test that compiles one kernel directly would leave the float32 and
-    float64 scorers of this process on different builds (docs/scoring.md#cost). Filled by a
-    child and loaded here first, every scorer in this process and in every daemon the tests
-    start runs the same cached code."""
-    subprocess.run(
-        [sys.executable, "-c", "from spmwatch.scoring.scorer import warm_up; warm_up()"],
-        check=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=600,
-    )
+    """Load the scorer's numba kernels before any test runs, from numba's cache: on a cold
+    cache a child process fills it first (scorer.cached_build). numba's fresh machine code for
+    the fast-math kernels rounds differently from the cached code, so every scorer in this
+    process and in every daemon the tests start runs the same cached build
+    (docs/scoring.md, "Precision and units")."""
     from spmwatch.scoring.scorer import warm_up
 
     warm_up()

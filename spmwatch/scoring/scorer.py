@@ -8,7 +8,11 @@ the lines before it in acquisition order.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -336,6 +340,50 @@ def line_kind(row: np.ndarray, settings: ScoringSettings) -> str | None:
     return FAMILY_KIND[family]
 
 
+# set in the child process that fills numba's cache (cached_build), so it does not start one
+_FILLING_CACHE = "SPMWATCH_FILLING_KERNEL_CACHE"
+
+
+@functools.cache
+def cached_build() -> None:
+    """Make this process run numba's cached build of the kernels: on a cold cache (the first
+    run after an install or an upgrade) a child process compiles them into the cache first,
+    and this process then loads them from it.
+
+    numba's machine code for these fast-math kernels rounds differently when a process
+    compiles it itself than when it loads it from the cache: with float32 sums, up to ~5e-3
+    in a line's z (seen on a real scan). A daemon started on a fresh install would then score
+    ~1e-3 apart from every `spmwatch score` after it; with one build, all processes agree bit
+    for bit. Called once per process, by the first ScanScorer."""
+    if os.environ.get(_FILLING_CACHE) or _kernels_cached():
+        return
+    code = "from spmwatch.scoring.scorer import warm_up; warm_up()"
+    # a child that fails leaves this process to compile its own, as before
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, _FILLING_CACHE: "1"}, timeout=1800
+        )
+
+
+def _kernels_cached() -> bool:
+    """Whether numba's cache holds `score_frame` as the scorer calls it, on this machine
+    (numba's own index key; True when numba's internals cannot tell, so nothing is done)."""
+    from numba import typeof  # numba is loaded with the kernels anyway
+
+    settings = ScoringSettings()
+    layout = make_layout(["Ch0Trace", "Ch0Retrace"], settings)
+    state = ScanState(layout, 64, settings)
+    frame = np.zeros((2, 1, 64), dtype=np.float32)
+    rest = (*state.args(layout), np.zeros((1, K.N_FEATURES)))
+    signature = (typeof(frame), typeof(np.zeros(1, dtype=np.int64)), typeof(0), typeof(rest))
+    try:
+        cache = K.score_frame._cache
+        key = cache._index_key(signature, K.score_frame.targetctx.codegen())
+        return key in cache._cache_file._load_index()
+    except Exception:  # a private numba API: when it moves, each process compiles its own
+        return True
+
+
 class ScanScorer:
     """Scores the lines of one scan as they arrive; holds its baseline, events and alert."""
 
@@ -347,6 +395,7 @@ class ScanScorer:
         expected_lines: int,
         settings: ScoringSettings | None = None,
     ) -> None:
+        cached_build()
         self.scan_id = scan_id
         self.settings = settings or ScoringSettings()
         self.layout = make_layout(channels, self.settings)
