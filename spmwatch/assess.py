@@ -115,4 +115,5 @@ def score_record(
             "probability": round(float(watched[1].probability), 4),
         },
         "channels": frame.channels,
+        "dead_channels": frame.dead_channels,
     }

@@ -322,6 +322,7 @@ def frame_fields(
         "closed_by": closed_by,
         "origin": origin,
         "file": file,
+        "dead_channels": frame.dead_channels,
     }
 
 

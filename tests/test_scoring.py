@@ -321,6 +321,32 @@ def test_values_beyond_float32_are_non_finite_samples() -> None:
                 assert result.kind == "dropout"
 
 
+def test_a_channel_constant_from_the_start_is_left_out_of_the_dropout_test() -> None:
+    # an input left unconnected reads one value in every line: not a failing tip
+    scan = synthetic_scan(96, 64, seed=6)
+    scan.channels["Ch1Retrace"] = np.full((96, 64), 0.25)
+    frame = score_scan(scan)
+    assert frame.dead_channels == ["Ch1Retrace"]
+    assert not any(line.flagged for line in frame.lines) and frame.alert is None
+    scorer = ScanScorer(scan.scan_id, list(scan.channels), 64, 96)  # live: the same
+    for line in scan.lines():
+        scorer.push(line)
+    live = scorer.finish()
+    assert live.dead_channels == ["Ch1Retrace"] and live.lines == frame.lines
+    # it counts from its first line with a span on: dying again later is a dropout
+    scan.channels["Ch1Retrace"] = synthetic_scan(96, 64, seed=7).channels["Ch1Retrace"].copy()
+    scan.channels["Ch1Retrace"][:30] = 0.25
+    scan.channels["Ch1Retrace"][60:64] = 0.0
+    frame = score_scan(scan)
+    assert frame.dead_channels == []
+    assert [line.index for line in frame.lines if line.flagged] == [60, 61, 62, 63]
+    assert frame.alert is not None and frame.alert.kind == "dropout"
+    # with no channel alive, every line is a dropout as before
+    scan.channels = {name: np.zeros((96, 64)) for name in scan.channels}
+    frame = score_scan(scan)
+    assert frame.dead_channels == [] and all(line.kind == "dropout" for line in frame.lines)
+
+
 @pytest.mark.parametrize(
     "inject",
     [

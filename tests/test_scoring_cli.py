@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from spmwatch import synth
 from spmwatch.ibw import write_scan
 from spmwatch.scoring.scorer import synthetic_scan
@@ -113,3 +115,13 @@ def test_score_with_a_daemon_config_judges_as_that_daemon(tmp_path: Path) -> Non
     bad.write_text("[scoring]\nbogus = 1\n")
     done = spmwatch("score", "--config", str(bad), str(path))
     assert done.returncode == 2 and "scoring.bogus: unknown key" in done.stderr
+
+
+def test_score_names_a_channel_constant_in_every_line(tmp_path: Path) -> None:
+    scan = synthetic_scan(64, 64, seed=3)
+    scan.channels["Ch0Retrace"] = np.zeros((64, 64))
+    write_scan(scan, tmp_path / "dead.ibw")
+    record = json.loads(spmwatch("score", "--json", str(tmp_path / "dead.ibw")).stdout)
+    assert record["dead_channels"] == ["Ch0Retrace"] and record["alert"] is None
+    text = spmwatch("score", str(tmp_path / "dead.ibw")).stdout
+    assert "constant in every line (not scored for dropouts; unconnected?): Ch0Retrace" in text

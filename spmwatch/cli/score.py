@@ -115,6 +115,11 @@ def _human(record: dict[str, object]) -> str:
             f"line {watched['line']} (after {watched['position'] + 1} lines scanned, "
             f"p={watched['probability']:.2f})"
         )
+    dead = record["dead_channels"]
+    if isinstance(dead, list) and dead:
+        out.append(
+            f"  constant in every line (not scored for dropouts; unconnected?): {', '.join(dead)}"
+        )
     events = record["events"]
     assert isinstance(events, list)
     if events:

@@ -1102,6 +1102,7 @@ def score_line(
     base_scale,
     ref_level,
     units,
+    alive,
     lags,
     lag_votes,
     spec_base,
@@ -1146,14 +1147,23 @@ def score_line(
     # not counted again on the line after it
     second = hist_n >= 3 and not hist_good[prev]
     # each channel's unit, fixed on its first line with a span (see unit_of); the two
-    # channels of a pair share one, since residuals subtract their rows
+    # channels of a pair share one, since residuals subtract their rows. A channel is alive
+    # from its first line with a span on: one that is constant (or not finite) in every line
+    # since the scan began (an input left unconnected) stays out of the dropout and pinned
+    # tests while another channel lives, or every line of a good scan would be a dropout
     for c in range(n_ch):
-        if units[c] == 0.0:
-            units[c] = unit_of(frame[c, row])
+        if not alive[c]:
+            u = unit_of(frame[c, row])
+            alive[c] = u > 0.0
+            if units[c] == 0.0:
+                units[c] = u
     for p in range(n_pairs):
         u = units[pair_t[p]] if units[pair_t[p]] > 0.0 else units[pair_r[p]]
         units[pair_t[p]] = u
         units[pair_r[p]] = u
+    any_alive = False
+    for c in range(n_ch):
+        any_alive = any_alive or alive[c]
     for c in range(n_ch):
         line_stats(frame[c, row], units[c], hist[prev, c], hist[head, c], stats)
         base = c * N_CH_RAW
@@ -1161,8 +1171,9 @@ def score_line(
         raw[base + CH_LEVEL] = stats[0] - ref_level[c] if have_ref else 0.0
         raw[base + CH_RMS] = fast_log(stats[2] + TINY)
         raw[base + CH_SHARP] = fast_log((stats[3] + TINY) / (stats[2] + TINY))
-        worst = max(worst, stats[4])
-        flat = max(flat, stats[5])
+        if alive[c] or not any_alive:
+            worst = max(worst, stats[4])
+            flat = max(flat, stats[5])
         # 2. line-to-line consistency (measured by line_stats, while the line is in cache)
         corr = stats[6]
         if second:

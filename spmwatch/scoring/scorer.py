@@ -277,6 +277,7 @@ class ScanState:
         self.base_scale = np.ones(layout.n_raw)
         self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
         self.units = np.zeros(n_ch)  # each channel's unit (kernels.unit_of), 0 until chosen
+        self.alive = np.zeros(n_ch, dtype=np.bool_)  # a line with a span seen (score_line)
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
         self.lag_votes = np.zeros((settings.lag_votes, max(n_pairs, 1)), dtype=np.int64)
         self.fft_tw = _fft_tables(points)
@@ -312,6 +313,7 @@ class ScanState:
             self.base_scale,
             self.ref_level,
             self.units,
+            self.alive,
             self.lags,
             self.lag_votes,
             self.spec_base,
@@ -581,7 +583,16 @@ class ScanScorer:
             events=events,
             alert=self.alert,
             expected_lines=self.expected_lines,
+            dead_channels=self.dead_channels(),
         )
+
+    def dead_channels(self) -> list[str]:
+        """Channels without a line with a span yet, left out of the dropout test because
+        another channel lives (none when no channel does: then every line is a dropout)."""
+        alive = self._state.alive
+        if not self._lines or not alive.any():
+            return []
+        return [name for name, live in zip(self.layout.channels, alive, strict=True) if not live]
 
     def finish(self) -> FrameScores:
         """Close the events; a frame with fewer lines than expected gets a partial_frame event."""
