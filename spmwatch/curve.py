@@ -95,8 +95,10 @@ def authorized_keys(directory: str | Path) -> frozenset[bytes]:
     return keys
 
 
-# s: a refused client retries every ~0.1 s; it is reported once a minute, on both sides
+# s: a client with a wrong server key retries every ~0.1 s, a refused one every
+# REFUSED_RETRY (HandshakeWatch); either is reported once a minute, on both sides
 REFUSED_LOG_INTERVAL = 60.0
+REFUSED_RETRY = 10.0
 
 
 class _KeySet:
@@ -155,27 +157,43 @@ class HandshakeWatch:
     """Why a CURVE client hears nothing: its socket's failed handshakes (read from a ZeroMQ
     monitor socket), each kind reported at most once per REFUSED_LOG_INTERVAL with what
     to check. Without it a refused subscriber only waits: the refusal is logged on the
-    server's side alone. Call `check()` from the loop that uses the socket's thread, and
-    `close()` before closing the socket."""
+    server's side alone. ZeroMQ does not connect again after the server refuses a key, so
+    with `reconnect` the watch does, every REFUSED_RETRY s: once the key is in the server's
+    folder (and the server restarted), a responder gets in without a restart of its own.
+    Call `check()` from the thread that uses the socket, `close()` before closing it."""
 
     def __init__(
         self,
         socket: zmq.Socket,
         report: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
+        reconnect: bool = True,
     ) -> None:
         self._socket = socket
         self._monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED)
         self._report = report
+        self._clock = clock
+        self._reconnect = reconnect
         self._reports = Throttle(1, REFUSED_LOG_INTERVAL, clock)
+        self._retry: dict[str, float] = {}  # refused endpoint -> when to connect again
 
     def check(self) -> None:
-        """Report the failures that came since the last check (never blocks)."""
+        """Report the failures that came since the last check, and connect again to the
+        endpoints that refused this client's key when their time comes (never blocks)."""
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._reconnect:
+                endpoint = event["endpoint"].decode()
+                self._retry.setdefault(endpoint, self._clock() + REFUSED_RETRY)
             if self._reports.admit(kind) is not None:
                 self._report(handshake_failure(kind, event["value"]))
+        now = self._clock()
+        for endpoint, due in list(self._retry.items()):
+            if now >= due:
+                del self._retry[endpoint]
+                self._socket.disconnect(endpoint)
+                self._socket.connect(endpoint)
 
     def close(self) -> None:
         self._socket.disable_monitor()
@@ -187,7 +205,8 @@ def handshake_failure(event: int, value: int) -> str:
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return (
             f"the server refused this client's key (ZAP status {value}): copy this client's "
-            "public NAME.key into the server's authorised-keys folder"
+            "public NAME.key into the server's authorized_keys folder and restart the server "
+            "(it reads the folder when it starts)"
         )
     return (
         "the CURVE handshake failed: check that the server key given is the server's own "

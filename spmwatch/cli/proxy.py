@@ -84,7 +84,8 @@ def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event
             socket.setsockopt(zmq.LINGER, 0)
         if args.daemon_key:
             configure_client(frontend, args.secret_key, args.daemon_key)
-            watch = HandshakeWatch(frontend, _say)  # before the proxy thread takes the socket
+            # made before the proxy thread takes the socket, which it then owns: no reconnect
+            watch = HandshakeWatch(frontend, _say, reconnect=False)
         if args.authorized_keys:
             auth = configure_server(backend, args.secret_key, args.authorized_keys, context)
         backend.bind(args.bind)
