@@ -294,7 +294,8 @@ class FrameScores:
     alert: Alert | None
     expected_lines: int
     # channels constant (or not finite) in every line so far, left out of the dropout test
-    # while another channel lives: an input left unconnected is no failing tip
+    # while another channel lives (an input left unconnected is no failing tip); all of them
+    # when no channel lives, and then every line is a dropout
     dead_channels: list[str] = field(default_factory=list)
 
     @property

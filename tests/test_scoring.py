@@ -341,10 +341,11 @@ def test_a_channel_constant_from_the_start_is_left_out_of_the_dropout_test() -> 
     assert frame.dead_channels == []
     assert [line.index for line in frame.lines if line.flagged] == [60, 61, 62, 63]
     assert frame.alert is not None and frame.alert.kind == "dropout"
-    # with no channel alive, every line is a dropout as before
+    # with no channel alive, every line is a dropout as before, and every channel is named
     scan.channels = {name: np.zeros((96, 64)) for name in scan.channels}
     frame = score_scan(scan)
-    assert frame.dead_channels == [] and all(line.kind == "dropout" for line in frame.lines)
+    assert frame.dead_channels == list(scan.channels)
+    assert all(line.kind == "dropout" for line in frame.lines)
 
 
 @pytest.mark.parametrize(

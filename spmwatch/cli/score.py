@@ -115,8 +115,11 @@ def _human(record: dict[str, object]) -> str:
             f"line {watched['line']} (after {watched['position'] + 1} lines scanned, "
             f"p={watched['probability']:.2f})"
         )
-    dead = record["dead_channels"]
-    if isinstance(dead, list) and dead:
+    dead, channels = record["dead_channels"], record["channels"]
+    assert isinstance(dead, list) and isinstance(channels, list)
+    if dead and len(dead) == len(channels):
+        out.append("  every channel is constant in every line: no signal at all")
+    elif dead:
         out.append(
             f"  constant in every line (not scored for dropouts; unconnected?): {', '.join(dead)}"
         )

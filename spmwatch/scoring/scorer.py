@@ -587,11 +587,12 @@ class ScanScorer:
         )
 
     def dead_channels(self) -> list[str]:
-        """Channels without a line with a span yet, left out of the dropout test because
-        another channel lives (none when no channel does: then every line is a dropout)."""
-        alive = self._state.alive
-        if not self._lines or not alive.any():
+        """Channels without a line with a span yet (constant or not finite in every line so
+        far): left out of the dropout test while another channel lives; when none does,
+        every line is a dropout and all are named."""
+        if not self._lines:
             return []
+        alive = self._state.alive
         return [name for name, live in zip(self.layout.channels, alive, strict=True) if not live]
 
     def finish(self) -> FrameScores:
