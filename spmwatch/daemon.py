@@ -758,6 +758,7 @@ class Daemon:
             closed_by=closed_by,
             file=file,
             events=[f"{e.kind} {e.start}-{e.end}" for e in frame.events],
+            **({"dead_channels": frame.dead_channels} if frame.dead_channels else {}),
         )
 
     def _report_held_errors(self) -> None:
