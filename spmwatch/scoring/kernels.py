@@ -170,12 +170,17 @@ def _order_key(typingctx, x):
     width = x.bitwidth
 
     def codegen(context, builder, signature, args):
-        ity = ir.IntType(width)
-        bits = builder.bitcast(args[0], ity)
-        sign = builder.ashr(bits, ir.Constant(ity, width - 1))
-        return builder.xor(bits, builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
+        return _flip_negative(builder, builder.bitcast(args[0], ir.IntType(width)), width)
 
     return (types.int32 if width == 32 else types.int64)(x), codegen
+
+
+def _flip_negative(builder: ir.IRBuilder, bits: ir.Value, width: int) -> ir.Value:
+    """The bits of a negative float with all but the sign inverted (the others as they are):
+    the order-key map, which is its own inverse."""
+    ity = ir.IntType(width)
+    sign = builder.ashr(bits, ir.Constant(ity, width - 1))
+    return builder.xor(bits, builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
 
 
 @intrinsic
@@ -204,9 +209,7 @@ def _key_value(typingctx, key):
     width = key.bitwidth
 
     def codegen(context, builder, signature, args):
-        ity = ir.IntType(width)
-        sign = builder.ashr(args[0], ir.Constant(ity, width - 1))
-        bits = builder.xor(args[0], builder.and_(sign, ir.Constant(ity, (1 << (width - 1)) - 1)))
+        bits = _flip_negative(builder, args[0], width)
         return builder.bitcast(bits, ir.FloatType() if width == 32 else ir.DoubleType())
 
     return (types.float32 if width == 32 else types.float64)(key), codegen
@@ -1371,8 +1374,8 @@ def score_frame(frame, rows, start, *scan):
 
     The one entry point for live lines (a frame of one) and saved frames alike, so both run
     the same machine code and give bit-identical rows. A saved frame is read where it lies
-    (.ibw data: float32): no copy of it is made, line_stats reads each line once, and the
-    next line is on its way from memory meanwhile.
+    (.ibw data: float32): no copy of it is made, each line comes from memory once (into
+    line_stats), and the next line is on its way meanwhile.
     """
     state, out = scan[:-1], scan[-1]
     per_cache_line = max(64 // frame.itemsize, 1)
