@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
-import numpy as np
-
 from spmwatch.classify.classifier import Classifier
 from spmwatch.classify.features import ChannelStatsAccumulator
 from spmwatch.classify.watch import is_check, lines_to_next_check
@@ -66,7 +64,7 @@ def watch_checks(
     order = scan.acquisition_order()
     arrived = {name: data[order] for name, data in scan.channels.items()}
     held = ChannelStatsAccumulator.of_frame(arrived)
-    scorer.score_ahead(np.stack([arrived[name] for name in scan.channels]), order.tolist())
+    scorer.score_ahead(held.stored(), order.tolist())  # as the daemon: its lines, in place
     seen = 0
     while seen < len(order):
         seen += len(scorer.take_ahead(lines_to_next_check(seen)))  # stops at a line alert too
