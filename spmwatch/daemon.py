@@ -187,6 +187,7 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._started = time.monotonic()
+        self._serving = False  # set once warm and bound: `ctl status` says warming_up before
         self.model: Classifier | None = None
         self.sources: list[Any] = []
         self.publisher: Publisher | None = None
@@ -213,9 +214,14 @@ class Daemon:
         return 0
 
     def start(self) -> None:
-        """Load the model and warm numba first, then bind everything; READY comes last."""
+        """Load the model and warm numba first, then bind everything; READY comes last.
+
+        The control socket alone binds first, so `spmwatch ctl status` answers `warming_up`
+        during the minute a first start compiles, instead of timing out."""
         s = self.settings
         self.notifier.status("loading model, compiling kernels")
+        self.control = ControlServer(s.control.endpoint, self.command)
+        self._bind(self.control.start, "control.endpoint", s.control.endpoint)
         try:
             self.model = load_model(s.model.path)
         except ModelError as exc:
@@ -244,9 +250,7 @@ class Daemon:
                 reason=f"listens beyond this machine without authentication: anyone who reaches "
                 f"it can {risk} (docs/responder.md, CURVE)",
             )
-        self.control = ControlServer(s.control.endpoint, self.command)
         self._bind(self.publisher.start, "publish.endpoint", s.publish.endpoint)
-        self._bind(self.control.start, "control.endpoint", s.control.endpoint)
         if s.metrics.address:
             serve_metrics = lambda: self.metrics.serve(*s.metrics.host_port)  # noqa: E731
             self._bind(serve_metrics, "metrics.address", s.metrics.address)
@@ -254,6 +258,7 @@ class Daemon:
             self._bind(source.start, f"{source.name} source", getattr(source, "endpoint", ""))
             self.sources.append(source)
         self._started = time.monotonic()
+        self._serving = True
         model = self._model_identity()
         status = f"scoring; model {model['model']} ({model['model_sha256']}); warm-up {warm:.2f} s"
         # Everything loaded so far (numba, sklearn, the model) lives as long as the process:
@@ -799,6 +804,8 @@ class Daemon:
             log.info("paused" if self._paused else "resumed")
             return {"paused": self._paused}
         if cmd == "reload-model":
+            if not self._serving:  # the warm-up is judging frames with the current model
+                return {"ok": False, "error": "the daemon is warming up; reload once it is ready"}
             return self.reload_model(self.settings.model.path)
         raise protocol.ProtocolError(f"unknown control command {cmd!r}")
 
@@ -815,6 +822,7 @@ class Daemon:
                 for scan_id, scan in self._scans.items()
             ]
         return {
+            "state": "serving" if self._serving else "warming_up",
             "paused": self._paused,
             **self._model_identity(),
             "uptime": round(time.monotonic() - self._started, 3),

@@ -6,10 +6,12 @@ deadline, never fixed sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -88,6 +90,7 @@ class DaemonProcess:
             env=env,
             cwd=REPO,
             text=True,
+            start_new_session=True,  # kill() takes its children along (a cold start's compiler)
         )
         self.logs: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -130,9 +133,9 @@ class DaemonProcess:
             self._reader.join(timeout)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 def write_config(folder: Path, extra: str = "", **ports: int) -> tuple[Path, dict[str, str]]:

@@ -268,6 +268,7 @@ def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Run
     send_scan(running.endpoints["lines"], _good("after-bad"))
     assert _frame(running, "after-bad")["verdict"] == "pass"
     status = json.loads(ctl(running.endpoints["control"], "status").stdout)
+    assert status["state"] == "serving"
     assert status["sources"]["socket"]["rejected"]  # counted by reason
     metrics = urllib.request.urlopen(f"http://{running.endpoints['metrics']}/metrics").read()
     assert b"spmwatch_rejected_messages_total{" in metrics
@@ -404,6 +405,23 @@ def test_ctl_without_daemon_says_so(tmp_path: Path) -> None:
     result = ctl(endpoint, "status", timeout=0.5)
     assert result.returncode == 1
     assert f"no spmwatch daemon answered at {endpoint}" in result.stderr
+
+
+def test_ctl_answers_while_a_first_start_compiles(tmp_path: Path) -> None:
+    """`ctl status` timed out for the minute a first start after an install compiles the
+    kernels: the control socket was bound only once the daemon was ready."""
+    config, endpoints = write_config(tmp_path)
+    cold = {"NUMBA_CACHE_DIR": str(tmp_path / "empty-cache")}  # as on a fresh install
+    daemon = DaemonProcess(config, extra_env=cold)
+    try:
+        status = ctl(endpoints["control"], "status", timeout=30)
+        assert status.returncode == 0, status.stderr
+        reply = json.loads(status.stdout)
+        assert reply["state"] == "warming_up" and reply["paused"] is False
+        reload = ctl(endpoints["control"], "reload-model")
+        assert reload.returncode == 1 and "warming up" in reload.stderr
+    finally:
+        daemon.kill()
 
 
 def test_ctl_starts_without_the_classifier_stack_or_numba() -> None:
