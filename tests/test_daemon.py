@@ -409,7 +409,9 @@ def test_ctl_without_daemon_says_so(tmp_path: Path) -> None:
 
 def test_ctl_answers_while_a_first_start_compiles(tmp_path: Path) -> None:
     """`ctl status` timed out for the minute a first start after an install compiles the
-    kernels: the control socket was bound only once the daemon was ready."""
+    kernels: the control socket was bound only once the daemon was ready. The `warming_up`
+    log line that explains the wait must be out meanwhile (stdout is a pipe here, as under
+    systemd, so it is flushed by hand)."""
     config, endpoints = write_config(tmp_path)
     cold = {"NUMBA_CACHE_DIR": str(tmp_path / "empty-cache")}  # as on a fresh install
     daemon = DaemonProcess(config, extra_env=cold)
@@ -420,6 +422,9 @@ def test_ctl_answers_while_a_first_start_compiles(tmp_path: Path) -> None:
         assert reply["state"] == "warming_up" and reply["paused"] is False
         reload = ctl(endpoints["control"], "reload-model")
         assert reload.returncode == 1 and "warming up" in reload.stderr
+        # the log line explaining the wait is out during the wait, not with `ready` after it
+        assert wait_for(lambda: daemon.logged("warming_up"), timeout=10)
+        assert json.loads(ctl(endpoints["control"], "status").stdout)["state"] == "warming_up"
     finally:
         daemon.kill()
 
