@@ -373,11 +373,16 @@ class Daemon:
 
             made.append(LineReceiver(s.lines.endpoint, self._sink))
         if s.watch.folders:
-            from spmwatch.sources.folder import FolderWatcher, SeenFiles
+            from spmwatch.sources.folder import FolderWatcher, SeenFiles, StateFileInUse
 
-            seen = SeenFiles(Path(s.watch.state_file) if s.watch.state_file else None)
             try:
+                seen = SeenFiles(s.watch.state_file or None, claim=True)
                 seen.save()  # now, not after the first frame: an unwritable file is a config error
+            except StateFileInUse as exc:
+                raise StartupError(
+                    f"[watch] state_file {s.watch.state_file}: {exc}; give each daemon its own",
+                    exit_code=2,
+                ) from exc
             except OSError as exc:
                 raise StartupError(
                     f"[watch] state_file {s.watch.state_file} cannot be written ({exc}): point "

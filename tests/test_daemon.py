@@ -479,6 +479,26 @@ def test_an_unwritable_state_file_stops_the_start_with_exit_2(
     assert not (tmp_path / "adir.unreadable").exists()
 
 
+def test_a_second_daemon_on_the_same_state_file_refuses_to_start(tmp_path: Path) -> None:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    state = tmp_path / "seen.json"
+    extra = f'[watch]\nfolders = ["{watched}"]\nstate_file = "{state}"\n'
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    first = DaemonProcess(write_config(first_dir, extra)[0])
+    try:
+        first.wait_ready()
+        second = DaemonProcess(write_config(second_dir, extra)[0])  # other ports, same file
+        assert second.proc.wait(60) == 2
+        failed = wait_for(lambda: second.logged("startup_failed"))
+        error = failed[0]["error"]
+        assert f"[watch] state_file {state}" in error and f"pid {first.proc.pid}" in error
+    finally:
+        assert first.stop() == 0
+
+
 def test_an_unreadable_state_file_is_kept_aside(tmp_path: Path) -> None:
     from spmwatch.sources.folder import SeenFiles
 

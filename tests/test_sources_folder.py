@@ -6,6 +6,8 @@ import json
 import os
 import random
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from sources_helpers import Collector, wait_for
 
 from spmwatch.model import Scan
 from spmwatch.sources import FrameFile, SourceError
-from spmwatch.sources.folder import FolderWatcher, SeenFiles, read_frame
+from spmwatch.sources.folder import FolderWatcher, SeenFiles, StateFileInUse, read_frame
 from spmwatch.sources.readiness import Broken, Readiness, Ready
 
 
@@ -277,6 +279,38 @@ def test_seen_files_survive_a_corrupt_state_file(tmp_path: Path) -> None:
     assert again.load_error is None and (tmp_path / "a.ibw", (10, 20)) in again
     assert (tmp_path / "a.ibw", (10, 21)) not in again
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".seen.json")]
+
+
+def test_a_claimed_state_file_is_refused_to_another_process_until_it_dies(
+    tmp_path: Path,
+) -> None:
+    """Two daemons given one state file each overwrote the other's record of handled files."""
+    state = tmp_path / "state" / "seen.json"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STATE_FILE, str(state)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "claimed"
+        with pytest.raises(StateFileInUse, match=f"pid {holder.pid}"):
+            SeenFiles(state, claim=True)
+        SeenFiles(state).add(tmp_path / "a.ibw", (1, 2))  # unclaimed use (tools) is not locked
+    finally:
+        holder.kill()
+        holder.wait()
+    claimed = SeenFiles(state, claim=True)  # the lock died with its holder
+    assert (tmp_path / "a.ibw", (1, 2)) in claimed
+
+
+HOLD_STATE_FILE = """
+import sys
+from spmwatch.sources.folder import SeenFiles
+seen = SeenFiles(sys.argv[1], claim=True)
+print("claimed", flush=True)
+sys.stdin.read()
+"""
 
 
 def test_broken_outcome_carries_the_kind(tmp_path: Path) -> None:

@@ -25,6 +25,12 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from stat import S_ISDIR
+from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; the state file is then not locked
+    fcntl = None  # type: ignore[assignment]
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -74,6 +80,10 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+class StateFileInUse(Exception):
+    """Another process holds the state file (see SeenFiles.claim)."""
+
+
 class SeenFiles:
     """Which versions of which files were already handed over; optionally kept in a JSON file.
 
@@ -82,11 +92,14 @@ class SeenFiles:
     cannot be read leaves the registry empty and `load_error` set, for the owner to report.
     """
 
-    def __init__(self, state_file: str | Path | None = None) -> None:
+    def __init__(self, state_file: str | Path | None = None, claim: bool = False) -> None:
         self.state_file = Path(state_file) if state_file is not None else None
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[int, int, str | None]] = {}  # size, mtime_ns, digest
         self.load_error: str | None = None
+        self._claimed: IO[str] | None = None
+        if claim:  # before reading: an unreadable file is set aside, not another's to move
+            self._claim()
         if self.state_file is not None and self.state_file.exists():
             self._load(self.state_file)
 
@@ -103,6 +116,30 @@ class SeenFiles:
             aside = set_aside(path)
             kept = f"; kept as {aside}" if aside else ""
             self.load_error = f"state file {path} ignored: {exc}{kept}"
+
+    def _claim(self) -> None:
+        """Keep the state file to this process until it exits: a lock file beside it, which
+        the system releases even after a SIGKILL. Two daemons sharing one state file would
+        each overwrite the other's record, and re-publish files after a restart.
+        StateFileInUse (naming the holder's pid) when another process has it; OSError when
+        the lock file cannot be made. No lock where the system has no flock (Windows)."""
+        if self.state_file is None or fcntl is None:
+            return
+        path = self.state_file.with_name(self.state_file.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StateFileInUse(f"another process (pid {holder}) uses it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._claimed = handle  # held open: closing it would release the lock
 
     def save(self) -> None:
         """Write the registry now (OSError when it cannot be): the daemon's start-up check."""
