@@ -158,8 +158,9 @@ class HandshakeWatch:
     monitor socket), each kind reported at most once per REFUSED_LOG_INTERVAL with what
     to check. Without it a refused subscriber only waits: the refusal is logged on the
     server's side alone. ZeroMQ does not connect again after the server refuses a key, so
-    with `reconnect` the watch does, every REFUSED_RETRY s: once the key is in the server's
-    folder (and the server restarted), a responder gets in without a restart of its own.
+    the watch does, every REFUSED_RETRY s: once the key is in the server's folder (and the
+    server restarted), a responder gets in without a restart of its own. `reconnect(endpoint)`
+    does it when the socket is not the caller's to touch (the proxy's, while zmq.proxy runs).
     Call `check()` from the thread that uses the socket, `close()` before closing it."""
 
     def __init__(
@@ -167,13 +168,13 @@ class HandshakeWatch:
         socket: zmq.Socket,
         report: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
-        reconnect: bool = True,
+        reconnect: Callable[[str], None] | None = None,
     ) -> None:
         self._socket = socket
         self._monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED)
         self._report = report
         self._clock = clock
-        self._reconnect = reconnect
+        self._reconnect = reconnect or self._connect_again
         self._reports = Throttle(1, REFUSED_LOG_INTERVAL, clock)
         self._retry: dict[str, float] = {}  # refused endpoint -> when to connect again
 
@@ -183,7 +184,7 @@ class HandshakeWatch:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             kind = event["event"]
-            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self._reconnect:
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 endpoint = event["endpoint"].decode()
                 self._retry.setdefault(endpoint, self._clock() + REFUSED_RETRY)
             if self._reports.admit(kind) is not None:
@@ -192,8 +193,11 @@ class HandshakeWatch:
         for endpoint, due in list(self._retry.items()):
             if now >= due:
                 del self._retry[endpoint]
-                self._socket.disconnect(endpoint)
-                self._socket.connect(endpoint)
+                self._reconnect(endpoint)
+
+    def _connect_again(self, endpoint: str) -> None:
+        self._socket.disconnect(endpoint)
+        self._socket.connect(endpoint)
 
     def close(self) -> None:
         self._socket.disable_monitor()

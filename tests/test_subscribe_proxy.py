@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import zmq
-from responder_helpers import FakeDaemon, alert_payload, free_tcp_endpoint
+from responder_helpers import FakeDaemon, alert_payload, free_tcp_endpoint, wait_for
+
+from spmwatch import protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,3 +131,59 @@ def test_a_proxy_open_beyond_the_machine_without_curve_warns() -> None:
     finally:
         proxy.terminate()
         proxy.communicate(timeout=30)
+
+
+def test_a_refused_proxy_gets_in_once_its_key_is_added_and_the_daemon_restarted(
+    tmp_path: Path,
+) -> None:
+    """The proxy stayed deaf after a daemon refused its key, even once the key was added."""
+    from spmwatch import curve
+
+    context = zmq.Context()
+    server = curve.write_keypair(tmp_path / "daemon", "daemon")
+    proxy_keys = curve.write_keypair(tmp_path / "proxy", "proxy")
+    allowed = tmp_path / "authorized_keys"
+    curve.write_keypair(allowed, "someone_else")  # the proxy's key is not there yet
+    port = free_tcp_endpoint().rsplit(":", 1)[1]
+    daemon_endpoint = f"tcp://127.0.0.1:{port}"
+
+    def curve_daemon() -> tuple[zmq.Socket, Any]:
+        pub = context.socket(zmq.XPUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        auth = curve.configure_server(pub, server.secret, allowed, context)
+        pub.bind(daemon_endpoint)
+        return pub, auth
+
+    pub, auth = curve_daemon()
+    bind = free_tcp_endpoint()
+    proxy = _spmwatch(
+        "proxy", "--connect", daemon_endpoint, "--bind", bind,
+        "--secret-key", str(proxy_keys.secret), "--daemon-key", str(server.public),
+    )  # fmt: skip
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt_string(zmq.SUBSCRIBE, protocol.TOPIC_ALERT)
+    sub.connect(bind)
+    try:
+        assert proxy.stderr is not None
+        ready, _, _ = select.select([proxy.stderr], [], [], 60)
+        assert ready and "refused this client's key" in proxy.stderr.readline()
+        shutil.copy(proxy_keys.public, allowed)  # the key added, then the daemon restarted
+        pub.close(linger=0)
+        auth.stop()
+        pub, auth = curve_daemon()
+        # the proxy connects again within curve.REFUSED_RETRY s, and the subscription reaches
+        # the daemon through it: from then on what the daemon publishes comes through
+        wait_for(lambda: pub.poll(100) and b"\x01" in pub.recv(), timeout=30)
+        event = protocol.encode_event(protocol.TOPIC_ALERT, alert_payload(0))
+        pub.send_multipart(event)
+        assert sub.poll(10_000), "nothing came through the proxy"
+        assert protocol.decode_event(sub.recv_multipart())[1]["seq"] == 0
+    finally:
+        sub.close(linger=0)
+        proxy.terminate()
+        proxy.communicate(timeout=30)
+        pub.close(linger=0)
+        auth.stop()
+        context.term()
+    assert proxy.returncode == 0

