@@ -83,6 +83,11 @@ class StartupError(RuntimeError):
         self.exit_code = exit_code
 
 
+class _StoppedWarmingUp(Exception):
+    """SIGTERM/SIGINT during the warm-up: raised from the signal handler to cut it short
+    (a first start compiles for about a minute; subprocess.run kills the compiling child)."""
+
+
 @dataclasses.dataclass
 class _OpenScan:
     """One scan being scored line by line, with its lines so far for the classifier (the
@@ -188,6 +193,7 @@ class Daemon:
         self._reload = threading.Event()
         self._started = time.monotonic()
         self._serving = False  # set once warm and bound: `ctl status` says warming_up before
+        self._warming = False  # in the warm-up: a stop signal cuts it short
         self.model: Classifier | None = None
         self.sources: list[Any] = []
         self.publisher: Publisher | None = None
@@ -209,6 +215,12 @@ class Daemon:
             log.error("startup_failed", error=str(exc))
             self._close()
             return exc.exit_code
+        except _StoppedWarmingUp:
+            log.info("stopping", during="warm-up")
+            self._close()
+            log.info("stopped", drained=0, **self._snapshot_counts())
+            logs.flush()
+            return 0
         self.serve()
         self.shutdown()
         return 0
@@ -216,23 +228,28 @@ class Daemon:
     def start(self) -> None:
         """Load the model and warm numba first, then bind everything; READY comes last.
 
-        The control socket alone binds first, so `spmwatch ctl status` answers `warming_up`
-        during the minute a first start compiles, instead of timing out."""
+        A bad model is refused before any socket is bound. The control socket alone binds
+        before the warm-up, so `spmwatch ctl status` answers `warming_up` during the minute
+        a first start compiles, instead of timing out."""
         s = self.settings
         self.notifier.status("loading model, compiling kernels")
-        self.control = ControlServer(s.control.endpoint, self.command)
-        self._bind(self.control.start, "control.endpoint", s.control.endpoint)
         try:
             self.model = load_model(s.model.path)
         except ModelError as exc:
             raise StartupError(f"model: {exc}") from exc
+        self.control = ControlServer(s.control.endpoint, self.command)
+        self._bind(self.control.start, "control.endpoint", s.control.endpoint)
         log.info(
             "warming_up",
             note="the first start after an install compiles the numba kernels (about a minute);"
             " later starts load them from numba's cache",
         )
         logs.flush()  # out now: nothing else is written during the minute it explains
-        warm = self._warm_up()
+        self._warming = True
+        try:
+            warm = self._warm_up()
+        finally:
+            self._warming = False
         self.publisher = Publisher(
             s.publish.endpoint,
             hwm=s.publish.hwm,
@@ -349,13 +366,20 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_stop_signal(self, *_: object) -> None:
+        self.request_stop()
+        if self._warming:
+            self._warming = False  # once: a second signal lands in the unwinding
+            raise _StoppedWarmingUp
+
     def request_reload(self) -> None:
         self._reload.set()
 
     def _install_signals(self) -> None:
-        """Handlers only set flags: the main loop acts on them between two items."""
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
-        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        """Handlers only set flags: the main loop acts on them between two items. During the
+        warm-up a stop also cuts it short (no item is in flight yet)."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 

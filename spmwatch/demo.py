@@ -230,10 +230,13 @@ def _process(command: str, config: Path, log_file: Path) -> Iterator[subprocess.
 
 
 def _ready(endpoint: str) -> bool:
+    """The daemon is serving: warm, every socket bound (while it warms up, its control
+    socket already answers, with state "warming_up")."""
     try:
-        return bool(request(endpoint, "status", timeout=0.5).get("ok"))
+        reply = request(endpoint, "status", timeout=0.5)
     except TimeoutError:
         return False
+    return bool(reply.get("ok")) and reply.get("state") == "serving"
 
 
 def _wait(

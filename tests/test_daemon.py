@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import zmq
 from spmwatch import protocol
 from spmwatch.assess import assess
 from spmwatch.classify.classifier import default_model_path, load_default
+from spmwatch.demo import _ready as demo_daemon_ready
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import ScanScorer, score_scan
 from spmwatch.settings import ModelSettings
@@ -268,7 +270,7 @@ def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Run
     send_scan(running.endpoints["lines"], _good("after-bad"))
     assert _frame(running, "after-bad")["verdict"] == "pass"
     status = json.loads(ctl(running.endpoints["control"], "status").stdout)
-    assert status["state"] == "serving"
+    assert status["state"] == "serving" and demo_daemon_ready(running.endpoints["control"])
     assert status["sources"]["socket"]["rejected"]  # counted by reason
     metrics = urllib.request.urlopen(f"http://{running.endpoints['metrics']}/metrics").read()
     assert b"spmwatch_rejected_messages_total{" in metrics
@@ -420,11 +422,21 @@ def test_ctl_answers_while_a_first_start_compiles(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stderr
         reply = json.loads(status.stdout)
         assert reply["state"] == "warming_up" and reply["paused"] is False
+        # `spmwatch demo` waits for a serving daemon: it replayed into the unbound line
+        # socket of a warming one, and gave up after 10 s on a first run
+        assert not demo_daemon_ready(endpoints["control"])
         reload = ctl(endpoints["control"], "reload-model")
         assert reload.returncode == 1 and "warming up" in reload.stderr
         # the log line explaining the wait is out during the wait, not with `ready` after it
         assert wait_for(lambda: daemon.logged("warming_up"), timeout=10)
         assert json.loads(ctl(endpoints["control"], "status").stdout)["state"] == "warming_up"
+        # SIGTERM cuts the warm-up short (it went on for the whole compile, then bound every
+        # socket, and only then stopped), and takes the compiling child along
+        assert daemon.stop(timeout=20) == 0
+        assert daemon.logged("stopping") and daemon.logged("stopped")
+        assert not daemon.logged("ready")
+        with pytest.raises(ProcessLookupError):  # nothing is left of its process group
+            wait_for(lambda: os.killpg(daemon.proc.pid, 0), timeout=10)
     finally:
         daemon.kill()
 
