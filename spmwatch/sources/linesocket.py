@@ -296,7 +296,9 @@ class LineSender:
             self._socket.send_multipart(frames)
         except zmq.Again as exc:
             raise TimeoutError(
-                f"no receiver at {self.endpoint} took {what} within {self._send_timeout} s"
+                f"no receiver at {self.endpoint} took {what} within {self._send_timeout} s "
+                "(a daemon binds its line socket once warm: `spmwatch ctl status` says "
+                "whether it runs and is serving)"
             ) from exc
 
     def close(self) -> None:
