@@ -10,6 +10,7 @@ reported against the section.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 import types
@@ -62,7 +63,9 @@ def build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
         name = key.replace("-", "_")
         if name not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{_join(where, key)}: unknown key (known keys: {known})")
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{_join(where, key)}: unknown key ({hint}known keys: {known})")
         values[name] = _convert(hints[name], raw, _join(where, key))
     try:
         return cls(**values)

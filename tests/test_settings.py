@@ -62,6 +62,7 @@ def test_every_key_is_commented() -> None:
     "text,named",
     [
         ("[publish]\nendpont = 'tcp://127.0.0.1:1'\n", "publish.endpont: unknown key"),
+        ("[watch]\nsetle = 1\n", "watch.setle: unknown key (did you mean settle? known keys"),
         ("[publish]\nheartbeat_interval = 0\n", "publish: heartbeat_interval = 0.0 must be > 0"),
         ("[publish]\nendpoint = 'http://x'\n", "publish: endpoint = 'http://x' must start"),
         ("[logging]\nformat = 'xml'\n", "logging.format: 'xml' is not one of"),
