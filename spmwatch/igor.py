@@ -182,6 +182,20 @@ class IgorLink:
         if not self.dry_run:
             self._aespm()
 
+    def problem(self) -> str | None:
+        """Why an action would fail now before Igor is even asked (aespm's SendToIgor.bat is
+        not where aespm looks for it), or None: checked at start, so a responder on a machine
+        without Igor says so then, not at the first alert."""
+        if self.dry_run:
+            return None
+        bat = Path(self._aespm().experiment._bash_buffer)
+        if not bat.is_file():
+            return (
+                f"aespm's {bat.name} is not at {bat}: aespm and Igor are not set up on this "
+                "machine, so every action will fail (see aespm's own set-up)"
+            )
+        return None
+
     def send(self, commands: str | Sequence[str]) -> list[str]:
         """Send command lines in one round trip; returns the lines (also in dry-run)."""
         lines = [commands] if isinstance(commands, str) else list(commands)

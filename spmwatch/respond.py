@@ -513,6 +513,9 @@ def serve(
     """Subscribe to alerts and publish outcomes until `stop` is set."""
     link = link or IgorLink(settings.igor_timeout, settings.dry_run)
     link.connect()
+    problem = link.problem()
+    if problem is not None:  # a warning, not a refusal: Igor may be set up after the start
+        log.warning("igor_unreachable", problem=problem)
     context = context or zmq.Context.instance()
     curve = settings.curve
     publisher = Publisher(

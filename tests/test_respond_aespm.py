@@ -113,6 +113,17 @@ def test_igor_not_running_fails_the_action_and_the_responder_goes_on(
     assert fake.commands == [STOP]
 
 
+def test_a_machine_without_igor_is_named_at_start(fake: FakeIgor) -> None:
+    """Without Igor the first alert's stop failed; nothing said so before."""
+    link = IgorLink(timeout=1.0)
+    link.connect()
+    assert link.problem() is None  # the fake's SendToIgor.bat is where aespm looks
+    fake.bat_file.unlink()
+    problem = link.problem()
+    assert problem is not None and str(fake.bat_file) in problem
+    assert IgorLink(timeout=1.0, dry_run=True).problem() is None
+
+
 def test_silent_igor_is_not_taken_for_a_stopped_scan(tmp_path: Path, fake: FakeIgor) -> None:
     fake.mode = "silent"
     fake.readout_file.write_text("0\n")  # a stale "not scanning" from an earlier read
