@@ -26,6 +26,7 @@ from spmwatch import protocol, synth
 from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import load_default
 from spmwatch.control import request
+from spmwatch.model import span_text
 from spmwatch.report import write_report
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.sources.replay import replay_lines
@@ -174,7 +175,9 @@ def _describe(topic: str, event: dict[str, Any]) -> str:
         commands = "; ".join(event.get("igor_commands") or []) or "(no Igor command)"
         mode = "would send" if event.get("dry_run") else "sent"
         return f"ACTION    {event['action']} {event['outcome']}: {mode} {commands}"
-    events = ", ".join(f"{e['kind']} {e['start']}-{e['end']}" for e in event.get("events", []))
+    events = ", ".join(
+        f"{e['kind']} {span_text(e['kind'], e['start'], e['end'])}" for e in event.get("events", [])
+    )
     return (
         f"FRAME     {event['scan_id']}: {event['verdict'].upper()} "
         f"(probability {event['probability']:.2f}); events: {events or 'none'}"

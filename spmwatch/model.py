@@ -238,7 +238,9 @@ class LineScore(NamedTuple):
 
 @dataclass(frozen=True)
 class Event:
-    """A run of flagged lines of one kind. `start`/`end` are stored indices, start <= end."""
+    """A run of flagged lines of one kind. `start`/`end` are stored indices, start <= end;
+    except for partial_frame, which stands for lines never scanned (they have no row): its
+    start/end are their positions n .. expected - 1, its score their number."""
 
     kind: str
     start: int
@@ -254,6 +256,14 @@ class Event:
             "severity": self.severity,
             "score": round(float(self.score), 4),
         }
+
+
+def span_text(kind: str, start: int, end: int) -> str:
+    """An event's lines for people: "36-54", or for a partial_frame "stopped after 64 of
+    256 lines" (its start/end are positions of lines that have no row)."""
+    if kind == "partial_frame":
+        return f"stopped after {start} of {end + 1} lines"
+    return f"{start}-{end}"
 
 
 @dataclass(frozen=True)

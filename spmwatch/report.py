@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from spmwatch.model import EVENT_KINDS, FrameScores, Scan, split_direction
+from spmwatch.model import EVENT_KINDS, FrameScores, Scan, span_text, split_direction
 from spmwatch.protocol import safe_scan_id
 from spmwatch.scoring.scorer import ScanScorer, ScoringSettings
 
@@ -294,8 +294,8 @@ def _score_panel(ax: Axes, frame: FrameScores, n_lines: int, threshold: float) -
 def _legend(fig: Figure, frame: FrameScores, threshold: float, watch_line: int | None) -> None:
     labels: dict[str, str] = {}
     for event in frame.events:
-        missing = f" (lines {event.start}–{event.end} not saved)"
-        labels.setdefault(event.kind, event.kind + missing * (event.kind == "partial_frame"))
+        stopped = f" ({span_text(event.kind, event.start, event.end)})"
+        labels.setdefault(event.kind, event.kind + stopped * (event.kind == "partial_frame"))
     handles: list[Patch | Line2D] = [
         Patch(color=_colour(kind), alpha=0.6, label=label) for kind, label in labels.items()
     ]

@@ -65,6 +65,10 @@ def test_demo_of_a_fault_without_line_alert_shows_the_failed_frame(tmp_path: Pat
     lines = done.stdout.splitlines()
     assert not [line for line in lines if line.startswith(("ALERT", "ACTION"))], done.stdout
     frames = [line for line in lines if line.startswith("FRAME")]
-    assert len(frames) == 1 and "FAIL" in frames[0] and "partial_frame 64-127" in frames[0]
+    assert (
+        len(frames) == 1
+        and "FAIL" in frames[0]
+        and "partial_frame stopped after 64 of 128 lines" in frames[0]
+    )
     assert any(line.startswith("no alert") for line in lines)
     assert "after the 64th line scanned of 128" in lines[0]

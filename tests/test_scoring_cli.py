@@ -71,13 +71,16 @@ def test_score_human_output(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "fail" in done.stdout and "tracking_loss" in done.stdout
     assert "fail at >= 0.60, model default" in done.stdout  # what the verdict was judged by
-    # a stopped frame: the partial_frame row counts the lines never saved
+    # a stopped frame: the partial_frame row counts the lines never scanned, and shows no
+    # line numbers (those lines have no row; its start/end were read as rows "64-255" of a
+    # 64-line file scanned top to bottom)
     cut, _ = synth.failing_scan(seed=4, lines=128, points=64, fault="partial_frame", at=0.5)
     synth.write(cut, tmp_path / "cut.ibw")
     done = spmwatch("score", str(tmp_path / "cut.ibw"))
     missing = cut.expected_lines - cut.n_lines
     row = next(line for line in done.stdout.splitlines() if "partial_frame" in line)
-    assert f"{missing} lines not saved" in row and "high" in row  # half the frame is missing
+    assert f"{missing} of {cut.expected_lines} lines never scanned" in row and "high" in row
+    assert row.split()[1:3] == ["-", "-"]
 
 
 def test_a_slow_first_file_is_explained(monkeypatch, capsys) -> None:

@@ -129,12 +129,10 @@ def _human(record: dict[str, object]) -> str:
         out.append(f"  {'kind':<14}{'start':>6}{'end':>6}  {'severity':<8}{'score':>8}")
         for e in events:
             span = f"{e['start']:>6}{e['end']:>6}"
-            # a partial_frame's score is the number of lines that never came, not a z
-            score = (
-                f"{e['score']:>8.0f} lines not saved"
-                if e["kind"] == "partial_frame"
-                else f"{e['score']:>8.2f}"
-            )
+            score = f"{e['score']:>8.2f}"
+            if e["kind"] == "partial_frame":  # positions of lines never scanned: no row has them
+                span = f"{'-':>6}{'-':>6}"
+                score = f"{e['score']:>8.0f} of {e['end'] + 1} lines never scanned"
             out.append(f"  {e['kind']:<14}{span}  {e['severity']:<8}{score}")
     return "\n".join(out)
 
