@@ -585,3 +585,4 @@ def serve(
             watch.close()
         sub.close(linger=0)
         publisher.stop()
+        log.info("responder_stopped")

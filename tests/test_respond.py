@@ -286,6 +286,7 @@ def test_responder_service_end_to_end(tmp_path: Path) -> None:
         logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         commands = [e["command"] for e in logged if e["event"] == "igor_command"]
         assert commands == [STOP, WITHDRAW, STOP, WITHDRAW]  # dry-run logs the exact lines
+        assert logged[-1]["event"] == "responder_stopped"  # SIGTERM is seen in the log
 
         listener.wait_heartbeat(final=True)  # the first run has ended
         process = _start_responder(config_file)  # restart with the same state file

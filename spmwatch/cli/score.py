@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             record = score_record(path, frame, verdict, watched)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if unreadable:
-        print(f"{unreadable} of {len(args.files)} files unreadable", file=sys.stderr)
+        files = "file" if len(args.files) == 1 else "files"
+        print(f"{unreadable} of {len(args.files)} {files} unreadable", file=sys.stderr)
         return EXIT_UNREADABLE
     return 0
