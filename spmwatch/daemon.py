@@ -247,6 +247,8 @@ class Daemon:
         logs.flush()  # out now: nothing else is written during the minute it explains
         self._warming = True
         try:
+            if self._stop.is_set():  # asked to stop while the model loaded
+                raise _StoppedWarmingUp
             warm = self._warm_up()
         finally:
             self._warming = False
