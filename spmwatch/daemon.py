@@ -38,7 +38,7 @@ from spmwatch.config import ConfigError
 from spmwatch.control import ControlServer
 from spmwatch.inbox import Inbox
 from spmwatch.metrics import Metrics
-from spmwatch.model import Alert, FrameScores, Line, LineBlock, Scan, Verdict
+from spmwatch.model import Alert, FrameScores, Line, LineBlock, Scan, Verdict, span_text
 from spmwatch.publish import Publisher
 from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
 from spmwatch.sdnotify import Notifier
@@ -793,7 +793,7 @@ class Daemon:
             lines=frame.n_lines,
             closed_by=closed_by,
             file=file,
-            events=[f"{e.kind} {e.start}-{e.end}" for e in frame.events],
+            events=[f"{e.kind} {span_text(e.kind, e.start, e.end)}" for e in frame.events],
             **({"dead_channels": frame.dead_channels} if frame.dead_channels else {}),
         )
 
