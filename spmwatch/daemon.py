@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
@@ -45,6 +45,9 @@ from spmwatch.sdnotify import Notifier
 from spmwatch.settings import Settings, load_settings
 from spmwatch.sources import FrameFile, SourceError
 from spmwatch.sources.linesocket import reason_key
+
+if TYPE_CHECKING:
+    from spmwatch.sources.folder import SeenFiles
 
 log = structlog.get_logger("spmwatch.daemon")
 
@@ -196,6 +199,7 @@ class Daemon:
         self._warming = False  # in the warm-up: a stop signal cuts it short
         self.model: Classifier | None = None
         self.sources: list[Any] = []
+        self._seen: SeenFiles | None = None  # the watch's record of handled files
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None
         self._scored_by: dict[str, Any] = {}  # lines_scored counter child per source
@@ -237,6 +241,7 @@ class Daemon:
             self.model = load_model(s.model.path)
         except ModelError as exc:
             raise StartupError(f"model: {exc}") from exc
+        self._claim_state_file()
         self.control = ControlServer(s.control.endpoint, self.command)
         self._bind(self.control.start, "control.endpoint", s.control.endpoint)
         log.info(
@@ -391,6 +396,30 @@ class Daemon:
         except Exception as exc:  # zmq.ZMQError, OSError: name what could not be bound
             raise StartupError(f"{what} {address}: {exc}") from exc
 
+    def _claim_state_file(self) -> None:
+        """The watched folders' record of handled files, locked to this daemon and written
+        once now: another daemon's file or an unwritable one is a configuration error, found
+        before any socket is bound and before the warm-up, not after the first frame."""
+        s = self.settings
+        if not s.watch.folders:
+            return
+        from spmwatch.sources.folder import SeenFiles, StateFileInUse
+
+        try:
+            self._seen = SeenFiles(s.watch.state_file or None, claim=True)
+            self._seen.save()
+        except StateFileInUse as exc:
+            raise StartupError(
+                f"[watch] state_file {s.watch.state_file}: {exc}; give each daemon its own",
+                exit_code=2,
+            ) from exc
+        except OSError as exc:
+            raise StartupError(
+                f"[watch] state_file {s.watch.state_file} cannot be written ({exc}): point "
+                "it at a writable file (the systemd unit: /var/lib/spmwatch/seen.json)",
+                exit_code=2,
+            ) from exc
+
     def _make_sources(self) -> list[Any]:
         s = self.settings
         made: list[Any] = []
@@ -398,23 +427,9 @@ class Daemon:
             from spmwatch.sources.linesocket import LineReceiver
 
             made.append(LineReceiver(s.lines.endpoint, self._sink))
-        if s.watch.folders:
-            from spmwatch.sources.folder import FolderWatcher, SeenFiles, StateFileInUse
+        if self._seen is not None:
+            from spmwatch.sources.folder import FolderWatcher
 
-            try:
-                seen = SeenFiles(s.watch.state_file or None, claim=True)
-                seen.save()  # now, not after the first frame: an unwritable file is a config error
-            except StateFileInUse as exc:
-                raise StartupError(
-                    f"[watch] state_file {s.watch.state_file}: {exc}; give each daemon its own",
-                    exit_code=2,
-                ) from exc
-            except OSError as exc:
-                raise StartupError(
-                    f"[watch] state_file {s.watch.state_file} cannot be written ({exc}): point "
-                    "it at a writable file (the systemd unit: /var/lib/spmwatch/seen.json)",
-                    exit_code=2,
-                ) from exc
             made.append(
                 FolderWatcher(
                     list(s.watch.folders),
@@ -423,7 +438,7 @@ class Daemon:
                     existing=s.watch.existing,
                     settle=s.watch.settle,
                     give_up=s.watch.incomplete_after,
-                    seen=seen,
+                    seen=self._seen,
                 )
             )
         if s.scope.buffer_dir:

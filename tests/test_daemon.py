@@ -507,6 +507,7 @@ def test_a_second_daemon_on_the_same_state_file_refuses_to_start(tmp_path: Path)
         failed = wait_for(lambda: second.logged("startup_failed"))
         error = failed[0]["error"]
         assert f"[watch] state_file {state}" in error and f"pid {first.proc.pid}" in error
+        assert not second.logged("warming_up")  # refused at once, not after a minute's compile
     finally:
         assert first.stop() == 0
 
