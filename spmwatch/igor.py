@@ -191,8 +191,9 @@ class IgorLink:
         bat = Path(self._aespm().experiment._bash_buffer)
         if not bat.is_file():
             return (
-                f"aespm's {bat.name} is not at {bat}: aespm and Igor are not set up on this "
-                "machine, so every action will fail (see aespm's own set-up)"
+                f"aespm runs Igor commands through {bat}, which does not exist: aespm and Igor "
+                "are not set up on this machine, so every action fails until they are (see "
+                "aespm's own set-up)"
             )
         return None
 
@@ -204,6 +205,7 @@ class IgorLink:
         for line in lines:
             log.info("igor_command", command=line, dry_run=self.dry_run)
         if not self.dry_run:
+            self._check()
             aespm = self._aespm()
             text = "\n".join(lines)
             self._call("send", lambda: aespm.write_spm(text, wait=0))
@@ -215,6 +217,7 @@ class IgorLink:
         if self.dry_run:
             log.info("igor_read", key=key, dry_run=True)
             return None
+        self._check()
         aespm = self._aespm()
         readout = Path(aespm.experiment._read_out_buffer)
         bat = str(aespm.experiment._bash_buffer)
@@ -238,6 +241,13 @@ class IgorLink:
         return self.read(STATUS_KEY)
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Fail before aespm writes anything: without its buffer folder it wrote its command
+        file into the working folder under a name like 'C:\\Users\\...\\ToIgor.arcmd'."""
+        problem = self.problem()
+        if problem is not None:
+            raise IgorUnavailable(problem)
 
     def _aespm(self) -> Any:
         if self._module is None:

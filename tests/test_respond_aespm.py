@@ -13,7 +13,7 @@ from fake_igor import FakeIgor
 from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
 
 from spmwatch import respond
-from spmwatch.igor import IgorLink
+from spmwatch.igor import IgorLink, IgorUnavailable
 
 pytest.importorskip(
     "aespm", reason="aespm is not installed here (it pins numpy<2); .ci/run-aespm runs these"
@@ -122,6 +122,14 @@ def test_a_machine_without_igor_is_named_at_start(fake: FakeIgor) -> None:
     problem = link.problem()
     assert problem is not None and str(fake.bat_file) in problem
     assert IgorLink(timeout=1.0, dry_run=True).problem() is None
+    # and an action fails before aespm writes its command file (it used to write one, named
+    # after the missing Windows path, into the working folder)
+    fake.command_file.unlink(missing_ok=True)
+    with pytest.raises(IgorUnavailable, match="does not exist"):
+        link.send(STOP)
+    with pytest.raises(IgorUnavailable, match="does not exist"):
+        link.scan_status()
+    assert not fake.command_file.exists() and fake.invocations == 0
 
 
 def test_silent_igor_is_not_taken_for_a_stopped_scan(tmp_path: Path, fake: FakeIgor) -> None:
