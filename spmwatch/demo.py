@@ -28,6 +28,7 @@ from spmwatch.classify.classifier import load_default
 from spmwatch.control import request
 from spmwatch.model import span_text
 from spmwatch.report import write_report
+from spmwatch.settings import ModelSettings
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.sources.replay import replay_lines
 
@@ -129,10 +130,10 @@ def run_demo(
             "slow for it, or lines that never came); the frame verdict failed the scan",
             file=say,
         )
-    frame, verdict, _ = assess(scan, load_default())
-    paths = write_report(
-        scan, frame, score_record(str(scan_file), frame, verdict), out_dir / "report"
-    )
+    # judged as the daemon judged it, the frame watch included (its poor_image is in the PNG)
+    frame, verdict, watched = assess(scan, load_default(), watching=ModelSettings())
+    record = score_record(str(scan_file), frame, verdict, watched)
+    paths = write_report(scan, frame, record, out_dir / "report")
     print(f"report    {paths['png']}", file=say)
     print(f"logs      {out_dir / 'daemon.log'}, {out_dir / 'respond.log'}", file=say)
     return 0

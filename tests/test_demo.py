@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,12 @@ def test_demo_raises_the_alert_the_responder_acts_and_the_report_is_written(tmp_
     mask = np.load(out / "report" / "demo_0001_mask.npy")
     assert mask.dtype == bool and mask.any()
     assert "responder_ready" in (out / "respond.log").read_text()
+    # the report shows what the demo printed, the frame watch's poor_image included
+    record = json.loads((out / "report" / "demo_0001.json").read_text())
+    watched = [a for a in alerts if "poor_image" in a]
+    assert (record["poor_image"] is not None) == bool(watched), (record["poor_image"], alerts)
+    if watched:
+        assert f"line {record['poor_image']['line']} " in watched[0]
 
 
 def test_demo_of_a_fault_without_line_alert_shows_the_failed_frame(tmp_path: Path) -> None:
