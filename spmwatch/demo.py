@@ -26,7 +26,7 @@ from spmwatch import protocol, synth
 from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import load_default
 from spmwatch.control import request
-from spmwatch.model import span_text
+from spmwatch.model import ordinal, span_text
 from spmwatch.report import write_report
 from spmwatch.settings import ModelSettings
 from spmwatch.sources.linesocket import LineSender
@@ -83,9 +83,9 @@ def run_demo(
     first = truth.first_position or 0
     order = scan.acquisition_order()
     if first < len(order):
-        where = f"from line {order[first]}, the {_ordinal(first + 1)} scanned"
+        where = f"from line {order[first]}, the {ordinal(first + 1)} scanned"
     else:  # a partial frame: the fault is the lines that never came
-        where = f"after the {_ordinal(first)} line scanned of {scan.expected_lines}"
+        where = f"after the {ordinal(first)} line scanned of {scan.expected_lines}"
     print(f"scan      {scan_file}: {scan.n_lines} lines, {fault} {where}", file=say)
     ends = Endpoints.free()
     daemon_cfg, respond_cfg = _write_configs(out_dir, ends)
@@ -168,7 +168,7 @@ def _listen(ends: Endpoints, seen: Seen, stop: threading.Event, say: TextIO) -> 
 def _describe(topic: str, event: dict[str, Any]) -> str:
     if topic == protocol.TOPIC_ALERT:
         return (
-            f"ALERT     line {event['line']} (the {_ordinal(event['position'] + 1)} scanned): "
+            f"ALERT     line {event['line']} (the {ordinal(event['position'] + 1)} scanned): "
             f"{event['kind']}, severity {event['severity']}, "
             f"probability {event['probability']:.2f}; suggested: {event['action']}"
         )
@@ -283,8 +283,3 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _ordinal(n: int) -> str:
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"

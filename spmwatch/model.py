@@ -258,6 +258,12 @@ class Event:
         }
 
 
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th ... 11th, 12th, 13th ... 21st: "the 42nd scanned" for position 41."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def span_text(kind: str, start: int, end: int) -> str:
     """An event's lines for people: "36-54", or for a partial_frame "stopped after 64 of
     256 lines" (its start/end are positions of lines that have no row)."""

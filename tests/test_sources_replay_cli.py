@@ -14,6 +14,7 @@ from sources_helpers import Collector, wait_for
 
 from spmwatch.cli import main
 from spmwatch.ibw import read_scan
+from spmwatch.model import ordinal, span_text
 from spmwatch.protocol import EndOfScan
 from spmwatch.scoring.scorer import score_scan
 from spmwatch.sources.linesocket import LineReceiver
@@ -81,10 +82,10 @@ def test_in_process_replay_prints_the_scorers_alert_and_events(tmp_path: Path, c
     assert main(["replay", str(path), "--fast", "--every", "16"]) == 0
     out = capsys.readouterr().out
     frame = score_scan(read_scan(path))
-    assert len(re.findall(r"^line +\d+ \(position \d+\): score", out, re.M)) == 3
+    assert len(re.findall(r"^line +\d+ \(the \d+(st|nd|rd|th) scanned\): score", out, re.M)) == 3
     assert f"48 lines scored, {sum(s.flagged for s in frame.lines)} flagged" in out
     for event in frame.events:
-        assert f"  {event.kind}: lines {event.start}-{event.end}, {event.severity}" in out
+        assert f"  {event.kind} {span_text(event.kind, event.start, event.end)}, " in out
     assert any(event.kind == "partial_frame" for event in frame.events)
 
 
@@ -96,11 +97,12 @@ def test_in_process_replay_of_a_failing_real_scan_alerts_like_the_scorer(
     assert main(["replay", str(path), "--fast"]) == 0
     out = capsys.readouterr().out
     alert = score_scan(read_scan(path)).alert
-    printed = re.findall(r"^ALERT line (\d+) \(position (\d+)\): (\w+), (\w+)$", out, re.M)
+    printed = re.findall(r"^ALERT line (\d+) \(the (\d+)\w\w scanned\): (\w+), (\w+)$", out, re.M)
     if alert is None:
         assert printed == []
     else:
-        assert printed == [(str(alert.line), str(alert.position), alert.kind, alert.severity)]
+        scanned = str(alert.position + 1)
+        assert printed == [(str(alert.line), scanned, alert.kind, alert.severity)]
 
 
 @pytest.mark.parametrize(
@@ -113,3 +115,11 @@ def test_bad_numbers_are_refused_naming_the_option(tmp_path: Path, capsys, optio
         main(["replay", str(path), *option])
     assert exited.value.code == 2
     assert f"argument {option[0]}: '{option[1]}' must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "n,text", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (12, "12th"),
+               (13, "13th"), (21, "21st"), (42, "42nd"), (111, "111th"), (123, "123rd")],
+)  # fmt: skip
+def test_ordinal_words_positions_as_people_count_them(n: int, text: str) -> None:
+    assert ordinal(n) == text

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spmwatch.ibw import IbwError, read_scan
-from spmwatch.model import Scan
+from spmwatch.model import Scan, ordinal, span_text
 from spmwatch.protocol import LINES_ENDPOINT, safe_scan_id
 from spmwatch.scoring.scorer import ScanScorer
 from spmwatch.sources.linesocket import LineSender
@@ -132,21 +132,21 @@ def _score(scan: Scan, rate: float, args: argparse.Namespace) -> int:
         if scorer.alert is not None and scorer.alert.position == score.position:
             alert = scorer.alert
             print(
-                f"ALERT line {alert.line} (position {alert.position}): "
+                f"ALERT line {alert.line} (the {ordinal(alert.position + 1)} scanned): "
                 f"{alert.kind}, {alert.severity}",
                 flush=True,
             )
         if (score.position + 1) % args.every == 0:
             print(
-                f"line {score.index:>5} (position {score.position}): score {score.score:6.2f}, "
-                f"{flagged} flagged so far",
+                f"line {score.index:>5} (the {ordinal(score.position + 1)} scanned): score "
+                f"{score.score:6.2f}, {flagged} flagged so far",
                 flush=True,
             )
     frame = scorer.finish()
     print(f"{frame.n_lines} lines scored, {flagged} flagged, {len(frame.events)} events")
     for event in frame.events:
         print(
-            f"  {event.kind}: lines {event.start}-{event.end}, {event.severity} "
-            f"(score {event.score:.2f})"
+            f"  {event.kind} {span_text(event.kind, event.start, event.end)}, "
+            f"{event.severity} (score {event.score:.2f})"
         )
     return 0
