@@ -292,13 +292,14 @@ def _score_panel(ax: Axes, frame: FrameScores, n_lines: int, threshold: float) -
 
 
 def _legend(fig: Figure, frame: FrameScores, threshold: float, watch_line: int | None) -> None:
-    labels: dict[str, str] = {}
+    handles: list[Patch | Line2D] = []
+    for kind in dict.fromkeys(event.kind for event in frame.events):
+        if kind != "partial_frame":
+            handles.append(Patch(color=_colour(kind), alpha=0.6, label=kind))
     for event in frame.events:
-        stopped = f" ({span_text(event.kind, event.start, event.end)})"
-        labels.setdefault(event.kind, event.kind + stopped * (event.kind == "partial_frame"))
-    handles: list[Patch | Line2D] = [
-        Patch(color=_colour(kind), alpha=0.6, label=label) for kind, label in labels.items()
-    ]
+        if event.kind == "partial_frame":  # no band: the lines it stands for are not in the image
+            label = f"partial_frame: {span_text(event.kind, event.start, event.end)}"
+            handles.append(Line2D([], [], ls="none", label=label))
     if frame.alert is not None:
         handles.append(
             Line2D(
