@@ -36,6 +36,7 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+_HANDSHAKE_EVENTS = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
 class CurveError(ValueError):
@@ -160,7 +161,8 @@ class HandshakeWatch:
     server's side alone. ZeroMQ does not connect again after the server refuses a key, so
     the watch does, every REFUSED_RETRY s: once the key is in the server's folder (and the
     server restarted), a responder gets in without a restart of its own. `reconnect(endpoint)`
-    does it when the socket is not the caller's to touch (the proxy's, while zmq.proxy runs).
+    does it when the socket is not the caller's to touch (the proxy's, while zmq.proxy runs);
+    `recovered(endpoint)` hears of a handshake that succeeds after failures (default: report).
     Call `check()` from the thread that uses the socket, `close()` before closing it."""
 
     def __init__(
@@ -169,26 +171,38 @@ class HandshakeWatch:
         report: Callable[[str], None],
         clock: Callable[[], float] = time.monotonic,
         reconnect: Callable[[str], None] | None = None,
+        recovered: Callable[[str], None] | None = None,
     ) -> None:
         self._socket = socket
-        self._monitor = socket.get_monitor_socket(_HANDSHAKE_FAILED)
+        self._monitor = socket.get_monitor_socket(_HANDSHAKE_EVENTS)
         self._report = report
         self._clock = clock
         self._reconnect = reconnect or self._connect_again
         self._reports = Throttle(1, REFUSED_LOG_INTERVAL, clock)
         self._retry: dict[str, float] = {}  # refused endpoint -> when to connect again
+        self._failed: set[str] = set()  # endpoints whose last handshake failed
+        self._recovered = recovered or (
+            lambda endpoint: report(f"{endpoint}: connected, the handshake succeeded")
+        )
 
     def check(self) -> None:
-        """Report the failures that came since the last check, and connect again to the
-        endpoints that refused this client's key when their time comes (never blocks)."""
+        """Report the failures that came since the last check (each naming its endpoint, at
+        most once a minute per kind and endpoint) and a success after them, and connect again
+        to the endpoints that refused this client's key when their time comes (never blocks)."""
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
             kind = event["event"]
+            endpoint = event["endpoint"].decode()
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                if endpoint in self._failed:
+                    self._failed.discard(endpoint)
+                    self._recovered(endpoint)
+                continue
+            self._failed.add(endpoint)
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                endpoint = event["endpoint"].decode()
                 self._retry.setdefault(endpoint, self._clock() + REFUSED_RETRY)
-            if self._reports.admit(kind) is not None:
-                self._report(handshake_failure(kind, event["value"]))
+            if self._reports.admit((kind, endpoint)) is not None:
+                self._report(f"{endpoint}: {handshake_failure(kind, event['value'])}")
         now = self._clock()
         for endpoint, due in list(self._retry.items()):
             if now >= due:
@@ -211,6 +225,12 @@ def handshake_failure(event: int, value: int) -> str:
             f"the server refused this client's key (ZAP status {value}): copy this client's "
             "public NAME.key into the server's authorized_keys folder and restart the server "
             "(it reads the folder when it starts)"
+        )
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return (
+            "the server and this client disagree on CURVE: one runs with it and the other "
+            "without (a daemon with [curve] on needs this client's secret key and the "
+            "server's public key; docs/responder.md, CURVE)"
         )
     return (
         "the CURVE handshake failed: check that the server key given is the server's own "

@@ -534,9 +534,11 @@ def serve(
     try:
         if curve.enabled:
             configure_client(sub, curve.secret_key, curve.daemon_public_key)
-            watch = HandshakeWatch(
-                sub, lambda problem: log.warning("curve_handshake_failed", problem=problem)
-            )
+        watch = HandshakeWatch(  # with CURVE or without: a mismatch with the daemon is told too
+            sub,
+            lambda problem: log.warning("curve_handshake_failed", problem=problem),
+            recovered=lambda endpoint: log.info("curve_handshake_succeeded", endpoint=endpoint),
+        )
         sub.setsockopt(zmq.LINGER, 0)
         sub.subscribe(protocol.TOPIC_ALERT.encode())
         sub.connect(settings.subscribe)

@@ -211,3 +211,25 @@ def test_subscribe_with_a_refused_key_says_so(tmp_path: Path) -> None:
     assert done.returncode == 1  # nothing received: the idle time-out
     assert "the server refused this client's key" in done.stderr
     assert done.stderr.count("refused this client's key") == 1  # not once per retry
+
+
+def test_subscribe_without_keys_to_a_curve_daemon_says_so(tmp_path: Path) -> None:
+    """A plain subscriber of a daemon with [curve] on heard nothing and was told nothing."""
+    ctx = zmq.Context()
+    pub, auth, _, endpoint = _curve_publisher(tmp_path, ctx)
+    cmd = [sys.executable, "-m", "spmwatch", "subscribe", "--endpoint", endpoint]
+    try:
+        done = subprocess.run(
+            [*cmd, "--timeout", "3"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[1],
+            timeout=120,
+        )
+    finally:
+        pub.close(linger=0)
+        auth.stop()
+        ctx.term()
+    assert done.returncode == 1  # nothing received: the idle time-out
+    assert f"{endpoint}: the server and this client disagree on CURVE" in done.stderr
+    assert done.stderr.count("disagree on CURVE") == 1  # not once per retry

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import zmq
 from responder_helpers import FakeDaemon, alert_payload, free_tcp_endpoint, wait_for
@@ -147,14 +146,20 @@ def test_a_refused_proxy_gets_in_once_its_key_is_added_and_the_daemon_restarted(
     port = free_tcp_endpoint().rsplit(":", 1)[1]
     daemon_endpoint = f"tcp://127.0.0.1:{port}"
 
-    def curve_daemon() -> tuple[zmq.Socket, Any]:
-        pub = context.socket(zmq.XPUB)
-        pub.setsockopt(zmq.LINGER, 0)
-        auth = curve.configure_server(pub, server.secret, allowed, context)
-        pub.bind(daemon_endpoint)
-        return pub, auth
+    class CurveDaemon:  # a daemon process's PUB side: its own context, as a new process has
+        def __init__(self) -> None:
+            self.context = zmq.Context()
+            self.pub = self.context.socket(zmq.XPUB)
+            self.pub.setsockopt(zmq.LINGER, 0)
+            self.auth = curve.configure_server(self.pub, server.secret, allowed, self.context)
+            self.pub.bind(daemon_endpoint)
 
-    pub, auth = curve_daemon()
+        def stop(self) -> None:
+            self.pub.close(linger=0)
+            self.auth.stop()
+            self.context.term()
+
+    daemon = CurveDaemon()
     bind = free_tcp_endpoint()
     proxy = _spmwatch(
         "proxy", "--connect", daemon_endpoint, "--bind", bind,
@@ -167,11 +172,12 @@ def test_a_refused_proxy_gets_in_once_its_key_is_added_and_the_daemon_restarted(
     try:
         assert proxy.stderr is not None
         ready, _, _ = select.select([proxy.stderr], [], [], 60)
-        assert ready and "refused this client's key" in proxy.stderr.readline()
+        refused = proxy.stderr.readline() if ready else ""
+        assert f"{daemon_endpoint}: the server refused this client's key" in refused
         shutil.copy(proxy_keys.public, allowed)  # the key added, then the daemon restarted
-        pub.close(linger=0)
-        auth.stop()
-        pub, auth = curve_daemon()
+        daemon.stop()
+        daemon = CurveDaemon()
+        pub = daemon.pub
         # the proxy connects again within curve.REFUSED_RETRY s, and the subscription reaches
         # the daemon through it: from then on what the daemon publishes comes through
         wait_for(lambda: pub.poll(100) and b"\x01" in pub.recv(), timeout=30)
@@ -179,11 +185,12 @@ def test_a_refused_proxy_gets_in_once_its_key_is_added_and_the_daemon_restarted(
         pub.send_multipart(event)
         assert sub.poll(10_000), "nothing came through the proxy"
         assert protocol.decode_event(sub.recv_multipart())[1]["seq"] == 0
+        ready, _, _ = select.select([proxy.stderr], [], [], 10)  # and it says it got in
+        assert ready and f"{daemon_endpoint}: connected" in proxy.stderr.readline()
     finally:
         sub.close(linger=0)
         proxy.terminate()
         proxy.communicate(timeout=30)
-        pub.close(linger=0)
-        auth.stop()
+        daemon.stop()
         context.term()
     assert proxy.returncode == 0

@@ -124,7 +124,7 @@ def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event
         forwarder = _Forwarder(context, frontend, backend)
         if args.daemon_key:
             configure_client(frontend, args.secret_key, args.daemon_key)
-            watch = HandshakeWatch(frontend, _say, reconnect=forwarder.reconnect)
+        watch = HandshakeWatch(frontend, _say, reconnect=forwarder.reconnect)
         if args.authorized_keys:
             auth = configure_server(backend, args.secret_key, args.authorized_keys, context)
         backend.bind(args.bind)

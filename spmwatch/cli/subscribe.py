@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.secret_key:
             configure_client(socket, args.secret_key, args.server_key)
-            watch = HandshakeWatch(socket, _say)
+        watch = HandshakeWatch(socket, _say)  # with CURVE or without: a mismatch is told too
         for topic in args.topic or protocol.TOPICS:
             socket.subscribe(topic.encode())
         socket.connect(args.endpoint)
