@@ -144,12 +144,13 @@ def data_digest(paths: Iterable[Path], synthetic: int, seed: int) -> str:
 
 
 def progress(items: Sequence, desc: str, quiet: bool = False):
-    """A tqdm bar on a terminal (stderr); silent when quiet."""
+    """A tqdm bar on a terminal (stderr); silent when quiet, and when stderr is no terminal
+    (disable=None): a redirected log got every redraw of the bar."""
     if quiet:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="scan", file=sys.stderr, leave=False)
+    return tqdm(items, desc=desc, unit="scan", file=sys.stderr, leave=False, disable=None)
 
 
 def build_dataset(
