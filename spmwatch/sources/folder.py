@@ -81,7 +81,7 @@ def content_digest(path: Path) -> str:
 
 
 class StateFileInUse(Exception):
-    """Another process holds the state file (see SeenFiles.claim)."""
+    """Another process holds the state file (see SeenFiles(claim=True))."""
 
 
 class SeenFiles:
