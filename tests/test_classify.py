@@ -3,6 +3,7 @@ an end-to-end train on a small synthetic set, evaluate's outputs, and the shippe
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -281,11 +282,23 @@ def test_a_finished_frame_whose_scan_alerted_fails_but_the_alert_keeps_the_model
     assert loaded.predict_proba(clean_frame, clean) < 1.0
 
 
-def test_progress_bars_work_without_quiet(capsys: pytest.CaptureFixture[str]) -> None:
-    """train and evaluate show bars unless --quiet; tqdm was once missing from the
-    dependencies, and every test ran quiet, so a user's first `spmwatch train` crashed."""
+def test_progress_bars_work_without_quiet(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train and evaluate show bars on a terminal unless --quiet; tqdm was once missing from
+    the dependencies, and every test ran quiet, so a user's first `spmwatch train` crashed.
+    A redirected stderr gets no bar: a log file got every redraw of it."""
     assert list(progress(range(5), "scans")) == list(range(5))
-    assert "scans" in capsys.readouterr().err
+    assert capsys.readouterr().err == ""  # not a terminal
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert list(progress(range(5), "scans")) == list(range(5))
+    assert "scans" in terminal.getvalue()
     assert progress([1, 2], "scans", quiet=True) == [1, 2]
 
 
