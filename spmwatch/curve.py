@@ -155,13 +155,14 @@ def configure_client(
 
 
 class HandshakeWatch:
-    """Why a CURVE client hears nothing: its socket's failed handshakes (read from a ZeroMQ
-    monitor socket), each kind reported at most once per REFUSED_LOG_INTERVAL with what
-    to check. Without it a refused subscriber only waits: the refusal is logged on the
-    server's side alone. ZeroMQ does not connect again after the server refuses a key, so
-    the watch does, every REFUSED_RETRY s: once the key is in the server's folder (and the
-    server restarted), a responder gets in without a restart of its own. `reconnect(endpoint)`
-    does it when the socket is not the caller's to touch (the proxy's, while zmq.proxy runs);
+    """Why a client hears nothing: its socket's failed handshakes (read from a ZeroMQ monitor
+    socket, CURVE or not), each message reported per endpoint at most once per
+    REFUSED_LOG_INTERVAL with what to check (make it after configure_client). Without it a
+    refused subscriber only waits: the refusal is logged on the server's side alone. ZeroMQ
+    does not connect again after the server refuses a key, so the watch does, every
+    REFUSED_RETRY s: once the key is in the server's folder (and the server restarted), a
+    responder gets in without a restart of its own. `reconnect(endpoint)` does it when the
+    socket is not the caller's to touch (the proxy's, while zmq.proxy runs);
     `recovered(endpoint)` hears of a handshake that succeeds after failures (default: report).
     Call `check()` from the thread that uses the socket, `close()` before closing it."""
 
@@ -174,6 +175,7 @@ class HandshakeWatch:
         recovered: Callable[[str], None] | None = None,
     ) -> None:
         self._socket = socket
+        self._curve = socket.get(zmq.MECHANISM) == zmq.CURVE  # made after configure_client
         self._monitor = socket.get_monitor_socket(_HANDSHAKE_EVENTS)
         self._report = report
         self._clock = clock
@@ -187,7 +189,7 @@ class HandshakeWatch:
 
     def check(self) -> None:
         """Report the failures that came since the last check (each naming its endpoint, at
-        most once a minute per kind and endpoint) and a success after them, and connect again
+        most once a minute per message and endpoint) and a success after them, and connect again
         to the endpoints that refused this client's key when their time comes (never blocks)."""
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)
@@ -201,8 +203,9 @@ class HandshakeWatch:
             self._failed.add(endpoint)
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._retry.setdefault(endpoint, self._clock() + REFUSED_RETRY)
-            if self._reports.admit((kind, endpoint)) is not None:
-                self._report(f"{endpoint}: {handshake_failure(kind, event['value'])}")
+            problem = handshake_failure(kind, event["value"], self._curve)
+            if self._reports.admit((endpoint, problem)) is not None:
+                self._report(f"{endpoint}: {problem}")
         now = self._clock()
         for endpoint, due in list(self._retry.items()):
             if now >= due:
@@ -218,15 +221,18 @@ class HandshakeWatch:
         self._monitor.close(linger=0)
 
 
-def handshake_failure(event: int, value: int) -> str:
-    """What a failed CURVE handshake (a monitor event and its value) means, and what to check."""
+def handshake_failure(event: int, value: int, curve: bool = True) -> str:
+    """What a failed handshake (a monitor event and its value) of a client with or without
+    CURVE means, and what to check. Without CURVE any failure is a server that wants it: the
+    mechanism mismatch is reported as such only when this side parses the server's greeting
+    first, and a server that hangs up first gives no detail."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return (
             f"the server refused this client's key (ZAP status {value}): copy this client's "
             "public NAME.key into the server's authorized_keys folder and restart the server "
             "(it reads the folder when it starts)"
         )
-    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH or not curve:
         return (
             "the server and this client disagree on CURVE: one runs with it and the other "
             "without (a daemon with [curve] on needs this client's secret key and the "

@@ -570,8 +570,7 @@ def serve(
             if ping is not None and time.monotonic() >= next_ping:
                 notifier.watchdog()  # from this loop: a hung Igor call is caught by its time-out
                 next_ping = time.monotonic() + ping
-            if watch is not None:
-                watch.check()
+            watch.check()
             if not sub.poll(200):
                 continue
             try:

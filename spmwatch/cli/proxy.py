@@ -140,8 +140,7 @@ def _serve(context: zmq.Context, args: argparse.Namespace, stop: threading.Event
                 flush=True,
             )
         while not stop.wait(0.2):
-            if watch is not None:
-                watch.check()
+            watch.check()
         return 0
     finally:
         if forwarder is not None:

@@ -75,15 +75,12 @@ def _say(problem: str) -> None:
     print(f"spmwatch subscribe: {problem}", file=sys.stderr, flush=True)
 
 
-def _print_events(
-    socket: zmq.Socket, args: argparse.Namespace, watch: HandshakeWatch | None
-) -> int:
+def _print_events(socket: zmq.Socket, args: argparse.Namespace, watch: HandshakeWatch) -> int:
     seq = protocol.SeqTracker()
     seen = 0
     idle_since = time.monotonic()
     while args.count is None or seen < args.count:
-        if watch is not None:
-            watch.check()
+        watch.check()
         if not socket.poll(100):
             if args.timeout is not None and time.monotonic() - idle_since > args.timeout:
                 print(f"spmwatch subscribe: nothing for {args.timeout:g} s", file=sys.stderr)
