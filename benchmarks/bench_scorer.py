@@ -126,9 +126,17 @@ def _loop_grid(hist, grid, head, scar_ch, reps):
 
 
 @njit
-def _loop_baseline(ring, net, buf, floors, med, scale, reps):
+def _loop_window(rows, moves, reps):
+    count = rows.shape[0] - 1
+    for _ in range(reps):  # a value leaves each column and the same enters: the window stays
+        moves[1, :] = moves[0, :]
+        K.window_replace(rows, count, moves[0], moves[1], moves[2])
+
+
+@njit
+def _loop_median_mad(rows, floors, med, scale, moves, reps):
     for _ in range(reps):
-        K.robust_baseline(ring, ring.shape[0], net, buf, floors, med, scale)
+        K.window_median_mad(rows, rows.shape[0] - 1, floors, med, scale, moves[2:5])
 
 
 def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[str, float, float]]:
@@ -143,6 +151,8 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
     osc = st.hist[head, lay.osc_ch]
     power = np.abs(np.fft.rfft(osc[: 2 * m]))[:m] ** 2
     n_init = settings.lag_votes
+    moves = st.base_moves.copy()
+    moves[0] = st.base_sorted[settings.window // 2]  # values the window holds
     cases = [
         (
             "line_stats (+ consistency) x channels",
@@ -193,17 +203,11 @@ def breakdown(frame: np.ndarray, names: list[str], repeat: int) -> list[tuple[st
             (np.log(power + 1.0), st.spec_base.copy(), st.work.copy()),
             1.0,
         ),
+        ("sorted window: a line in, one out", _loop_window, (st.base_sorted.copy(), moves), 1.0),
         (
-            "median/MAD refresh (sorting network)",
-            _loop_baseline,
-            (
-                st.base_ring,
-                st.base_net,
-                st.base_buf.copy(),
-                lay.floors,
-                st.base_med.copy(),
-                st.base_scale.copy(),
-            ),
+            "median/MAD refresh",
+            _loop_median_mad,
+            (st.base_sorted, lay.floors, st.base_med.copy(), st.base_scale.copy(), moves.copy()),
             1.0 / settings.refresh,
         ),
     ]

@@ -1,9 +1,8 @@
 """Comparator networks (Batcher): fixed sequences of compare-exchange steps that sort any input.
 
 numba kernels apply them without data-dependent branches, which is what makes many small
-sorts and medians fast; the scorer's robust baseline and the classifier's per-line medians
-both build on the one generator here. Tables are built once per size and shared: never
-write to them.
+sorts and medians fast: the classifier's per-line medians build on the generator here.
+Tables are built once per size and shared: never write to them.
 """
 
 from __future__ import annotations
@@ -23,8 +22,7 @@ def sort_network(n: int) -> np.ndarray:
     """Comparators (i, j), i < j, of Batcher's odd-even merge sort for the next power of two
     >= n: applied in order, each putting the smaller value in row i, they sort any input.
 
-    The robust baseline sorts all its feature columns at once with it (kernels.robust_baseline);
-    the classifier's per-line medians use a pruned copy (features._median_network).
+    The classifier's per-line medians use a pruned copy (features._median_network).
     """
     size = next_pow2(n)
     pairs: list[tuple[int, int]] = []
@@ -38,17 +36,4 @@ def sort_network(n: int) -> np.ndarray:
                         pairs.append((i + j, i + j + k))
             k //= 2
         p *= 2
-    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
-
-
-@functools.lru_cache(maxsize=32)  # one table per size, shared by the scans: never written
-def bitonic_merger(n: int) -> np.ndarray:
-    """Comparators of the bitonic merger for the next power of two >= n (size/2 per stage,
-    log2(size) stages): they sort any sequence that first falls, then rises."""
-    size = next_pow2(n)
-    pairs = []
-    step = size // 2
-    while step >= 1:
-        pairs += [(i, i + step) for i in range(size) if not i & step]
-        step //= 2
     return np.array(pairs, dtype=np.int64).reshape(-1, 2)

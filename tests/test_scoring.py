@@ -23,7 +23,7 @@ from spmwatch.scoring.scorer import (
     synthetic_scan,
     warm_up,
 )
-from spmwatch.sorting import bitonic_merger, sort_network
+from spmwatch.sorting import sort_network
 from tests import scoring_helpers as faults
 
 # 0 or 1e-20..1e3 in size: any two distinct values then differ by more than ~1e-36, inside
@@ -172,20 +172,33 @@ def test_persistent_peak_matches_numpy_and_keeps_the_history(depth: int) -> None
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.integers(1, 32), st.integers(0, 2**32 - 1))
-def test_robust_baseline_matches_numpy(count: int, seed: int) -> None:
+@given(st.integers(1, 80), st.integers(0, 2**32 - 1))
+def test_sorted_window_follows_the_ring(lines: int, seed: int) -> None:
+    # lines enter a ring of 32 slots, each replacing the oldest once it is full; the window
+    # kept sorted, median and MAD must be those of the ring's values as float32
     rng = np.random.default_rng(seed)
-    ring = rng.standard_normal((32, 5))  # rows past `count` are stale and must be ignored
-    ring[:, 4] = np.round(ring[:, 4])  # ties
-    floors = np.array([0.0, 0.1, 0.5, 1.0, 0.0])
+    window, width = 32, 16
+    values = rng.standard_normal((lines, width))
+    values[:, 3] = np.round(values[:, 3])  # ties
+    values[:, 4] = 0.0  # a constant column
+    floors = np.linspace(0.0, 1.0, 5)
+    rows = np.full((window + 1, width), np.inf, dtype=np.float32)
+    moves = np.zeros((5, width), dtype=np.float32)
+    ring = np.zeros((window, width))
     med, scale = np.empty(5), np.empty(5)
-    net = np.vstack([sort_network(32), bitonic_merger(32)])
-    K.robust_baseline(ring, count, net, np.empty((32, 16)), floors, med, scale)
-    med_ref, scale_ref = R.robust_baseline(ring[:count], floors)
-    np.testing.assert_array_equal(med, med_ref)
-    np.testing.assert_allclose(scale, scale_ref, rtol=1e-15)
-    # the scorer sorts in float32 (16 lanes a vector): the values rounded to float32
-    K.robust_baseline(ring, count, net, np.empty((32, 16), np.float32), floors, med, scale)
+    for n, line in enumerate(values):
+        count = min(n, window)
+        moves[0] = ring[n % window]
+        moves[1] = line
+        ring[n % window] = line
+        K.window_replace(rows, count, moves[0], moves[1], moves[2])
+    count = min(lines, window)
+    held = ring[:count].astype(np.float32)
+    np.testing.assert_array_equal(rows[:count], np.sort(held, axis=0))
+    assert np.all(np.isinf(rows[count:]))
+    K.window_median_mad(rows, count, floors, med, scale, moves[2:5])
+    med_ref, scale_ref = R.robust_baseline(held[:, :5].astype(np.float64), floors)
+    # the middle pair is averaged in float32, as the window holds it
     np.testing.assert_allclose(med, med_ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(scale, scale_ref, rtol=1e-5, atol=1e-7)
 
@@ -197,23 +210,10 @@ def test_sort_network_sorts_every_zero_one_input(n: int) -> None:
     size = 1 << (n - 1).bit_length()
     inputs = (np.arange(2**size)[:, None] >> np.arange(size)) & 1
     rows = inputs.T.astype(np.float64).copy()
-    K._sort_rows(rows, net)
+    for i, j in net:
+        rows[i], rows[j] = np.minimum(rows[i], rows[j]), np.maximum(rows[i], rows[j])
     assert np.all(np.diff(rows, axis=0) >= 0)
     assert np.array_equal(rows.sum(axis=0), inputs.sum(axis=1))
-
-
-@pytest.mark.parametrize("n", [1, 2, 8, 32])
-def test_bitonic_merger_sorts_a_fall_then_a_rise(n: int) -> None:
-    # what the MAD needs: |x - median| over a sorted column, +inf padding, ties included
-    rng = np.random.default_rng(n)
-    size = 1 << (n - 1).bit_length()
-    cols = np.sort(np.round(rng.standard_normal((size, 200)), 1), axis=0)
-    cols[rng.integers(1, size + 1) :] = np.inf
-    med = np.nanmedian(np.where(np.isinf(cols), np.nan, cols), axis=0)
-    rows = np.abs(cols - med)
-    want = np.sort(rows, axis=0)
-    K._sort_rows(rows, bitonic_merger(n))
-    np.testing.assert_array_equal(rows, want)
 
 
 def test_fast_log_matches_numpy() -> None:

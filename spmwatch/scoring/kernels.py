@@ -1014,57 +1014,93 @@ def _median_sorted(a, count):
 
 
 @njit(**_OPTS)
-def _sort_rows(buf, net):
-    """Sort every column of buf (rows x features) by the comparator network `net`.
+def window_replace(rows, count, leaving, entering, carry):
+    """Keep every column of rows[:count] sorted while one value leaves it (`leaving`, when
+    the window is full: count == rows.shape[0] - 1) and another enters (`entering`).
 
-    Each comparator is a min/max of two rows across all features at once: plain vector code
-    with no data-dependent branch, whatever the values (a row width that is a multiple of 16
-    leaves no scalar tail).
+    rows: float32 (window + 1, width), rows past `count` +inf (the last one always). Row r of
+    the new column is the r-th smallest of the old column without the leaving value, U, plus
+    the entering one: max(U[r - 1], min(entering, U[r])). One pass down the rows, every
+    column at once: plain vector code with no data-dependent branch (a binary search and a
+    shift per column mispredicted; sorting the whole ring every few lines cost more).
     """
-    n_f = buf.shape[1]
-    for c in range(net.shape[0]):
-        i = net[c, 0]
-        j = net[c, 1]
-        for f in range(n_f):
-            x = buf[i, f]
-            y = buf[j, f]
-            buf[i, f] = min(x, y)
-            buf[j, f] = max(x, y)
+    width = rows.shape[1]
+    full = count == rows.shape[0] - 1
+    for f in range(width):
+        carry[f] = -np.inf  # U[r - 1]
+    for r in range(count if full else count + 1):
+        for f in range(width):
+            u = rows[r, f]
+            below = rows[r + 1, f]  # read either way: a load under a condition stays scalar
+            u = below if full and u >= leaving[f] else u
+            rows[r, f] = max(carry[f], min(entering[f], u))
+            carry[f] = u
+
+
+@njit(inline="always", **_OPTS)
+def _distance(value, med):
+    """|value - med| rounded to float32, as the sorted window holds values."""
+    return np.float32(abs(np.float64(value) - np.float64(med)))
 
 
 @njit(**_OPTS)
-def robust_baseline(ring, count, net, buf, floors, med, scale):
-    """Median and MAD scale of each column of ring[:count] (rows: lines, columns: features).
+def _kth_distance(rows, count, med, k, out):
+    """out[f] <- the k-th smallest (from 1) |rows[:count, f] - med[f]| of each column.
+
+    Over a sorted column the distances fall up to the middle row h = count // 2 and rise
+    from it, two sorted lists: A[j] = |row h - 1 - j - med| and B[j] = |row h + j - med|.
+    The k-th smallest of their union is the least over the splits i (i values from A, k - i
+    from B) of max(A[i - 1], B[k - i - 1]): at most count / 2 + 1 passes of vector code.
+    """
+    width = rows.shape[1]
+    h = count // 2
+    first = max(0, k - (count - h))
+    last = min(k, h)
+    for f in range(width):
+        out[f] = np.inf
+    if first == 0:  # all k from B
+        for f in range(width):
+            out[f] = _distance(rows[h + k - 1, f], med[f])
+    if last == k:  # all k from A
+        for f in range(width):
+            out[f] = min(out[f], _distance(rows[h - k, f], med[f]))
+    for i in range(max(first, 1), min(last, k - 1) + 1):
+        for f in range(width):
+            a = _distance(rows[h - i, f], med[f])
+            b = _distance(rows[h + k - i - 1, f], med[f])
+            out[f] = min(out[f], max(a, b))
+
+
+@njit(**_OPTS)
+def window_median_mad(rows, count, floors, med, scale, scratch):
+    """Median and MAD scale of each column of the sorted window rows[:count] (count >= 1;
+    window_replace keeps it), for the first len(med) columns.
 
     scale = max(1.4826 MAD, floor): the floor keeps a feature that is nearly constant on good
     lines (a scar share of 0, the log RMS of a flat substrate) from turning noise into huge z.
-    `buf` has P rows (a power of two >= the window) and columns >= the features: rows past
-    `count` are padded with +inf so they sort last, spare columns with 0. `net` holds a
-    sorting network of P rows, then the bitonic merger of P rows (P/2 log2 P comparators).
-    The distances |x - median| of a sorted column fall, then rise (a V), so the merger alone
-    sorts them for the MAD: 80 comparators instead of 191 at P = 32. (Reading the MAD from
-    each sorted column by a merge walk was slower: the columns are strided.)
+    The values are float32, rounded as they entered; a median averages two of them as
+    _median_sorted does (exact in float32 too, so the median row is float32). scratch: three
+    float32 rows as wide as `rows`.
     """
-    n_rows, width = buf.shape
-    n_f = ring.shape[1]
-    n_merge = 0
-    half = n_rows // 2
-    while half >= 1:
-        n_merge += n_rows // 2
-        half //= 2
-    n_sort = net.shape[0] - n_merge
-    for r in range(n_rows):
+    width = rows.shape[1]
+    h = count // 2
+    mid = scratch[0]
+    low = scratch[1]
+    high = scratch[2]
+    if count % 2:
         for f in range(width):
-            buf[r, f] = np.inf if r >= count else ring[r, f] if f < n_f else 0.0
-    _sort_rows(buf, net[:n_sort])
-    for f in range(n_f):
-        med[f] = _median_sorted(buf[:, f], count)
-    for r in range(n_rows):
-        for f in range(n_f):
-            buf[r, f] = abs(buf[r, f] - med[f]) if r < count else np.inf
-    _sort_rows(buf, net[n_sort:])
-    for f in range(n_f):
-        scale[f] = max(1.4826 * _median_sorted(buf[:, f], count), floors[f])
+            mid[f] = rows[h, f]
+    else:
+        for f in range(width):
+            mid[f] = np.float32(0.5) * (rows[h - 1, f] + rows[h, f])
+    _kth_distance(rows, count, mid, h + 1, high)  # the middle one; for an even count the upper
+    if count % 2 == 0:
+        _kth_distance(rows, count, mid, h, low)
+        for f in range(width):
+            high[f] = np.float32(0.5) * (low[f] + high[f])
+    for f in range(med.shape[0]):
+        med[f] = mid[f]
+        scale[f] = max(1.4826 * high[f], floors[f])
 
 
 @njit(**_OPTS)
@@ -1099,8 +1135,8 @@ def score_line(
     scar_grid,
     hist_good,
     base_ring,
-    base_net,
-    base_buf,
+    base_sorted,
+    base_moves,
     base_med,
     base_scale,
     ref_level,
@@ -1325,6 +1361,12 @@ def score_line(
     # the ring fills): entering, even clipped, it raised their median within ~10 lines and a
     # weak persistent ringing faded before it alerted
     entered = ring_i if confirmed else n_raw
+    # the slot's values move into the sorted window too: one pass for the whole window (see
+    # window_replace), the median/MAD read from it below
+    leaving = base_moves[0]
+    entering = base_moves[1]
+    for i in range(n_raw):
+        leaving[i] = base_ring[bh, i]
     for i in range(entered):
         v = raw[i]
         if flagged and family[i] == F_LEVEL:
@@ -1335,6 +1377,9 @@ def score_line(
     if state[I_BASE_N] < window:
         for i in range(entered, n_raw):
             base_ring[bh, i] = base_med[i]
+    for i in range(n_raw):
+        entering[i] = base_ring[bh, i]
+    window_replace(base_sorted, state[I_BASE_N], leaving, entering, base_moves[2])
     # the reference level also follows a line flagged for ringing whose own level is calm
     # (z < half the flag threshold): a long ringing run would otherwise hold the reference
     # while the sample's level drifts, and end in a false tip change
@@ -1356,7 +1401,7 @@ def score_line(
         state[I_SPEC_N] += 1
     if state[I_BASE_N] < window or state[I_SINCE_REFRESH] >= cfg[S_REFRESH]:
         n_base = state[I_BASE_N]
-        robust_baseline(base_ring, n_base, base_net, base_buf, floors, base_med, base_scale)
+        window_median_mad(base_sorted, n_base, floors, base_med, base_scale, base_moves[2:5])
         # a level step is judged against the line-to-line jitter of the level, floored by a
         # share of the channel's own line-to-line difference RMS (smooth data has no jitter)
         for c in range(n_ch):

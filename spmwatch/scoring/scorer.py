@@ -25,7 +25,6 @@ from spmwatch.config import check_bounds
 from spmwatch.model import Alert, FrameScores, Line, LineScore, Scan, pair_channels
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring.events import AlertRule, EventTracker
-from spmwatch.sorting import bitonic_merger, next_pow2, sort_network
 
 FEATURE_NAMES: tuple[str, ...] = (
     "level_z",
@@ -269,10 +268,11 @@ class ScanState:
         self.scar_grid = np.zeros((K.HIST_DEPTH, n_ch, points))  # every step-th pixel
         self.hist_good = np.zeros(K.HIST_DEPTH, dtype=np.bool_)
         self.base_ring = np.zeros((settings.window, layout.n_raw))
-        # sort the ring's columns, then merge the V of their distances (robust_baseline)
-        self.base_net = np.vstack([sort_network(settings.window), bitonic_merger(settings.window)])
-        width = -(-layout.n_raw // 16) * 16  # whole vectors for the sorting network
-        self.base_buf = np.zeros((next_pow2(settings.window), width), dtype=np.float32)
+        # the ring's columns kept sorted (kernels.window_replace): float32, 16 lanes a vector,
+        # whole vectors wide (the spare columns hold 0); +inf past the lines so far
+        width = -(-layout.n_raw // 16) * 16
+        self.base_sorted = np.full((settings.window + 1, width), np.inf, dtype=np.float32)
+        self.base_moves = np.zeros((5, width), dtype=np.float32)  # leaving, entering, scratch
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
         self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
@@ -307,8 +307,8 @@ class ScanState:
             self.scar_grid,
             self.hist_good,
             self.base_ring,
-            self.base_net,
-            self.base_buf,
+            self.base_sorted,
+            self.base_moves,
             self.base_med,
             self.base_scale,
             self.ref_level,
