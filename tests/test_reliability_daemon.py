@@ -338,7 +338,9 @@ def test_sigkill_mid_scan_then_restart_neither_repeats_nor_misses_a_frame(tmp_pa
     folder = tmp_path / "watched"
     folder.mkdir()
     state = tmp_path / "state" / "seen.json"
-    extra = f'existing = true\nstate_file = "{state}"\n'
+    extra = (
+        f'state_file = "{state}"\n'  # `existing` as shipped (false): a restart is no first start
+    )
     config, endpoints = _watch_config(tmp_path, folder, extra)
 
     first = DaemonProcess(config)
@@ -384,9 +386,7 @@ def test_frame_queued_but_unpublished_at_sigkill_is_scored_after_restart(tmp_pat
     folder = tmp_path / "watched"
     folder.mkdir()
     state = tmp_path / "seen.json"
-    config, endpoints = _watch_config(
-        tmp_path, folder, f'state_file = "{state}"\nexisting = true\n'
-    )
+    config, endpoints = _watch_config(tmp_path, folder, f'state_file = "{state}"\n')
     first = DaemonProcess(config)
     first.wait_ready()
     stop = threading.Event()

@@ -157,9 +157,12 @@ def test_vanished_folder_is_reported_and_recovered(
     assert wait_for(lambda: len(sink.frames) == 4, timeout=5)
 
 
+@pytest.mark.parametrize("existing", [False, True])
 def test_restart_with_state_file_delivers_only_what_was_written_meanwhile(
-    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher], existing: bool
 ) -> None:
+    # with or without `existing`: the folder was watched before, so what is new in it was
+    # written while the daemon was down
     state = tmp_path / "state" / "seen.json"
     blobs = {
         f"f{i}.ibw": ibw_bytes(tmp_path, make_scan(lines=4, points=8, seed=i, scan_id=f"f{i}"))
@@ -177,7 +180,7 @@ def test_restart_with_state_file_delivers_only_what_was_written_meanwhile(
         (watched / name).write_bytes(blobs[name])
     second = TimedCollector()
     restarted = FolderWatcher(
-        watched, second, existing=True, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+        watched, second, existing=existing, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
     )
     start(restarted, stop_after)
     assert wait_for(lambda: len(second.frames) == 2)
@@ -199,7 +202,7 @@ def test_a_frame_is_recorded_only_when_acknowledged_and_a_deferred_one_comes_bac
     rescans = watcher.counters.snapshot()["rescans"]
     assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= rescans + 5)
     assert len(sink.of(FrameFile)) == 2  # in flight: the rescans do not hand them over again
-    assert not state.exists()  # and nothing is recorded before the verdict is out
+    assert "kept.ibw" not in state.read_text()  # nothing is recorded before the verdict is out
     frames = {f.path.name: f for f in sink.of(FrameFile)}
     frames["kept.ibw"].done()
     frames["paused.ibw"].defer()
@@ -230,6 +233,29 @@ def test_existing_files_only_when_asked(
     (watched / "old.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=5, points=8)))
     assert wait_for(lambda: len(ignoring.frames) == 1)
     assert ignoring.frames[0].scan.n_lines == 5
+
+
+def test_a_folder_watched_for_the_first_time_keeps_its_past_after_a_restart(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    # a folder added to a config with a state file: its files are history, not news
+    state = tmp_path / "seen.json"
+    added = tmp_path / "added"
+    added.mkdir()
+    (added / "old.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    first = FolderWatcher(watched, TimedCollector(), settle=0.05, seen=SeenFiles(state))
+    first.start()
+    assert first.stop(5.0)
+    assert SeenFiles(state).knows_folder(watched)
+    (watched / "meanwhile.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    sink = TimedCollector()
+    again = FolderWatcher(
+        [watched, added], sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+    )
+    start(again, stop_after)
+    assert wait_for(lambda: len(sink.frames) == 1)
+    assert wait_for(lambda: again.counters.snapshot()["rescans"] >= 5)
+    assert [f.path.name for f in sink.frames] == ["meanwhile.ibw"]
 
 
 def test_broken_and_stuck_files_are_reported_once(
@@ -330,10 +356,11 @@ def test_unsavable_state_file_is_reported_and_watching_goes_on(
     watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=seen)
     start(watcher, stop_after)
     (watched / "a.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
-    assert wait_for(lambda: len(sink.frames) == 1 and len(sink.errors) == 1)
-    assert "state file not saved" in sink.errors[0].reason
+    # once when the folder is recorded at start, once for the frame; not at every rescan
+    assert wait_for(lambda: len(sink.frames) == 1 and len(sink.errors) == 2)
+    assert all("state file not saved" in e.reason for e in sink.errors)
     assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 5)
-    assert len(sink.frames) == 1 and watcher.running
+    assert len(sink.frames) == 1 and len(sink.errors) == 2 and watcher.running
 
 
 def test_a_new_mtime_on_the_same_bytes_is_not_a_new_frame(

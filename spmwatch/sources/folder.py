@@ -96,6 +96,7 @@ class SeenFiles:
         self.state_file = Path(state_file) if state_file is not None else None
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[int, int, str | None]] = {}  # size, mtime_ns, digest
+        self._folders: set[str] = set()  # folders watched before: files new there are new
         self.load_error: str | None = None
         self._claimed: IO[str] | None = None
         if claim:  # before reading: an unreadable file is set aside, not another's to move
@@ -112,6 +113,7 @@ class SeenFiles:
                 str(p): (int(e[0]), int(e[1]), str(e[2]) if len(e) > 2 and e[2] else None)
                 for p, e in state["files"].items()
             }
+            self._folders = {str(p) for p in state.get("folders", [])}
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             aside = set_aside(path)
             kept = f"; kept as {aside}" if aside else ""
@@ -162,6 +164,21 @@ class SeenFiles:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def knows_folder(self, folder: Path) -> bool:
+        """Whether `folder` was watched before (by an earlier run, with a state file)."""
+        with self._lock:
+            return str(folder) in self._folders
+
+    def add_folder(self, folder: Path) -> None:
+        """Remember `folder` as watched: after a restart, files not seen in it were written
+        while the daemon was down."""
+        with self._lock:
+            if str(folder) in self._folders:
+                return
+            self._folders.add(str(folder))
+            if self.state_file is not None:
+                self._save(self.state_file)
+
     def add(self, path: Path, stamp: Stamp, digest: str | None = None) -> None:
         with self._lock:
             self._seen.pop(str(path), None)  # re-insert: the dict's order is the age order
@@ -172,7 +189,9 @@ class SeenFiles:
                 self._save(self.state_file)
 
     def _save(self, path: Path) -> None:
-        body = json.dumps({"v": _STATE_VERSION, "files": self._seen})
+        body = json.dumps(
+            {"v": _STATE_VERSION, "files": self._seen, "folders": sorted(self._folders)}
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -223,9 +242,11 @@ class _Folder:
 class FolderWatcher(SourceThread):
     """Delivers a `FrameFile` for every new or modified complete `.ibw` under `folders`.
 
-    `existing=True` also delivers the frames already there at start that `seen` does not know
-    (with a persistent `seen`, exactly the frames written while the daemon was down);
-    otherwise files present at start are recorded as seen without delivery.
+    Files already there at start that `seen` does not know are delivered when their folder
+    was watched before (a persistent `seen` remembers the folders: exactly the frames written
+    while the daemon was down) or with `existing=True`; in a folder watched for the first time
+    they are otherwise recorded as seen without delivery, so a first start does not score a
+    folder's history.
     Broken files become one `SourceError` each; a vanished folder is reported and waited for.
     """
 
@@ -369,11 +390,22 @@ class FolderWatcher(SourceThread):
             if present and folder.observer is None:
                 self._start_observer(folder)
                 folder.identity = identity
-            baseline = first and not self.existing
+            # files already in a folder watched for the first time are its past, not news
+            # (unless `existing`); in a folder watched before they were written while down
+            baseline = first and not self.existing and not self.seen.knows_folder(folder.path)
             if present:
                 for path in self._listing(folder.path):
                     self._consider(path, baseline=baseline)
+                self._remember(folder.path)
             folder.present = present
+
+    def _remember(self, folder: Path) -> None:
+        """Record the folder as watched; a state file that cannot be saved is reported once
+        (the folder is remembered in memory, and saved with the next file)."""
+        try:
+            self.seen.add_folder(folder)
+        except OSError as exc:
+            self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
 
     def _listing(self, root: Path) -> Iterator[Path]:
         pattern = root.rglob("*") if self.recursive else root.glob("*")
