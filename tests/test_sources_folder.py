@@ -157,6 +157,20 @@ def test_vanished_folder_is_reported_and_recovered(
     assert wait_for(lambda: len(sink.frames) == 4, timeout=5)
 
 
+def test_a_folder_missing_at_start_is_counted_gone_then_back(
+    tmp_path: Path, stop_after: list[FolderWatcher]
+) -> None:
+    later = tmp_path / "later"
+    sink = TimedCollector()
+    watcher = start(FolderWatcher(later, sink, settle=0.05, rescan_interval=0.1), stop_after)
+    assert [e.reason for e in sink.errors] == ["folder gone (missing or unmounted); waiting"]
+    later.mkdir()
+    (later / "a.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert wait_for(lambda: len(sink.frames) == 1)
+    counts = watcher.counters.snapshot()
+    assert counts["folder_gone"] == 1 and counts["folder_back"] == 1
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_restart_with_state_file_delivers_only_what_was_written_meanwhile(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher], existing: bool

@@ -30,6 +30,11 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+def unreadable_note(unreadable: int, total: int) -> str:
+    """The closing line of a command given files, some unreadable: "1 of 1 file unreadable"."""
+    return f"{unreadable} of {total} {'file' if total == 1 else 'files'} unreadable"
+
+
 def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:
     """The parser with the sub-commands in `commands` (each module imported for it)."""
     parser = argparse.ArgumentParser(

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Iterable
 
+from spmwatch.cli import unreadable_note
 from spmwatch.ibw import inspect_file
 
 EXIT_UNREADABLE = 2
@@ -65,5 +66,5 @@ def run(args: argparse.Namespace) -> int:
         unreadable += record["channels"] is None
         print(json.dumps(record) if args.json else format_record(record), flush=True)
     if unreadable and not args.json:
-        print(f"{unreadable} of {len(args.files)} files unreadable", file=sys.stderr)
+        print(unreadable_note(unreadable, len(args.files)), file=sys.stderr)
     return EXIT_UNREADABLE if unreadable else 0

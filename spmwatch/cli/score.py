@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
+from spmwatch.cli import unreadable_note
 from spmwatch.config import ConfigError
 from spmwatch.ibw import IbwError, read_problem, read_scan
 from spmwatch.settings import Settings, load_settings
@@ -160,7 +161,6 @@ def run(args: argparse.Namespace) -> int:
             record = score_record(path, frame, verdict, watched)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if unreadable:
-        files = "file" if len(args.files) == 1 else "files"
-        print(f"{unreadable} of {len(args.files)} {files} unreadable", file=sys.stderr)
+        print(unreadable_note(unreadable, len(args.files)), file=sys.stderr)
         return EXIT_UNREADABLE
     return 0

@@ -380,13 +380,13 @@ class FolderWatcher(SourceThread):
             present = identity is not None
             if present and folder.observer is not None and identity != folder.identity:
                 self._stop_observer(folder)  # replaced between two looks: watch the new one
-            if not present and folder.present is not False:
+            if not present and folder.present is not False:  # missing at start counts too
                 self._stop_observer(folder)
-                if not first:
-                    self.counters.add("folder_gone")
+                self.counters.add("folder_gone")
                 self._emit_error(str(folder.path), "folder gone (missing or unmounted); waiting")
             elif present and folder.present is False:
                 self.counters.add("folder_back")
+                log.info("folder_back", folder=str(folder.path))
             if present and folder.observer is None:
                 self._start_observer(folder)
                 folder.identity = identity
