@@ -353,6 +353,12 @@ class SeqTracker:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
 
+    def restarted(self, topic: str, payload: Mapping[str, Any]) -> bool:
+        """Whether this message (not yet recorded by `gap`) starts the stream again at seq 0:
+        its publisher restarted. Not a gap, but a person following the stream wants to know."""
+        last = self._last.get((topic, str(payload.get("daemon", ""))))
+        return last is not None and int(payload["seq"]) == 0
+
     def gap(self, topic: str, payload: Mapping[str, Any]) -> str | None:
         """Record this message; return why it does not follow the previous one, or None."""
         key = (topic, str(payload.get("daemon", "")))

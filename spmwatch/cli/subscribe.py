@@ -21,8 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "subscribe",
         help="print published events (alerts, frames, lines, heartbeats, actions)",
-        description="Subscribe to a spmwatch PUB socket and print each event; seq gaps are "
-        "reported on stderr.",
+        description="Subscribe to a spmwatch PUB socket and print each event; seq gaps and "
+        "daemon restarts (seq back to 0) are reported on stderr.",
     )
     parser.add_argument(
         "--endpoint",
@@ -92,6 +92,9 @@ def _print_events(socket: zmq.Socket, args: argparse.Namespace, watch: Handshake
         except protocol.ProtocolError as exc:
             print(f"spmwatch subscribe: bad message: {exc}", file=sys.stderr)
             continue
+        if seq.restarted(topic, payload):
+            who = payload.get("daemon") or "the daemon"
+            print(f"spmwatch subscribe: {topic}: seq back to 0: {who} restarted", file=sys.stderr)
         gap = seq.gap(topic, payload)
         if gap:
             print(f"spmwatch subscribe: {topic}: {gap}", file=sys.stderr, flush=True)
