@@ -834,7 +834,8 @@ class Daemon:
     ) -> None:
         """Log and publish one error; `held`: how many like it the limit held back before."""
         extra = {"suppressed": held} if held else {}
-        log.warning("source_error", source=source, subject=subject, reason=reason, **extra)
+        about = {"scan_id": scan_id} if scan_id is not None else {}
+        log.warning("source_error", source=source, subject=subject, reason=reason, **about, **extra)
         if self.publisher is not None:
             fields = {**protocol.error_fields(subject, reason), **extra}
             self.publisher.publish(protocol.TOPIC_ERROR, scan_id, source, fields)

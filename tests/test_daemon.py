@@ -257,16 +257,21 @@ def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Run
     push.connect(running.endpoints["lines"])
     push.send_multipart([b"{not json"])
     push.send_multipart([json.dumps({"v": 1, "scan_id": "../etc", "line": 0}).encode()])
+    push.send_multipart([json.dumps({"v": 1, "scan_id": "X1", "line": "zero"}).encode()])
     push.close()
 
     def socket_errors() -> list[dict] | None:
         # other tests of this daemon report folder errors on the same topic
         found = [e for e in running.sub.of(protocol.TOPIC_ERROR) if e["source"] == "socket"]
-        return found if len(found) >= 2 else None
+        return found if len(found) >= 3 else None
 
     errors = wait_for(socket_errors)
     assert any("not valid JSON" in e["reason"] for e in errors)
     assert any("scan_id" in e["reason"] for e in errors)
+    # an error about a known scan names it in the log too, as on the wire
+    assert [e["scan_id"] for e in errors if e["scan_id"]] == ["X1"]
+    logged = wait_for(lambda: [e for e in running.daemon.logged("source_error") if "scan_id" in e])
+    assert [e["scan_id"] for e in logged] == ["X1"]
     send_scan(running.endpoints["lines"], _good("after-bad"))
     assert _frame(running, "after-bad")["verdict"] == "pass"
     status = json.loads(ctl(running.endpoints["control"], "status").stdout)
