@@ -70,7 +70,13 @@ def build(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
     try:
         return cls(**values)
     except ValueError as exc:
-        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+        # the checks name their field first ("flag_z = 60.0 must be ..."): written as
+        # section.key, as the key and type errors are
+        message = str(exc)
+        named = message.split(" ", 1)[0].rstrip(":") in fields
+        raise ConfigError(
+            _join(where, message) if named else f"{where or 'config'}: {message}"
+        ) from exc
 
 
 def _convert(hint: Any, raw: Any, where: str) -> Any:

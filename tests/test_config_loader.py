@@ -42,7 +42,7 @@ def test_ok():
         ({"inner": {"nn": 1}}, "inner.nn: unknown key"),
         ({"inner": {"n": "1"}}, "inner.n: expected an integer"),
         ({"inner": {"mode": "c"}}, "inner.mode: 'c' is not one of"),
-        ({"inner": {"n": -1}}, "inner: n = -1"),
+        ({"inner": {"n": -1}}, "inner.n = -1"),
         ({"policy": {"k": [1]}}, "policy.k[0]: expected a string"),
         ({"x": "s"}, "x: expected a number"),
     ],
