@@ -246,8 +246,8 @@ class Daemon:
         self._bind(self.control.start, "control.endpoint", s.control.endpoint)
         log.info(
             "warming_up",
-            note="the first start after an install compiles the numba kernels (about a minute);"
-            " later starts load them from numba's cache",
+            note="loading the numba kernels from numba's cache (seconds), or compiling them on a"
+            " first start after an install (about a minute)",
         )
         logs.flush()  # out now: nothing else is written during the minute it explains
         self._warming = True
