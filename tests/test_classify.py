@@ -347,3 +347,24 @@ def test_the_shipped_model_is_found_in_a_user_install(tmp_path: Path, monkeypatc
     monkeypatch.setattr(site, "getuserbase", lambda: str(tmp_path / "user"))
     assert C.default_model_path() == user_models / shipped.name
     assert C.load_default().identity()["model"] == "default"
+
+
+def test_train_prints_its_table_when_a_family_has_only_bad_frames(folders, tmp_path: Path, capsys):
+    # each family here is all good or all bad: their held-out AUROC is undefined (null in the
+    # sidecar), which the console table printed by crashing, after the model was written
+    from spmwatch.cli import main
+
+    good, bad = folders
+    out = tmp_path / "mine"
+    args = ["--good", str(good), "--bad", str(bad), "--out", str(out), "--synthetic", "8"]
+    code = main(["train", *args, "--quiet"])
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0
+    assert "6 real good frames cannot pin a 5% false-alarm rate" in captured.err
+    side = json.loads(out.with_suffix(".json").read_text())
+    undefined = [s for s, m in side["metrics"].items() if m.get("auroc", 0) is None]
+    assert undefined  # the case this test is about
+    rows = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ")}
+    assert all(" -  " in rows[split] for split in undefined)
+    assert "wrote" in printed

@@ -6,6 +6,7 @@ Prints the leave-one-family-out figures before it writes `<NAME>.skops` and `<NA
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -62,8 +63,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _fmt(value: float) -> str:
-    return "  -  " if value != value else f"{value:5.3f}"
+def _fmt(value: float | None) -> str:
+    """A metric, or "-" where it is undefined (the sidecar stores NaN as null: an AUROC of a
+    split without good or without bad frames)."""
+    return "  -  " if value is None or value != value else f"{value:5.3f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,5 +107,13 @@ def run(args: argparse.Namespace) -> int:
         f"{points['false_alarm_target']:.0%} false alarms {points['false_alarm']:.4f}; "
         f"shipped: {side['threshold']:.4f} ({side['threshold_rule']})"
     )
+    n_good, target = side["training"]["n_good"], points["false_alarm_target"]
+    if target > 0 and n_good * target < 1:
+        print(
+            f"note: {n_good} real good frames cannot pin a {target:.0%} false-alarm rate "
+            f"(that takes at least {math.ceil(1 / target)}): expect more false alarms on new "
+            "scans; `spmwatch evaluate` with more good frames measures it",
+            file=sys.stderr,
+        )
     print(f"wrote {result.path} and {result.path.with_suffix('.json')}")
     return 0
