@@ -147,6 +147,17 @@ def test_load_refuses_a_tampered_model_file(model: Path, tmp_path: Path):
         C.Classifier.load(copy)
 
 
+@pytest.mark.parametrize("threshold", [7.5, 0, -0.1, "0.5", True, float("nan")])
+def test_load_refuses_a_threshold_that_is_no_probability(
+    model: Path, tmp_path: Path, threshold: object
+):
+    target = _copy_model(model, tmp_path)
+    side = json.loads(target.with_suffix(".json").read_text())
+    target.with_suffix(".json").write_text(json.dumps({**side, "threshold": threshold}))
+    with pytest.raises(C.ModelError, match=r"small\.json: threshold .* is not a probability"):
+        C.Classifier.load(target)
+
+
 def test_load_refuses_a_sidecar_for_other_features(model: Path, tmp_path: Path):
     copy = _copy_model(model, tmp_path)
     side = json.loads(copy.with_suffix(".json").read_text())

@@ -150,6 +150,14 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     for key in ("feature_names", "model_sha256", "threshold", "spmwatch_version"):
         if key not in data:
             raise ModelError(f"{side}: sidecar lacks the key {key!r}")
+    threshold = data["threshold"]
+    # a probability: above 1 no frame could fail, at 0 or below every frame would
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int | float)
+        or not 0 < threshold <= 1
+    ):
+        raise ModelError(f"{side}: threshold {threshold!r} is not a probability in (0, 1]")
     return data
 
 
