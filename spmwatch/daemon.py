@@ -853,7 +853,9 @@ class Daemon:
         if cmd == "reload-model":
             if not self._serving:  # the warm-up is judging frames with the current model
                 return {"ok": False, "error": "the daemon is warming up; reload once it is ready"}
-            return self.reload_model(self.settings.model.path)
+            # the running [model] path: a path edited in the config takes a SIGHUP (reload)
+            reply = self.reload_model(self.settings.model.path)
+            return {**reply, "path": str(self.model.path)}
         raise protocol.ProtocolError(f"unknown control command {cmd!r}")
 
     def status(self) -> dict[str, Any]:

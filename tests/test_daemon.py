@@ -391,7 +391,9 @@ def test_a_scan_paused_half_way_is_not_failed_for_the_lines_it_missed(running: R
 def test_reload_model_keeps_serving(running: Running) -> None:
     result = ctl(running.endpoints["control"], "reload-model")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["model"]
+    reply = json.loads(result.stdout)
+    assert reply["model"] and Path(reply["path"]).is_file()  # which file it loaded
+    assert Path(reply["path"]).suffix == ".skops"
 
 
 def test_seq_strictly_increasing_per_topic(running: Running) -> None:
