@@ -93,7 +93,8 @@ def _print_events(socket: zmq.Socket, args: argparse.Namespace, watch: Handshake
             print(f"spmwatch subscribe: bad message: {exc}", file=sys.stderr)
             continue
         if seq.restarted(topic, payload):
-            who = payload.get("daemon") or "the daemon"
+            publisher = "the responder" if topic == protocol.TOPIC_ACTION else "the daemon"
+            who = payload.get("daemon") or publisher
             print(f"spmwatch subscribe: {topic}: seq back to 0: {who} restarted", file=sys.stderr)
         gap = seq.gap(topic, payload)
         if gap:
