@@ -170,7 +170,7 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
     if isinstance(alert, Mapping):
         said = f"alert at line {alert['line']}: {alert['kind']} ({alert['severity']})"
     else:
-        said = "no alert"
+        said = "no line alert"
     watched = record.get("poor_image")
     if isinstance(watched, Mapping):  # the frame watch judged the frame so far a failure
         said += f"   |   poor image: frame so far judged failed at line {watched['line']}"
@@ -206,17 +206,20 @@ def _colour(kind: str) -> str:
 
 
 def _mark_events(ax: Axes, frame: FrameScores, n_lines: int, labels: bool) -> None:
-    """Events as horizontal bands of their kind's colour (a solid strip at the left edge, a faint
-    wash across: fainter over images, which must stay readable), the alert line as a distinct
-    dashed line; with `labels`, the kind as text beside its band."""
-    wash = 0.25 if labels else 0.12
+    """Events as horizontal bands of their kind's colour: a solid strip at the left edge, with
+    `labels` (the score panel) also a faint wash across and the kind as text beside the band;
+    over an image a strip at each edge and no wash, so the faulty lines stay in plain view.
+    The alert line is a distinct dashed line."""
     last_label = -np.inf
     for event in sorted(frame.events, key=lambda e: e.start):
         lo, hi = max(event.start, 0) - 0.5, min(event.end, n_lines - 1) + 0.5
         if hi <= lo:
             continue  # partial_frame: the missing lines are not in the image
         colour = _colour(event.kind)
-        ax.axhspan(lo, hi, color=colour, alpha=wash, lw=0, zorder=3)
+        if labels:
+            ax.axhspan(lo, hi, color=colour, alpha=0.25, lw=0, zorder=3)
+        else:
+            ax.axhspan(lo, hi, xmin=0.965, xmax=1.0, color=colour, lw=0.6, ec=colour, zorder=4)
         ax.axhspan(lo, hi, xmin=0.0, xmax=0.035, color=colour, lw=0.6, ec=colour, zorder=4)
         mid = 0.5 * (lo + hi)
         if labels and mid - last_label > 0.04 * n_lines:
@@ -317,9 +320,9 @@ def _legend(fig: Figure, frame: FrameScores, threshold: float, watch_line: int |
     handles.append(
         Line2D([], [], color="#e41a1c", lw=1.0, ls="--", label=f"flag threshold {threshold:g}")
     )
-    handles.append(
-        Line2D([], [], ls="none", marker="o", ms=4, mfc="none", mec="#e41a1c", label="flagged line")
-    )
+    if any(line.flagged for line in frame.lines):
+        marker = {"ls": "none", "marker": "o", "ms": 4, "mfc": "none", "mec": "#e41a1c"}
+        handles.append(Line2D([], [], **marker, label="flagged line"))
     fig.legend(
         handles=handles, loc="outside lower center", ncol=len(handles), fontsize=9, frameon=False
     )

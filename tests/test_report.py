@@ -177,6 +177,10 @@ def test_a_retrace_only_report_says_why_it_has_no_residual_map() -> None:
     fig = render_png(scan, frame, record, {}, 12.0)
     texts = [t.get_text() for t in fig.texts]
     assert any("one direction saved: no trace − retrace map" in t for t in texts)
+    assert any("no line alert" in t for t in texts)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert not any(line.flagged for line in frame.lines)
+    assert "flagged line" not in legend  # no marker for what the plot does not show
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert not any("trace − retrace" in t for t in titles)
     bar_labels = {ax.get_xlabel() for ax in fig.axes} - {"", "fast axis (µm)", "point"}
