@@ -1369,7 +1369,9 @@ def score_line(
         leaving[i] = base_ring[bh, i]
     for i in range(entered):
         v = raw[i]
-        if flagged and family[i] == F_LEVEL:
+        if v != v:  # no NaN in the sorted window: one could never leave it again
+            v = base_med[i]
+        elif flagged and family[i] == F_LEVEL:
             v = base_med[i]  # a held step is no sample of the line-to-line jitter
         elif flagged:
             v = min(max(v, base_med[i] - clip * base_scale[i]), base_med[i] + clip * base_scale[i])
