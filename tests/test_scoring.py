@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from spmwatch.scoring.scorer import (
     ScanScorer,
     ScoringSettings,
     _fft_tables,
+    python_child,
     score_scan,
     synthetic_scan,
     warm_up,
@@ -470,3 +472,19 @@ def test_after_a_gap_the_next_line_is_not_compared_with_the_last_one(seed: int) 
         flagged.append([s.index for s in scorer.finish().lines if s.flagged])
     assert flagged[0] == [120]  # the premise: without the mark, the first line after is flagged
     assert flagged[1] == []
+
+
+def test_the_cache_filling_child_imports_this_spmwatch_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # started beside a clone (a folder named spmwatch holding config/), `python -c` imported
+    # the clone's folders as the package, and the child that fills numba's cache failed
+    (tmp_path / "spmwatch" / "config").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    said = tmp_path / "imported.txt"
+    code = (
+        "import pathlib, spmwatch.scoring.scorer as s; "
+        f"pathlib.Path({str(said)!r}).write_text(s.__file__)"
+    )
+    assert python_child(code, timeout=120).returncode == 0
+    assert Path(said.read_text()) == Path(K.__file__).with_name("scorer.py")

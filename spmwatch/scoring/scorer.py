@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat
+from pathlib import Path
 
 import numpy as np
 
@@ -359,12 +360,25 @@ def cached_build() -> None:
     for bit. Called once per process, by the first ScanScorer."""
     if os.environ.get(_FILLING_CACHE) or _kernels_cached():
         return
-    code = "from spmwatch.scoring.scorer import warm_up; warm_up()"
     # a child that fails leaves this process to compile its own, as before
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, _FILLING_CACHE: "1"}, timeout=1800
-        )
+        python_child("from spmwatch.scoring.scorer import warm_up; warm_up()", timeout=1800)
+
+
+def python_child(code: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+    """Run `code` in a child Python (marked as filling the cache, so it starts no child of
+    its own) that imports this very spmwatch: `python -c` puts its working folder first on
+    the import path, and started next to a clone (a folder named spmwatch holding config/)
+    it imported that clone's folders as the package and failed. So the child starts in the
+    folder holding this package (numba's cache is keyed by the source files' paths: the same
+    files, the same cache)."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, _FILLING_CACHE: "1"},
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _kernels_cached() -> bool:
