@@ -112,7 +112,8 @@ def valid_scan_id(value: object) -> str:
     """Return `value` if it is a safe scan id, else raise ProtocolError naming the problem."""
     if not isinstance(value, str) or not _SCAN_ID.fullmatch(value):
         raise ProtocolError(
-            f"scan_id {value!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
+            f"scan_id {value!r} must be 1-128 letters, digits, '.', '_' or '-', starting with "
+            "a letter or digit"
         )
     return value
 

@@ -118,6 +118,27 @@ def test_bad_numbers_are_refused_naming_the_option(tmp_path: Path, capsys, optio
 
 
 @pytest.mark.parametrize(
+    "command,said",
+    [
+        (["replay", "F", "--to", "bogus://x"], "argument --to: endpoint = 'bogus://x' must start"),
+        (["replay", "F", "--scan-id", "_bad"], "argument --scan-id: scan_id '_bad' must be"),
+        (["subscribe", "--endpoint", "tcp://127.0.0.1:99999"], "the port must be 1-65535"),
+        (["proxy", "--connect", "udp://x"], "argument --connect: endpoint = 'udp://x'"),
+        (["ctl", "--endpoint", "x", "status"], "argument --endpoint: endpoint = 'x'"),
+    ],
+)
+def test_bad_endpoints_and_scan_ids_are_refused_naming_the_option(
+    tmp_path: Path, capsys, command: list[str], said: str
+) -> None:
+    """A bad endpoint ended in ZeroMQ's traceback; a bad --scan-id was quietly renamed."""
+    path = write_fixture(tmp_path, make_scan(lines=4, points=8))
+    with pytest.raises(SystemExit) as exited:
+        main([str(path) if part == "F" else part for part in command])
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "n,text", [(1, "1st"), (2, "2nd"), (3, "3rd"), (4, "4th"), (11, "11th"), (12, "12th"),
                (13, "13th"), (21, "21st"), (42, "42nd"), (111, "111th"), (123, "123rd")],
 )  # fmt: skip

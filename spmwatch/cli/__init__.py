@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from spmwatch import __version__
+from spmwatch import __version__, protocol
 
 COMMANDS: tuple[str, ...] = (
     "demo",
@@ -28,6 +28,24 @@ COMMANDS: tuple[str, ...] = (
     "proxy",
     "report",
 )
+
+
+def endpoint(text: str) -> str:
+    """An argparse type: a ZeroMQ endpoint, refused (exit 2, naming it) when ZeroMQ would
+    refuse or bend it, instead of a traceback from the socket."""
+    try:
+        protocol.check_endpoint("endpoint", text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def scan_id(text: str) -> str:
+    """An argparse type: a scan id as the line socket takes it (not quietly renamed)."""
+    try:
+        return protocol.valid_scan_id(text)
+    except protocol.ProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def unreadable_note(unreadable: int, total: int) -> str:

@@ -7,6 +7,7 @@ import json
 import sys
 
 from spmwatch import protocol
+from spmwatch.cli import endpoint
 from spmwatch.config import ConfigError
 from spmwatch.control import request
 
@@ -19,7 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("command", choices=protocol.CONTROL_COMMANDS)
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--endpoint", help=f"control socket (default {protocol.CONTROL_ENDPOINT})")
+    where.add_argument(
+        "--endpoint", type=endpoint, help=f"control socket (default {protocol.CONTROL_ENDPOINT})"
+    )
     where.add_argument("--config", metavar="FILE", help="take the endpoint from this config")
     parser.add_argument(
         "--timeout",

@@ -15,6 +15,7 @@ import threading
 import zmq
 
 from spmwatch import protocol
+from spmwatch.cli import endpoint
 from spmwatch.curve import CurveError, HandshakeWatch, configure_client, configure_server
 from spmwatch.protocol import is_local
 
@@ -29,10 +30,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "XPUB endpoint (docs/responder.md, Several microscopes).",
     )
     parser.add_argument(
-        "--connect", nargs="+", required=True, metavar="ENDPOINT", help="daemons' PUB sockets"
+        "--connect",
+        nargs="+",
+        required=True,
+        type=endpoint,
+        metavar="ENDPOINT",
+        help="daemons' PUB sockets",
     )
     parser.add_argument(
-        "--bind", default=PROXY_ENDPOINT, help=f"where subscribers connect ({PROXY_ENDPOINT})"
+        "--bind",
+        type=endpoint,
+        default=PROXY_ENDPOINT,
+        help=f"where subscribers connect ({PROXY_ENDPOINT})",
     )
     parser.add_argument("--secret-key", help="CURVE: the proxy's NAME.key_secret")
     parser.add_argument("--daemon-key", help="CURVE: the daemons' public NAME.key (client side)")

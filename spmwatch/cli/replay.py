@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spmwatch.cli import endpoint, scan_id
 from spmwatch.ibw import IbwError, read_scan
 from spmwatch.model import Scan, ordinal, span_text
 from spmwatch.protocol import LINES_ENDPOINT, safe_scan_id
@@ -40,9 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="ENDPOINT",
         nargs="?",
         const=LINES_ENDPOINT,
+        type=endpoint,
         help=f"send the lines to a line socket (default endpoint {LINES_ENDPOINT})",
     )
-    parser.add_argument("--scan-id", help="scan id to use (default: the file name)")
+    parser.add_argument(
+        "--scan-id", type=scan_id, help="scan id to use (default: the file name, made safe)"
+    )
     parser.add_argument(
         "--every",
         type=_positive(int),
@@ -74,9 +78,8 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    scan_id = safe_scan_id(args.scan_id or args.file.stem)
     try:
-        scan = read_scan(args.file, scan_id=scan_id)
+        scan = read_scan(args.file, scan_id=args.scan_id or safe_scan_id(args.file.stem))
     except IbwError as exc:
         print(f"spmwatch replay: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE

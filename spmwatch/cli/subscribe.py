@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 
 from spmwatch import protocol
+from spmwatch.cli import endpoint
 from spmwatch.curve import CurveError, HandshakeWatch, configure_client
 
 _ENVELOPE = ("v", "seq", "time", "scan_id", "source")
@@ -26,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--endpoint",
+        type=endpoint,
         default=protocol.PUB_ENDPOINT,
         help=f"PUB socket to read (default {protocol.PUB_ENDPOINT})",
     )
