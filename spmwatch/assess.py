@@ -95,7 +95,7 @@ def score_record(
             "position": alert.position,
             "kind": alert.kind,
             "severity": alert.severity,
-            "score": round(alert.score, 3),
+            "score": round(alert.score, 4),
         },
         # a flagged line's kind shows which rule of the alert it counted for
         "lines": [
