@@ -220,7 +220,11 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
         raise ProtocolError("'step' must be 1 or -1")
     last = index + (count - 1) * step
     if position + count > n_lines or not 0 <= last < n_lines:
-        raise ProtocolError(f"a block of {count} lines from line {index} leaves n_lines {n_lines}")
+        ends = f"line {last}" if last < 0 or last >= n_lines else f"position {position + count - 1}"
+        raise ProtocolError(
+            f"a block of {count} lines from line {index} (step {step}) ends at {ends}, outside "
+            f"0..{n_lines - 1} (n_lines {n_lines})"
+        )
     dtype = header.get("dtype", "float32")
     if dtype not in LINE_DTYPES:
         raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")

@@ -149,7 +149,12 @@ BAD_MESSAGES = {
     "'count' = 0": _with_header(GOOD, count=0),
     "'count' = 257": _with_header(GOOD, count=257),
     "'step' must be 1 or -1": _with_header(GOOD, count=2, step=0),
-    "a block of 60 lines from line 5 leaves n_lines 64": _with_header(GOOD, count=60),
+    "a block of 60 lines from line 5 (step 1) ends at line 64, outside 0..63": _with_header(
+        GOOD, count=60
+    ),
+    "a block of 3 lines from line 1 (step -1) ends at line -1, outside 0..63": _with_header(
+        GOOD, count=3, step=-1, line=1, position=1
+    ),
     "expected 128 (2 x 16 points of float32)": _with_header(GOOD, count=2),
     "more than 524288": _with_header(GOOD, count=40, points=4096, n_lines=4096),
 }
