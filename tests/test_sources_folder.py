@@ -157,6 +157,26 @@ def test_vanished_folder_is_reported_and_recovered(
     assert wait_for(lambda: len(sink.frames) == 4, timeout=5)
 
 
+def test_turning_recursive_on_keeps_the_sub_folders_past(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    state = tmp_path / "seen.json"
+    (watched / "sub").mkdir()
+    (watched / "sub" / "old.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    flat = FolderWatcher(watched, TimedCollector(), settle=0.05, seen=SeenFiles(state))
+    flat.start()
+    assert flat.stop(5.0)
+    sink = TimedCollector()
+    deep = FolderWatcher(
+        watched, sink, recursive=True, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+    )
+    start(deep, stop_after)
+    assert wait_for(lambda: deep.counters.snapshot()["rescans"] >= 5)
+    assert sink.frames == []  # sub/ is watched for the first time: its file is history
+    (watched / "sub" / "new.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert wait_for(lambda: [f.path.name for f in sink.frames] == ["new.ibw"])
+
+
 def test_a_folder_missing_at_start_is_counted_gone_then_back(
     tmp_path: Path, stop_after: list[FolderWatcher]
 ) -> None:
@@ -260,7 +280,7 @@ def test_a_folder_watched_for_the_first_time_keeps_its_past_after_a_restart(
     first = FolderWatcher(watched, TimedCollector(), settle=0.05, seen=SeenFiles(state))
     first.start()
     assert first.stop(5.0)
-    assert SeenFiles(state).knows_folder(watched)
+    assert SeenFiles(state).knows_folder(str(watched.absolute()))
     (watched / "meanwhile.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
     sink = TimedCollector()
     again = FolderWatcher(

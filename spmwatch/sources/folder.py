@@ -164,18 +164,19 @@ class SeenFiles:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def knows_folder(self, folder: Path) -> bool:
-        """Whether `folder` was watched before (by an earlier run, with a state file)."""
+    def knows_folder(self, folder: str) -> bool:
+        """Whether `folder` (FolderWatcher's key for it) was watched before, by an earlier run
+        with this state file."""
         with self._lock:
-            return str(folder) in self._folders
+            return folder in self._folders
 
-    def add_folder(self, folder: Path) -> None:
+    def add_folder(self, folder: str) -> None:
         """Remember `folder` as watched: after a restart, files not seen in it were written
         while the daemon was down."""
         with self._lock:
-            if str(folder) in self._folders:
+            if folder in self._folders:
                 return
-            self._folders.add(str(folder))
+            self._folders.add(folder)
             if self.state_file is not None:
                 self._save(self.state_file)
 
@@ -392,18 +393,24 @@ class FolderWatcher(SourceThread):
                 folder.identity = identity
             # files already in a folder watched for the first time are its past, not news
             # (unless `existing`); in a folder watched before they were written while down
-            baseline = first and not self.existing and not self.seen.knows_folder(folder.path)
+            key = self._key(folder.path)
+            baseline = first and not self.existing and not self.seen.knows_folder(key)
             if present:
                 for path in self._listing(folder.path):
                     self._consider(path, baseline=baseline)
-                self._remember(folder.path)
+                self._remember(key)
             folder.present = present
 
-    def _remember(self, folder: Path) -> None:
+    def _key(self, folder: Path) -> str:
+        """How the state file names a watched folder: with its sub-folders when recursive, so
+        turning `recursive` on makes them a first watch (their files history, not news)."""
+        return str(folder / "**") if self.recursive else str(folder)
+
+    def _remember(self, key: str) -> None:
         """Record the folder as watched; a state file that cannot be saved is reported once
         (the folder is remembered in memory, and saved with the next file)."""
         try:
-            self.seen.add_folder(folder)
+            self.seen.add_folder(key)
         except OSError as exc:
             self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
 
