@@ -157,6 +157,24 @@ def test_vanished_folder_is_reported_and_recovered(
     assert wait_for(lambda: len(sink.frames) == 4, timeout=5)
 
 
+def test_a_history_file_re_stamped_later_is_not_scored(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    # files taken as a folder's history were recorded without a digest: a touch then made
+    # them look new, and they were scored
+    state = tmp_path / "seen.json"
+    old = watched / "old.ibw"
+    old.write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    start(watcher, stop_after)
+    assert wait_for(lambda: SeenFiles(state).digest_of(old.resolve()) is not None)
+    later = time.time() + 5
+    os.utime(old, (later, later))
+    assert wait_for(lambda: watcher.counters.snapshot().get("unchanged", 0) == 1)
+    assert sink.frames == []
+
+
 def test_turning_recursive_on_keeps_the_sub_folders_past(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
 ) -> None:

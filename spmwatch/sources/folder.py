@@ -22,6 +22,7 @@ import queue
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from stat import S_ISDIR
@@ -181,9 +182,15 @@ class SeenFiles:
                 self._save(self.state_file)
 
     def add(self, path: Path, stamp: Stamp, digest: str | None = None) -> None:
+        self.add_many([(path, stamp, digest)])
+
+    def add_many(self, entries: Iterable[tuple[Path, Stamp, str | None]]) -> None:
+        """Record versions (path, stamp, digest), then save the registry once: a folder's
+        history of thousands of files, saved file by file, rewrote the state file as often."""
         with self._lock:
-            self._seen.pop(str(path), None)  # re-insert: the dict's order is the age order
-            self._seen[str(path)] = (*stamp, digest)
+            for path, stamp, digest in entries:
+                self._seen.pop(str(path), None)  # re-insert: the dict's order is the age order
+                self._seen[str(path)] = (*stamp, digest)
             while len(self._seen) > MAX_SEEN:
                 del self._seen[next(iter(self._seen))]
             if self.state_file is not None:
@@ -283,6 +290,7 @@ class FolderWatcher(SourceThread):
         self._in_flight: set[tuple[Path, Stamp]] = set()
         self._deferred: set[Path] = set()
         self._outside: set[Path] = set()  # links to files outside the folders, reported once
+        self._undigested: deque[tuple[Path, Stamp]] = deque()  # history, digests to follow
         self._acks: queue.SimpleQueue[tuple[Path, Stamp, bool] | None] = queue.SimpleQueue()
         self.counters = Counters("frames", "broken", "rescans", "folder_gone", "folder_back")
 
@@ -330,6 +338,8 @@ class FolderWatcher(SourceThread):
                     self._consider(path)
                 for result in self._readiness.poll_all():
                     self._deliver(result)
+                if self._undigested:
+                    self._digest_history()
                 self.counters.set("pending", len(self._readiness))
                 self.counters.set("busy_retries", self._readiness.busy)
         finally:
@@ -396,10 +406,41 @@ class FolderWatcher(SourceThread):
             key = self._key(folder.path)
             baseline = first and not self.existing and not self.seen.knows_folder(key)
             if present:
+                history: list[tuple[Path, Stamp]] | None = [] if baseline else None
                 for path in self._listing(folder.path):
-                    self._consider(path, baseline=baseline)
+                    self._consider(path, history)
+                if history:
+                    self._keep_history(history)
                 self._remember(key)
             folder.present = present
+
+    def _keep_history(self, history: list[tuple[Path, Stamp]]) -> None:
+        """Record a folder's history unscored, at once and without digests (reading every
+        file would hold up the start); the digests follow a few per tick
+        (_digest_history), so a history file re-stamped later is known as unchanged."""
+        try:
+            self.seen.add_many((path, stamp, None) for path, stamp in history)
+        except OSError as exc:
+            self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
+        self._undigested.extend(history)
+
+    def _digest_history(self, budget: float = 0.02) -> None:
+        """Digest history files for at most `budget` s (one file at least), recording those
+        still at the stamp they were taken at."""
+        done: list[tuple[Path, Stamp, str | None]] = []
+        until = time.monotonic() + budget
+        while self._undigested and (not done or time.monotonic() < until):
+            path, stamp = self._undigested.popleft()
+            try:
+                if stamp_of(path.stat()) == stamp and (path, stamp) in self.seen:
+                    done.append((path, stamp, content_digest(path)))
+            except OSError:
+                continue  # gone or unreadable: a later version is considered as new anyway
+        if done:
+            try:
+                self.seen.add_many(done)
+            except OSError as exc:
+                self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
 
     def _key(self, folder: Path) -> str:
         """How the state file names a watched folder: with its sub-folders when recursive, so
@@ -421,8 +462,9 @@ class FolderWatcher(SourceThread):
         except OSError:
             return  # the folder went away mid-listing; the next supervision notices
 
-    def _consider(self, path: Path, baseline: bool = False) -> None:
-        """Make `path` a candidate unless this version of it was already handled."""
+    def _consider(self, path: Path, history: list[tuple[Path, Stamp]] | None = None) -> None:
+        """Make `path` a candidate unless this version of it was already handled; with
+        `history` (a folder's first look), note it there instead, to be recorded unscored."""
         try:
             resolved = path.resolve()
             stamp = stamp_of(resolved.stat())
@@ -436,8 +478,8 @@ class FolderWatcher(SourceThread):
             return
         if self._handled(resolved, stamp):
             return
-        if baseline:
-            self.seen.add(resolved, stamp)
+        if history is not None:
+            history.append((resolved, stamp))
         elif resolved not in self._readiness:
             log.debug("file_seen", file=str(resolved), size=stamp[0])
             self._readiness.add(resolved)
