@@ -359,10 +359,11 @@ class SeqTracker:
         self._last: dict[tuple[str, str], int] = {}
 
     def restarted(self, topic: str, payload: Mapping[str, Any]) -> bool:
-        """Whether this message (not yet recorded by `gap`) starts the stream again at seq 0:
-        its publisher restarted. Not a gap, but a person following the stream wants to know."""
+        """Whether this message (not yet recorded by `gap`) takes the stream's seq back: its
+        publisher restarted (one publisher's messages arrive in order), the first messages
+        after the restart perhaps missed. A person following the stream wants to know."""
         last = self._last.get((topic, str(payload.get("daemon", ""))))
-        return last is not None and int(payload["seq"]) == 0
+        return last is not None and int(payload["seq"]) <= last
 
     def gap(self, topic: str, payload: Mapping[str, Any]) -> str | None:
         """Record this message; return why it does not follow the previous one, or None."""

@@ -42,7 +42,7 @@ def test_subscribe_through_a_proxy_of_two_daemons_reports_gaps() -> None:
         "--topic",
         "spmwatch.alert",
         "--count",
-        "4",
+        "6",
         "--json",
         "--timeout",
         "30",
@@ -54,6 +54,8 @@ def test_subscribe_through_a_proxy_of_two_daemons_reports_gaps() -> None:
         second.send({**alert_payload(0, scan_id="afm2_scan"), "daemon": "afm2"})
         first.send(alert_payload(2, scan_id="afm1_scan", kind="dropout"))
         first.send(alert_payload(0, scan_id="after_restart"))
+        first.send(alert_payload(1, scan_id="after_restart"))
+        first.send(alert_payload(1, scan_id="restarted_again"))  # its seq 0 never arrived
         out, err = sub.communicate(timeout=30)
         assert sub.returncode == 0, err
         events = [json.loads(line) for line in out.splitlines()]
@@ -63,14 +65,18 @@ def test_subscribe_through_a_proxy_of_two_daemons_reports_gaps() -> None:
             ("afm1_scan", 0),
             ("afm1_scan", 2),
             ("after_restart", 0),
+            ("after_restart", 1),
+            ("restarted_again", 1),
         ]
         assert [(e["scan_id"], e["seq"], e["daemon"]) for e in events if "daemon" in e] == [
             ("afm2_scan", 0, "afm2")
         ]
         assert err.count("seq gap") == 1  # afm2's seq 0 is its own stream, not a gap for afm1
         assert "expected 1, got 2 (1 missing)" in err
-        assert err.count("restarted") == 1  # afm1 going back to 0; afm2's first 0 is no restart
+        # afm1 going back, twice; afm2's first 0 is no restart
+        assert err.count("restarted") == 2 and "went back" not in err
         assert "spmwatch.alert: seq back to 0: the daemon restarted" in err
+        assert "spmwatch.alert: seq back to 1: the daemon restarted" in err
     finally:
         for process in (sub, proxy):
             if process.poll() is None:

@@ -94,13 +94,14 @@ def _print_events(socket: zmq.Socket, args: argparse.Namespace, watch: Handshake
         except protocol.ProtocolError as exc:
             print(f"spmwatch subscribe: bad message: {exc}", file=sys.stderr)
             continue
-        if seq.restarted(topic, payload):
+        restarted = seq.restarted(topic, payload)
+        said = seq.gap(topic, payload)  # records the message
+        if restarted:
             publisher = "the responder" if topic == protocol.TOPIC_ACTION else "the daemon"
             who = payload.get("daemon") or publisher
-            print(f"spmwatch subscribe: {topic}: seq back to 0: {who} restarted", file=sys.stderr)
-        gap = seq.gap(topic, payload)
-        if gap:
-            print(f"spmwatch subscribe: {topic}: {gap}", file=sys.stderr, flush=True)
+            said = f"seq back to {payload['seq']}: {who} restarted"
+        if said:
+            print(f"spmwatch subscribe: {topic}: {said}", file=sys.stderr, flush=True)
         print(_render(topic, payload, args.json), flush=True)
         seen += 1
     return 0
