@@ -855,7 +855,7 @@ class Daemon:
                 return {"ok": False, "error": "the daemon is warming up; reload once it is ready"}
             # the running [model] path: a path edited in the config takes a SIGHUP (reload)
             reply = self.reload_model(self.settings.model.path)
-            return {**reply, "path": str(self.model.path)}
+            return {**reply, "path": str(self.model.path), **self._model_path_note()}
         raise protocol.ProtocolError(f"unknown control command {cmd!r}")
 
     def status(self) -> dict[str, Any]:
@@ -893,6 +893,22 @@ class Daemon:
         self.model = model
         log.info("model_loaded", **self._model_identity())
         return self._model_identity()
+
+    def _model_path_note(self) -> dict[str, str]:
+        """A note for reload-model when the config file now names another model than the one
+        the daemon runs with: only SIGHUP switches (a config mid-edit says nothing)."""
+        if self.config_path is None:
+            return {}
+        try:
+            named = load_settings(self.config_path).model.path
+        except (ConfigError, OSError):
+            return {}
+        if named == self.settings.model.path:
+            return {}
+        return {
+            "note": f"the config file now names the model {named or 'shipped with spmwatch'}; "
+            "SIGHUP (systemctl reload spmwatch) switches to it"
+        }
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and the model; on any error keep both as they are."""

@@ -599,11 +599,17 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         sidecar["threshold"] = 0.75
         (edited / "default.json").write_text(json.dumps(sidecar))
         config.write_text(text + '[model]\npath = "edited/default.skops"\n')
+        # reload-model reloads the running path, and says the config names another
+        before = json.loads(ctl(run.endpoints["control"], "reload-model").stdout)
+        assert Path(before["path"]) == shipped and before["threshold"] != 0.75
+        assert "edited/default.skops" in before["note"] and "SIGHUP" in before["note"]
         run.daemon.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: len(run.daemon.logged("config_reloaded")) == 2, 30)
         status = json.loads(ctl(run.endpoints["control"], "status").stdout)
         assert status["threshold"] == 0.75
         assert status["model_sha256"] == sidecar["model_sha256"][:12]
+        after = json.loads(ctl(run.endpoints["control"], "reload-model").stdout)
+        assert Path(after["path"]) == edited / "default.skops" and "note" not in after
 
         moved = text.replace(run.endpoints["control"], "tcp://127.0.0.1:1")
         config.write_text(moved + '[daemon]\nname = "renamed"\n')
