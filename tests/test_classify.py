@@ -373,6 +373,7 @@ def test_train_prints_its_table_when_a_family_has_only_bad_frames(folders, tmp_p
     printed = captured.out
     assert code == 0
     assert "6 real good frames cannot pin a 5% false-alarm rate" in captured.err
+    assert "no sample family has both good and bad frames" in captured.err
     side = json.loads(out.with_suffix(".json").read_text())
     undefined = [s for s, m in side["metrics"].items() if m.get("auroc", 0) is None]
     assert undefined  # the case this test is about

@@ -315,6 +315,9 @@ class TrainResult:
     path: Path
     sidecar: dict
     skipped: list[str]
+    # sample families holding both good and bad frames: with none, a model can learn to tell
+    # the samples apart rather than good from bad
+    mixed_families: list[str]
 
 
 def train_model(
@@ -372,4 +375,6 @@ def train_model(
         "cv": "leave-one-family-out",
     }
     path = save(out, estimator, sidecar, bank)
-    return TrainResult(path, json.loads(path.with_suffix(".json").read_text("utf-8")), skipped)
+    mixed = {f for _, label, f in real if label == 0} & {f for _, label, f in real if label == 1}
+    side = json.loads(path.with_suffix(".json").read_text("utf-8"))
+    return TrainResult(path, side, skipped, sorted(mixed))

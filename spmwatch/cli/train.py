@@ -115,5 +115,11 @@ def run(args: argparse.Namespace) -> int:
             "scans; `spmwatch evaluate` with more good frames measures it",
             file=sys.stderr,
         )
+    if not result.mixed_families:
+        print(
+            "note: no sample family has both good and bad frames, so the model may tell the "
+            "samples apart rather than good from bad; add good frames of the failing samples",
+            file=sys.stderr,
+        )
     print(f"wrote {result.path} and {result.path.with_suffix('.json')}")
     return 0
