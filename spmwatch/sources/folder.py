@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from stat import S_ISDIR
 from typing import IO
@@ -377,8 +377,13 @@ class FolderWatcher(SourceThread):
                 digest = None
         except OSError:
             digest = None
+        self._saving(lambda: self.seen.add(path, stamp, digest), report)
+
+    def _saving(self, change: Callable[[], None], report: bool = True) -> None:
+        """Make a change to the registry, which keeps it in memory even when the state file
+        cannot be saved; a failed save is reported (a source error naming the state file)."""
         try:
-            self.seen.add(path, stamp, digest)  # in memory even when the save fails
+            change()
         except OSError as exc:
             if report:
                 self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
@@ -411,17 +416,14 @@ class FolderWatcher(SourceThread):
                     self._consider(path, history)
                 if history:
                     self._keep_history(history)
-                self._remember(key)
+                self._saving(lambda key=key: self.seen.add_folder(key))
             folder.present = present
 
     def _keep_history(self, history: list[tuple[Path, Stamp]]) -> None:
         """Record a folder's history unscored, at once and without digests (reading every
         file would hold up the start); the digests follow a few per tick
         (_digest_history), so a history file re-stamped later is known as unchanged."""
-        try:
-            self.seen.add_many((path, stamp, None) for path, stamp in history)
-        except OSError as exc:
-            self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
+        self._saving(lambda: self.seen.add_many((path, stamp, None) for path, stamp in history))
         self._undigested.extend(history)
 
     def _digest_history(self, budget: float = 0.02) -> None:
@@ -437,23 +439,12 @@ class FolderWatcher(SourceThread):
             except OSError:
                 continue  # gone or unreadable: a later version is considered as new anyway
         if done:
-            try:
-                self.seen.add_many(done)
-            except OSError as exc:
-                self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
+            self._saving(lambda: self.seen.add_many(done))
 
     def _key(self, folder: Path) -> str:
         """How the state file names a watched folder: with its sub-folders when recursive, so
         turning `recursive` on makes them a first watch (their files history, not news)."""
         return str(folder / "**") if self.recursive else str(folder)
-
-    def _remember(self, key: str) -> None:
-        """Record the folder as watched; a state file that cannot be saved is reported once
-        (the folder is remembered in memory, and saved with the next file)."""
-        try:
-            self.seen.add_folder(key)
-        except OSError as exc:
-            self._emit_error(str(self.seen.state_file), f"state file not saved: {exc}")
 
     def _listing(self, root: Path) -> Iterator[Path]:
         pattern = root.rglob("*") if self.recursive else root.glob("*")
