@@ -1006,14 +1006,6 @@ def local_contrast(log_pooled, k, klo):
 
 
 @njit(**_OPTS)
-def _median_sorted(a, count):
-    mid = count // 2
-    if count % 2:
-        return a[mid]
-    return 0.5 * (a[mid - 1] + a[mid])
-
-
-@njit(**_OPTS)
 def window_replace(rows, count, leaving, entering, carry):
     """Keep every column of rows[:count] sorted while one value leaves it (`leaving`, when
     the window is full: count == rows.shape[0] - 1) and another enters (`entering`).
@@ -1078,9 +1070,9 @@ def window_median_mad(rows, count, floors, med, scale, scratch):
 
     scale = max(1.4826 MAD, floor): the floor keeps a feature that is nearly constant on good
     lines (a scar share of 0, the log RMS of a flat substrate) from turning noise into huge z.
-    The values are float32, rounded as they entered; a median averages two of them as
-    _median_sorted does (exact in float32 too, so the median row is float32). scratch: three
-    float32 rows as wide as `rows`.
+    The values are float32, rounded as they entered; the median of an even count is half
+    the float32 sum of the middle two (a halving is exact, so the median row is float32 too).
+    scratch: three float32 rows as wide as `rows`.
     """
     width = rows.shape[1]
     h = count // 2
