@@ -358,16 +358,20 @@ class SeqTracker:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
 
+    @staticmethod
+    def _stream(topic: str, payload: Mapping[str, Any]) -> tuple[str, str]:
+        return topic, str(payload.get("daemon", ""))
+
     def restarted(self, topic: str, payload: Mapping[str, Any]) -> bool:
         """Whether this message (not yet recorded by `gap`) takes the stream's seq back: its
         publisher restarted (one publisher's messages arrive in order), the first messages
         after the restart perhaps missed. A person following the stream wants to know."""
-        last = self._last.get((topic, str(payload.get("daemon", ""))))
+        last = self._last.get(self._stream(topic, payload))
         return last is not None and int(payload["seq"]) <= last
 
     def gap(self, topic: str, payload: Mapping[str, Any]) -> str | None:
         """Record this message; return why it does not follow the previous one, or None."""
-        key = (topic, str(payload.get("daemon", "")))
+        key = self._stream(topic, payload)
         seq = int(payload["seq"])
         last = self._last.get(key)
         self._last[key] = seq
