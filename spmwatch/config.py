@@ -162,10 +162,12 @@ def check_bounds(
 
 def in_folder(folder: Path, value: str) -> str:
     """A path from a config file, relative ones taken from the file's folder (not from wherever
-    the program was started: a service starts in /). Empty and ~ paths stay as they are."""
+    the program was started: a service starts in /). Empty and ~ paths stay as they are.
+    Joined paths are resolved, so logs and replies name `/srv/models/x.skops`, not
+    `/srv/config/../models/x.skops` (resolving follows symlinks, as opening the file would)."""
     if not value or value.startswith("~") or Path(value).is_absolute():
         return value
-    return str(folder / value)
+    return str((folder / value).resolve())
 
 
 def _join(where: str, key: str) -> str:

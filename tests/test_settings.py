@@ -150,12 +150,13 @@ def test_relative_paths_are_taken_from_the_config_files_folder(
     folder = tmp_path / "etc"
     folder.mkdir()
     (folder / "spmwatch.toml").write_text(
-        '[model]\npath = "models/mine.skops"\n[watch]\nfolders = ["scans", "/abs"]\n'
+        '[model]\npath = "models/mine.skops"\n[watch]\nfolders = ["scans", "/abs", "../up"]\n'
         'state_file = "~/seen.json"\n'
     )
     monkeypatch.chdir(tmp_path)  # anywhere else
     s = load_settings(folder / "spmwatch.toml")
     assert s.model.path == str(folder / "models" / "mine.skops")
-    assert s.watch.folders == (folder / "scans", Path("/abs"))
+    # a path leaving the folder is named as the file it opens, not as etc/../up
+    assert s.watch.folders == (folder / "scans", Path("/abs"), tmp_path.resolve() / "up")
     assert s.watch.state_file == "~/seen.json"  # ~ is the user's home, as written
     assert load_settings(REPO / "config" / "spmwatch.toml").model.path == ""  # shipped model
