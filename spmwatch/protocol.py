@@ -31,17 +31,17 @@ METRICS_ADDRESS = "127.0.0.1:9560"
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 
-def check_endpoint(name: str, value: str) -> None:
+def check_endpoint(name: str, value: str, *, binds: bool = True) -> None:
     """ValueError naming `name` for an endpoint ZeroMQ would refuse or quietly bend: another
-    scheme, or a tcp:// port outside 1-65535 (99999 was bound as some other free port)."""
+    scheme, or a tcp:// port outside 1-65535 (99999 was bound as some other free port). Port
+    * (any free one) is for an endpoint that `binds`; one that connects needs the number."""
     if not value.startswith(ENDPOINT_SCHEMES):
         raise ValueError(f"{name} = {value!r} must start with one of {', '.join(ENDPOINT_SCHEMES)}")
     if value.startswith("tcp://"):
         port = value.rpartition(":")[2]
-        if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise ValueError(
-                f"{name} = {value!r}: the port must be 1-65535 (or * for any free one)"
-            )
+        if not (port == "*" and binds) and not (port.isdigit() and 1 <= int(port) <= 65535):
+            either = " (or * for any free one)" if binds else ""
+            raise ValueError(f"{name} = {value!r}: the port must be 1-65535{either}")
 
 
 def is_local(endpoint: str) -> bool:

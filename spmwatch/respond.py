@@ -172,8 +172,8 @@ class RespondSettings:
     curve: CurveSettings = field(default_factory=CurveSettings)
 
     def __post_init__(self) -> None:
-        for name in ("subscribe", "actions_endpoint"):
-            protocol.check_endpoint(name, getattr(self, name))
+        protocol.check_endpoint("subscribe", self.subscribe, binds=False)
+        protocol.check_endpoint("actions_endpoint", self.actions_endpoint)
         check_bounds(
             self,
             above={

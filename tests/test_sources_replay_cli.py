@@ -123,6 +123,8 @@ def test_bad_numbers_are_refused_naming_the_option(tmp_path: Path, capsys, optio
         (["replay", "F", "--to", "bogus://x"], "argument --to: endpoint = 'bogus://x' must start"),
         (["replay", "F", "--scan-id", "_bad"], "argument --scan-id: scan_id '_bad' must be"),
         (["subscribe", "--endpoint", "tcp://127.0.0.1:99999"], "the port must be 1-65535"),
+        # * is a bound port's "any free one"; there is no such port to connect to
+        (["subscribe", "--endpoint", "tcp://127.0.0.1:*"], "the port must be 1-65535\n"),
         (["proxy", "--connect", "udp://x"], "argument --connect: endpoint = 'udp://x'"),
         (["ctl", "--endpoint", "x", "status"], "argument --endpoint: endpoint = 'x'"),
     ],
@@ -130,7 +132,8 @@ def test_bad_numbers_are_refused_naming_the_option(tmp_path: Path, capsys, optio
 def test_bad_endpoints_and_scan_ids_are_refused_naming_the_option(
     tmp_path: Path, capsys, command: list[str], said: str
 ) -> None:
-    """A bad endpoint ended in ZeroMQ's traceback; a bad --scan-id was quietly renamed."""
+    """A bad endpoint ended in ZeroMQ's traceback (or, port *, waited for nothing); a bad
+    --scan-id was quietly renamed."""
     path = write_fixture(tmp_path, make_scan(lines=4, points=8))
     with pytest.raises(SystemExit) as exited:
         main([str(path) if part == "F" else part for part in command])

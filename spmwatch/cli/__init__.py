@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
 from spmwatch import __version__, protocol
 
@@ -30,14 +31,21 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
-def endpoint(text: str) -> str:
-    """An argparse type: a ZeroMQ endpoint, refused (exit 2, naming it) when ZeroMQ would
-    refuse or bend it, instead of a traceback from the socket."""
-    try:
-        protocol.check_endpoint("endpoint", text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+def _endpoint_type(binds: bool) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        try:
+            protocol.check_endpoint("endpoint", text, binds=binds)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
+# argparse types: a ZeroMQ endpoint, refused (exit 2, naming it) when ZeroMQ would refuse or
+# bend it, instead of a traceback from the socket
+endpoint = _endpoint_type(binds=False)  # one to connect to
+bind_endpoint = _endpoint_type(binds=True)  # one to listen on: port * takes any free one
 
 
 def scan_id(text: str) -> str:

@@ -15,7 +15,7 @@ import threading
 import zmq
 
 from spmwatch import protocol
-from spmwatch.cli import endpoint
+from spmwatch.cli import bind_endpoint, endpoint
 from spmwatch.curve import CurveError, HandshakeWatch, configure_client, configure_server
 from spmwatch.protocol import is_local
 
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--bind",
-        type=endpoint,
+        type=bind_endpoint,
         default=PROXY_ENDPOINT,
         help=f"where subscribers connect ({PROXY_ENDPOINT})",
     )
