@@ -217,7 +217,7 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
     count = _int_field(header, "count", 1, MAX_BLOCK_LINES) if "count" in header else 1
     step = _int_field(header, "step", -1, 1) if "step" in header else 1
     if step == 0:
-        raise ProtocolError("'step' must be 1 or -1")
+        raise ProtocolError("step must be 1 or -1")
     last = index + (count - 1) * step
     if position + count > n_lines or not 0 <= last < n_lines:
         ends = f"line {last}" if last < 0 or last >= n_lines else f"position {position + count - 1}"
@@ -475,9 +475,9 @@ def _check_version(obj: Mapping[str, Any]) -> None:
 def _int_field(header: Mapping[str, Any], key: str, low: int, high: int) -> int:
     value = header.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ProtocolError(f"'{key}' must be an integer, got {value!r}")
+        raise ProtocolError(f"{key} must be an integer, got {value!r}")
     if not low <= value <= high:
-        raise ProtocolError(f"'{key}' = {value} is outside {low}..{high}")
+        raise ProtocolError(f"{key} = {value} is outside {low}..{high}")
     return value
 
 

@@ -235,6 +235,8 @@ def test_reason_keys_group_by_kind_and_stay_readable() -> None:
     assert a == b == "scan_id ? must be ? characters of letters, digits, ?, ? or ?"
     dtype = reason_key("channel H has 1024 bytes, expected 2048 (512 points of float32)")
     assert dtype == "channel H has ? bytes, expected ? (? points of float32)"  # words stay whole
+    # the field a message names stays: "? = ? is outside ?..?" told an operator nothing
+    assert reason_key("count = 300 is outside 1..256") == "count = ? is outside ?"
     text = "meta: " + "values must be JSON numbers " * 5
     long = reason_key(text)
     assert len(long) <= 80 and long.endswith(" ...")

@@ -37,9 +37,10 @@ from spmwatch.sources import Counters, Sink, SourceThread
 MAX_OPEN_SCANS = 16
 _POLL_MS = 100
 RECEIVE_HWM = 256
-# quoted values and standalone numbers (1-64 is one value); digits inside a word (float32,
-# utf-8) are part of the word and stay
-_VALUES = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w.])-?\d+(\.\d+)?(-\d+(\.\d+)?)?(?!\w)")
+# quoted values and standalone numbers (1-64 and 1..256 are one value); digits inside a word
+# (float32, utf-8) are part of the word and stay
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_VALUES = re.compile(rf"'[^']*'|\"[^\"]*\"|(?<![\w.]){_NUMBER}(?:(?:-|\.\.){_NUMBER})?(?!\w)")
 REASON_CHARS = 80  # a reason key (a metrics label) is cut at a word boundary before this
 
 
