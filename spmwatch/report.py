@@ -16,6 +16,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import offset_copy
 
 from spmwatch.model import EVENT_KINDS, FrameScores, Scan, span_text, split_direction
 from spmwatch.protocol import safe_scan_id
@@ -350,24 +352,27 @@ def render_png(
     panel_w = max(3.4, (10.0 - score_w) / max(n_images, 1))
     fig_w = panel_w * n_images + score_w
     title_h = 0.75  # inches kept free above the panels for the two title lines
-    fig_h = panel_w * ratio + 1.5 + title_h
-    fig = Figure(figsize=(fig_w, fig_h), dpi=DPI, layout="constrained")
-    fig.get_layout_engine().set(rect=(0.0, 0.0, 1.0, 1.0 - title_h / fig_h))
+    fig = Figure(figsize=(fig_w, panel_w * ratio + 1.5 + title_h), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_images + 1, sharey=True, width_ratios=[panel_w] * n_images + [score_w])
     head, detail = _title(scan, frame, record)
     failed = str(record.get("verdict")) == "fail"
+    below_top = partial(offset_copy, fig.transFigure, fig=fig, x=0.0, units="inches")
     fig.text(
         0.5,
-        1.0 - 0.12 / fig_h,
+        1.0,
         head,
         ha="center",
         va="top",
         fontsize=14,
         fontweight="bold",
         color="#b00000" if failed else "#006000",
+        transform=below_top(y=-0.12),
     )
-    fig.text(0.5, 1.0 - 0.45 / fig_h, detail, ha="center", va="top", fontsize=10, color="#333333")
+    fig.text(
+        0.5, 1.0, detail, ha="center", va="top", fontsize=10, color="#333333",
+        transform=below_top(y=-0.45),
+    )  # fmt: skip
     for ax, name in zip(axes, channels, strict=False):
         image = level_lines(np.asarray(scan.channels[name], dtype=float))
         factor, unit = display_unit(name, image)
@@ -408,7 +413,23 @@ def render_png(
         for ax in axes:
             ax.axhline(watch_line, color=WATCH_COLOUR, lw=1.4, ls=(0, (1, 1.5)), zorder=5)
     _legend(fig, frame, threshold, watch_line)
+    _fit_height(fig, axes[0], ratio, title_h)
     return fig
+
+
+def _fit_height(fig: Figure, panel: Axes, ratio: float, title_h: float) -> None:
+    """Make the image panels `ratio` times as tall as wide. The layout gives them what is left
+    under the titles, colour bars and legend, which depends on fonts; one measured correction
+    of the figure's height (the widths do not move with it) replaces a guess of that space."""
+    for _ in range(2):  # the second pass only confirms: the first lands within a pixel
+        width_in, height_in = fig.get_size_inches()
+        fig.get_layout_engine().set(rect=(0.0, 0.0, 1.0, 1.0 - title_h / height_in))
+        fig.draw_without_rendering()
+        box = panel.get_position()
+        missing = box.width * width_in * ratio - box.height * height_in
+        if abs(missing) * DPI < 1.0:
+            return
+        fig.set_size_inches(width_in, height_in + missing)
 
 
 # ------------------------------------------------------------------------------ files

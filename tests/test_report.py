@@ -188,3 +188,22 @@ def test_a_retrace_only_report_says_why_it_has_no_residual_map() -> None:
     assert UNKNOWN_UNIT in bar_labels  # Ch1: no unit known, and the bar says so
     assert display_unit("PhaseTrace", np.ones(3))[1] == "deg"
     assert display_unit("HeightTrace", np.full(3, 2e-9)) == (1e9, "nm")
+
+
+@pytest.mark.parametrize("lines,expected,ratio", [(64, 64, 1.0), (24, 64, 0.5)])
+def test_image_panels_are_as_tall_as_a_full_frame_is_wide(
+    lines: int, expected: int, ratio: float
+) -> None:
+    """The height left to the panels depends on fonts and bars; guessed, a square frame drew
+    panels a tenth taller than wide. A partial frame is squeezed, to no less than half."""
+    scan = synthetic_scan(lines=lines, points=64, pairs=2)
+    scan.expected_lines = expected
+    record = {"file": "x.ibw", "verdict": "pass", "probability": 0.1, "alert": None}
+    fig = render_png(scan, score_scan(scan), record, {"Ch0": 0}, 12.0)
+    fig.draw_without_rendering()  # as savefig lays it out
+    width_in, height_in = fig.get_size_inches()
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 3  # the trace channels and the first pair's residual map
+    for ax in images:
+        box = ax.get_position()
+        assert box.height * height_in == pytest.approx(ratio * box.width * width_in, abs=2 / 100)
