@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -234,6 +235,28 @@ def test_evaluate_writes_summary_plot_and_table(folders, model: Path, tmp_path: 
     assert (out / "roc_pr.png").stat().st_size > 1000
     table = (out / "per_file.csv").read_text().splitlines()
     assert sum(1 for line in table if line.startswith("given,")) == 12
+
+
+def test_evaluate_says_which_files_it_skipped(folders, model: Path, tmp_path: Path):
+    """A broken file used to drop out of the evaluation without a word on the console."""
+    good, bad = folders
+    mixed = tmp_path / "good"
+    shutil.copytree(good, mixed)
+    (mixed / "Broken_0001.ibw").write_bytes(b"\x05\x00" + b"not an igor wave" * 4)
+    out = tmp_path / "eval"
+    args = ["--good", str(mixed), "--bad", str(bad), "--model", str(model), "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "spmwatch", "evaluate", *args, "--no-cv", "--per-kind", "0"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "skipped " in result.stderr and "Broken_0001.ibw" in result.stderr, result.stderr
+    assert "Warning" not in result.stderr  # matplotlib's, for a plot with nothing to label
+    assert "Broken_0001.ibw" in (out / "skipped.txt").read_text()
+    assert "skipped.txt" in result.stdout
 
 
 def test_evaluate_names_a_bad_model_clearly(folders, tmp_path: Path):

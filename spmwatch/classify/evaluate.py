@@ -135,8 +135,9 @@ def plot_curves(results: list[SplitResult], path: Path) -> Path:
         xlabel="false-positive rate (good frames failed)", ylabel="true-positive rate", title="ROC"
     )
     pr_ax.set(xlabel="recall (bad frames failed)", ylabel="precision", title="Precision-recall")
-    roc_ax.legend(fontsize=7, loc="lower right")
-    pr_ax.legend(fontsize=7, loc="lower left")
+    if roc_ax.get_lines()[:-1]:  # a split with both classes was drawn (not only the diagonal)
+        roc_ax.legend(fontsize=7, loc="lower right")
+        pr_ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -259,8 +260,9 @@ def run_evaluation(
     seed: int = 0,
     cv: bool = True,
     quiet: bool = False,
-) -> list[dict[str, object]]:
-    """Everything `spmwatch evaluate` writes: summary.csv, per_file.csv, roc_pr.png."""
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Everything `spmwatch evaluate` writes: summary.csv, per_file.csv, roc_pr.png, and
+    skipped.txt naming the files that could not be read. Returns (summary rows, skipped)."""
     out.mkdir(parents=True, exist_ok=True)
     real, skipped = read_folders(good, bad)
     score = default_scorer()
@@ -292,7 +294,7 @@ def run_evaluation(
     plot_curves(results, out / "roc_pr.png")
     if skipped:
         (out / "skipped.txt").write_text("\n".join(skipped) + "\n", "utf-8")
-    return rows
+    return rows, skipped
 
 
 def baseline_latency(real: list, data, seed: int) -> float:

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         classifier = Classifier.load(args.model) if args.model else load_default()
-        rows = run_evaluation(
+        rows, skipped = run_evaluation(
             args.good,
             args.bad,
             args.out,
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     except (ModelError, FileNotFoundError, ValueError) as exc:
         print(f"spmwatch evaluate: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
     shown = (
         "split",
         "model",
@@ -92,5 +94,6 @@ def run(args: argparse.Namespace) -> int:
     for row in [dict(zip(shown, shown, strict=True)), *rows]:
         cells = [f"{row[k]!s:<{width[k]}}" if k in width else f"{row[k]!s:>12}" for k in shown]
         print("  ".join(cells))
-    print(f"wrote {args.out / 'summary.csv'}, per_file.csv, roc_pr.png")
+    also = ", skipped.txt" if skipped else ""
+    print(f"wrote {args.out / 'summary.csv'}, per_file.csv, roc_pr.png{also}")
     return 0
