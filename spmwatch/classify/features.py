@@ -63,6 +63,11 @@ MEDIAN_POINTS = 64  # points per line the robust medians look at
 BAND_WINDOW = 15  # lines in the running median a band is measured against
 ROUGH = 3.0  # a line 3x rougher or smoother than the channel's typical line is out of texture
 SCAR_STEP = 3.0  # a line step or band offset counts from 3x the pixel-to-pixel noise
+# A tail statistic over lines (the 1st and 99th percentiles of line steps and spreads) rests on
+# at least this many lines beyond it, as the 99th percentile of a 256-line frame does (0.01 x
+# 255). In a frame in progress of ~100 lines the 99th percentile is the worst line's value: one
+# streak line read as a failing frame, and the frame watch raised poor_image on clean scans.
+TAIL_LINES = 2.55
 
 
 def feature_names(bank: bool = False) -> tuple[str, ...]:
@@ -129,6 +134,17 @@ def _quantile(values, q):
         return buf.max()
     prev = int(np.floor(virtual))
     return _interpolate(buf, n, prev, virtual - prev)
+
+
+@njit(**_JIT)
+def _line_quantile(values, q):
+    """_quantile of per-line values, moved inwards where the q-quantile would rest on fewer
+    than TAIL_LINES lines beyond it (any frame under 256 lines): the median for the shortest."""
+    top = values.size - 1
+    inward = top > 2 * TAIL_LINES
+    virtual = min(max(top * q, TAIL_LINES), top - TAIL_LINES) if inward else 0.5 * top
+    prev = int(np.floor(virtual))
+    return _interpolate(values.copy(), top + 1, prev, virtual - prev)
 
 
 @njit(**_JIT)
@@ -462,11 +478,11 @@ def _channel_stats(data: np.ndarray) -> np.ndarray:
     third = max(1, len(good) // 3)
     parts = np.array(
         [
-            _quantile(steps, 0.99),
+            _line_quantile(steps, 0.99),
             (steps > SCAR_STEP).mean(),
             (bands > SCAR_STEP).mean(),
-            _quantile(ratio, 0.01),
-            _quantile(ratio, 0.99),
+            _line_quantile(ratio, 0.01),
+            _line_quantile(ratio, 0.99),
             flat.mean(),
             (along > ROUGH * noise).mean(),
             (along < noise / ROUGH).mean(),
@@ -735,11 +751,11 @@ def _aggregate(data, table, n, stride):
         rough += along[k] > ROUGH * noise
         smooth += along[k] < noise / ROUGH
     third = max(1, g // 3)
-    parts[0] = _quantile(steps, 0.99)
+    parts[0] = _line_quantile(steps, 0.99)
     parts[1] = scars / (g - 1)
     parts[2] = _band_count(level, min(BAND_WINDOW, g - (1 - g % 2)), noise) / g
-    parts[3] = _quantile(ratio, 0.01)
-    parts[4] = _quantile(ratio, 0.99)
+    parts[3] = _line_quantile(ratio, 0.01)
+    parts[4] = _line_quantile(ratio, 0.99)
     parts[5] = flat_frac
     parts[6] = rough / g
     parts[7] = smooth / g
