@@ -103,6 +103,7 @@ class _OpenScan:
     alerted: bool = False
     watch: FrameWatch | None = None  # the frame watch's checks (None: off)
     gap: bool = False  # lines of this scan were dropped (paused): the next does not follow
+    late: bool = False  # opened on a line after the scan's first (evicted, timed out, restarted)
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
 
@@ -660,6 +661,7 @@ class Daemon:
             held,
             watch=self.settings.model.frame_watch(),
             row_bytes=row_bytes,
+            late=line.position > 0,
         )
         with self._lock:
             self._scans[line.scan_id] = scan
@@ -697,11 +699,13 @@ class Daemon:
             scan = self._scans.pop(scan_id)
             self.metrics.open_scans.set(len(self._scans))
         self._held_bytes -= scan.count * scan.row_bytes
-        # a scan cut by the daemon stopping, or missing the lines that came while it was
-        # paused, is judged as a frame in progress: no partial_frame event and no stopped-early
-        # rule (the microscope may well be scanning on; an operator's pause is no failed scan)
+        # a scan cut by the daemon (stopping, or evicting it at a limit), missing the lines that
+        # came while it was paused, or opened after its first lines (the rest of a scan the
+        # daemon closed before, or began while it was down) is judged as a frame in progress:
+        # no partial_frame event and no stopped-early rule (the microscope may well be scanning
+        # on; the daemon's limits and an operator's pause are no failed scan)
         paused_through = self._paused_through.pop(scan_id, False)
-        cut = closed_by == "shutdown" or paused_through
+        cut = closed_by in ("shutdown", "evicted") or paused_through or scan.late
         frame = scan.scorer.frame() if cut else scan.scorer.finish()
         verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=not cut)
         self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)

@@ -292,8 +292,14 @@ def test_a_producer_cannot_make_the_daemon_hold_hundreds_of_megabytes(watching: 
     assert watching.sub.of(protocol.TOPIC_FRAME, scan_id="huge") == []
 
 
+def _kinds(events: list[dict]) -> set[str]:
+    return {event["kind"] for event in events}
+
+
 def test_lines_held_for_open_scans_stay_within_the_daemon_budget(tmp_path: Path) -> None:
-    """Past `[daemon] max_held_mib` the oldest open scan is closed as a partial frame."""
+    """Past `[daemon] max_held_mib` the oldest open scan is closed as a partial frame, judged
+    as a frame in progress (the daemon cut it, not the microscope): no stopped-early failure,
+    for it nor for the rest of its lines arriving after it was closed."""
     config, endpoints = _config(tmp_path, "[daemon]\nmax_held_mib = 1\n")
     first = clean_scan(1, 1024, 256, traces=False, scan_id="first")  # 4 channels: 4 KiB a line
     second = clean_scan(2, 1024, 256, traces=False, scan_id="second")
@@ -309,14 +315,22 @@ def test_lines_held_for_open_scans_stay_within_the_daemon_budget(tmp_path: Path)
                 for line in list(scan.lines(source="test"))[:sent]:
                     sender.send(line)
             sender.end("second")
-        wait_for(lambda: len(sub.of(protocol.TOPIC_FRAME)) == 2, timeout=30)
-        frames = {f["scan_id"]: f for f in sub.of(protocol.TOPIC_FRAME)}
+            for line in list(first.lines(source="test"))[sent : sent + 16]:
+                sender.send(line)  # the rest of the evicted scan
+            sender.end("first")
+        wait_for(lambda: len(sub.of(protocol.TOPIC_FRAME)) == 3, timeout=30)
+        *firsts, last = sub.of(protocol.TOPIC_FRAME)
+        frames = {f["scan_id"]: f for f in firsts}
     finally:
         sub.close()
         assert daemon.stop() == 0
     assert frames["first"]["closed_by"] == "evicted" and frames["first"]["lines"] == sent
     assert frames["first"]["partial"] is True
     assert frames["second"]["closed_by"] == "end" and frames["second"]["lines"] == sent
+    stopped_early = [f for f in (*firsts, last) if "partial_frame" in _kinds(f["events"])]
+    assert stopped_early == [frames["second"]]  # the one the microscope (its producer) ended
+    assert frames["second"]["probability"] == 1.0  # the stopped-early rule
+    assert (last["scan_id"], last["closed_by"], last["lines"]) == ("first", "end", 16)
     (evicted,) = daemon.logged("scan_evicted")
     assert evicted["scan_id"] == "first" and evicted["limit"] == "max_held_mib"
 
