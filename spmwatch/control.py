@@ -42,6 +42,7 @@ class ControlServer:
         except zmq.ZMQError:
             socket.close()
             raise
+        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)  # port * made a number
         self._socket = socket
         self._thread = threading.Thread(target=self._run, name="spmwatch-control", daemon=True)
         self._thread.start()

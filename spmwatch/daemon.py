@@ -295,9 +295,12 @@ class Daemon:
             warm_up_s=round(warm, 3),
             **model,
             publish=self.publisher.bound_endpoint,
-            control=s.control.endpoint,
+            control=self.control.endpoint,
+            lines=next((src.endpoint for src in self.sources if src.name == "socket"), None),
             metrics=s.metrics.address or None,
             sources=[source.name for source in self.sources],
+            folders=[str(folder) for folder in s.watch.folders] or None,
+            state_file=s.watch.state_file if self._seen is not None else None,
         )
 
     def _warm_up(self) -> float:

@@ -44,6 +44,19 @@ def check_endpoint(name: str, value: str, *, binds: bool = True) -> None:
             raise ValueError(f"{name} = {value!r}: the port must be 1-65535{either}")
 
 
+def connect_to(bound: str) -> str:
+    """The endpoint a client on this machine connects to for one a daemon binds: a wildcard
+    host (`*`, 0.0.0.0, ::) is reached on loopback. ValueError for port *: the number is chosen
+    at bind time, and only the daemon's `ready` log knows it."""
+    if not bound.startswith("tcp://"):
+        return bound
+    host, _, port = bound[len("tcp://") :].rpartition(":")
+    if port == "*":
+        raise ValueError(f"{bound} binds any free port: give the port from the daemon's ready log")
+    loopback = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]", "[*]": "[::1]"}
+    return f"tcp://{loopback.get(host, host)}:{port}"
+
+
 def is_local(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint can only be reached from this machine: ipc://, inproc:// or a
     loopback tcp:// address. A host name or an interface name counts as reachable."""

@@ -30,6 +30,7 @@ from spmwatch.settings import ModelSettings
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.synth import clean_scan, failing_scan
 from tests.daemon_helpers import (
+    REPO,
     DaemonProcess,
     Subscriber,
     assert_seq_increasing,
@@ -653,3 +654,60 @@ def test_systemd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
     finally:
         receiver.close()
         daemon.kill()
+
+
+def test_sockets_bound_to_any_port_are_named_in_the_ready_log(tmp_path: Path) -> None:
+    """With port * the daemon picked free ports that nobody could learn: `ready` logged the
+    control endpoint as `...:*` and not the line socket at all, and `ctl --config` ended in a
+    ZeroMQ traceback."""
+    any_port = "tcp://127.0.0.1:*"
+    config = tmp_path / "spmwatch.toml"
+    config.write_text(
+        f'[publish]\nendpoint = "{any_port}"\n[lines]\nendpoint = "{any_port}"\n'
+        f'[control]\nendpoint = "{any_port}"\n[metrics]\naddress = ""\n'
+    )
+    daemon = DaemonProcess(config)
+    try:
+        ready = daemon.wait_ready()
+        bound = [ready["publish"], ready["lines"], ready["control"]]
+        assert all(e.startswith("tcp://127.0.0.1:") and e[-1].isdigit() for e in bound), ready
+        sent = send_scan(ready["lines"], clean_scan(4, 16, 32))  # the producer finds it
+        status = ctl(ready["control"], "status")
+        assert status.returncode == 0, status.stderr
+        assert wait_for(
+            lambda: json.loads(ctl(ready["control"], "status").stdout)["counters"]["lines_scored"]
+            == sent,
+            timeout=20,
+        )
+        by_config = subprocess.run(
+            [sys.executable, "-m", "spmwatch", "ctl", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert by_config.returncode == 2 and "Traceback" not in by_config.stderr
+        assert "[control] endpoint tcp://127.0.0.1:* binds any free port" in by_config.stderr
+    finally:
+        assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "bound,reached",
+    [
+        ("tcp://*:5562", "tcp://127.0.0.1:5562"),
+        ("tcp://0.0.0.0:5562", "tcp://127.0.0.1:5562"),
+        ("tcp://[::]:5562", "tcp://[::1]:5562"),
+        ("tcp://192.168.1.20:5562", "tcp://192.168.1.20:5562"),
+        ("ipc:///run/spmwatch/control", "ipc:///run/spmwatch/control"),
+    ],
+)
+def test_ctl_and_subscribe_reach_a_wildcard_bind_on_loopback(
+    tmp_path: Path, bound: str, reached: str
+) -> None:
+    from spmwatch.cli import endpoint_in_config
+
+    config = tmp_path / "spmwatch.toml"
+    config.write_text(f'[control]\nendpoint = "{bound}"\n[publish]\nendpoint = "{bound}9"\n')
+    assert endpoint_in_config(str(config), "control") == reached
+    assert endpoint_in_config(str(config), "publish") == reached + "9"

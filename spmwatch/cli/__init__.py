@@ -48,6 +48,20 @@ endpoint = _endpoint_type(binds=False)  # one to connect to
 bind_endpoint = _endpoint_type(binds=True)  # one to listen on: port * takes any free one
 
 
+def endpoint_in_config(path: str, section: str) -> str:
+    """Where this machine reaches the socket `[section] endpoint` of the daemon config `path`
+    binds (a wildcard host on loopback). ConfigError for a bad file or a port * (its number
+    is chosen at bind time). Imports the settings only here: they pull in the scorer."""
+    from spmwatch.config import ConfigError
+    from spmwatch.settings import load_settings
+
+    bound = getattr(load_settings(path), section).endpoint
+    try:
+        return protocol.connect_to(bound)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [{section}] endpoint {exc}") from None
+
+
 def scan_id(text: str) -> str:
     """An argparse type: a scan id as the line socket takes it (not quietly renamed)."""
     try:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from spmwatch import protocol
-from spmwatch.cli import endpoint
+from spmwatch.cli import endpoint, endpoint_in_config
 from spmwatch.config import ConfigError
 from spmwatch.control import request
 
@@ -37,10 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     endpoint = args.endpoint or protocol.CONTROL_ENDPOINT
     try:
-        if args.config:  # imported only here: the settings pull in the scorer and numba
-            from spmwatch.settings import load_settings
-
-            endpoint = load_settings(args.config).control.endpoint
+        if args.config:
+            endpoint = endpoint_in_config(args.config, "control")
         reply = request(endpoint, args.command, args.timeout)
     except ConfigError as exc:
         print(f"spmwatch ctl: config error: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ from typing import Any
 import zmq
 
 from spmwatch import protocol
-from spmwatch.cli import endpoint
+from spmwatch.cli import endpoint, endpoint_in_config
+from spmwatch.config import ConfigError
 from spmwatch.curve import CurveError, HandshakeWatch, configure_client
 
 _ENVELOPE = ("v", "seq", "time", "scan_id", "source")
@@ -25,11 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Subscribe to a spmwatch PUB socket and print each event; seq gaps and "
         "daemon restarts (seq back to 0) are reported on stderr.",
     )
-    parser.add_argument(
-        "--endpoint",
-        type=endpoint,
-        default=protocol.PUB_ENDPOINT,
-        help=f"PUB socket to read (default {protocol.PUB_ENDPOINT})",
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--endpoint", type=endpoint, help=f"PUB socket to read (default {protocol.PUB_ENDPOINT})"
+    )
+    where.add_argument(
+        "--config", metavar="FILE", help="read the PUB socket this daemon config binds"
     )
     parser.add_argument(
         "--topic",
@@ -51,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if (args.secret_key is None) != (args.server_key is None):
         print("spmwatch subscribe: CURVE needs both --secret-key and --server-key", file=sys.stderr)
         return 2
+    try:
+        address = endpoint_in_config(args.config, "publish") if args.config else args.endpoint
+    except ConfigError as exc:
+        print(f"spmwatch subscribe: config error: {exc}", file=sys.stderr)
+        return 2
     context = zmq.Context()
     socket = context.socket(zmq.SUB)
     socket.setsockopt(zmq.LINGER, 0)
@@ -61,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         watch = HandshakeWatch(socket, _say)  # with CURVE or without: a mismatch is told too
         for topic in args.topic or protocol.TOPICS:
             socket.subscribe(topic.encode())
-        socket.connect(args.endpoint)
+        socket.connect(address or protocol.PUB_ENDPOINT)
         return _print_events(socket, args, watch)
     except (CurveError, zmq.ZMQError) as exc:
         print(f"spmwatch subscribe: {exc}", file=sys.stderr)
