@@ -675,8 +675,10 @@ def test_sockets_bound_to_any_port_are_named_in_the_ready_log(tmp_path: Path) ->
         status = ctl(ready["control"], "status")
         assert status.returncode == 0, status.stderr
         assert wait_for(
-            lambda: json.loads(ctl(ready["control"], "status").stdout)["counters"]["lines_scored"]
-            == sent,
+            lambda: (
+                json.loads(ctl(ready["control"], "status").stdout)["counters"]["lines_scored"]
+                == sent
+            ),
             timeout=20,
         )
         by_config = subprocess.run(
