@@ -261,7 +261,7 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
         if len(frame) != expected:
             lines = f"{count} x {points}" if count > 1 else f"{points}"
             raise ProtocolError(
-                f"channel {name} has {len(frame)} bytes, expected {expected} "
+                f"channel {name!r} has {len(frame)} bytes, expected {expected} "
                 f"({lines} points of {dtype})"
             )
         values = np.frombuffer(frame, dtype=wire).reshape(count, points)

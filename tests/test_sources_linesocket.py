@@ -233,8 +233,12 @@ def test_reason_keys_group_by_kind_and_stay_readable() -> None:
     a = reason_key("scan_id '../etc' must be 1-64 characters of letters, digits, '.', '-' or '_'")
     b = reason_key("scan_id 'x y' must be 1-64 characters of letters, digits, '.', '-' or '_'")
     assert a == b == "scan_id ? must be ? characters of letters, digits, ?, ? or ?"
-    dtype = reason_key("channel H has 1024 bytes, expected 2048 (512 points of float32)")
-    assert dtype == "channel H has ? bytes, expected ? (? points of float32)"  # words stay whole
+    dtype = reason_key("channel 'H' has 1024 bytes, expected 2048 (512 points of float32)")
+    assert dtype == "channel ? has ? bytes, expected ? (? points of float32)"  # words stay whole
+    # the channel is quoted, so producers' own names do not make a key each
+    assert reason_key("channel 'Amp1' has 8 bytes, expected 16 (2 points of float64)") == (
+        "channel ? has ? bytes, expected ? (? points of float64)"
+    )
     # the field a message names stays: "? = ? is outside ?..?" told an operator nothing
     assert reason_key("count = 300 is outside 1..256") == "count = ? is outside ?"
     text = "meta: " + "values must be JSON numbers " * 5
