@@ -736,7 +736,13 @@ class Daemon:
         scan_id = item.scan.scan_id
         if frame.alert is not None:
             self._publish_alert(
-                frame.alert, verdict, scan_id, "folder", protocol.SAVED_FRAME, frame.n_lines
+                frame.alert,
+                verdict,
+                scan_id,
+                "folder",
+                protocol.SAVED_FRAME,
+                frame.n_lines,
+                file=item.name,
             )
         self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.name)
 
@@ -775,14 +781,16 @@ class Daemon:
         origin: str,
         seen: int,
         received: float | None = None,
+        file: str | None = None,
     ) -> None:
         """Publish an alert; `received`: when a source handed over its line (live alerts),
-        so the log and the metrics say how long the daemon took to raise it."""
+        so the log and the metrics say how long the daemon took to raise it; `file`: a saved
+        frame's name in its folder."""
         assert self.publisher is not None
         # a saved frame's scan is over: the shipped responder only notes such alerts
         live = origin == protocol.LIVE
         action = suggested_action(alert.kind, alert.severity) if live else "notify_only"
-        fields = protocol.alert_fields(alert, verdict, action, origin, seen)
+        fields = protocol.alert_fields(alert, verdict, action, origin, seen, file)
         seq = self.publisher.publish(protocol.TOPIC_ALERT, scan_id, source, fields)
         timing = {}
         if received is not None:

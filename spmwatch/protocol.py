@@ -312,9 +312,15 @@ LIVE = "live"  # `origin` of events computed line by line as the scan ran
 
 
 def alert_fields(
-    alert: Alert, verdict: Verdict, action: str, origin: str, lines_seen: int
+    alert: Alert,
+    verdict: Verdict,
+    action: str,
+    origin: str,
+    lines_seen: int,
+    file: str | None = None,
 ) -> dict[str, Any]:
-    """spmwatch.alert: where the failure is, how bad, the classifier's view and what to do."""
+    """spmwatch.alert: where the failure is, how bad, the classifier's view and what to do;
+    `file` names a saved frame inside its watched folder (as on its spmwatch.frame)."""
     return {
         **alert.to_dict(),
         "probability": round(float(verdict.probability), 4),
@@ -323,6 +329,7 @@ def alert_fields(
         "action": action,
         "origin": origin,
         "lines_seen": lines_seen,
+        "file": file,
     }
 
 

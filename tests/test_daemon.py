@@ -226,6 +226,7 @@ def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
     alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id=frame["scan_id"])
     assert len(alerts) == 1 and alerts[0]["origin"] == "saved_frame"
     assert alerts[0]["action"] == "notify_only"  # that scan is over: what the responder does
+    assert alerts[0]["file"] == "saved-1.ibw"  # the same name may sit in several sub-folders
 
 
 def test_a_file_left_incomplete_is_reported_after_incomplete_after(running: Running) -> None:
