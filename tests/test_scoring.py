@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from spmwatch.scoring.scorer import (
 )
 from spmwatch.sorting import sort_network
 from tests import scoring_helpers as faults
+from tests.polling import wait_for
 
 # 0 or 1e-20..1e3 in size: any two distinct values then differ by more than ~1e-36, inside
 # the spans the float32 scorer measures (kernels.unit_of)
@@ -488,3 +492,34 @@ def test_the_cache_filling_child_imports_this_spmwatch_from_any_folder(
     )
     assert python_child(code, timeout=120).returncode == 0
     assert Path(said.read_text()) == Path(K.__file__).with_name("scorer.py")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_cache_filling_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """A daemon killed (SIGKILL) during a first start's compile left the child compiling on,
+    orphaned."""
+    child_pid = tmp_path / "child.pid"
+    child = (
+        f"import os, pathlib, time; pathlib.Path({str(child_pid)!r})"
+        ".write_text(str(os.getpid())); time.sleep(120)"
+    )
+    script = tmp_path / "parent.py"
+    script.write_text(
+        f"from spmwatch.scoring.scorer import python_child\npython_child({child!r}, timeout=300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], cwd=Path(K.__file__).parents[2])
+    try:
+        pid = int(wait_for(lambda: child_pid.exists() and child_pid.read_text(), timeout=60))
+        parent.kill()
+        parent.wait(timeout=10)
+
+        def gone() -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # reaped soon
+
+        assert wait_for(gone, timeout=10)
+    finally:
+        parent.kill()

@@ -365,15 +365,28 @@ def cached_build() -> None:
         python_child("from spmwatch.scoring.scorer import warm_up; warm_up()", timeout=1800)
 
 
+def _dies_with(parent: int) -> str:
+    """Code that makes a child Python exit when `parent` exits (Linux's PR_SET_PDEATHSIG,
+    checked against a parent gone already); nothing elsewhere."""
+    return (
+        "import sys\n"
+        "if sys.platform.startswith('linux'):\n"
+        "    import ctypes, os, signal\n"
+        "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"  # 1: PR_SET_PDEATHSIG
+        f"    if os.getppid() != {parent}: sys.exit(1)\n"
+    )
+
+
 def python_child(code: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
     """Run `code` in a child Python (marked as filling the cache, so it starts no child of
     its own) that imports this very spmwatch: `python -c` puts its working folder first on
     the import path, and started next to a clone (a folder named spmwatch holding config/)
     it imported that clone's folders as the package and failed. So the child starts in the
     folder holding this package (numba's cache is keyed by the source files' paths: the same
-    files, the same cache)."""
+    files, the same cache). On Linux the child dies with this process: a daemon killed
+    (SIGKILL) mid warm-up left it compiling on, orphaned, outside systemd's cgroup."""
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", _dies_with(os.getpid()) + code],
         env={**os.environ, _FILLING_CACHE: "1"},
         cwd=Path(__file__).resolve().parents[2],
         timeout=timeout,
