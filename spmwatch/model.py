@@ -264,6 +264,18 @@ def ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+def lines_text(n: int) -> str:
+    """ "1 line", "256 lines"."""
+    return f"{n} line{'s' * (n != 1)}"
+
+
+def probability_text(probability: float, threshold: float) -> str:
+    """A probability to 2 decimals, or to 4 where 2 would hide on which side of the threshold
+    it lies (0.5985 against 0.5991 read "0.60, fail at >= 0.60" beside a pass)."""
+    digits = 4 if round(probability, 2) == round(threshold, 2) else 2
+    return f"{probability:.{digits}f}"
+
+
 def span_text(kind: str, start: int, end: int) -> str:
     """An event's lines for people: "36-54", or for a partial_frame "stopped after 64 of
     256 lines" (its start/end are positions of lines that have no row)."""

@@ -28,7 +28,15 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
-from spmwatch.model import EVENT_KINDS, FrameScores, Scan, span_text, split_direction
+from spmwatch.model import (
+    EVENT_KINDS,
+    FrameScores,
+    Scan,
+    lines_text,
+    probability_text,
+    span_text,
+    split_direction,
+)
 from spmwatch.protocol import safe_scan_id
 from spmwatch.scoring.scorer import ScanScorer, ScoringSettings
 
@@ -164,10 +172,10 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
     name = Path(str(record.get("file", scan.path or scan.scan_id))).name
     verdict = str(record.get("verdict", "?")).upper()
     probability = record.get("probability")
-    prob = f"p = {probability:.2f}" if isinstance(probability, (int, float)) else "p = ?"
     threshold = record.get("threshold")
-    if isinstance(threshold, (int, float)):
-        prob += f", fail at ≥ {threshold:.2f}"
+    prob = "p = ?"
+    if isinstance(probability, (int, float)) and isinstance(threshold, (int, float)):
+        prob = f"p = {probability_text(probability, threshold)}, fail at ≥ {threshold:.2f}"
     alert = record.get("alert")
     if isinstance(alert, Mapping):
         said = f"alert at line {alert['line']}: {alert['kind']} ({alert['severity']})"
@@ -178,9 +186,9 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
         said += f"   |   poor image: frame so far judged failed at line {watched['line']}"
     head = f"{name}   |   {verdict} ({prob})   |   {said}"
     parts = [
-        f"{scan.n_lines} of {scan.expected_lines} lines"
+        f"{scan.n_lines} of {lines_text(scan.expected_lines)}"
         if scan.partial
-        else f"{scan.n_lines} lines",
+        else lines_text(scan.n_lines),
         f"{scan.n_points} points",
     ]
     size = _fast_size_um(scan)

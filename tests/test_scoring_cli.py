@@ -128,3 +128,13 @@ def test_score_names_a_channel_constant_in_every_line(tmp_path: Path) -> None:
     assert record["dead_channels"] == ["Ch0Retrace"] and record["alert"] is None
     text = spmwatch("score", str(tmp_path / "dead.ibw")).stdout
     assert "constant in every line (not scored for dropouts; unconnected?): Ch0Retrace" in text
+
+
+def test_probabilities_show_the_side_of_the_threshold_and_counts_read_right() -> None:
+    """0.5985 against a threshold 0.5991 printed "p=0.60, fail at >= 0.60" beside a pass."""
+    from spmwatch.model import lines_text, probability_text
+
+    assert probability_text(0.5985, 0.5991) == "0.5985"
+    assert probability_text(0.57, 0.5991) == "0.57"
+    assert probability_text(1.0, 0.5991) == "1.00"
+    assert (lines_text(1), lines_text(2), lines_text(0)) == ("1 line", "2 lines", "0 lines")

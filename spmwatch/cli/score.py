@@ -14,6 +14,7 @@ from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.cli import unreadable_note
 from spmwatch.config import ConfigError
 from spmwatch.ibw import IbwError, read_problem, read_scan
+from spmwatch.model import lines_text, ordinal, probability_text
 from spmwatch.settings import Settings, load_settings
 
 EXIT_UNREADABLE = 2
@@ -103,11 +104,14 @@ def _human(record: dict[str, object]) -> str:
     assert isinstance(lines, list)
     flagged = sum(1 for line in lines if line["flagged"])
     alert = record["alert"]
+    p = probability_text(record["probability"], record["threshold"])
+    said = "none"
+    if alert is not None:
+        scanned = ordinal(alert["position"] + 1)
+        said = f"line {alert['line']} (the {scanned} scanned) {alert['kind']} {alert['severity']}"
     out = [
-        f"{record['file']}: {record['verdict']} (p={record['probability']:.2f}, fail at "
-        f">= {record['threshold']:.2f}, model {record['model']}), "
-        f"{len(lines)} lines, {flagged} flagged, alert: "
-        + ("none" if alert is None else f"line {alert['line']} {alert['kind']} {alert['severity']}")
+        f"{record['file']}: {record['verdict']} (p={p}, fail at >= {record['threshold']:.2f}, "
+        f"model {record['model']}), {lines_text(len(lines))}, {flagged} flagged, alert: {said}"
     ]
     watched = record["poor_image"]
     if isinstance(watched, dict):
