@@ -34,7 +34,7 @@ from daemon_helpers import (
     wait_for,
     write_config,
 )
-from fuzz_corpus import corpus, write_corpus
+from fuzz_corpus import FuzzCase, corpus, write_corpus
 from reliability_helpers import tiny_model
 
 from spmwatch import protocol
@@ -42,6 +42,7 @@ from spmwatch.classify.classifier import Classifier, sha256_of
 from spmwatch.control import request
 from spmwatch.curve import configure_client, configure_server, write_keypair
 from spmwatch.model import Scan
+from spmwatch.sources.folder import content_digest
 from spmwatch.sources.linesocket import LineSender
 from spmwatch.synth import clean_scan, failing_scan, write
 
@@ -110,10 +111,23 @@ def _answers(run: Watching, name: str) -> list[tuple[str, dict]]:
 # ---------------------------------------------------------------------------------------------
 
 
+def _distinct_waves(cases: list[FuzzCase], staging: Path) -> list[FuzzCase]:
+    """The cases whose wave no earlier case has (some differ only past the wave's sections): a
+    copy of a scored wave is recorded, not scored again, so it gets no answer of its own."""
+    digests: set[str] = set()
+    kept = []
+    for case, path in zip(cases, write_corpus(cases, staging), strict=True):
+        if (digest := content_digest(path)) not in digests:
+            digests.add(digest)
+            kept.append(case)
+    return kept
+
+
 def test_every_damaged_file_in_the_folder_is_answered_and_the_daemon_survives(
     watching: Watching,
 ) -> None:
-    paths = write_corpus(corpus(FUZZ_FILES), watching.folder)
+    cases = _distinct_waves(corpus(FUZZ_FILES), watching.folder.parent / "staging")
+    paths = write_corpus(cases, watching.folder)
     names = [p.name for p in paths]
     # Files that stay truncated are reported once they have not changed for the watcher's
     # give-up time (30 s): a file Igor is still writing must not be called broken.

@@ -10,16 +10,19 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog
 from ibw_fixtures import make_scan, write_fixture
 from sources_helpers import Collector, wait_for
 
 from spmwatch.model import Scan
 from spmwatch.sources import FrameFile, SourceError
+from spmwatch.sources import folder as folder_module
 from spmwatch.sources.folder import FolderWatcher, SeenFiles, StateFileInUse, read_frame
 from spmwatch.sources.readiness import Broken, Readiness, Ready
 
@@ -46,6 +49,25 @@ def ibw_bytes(tmp_path: Path, scan: Scan) -> bytes:
     staging = tmp_path / "staging"
     staging.mkdir(exist_ok=True)
     return write_fixture(staging, scan).read_bytes()
+
+
+def frame_bytes(tmp_path: Path, name: str) -> bytes:
+    """A frame of its own, as every save is (wave name, noise): equal bytes are one wave."""
+    scan = make_scan(lines=4, points=8, seed=zlib.crc32(name.encode()), scan_id=Path(name).stem)
+    return ibw_bytes(tmp_path, scan)
+
+
+def save(tmp_path: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(frame_bytes(tmp_path, path.name))
+
+
+def run_once(folder: Path, state: Path, **options: object) -> None:
+    """One start and stop of a watcher with `state`: its first look, and nothing delivered."""
+    sink = TimedCollector()
+    watcher = FolderWatcher(folder, sink, settle=0.05, seen=SeenFiles(state), **options)
+    watcher.start()
+    assert watcher.stop(5.0)
 
 
 def write_in_chunks(path: Path, blob: bytes, rng: random.Random) -> None:
@@ -153,7 +175,8 @@ def test_vanished_folder_is_reported_and_recovered(
     # Events work again after the observer restart: a new file arrives well before a rescan.
     watcher.rescan_interval = 60.0
     assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= counts["rescans"] + 1)
-    (watched / "late.ibw").write_bytes(ibw_bytes(tmp_path, scans[0]))
+    late = make_scan(lines=4, points=8, seed=3, scan_id="late")  # s0's bytes would be s0
+    (watched / "late.ibw").write_bytes(ibw_bytes(tmp_path, late))
     assert wait_for(lambda: len(sink.frames) == 4, timeout=5)
 
 
@@ -175,24 +198,169 @@ def test_a_history_file_re_stamped_later_is_not_scored(
     assert sink.frames == []
 
 
-def test_turning_recursive_on_keeps_the_sub_folders_past(
+def test_turning_recursive_on_scores_the_top_folders_news_and_keeps_the_sub_folders_past(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
 ) -> None:
+    # the recursive key ("<folder>/**") did not match the flat one: the whole folder became a
+    # first watch, and the frames saved in it while the daemon was down were never scored
     state = tmp_path / "seen.json"
-    (watched / "sub").mkdir()
-    (watched / "sub" / "old.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
-    flat = FolderWatcher(watched, TimedCollector(), settle=0.05, seen=SeenFiles(state))
-    flat.start()
-    assert flat.stop(5.0)
+    save(tmp_path, watched / "sub" / "old.ibw")
+    run_once(watched, state)
+    save(tmp_path, watched / "meanwhile.ibw")  # while down, in the folder watched before
+    save(tmp_path, watched / "sub" / "unwatched.ibw")  # in a sub-folder never watched
     sink = TimedCollector()
     deep = FolderWatcher(
         watched, sink, recursive=True, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
     )
     start(deep, stop_after)
     assert wait_for(lambda: deep.counters.snapshot()["rescans"] >= 5)
-    assert sink.frames == []  # sub/ is watched for the first time: its file is history
-    (watched / "sub" / "new.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
-    assert wait_for(lambda: [f.path.name for f in sink.frames] == ["new.ibw"])
+    assert [f.name for f in sink.frames] == ["meanwhile.ibw"]  # sub/ is history
+    save(tmp_path, watched / "sub" / "new.ibw")
+    assert wait_for(lambda: [f.name for f in sink.frames] == ["meanwhile.ibw", "sub/new.ibw"])
+
+
+def test_turning_recursive_off_and_on_again_loses_no_frame(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    state = tmp_path / "seen.json"
+    save(tmp_path, watched / "sub" / "old.ibw")
+    run_once(watched, state, recursive=True)
+    save(tmp_path, watched / "top.ibw")
+    save(tmp_path, watched / "sub" / "down.ibw")
+    flat_sink = TimedCollector()
+    flat = FolderWatcher(
+        watched, flat_sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+    )
+    flat.start()
+    assert wait_for(lambda: flat.counters.snapshot()["rescans"] >= 5)
+    save(tmp_path, watched / "sub" / "while_flat.ibw")  # not watched now, but not history
+    assert flat.stop(5.0)
+    assert [f.name for f in flat_sink.frames] == ["top.ibw"]
+    sink = TimedCollector()
+    deep = FolderWatcher(
+        watched, sink, recursive=True, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+    )
+    start(deep, stop_after)
+    assert wait_for(lambda: deep.counters.snapshot()["rescans"] >= 5)
+    assert sorted(f.name for f in sink.frames) == ["sub/down.ibw", "sub/while_flat.ibw"]
+
+
+def test_a_folder_watched_through_a_link_is_the_same_folder(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    # the folder's key was its path as configured: watched by another name, a first watch
+    state = tmp_path / "seen.json"
+    link = tmp_path / "link"
+    link.symlink_to(watched, target_is_directory=True)
+    save(tmp_path, link / "old.ibw")
+    run_once(link, state)
+    written = json.loads(state.read_text())
+    assert written["folders"] == [str(watched.resolve())]
+    assert list(written["files"]) == [str(watched.resolve() / "old.ibw")]
+    save(tmp_path, watched / "meanwhile.ibw")
+    sink = TimedCollector()
+    direct = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    start(direct, stop_after)
+    assert wait_for(lambda: direct.counters.snapshot()["rescans"] >= 5)
+    assert [f.name for f in sink.frames] == ["meanwhile.ibw"]
+
+
+def test_a_state_file_that_named_the_folder_by_its_link_still_knows_it(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    state = tmp_path / "seen.json"
+    link = tmp_path / "link"
+    link.symlink_to(watched, target_is_directory=True)
+    state.write_text(json.dumps({"v": 2, "files": {}, "folders": [str(link)]}))
+    save(tmp_path, watched / "meanwhile.ibw")
+    sink = TimedCollector()
+    start(FolderWatcher(link, sink, settle=0.05, seen=SeenFiles(state)), stop_after)
+    assert wait_for(lambda: [f.name for f in sink.frames] == ["meanwhile.ibw"])
+
+
+def test_a_renamed_or_copied_frame_is_not_scored_again(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    """mv Image0001.ibw Image0001_keep.ibw gave a second verdict, and a second alert."""
+    state = tmp_path / "seen.json"
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    start(watcher, stop_after)
+    first, kept = watched / "Image0001.ibw", watched / "Image0001_keep.ibw"
+    save(tmp_path, first)
+    assert wait_for(lambda: SeenFiles(state).digest_of(first.resolve()) is not None)
+    digest = SeenFiles(state).digest_of(first.resolve())
+    with structlog.testing.capture_logs() as logs:
+        first.rename(kept)
+        assert wait_for(lambda: watcher.counters.snapshot()["renamed"] == 1)
+    assert [(e["file"], e["was"]) for e in logs if e["event"] == "file_renamed"] == [
+        (str(kept.resolve()), str(first.resolve()))
+    ]
+    assert wait_for(lambda: SeenFiles(state).digest_of(kept.resolve()) == digest)
+    assert SeenFiles(state).digest_of(first.resolve()) is None  # the old name is forgotten
+    shutil.copyfile(kept, watched / "copy.ibw")  # a copy beside the original: the same wave
+    assert wait_for(lambda: watcher.counters.snapshot()["unchanged"] == 1)
+    save(tmp_path, watched / "Image0002.ibw")
+    assert wait_for(lambda: len(sink.frames) == 2)
+    rescans = watcher.counters.snapshot()["rescans"]
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= rescans + 5)
+    assert [f.name for f in sink.frames] == ["Image0001.ibw", "Image0002.ibw"]
+    assert watcher.counters.snapshot()["renamed"] == 1
+
+
+def test_files_dropped_past_the_cap_are_not_scored_again(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the entries forgotten past MAX_SEEN were files still there: scored again at every rescan
+    monkeypatch.setattr(folder_module, "MAX_SEEN", 3)
+    state = tmp_path / "seen.json"
+    long_ago = time.time() - 3600
+    for i in range(6):
+        save(tmp_path, watched / f"old{i}.ibw")
+        os.utime(watched / f"old{i}.ibw", (long_ago + i, long_ago + i))
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    start(watcher, stop_after)
+    for name in ("new0.ibw", "new1.ibw"):
+        save(tmp_path, watched / name)
+    assert wait_for(lambda: len(sink.frames) == 2)
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 10)
+    assert sorted(f.name for f in sink.frames) == ["new0.ibw", "new1.ibw"]
+    assert watcher.stop(5.0)
+    written = json.loads(state.read_text())
+    assert len(written["files"]) == 3 and list(written["dropped"]) == [str(watched.resolve())]
+    again = TimedCollector()
+    restarted = FolderWatcher(
+        watched, again, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
+    )
+    start(restarted, stop_after)
+    save(tmp_path, watched / "new2.ibw")  # newer than anything forgotten: news
+    assert wait_for(lambda: restarted.counters.snapshot()["rescans"] >= 10)
+    assert [f.name for f in again.frames] == ["new2.ibw"]
+
+
+def test_a_deferred_file_deleted_before_resume_is_said_gone(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    sink = Collector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1)
+    start(watcher, stop_after)
+    save(tmp_path, watched / "paused.ibw")
+    assert wait_for(lambda: len(sink.of(FrameFile)) == 1)
+    with structlog.testing.capture_logs() as logs:
+        sink.of(FrameFile)[0].defer()
+        (watched / "paused.ibw").unlink()
+        watcher.redeliver_deferred()
+        assert wait_for(lambda: any(e["event"] == "file_gone" for e in logs))
+    gone = [e for e in logs if e["event"] == "file_gone"]
+    assert [e["file"] for e in gone] == [str((watched / "paused.ibw").resolve())]
+    assert gone[0]["log_level"] == "info"
+
+
+def test_every_documented_counter_is_there_before_the_first_event(watched: Path) -> None:
+    counts = FolderWatcher(watched, Collector()).counters.snapshot()
+    documented = {"frames", "broken", "unchanged", "renamed", "rescans", "folder_gone"}
+    assert documented | {"folder_back", "pending", "busy_retries"} <= counts.keys()
 
 
 def test_a_folder_missing_at_start_is_counted_gone_then_back(
@@ -248,8 +416,9 @@ def test_a_frame_is_recorded_only_when_acknowledged_and_a_deferred_one_comes_bac
     sink = Collector()  # keeps frames without acknowledging them
     watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
     start(watcher, stop_after)
-    for name in ("kept.ibw", "paused.ibw"):
-        (watched / name).write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    for seed, name in enumerate(("kept.ibw", "paused.ibw")):
+        scan = make_scan(lines=4, points=8, seed=seed, scan_id=name[:-4])
+        (watched / name).write_bytes(ibw_bytes(tmp_path, scan))
     assert wait_for(lambda: len(sink.of(FrameFile)) == 2)
     rescans = watcher.counters.snapshot()["rescans"]
     assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= rescans + 5)
@@ -298,8 +467,9 @@ def test_a_folder_watched_for_the_first_time_keeps_its_past_after_a_restart(
     first = FolderWatcher(watched, TimedCollector(), settle=0.05, seen=SeenFiles(state))
     first.start()
     assert first.stop(5.0)
-    assert SeenFiles(state).knows_folder(str(watched.absolute()))
-    (watched / "meanwhile.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert SeenFiles(state).watched_before(watched.resolve())
+    meanwhile = make_scan(lines=4, points=8, seed=1, scan_id="meanwhile")
+    (watched / "meanwhile.ibw").write_bytes(ibw_bytes(tmp_path, meanwhile))
     sink = TimedCollector()
     again = FolderWatcher(
         [watched, added], sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state)
@@ -494,7 +664,8 @@ def test_a_recursive_watch_names_frames_by_their_path_inside_the_folder(
     sink = TimedCollector()
     start(FolderWatcher(watched, sink, recursive=True, settle=0.05), stop_after)
     (watched / "day2").mkdir()
-    for where in (watched, watched / "day2"):  # Asylum's numbering restarts in a new folder
-        (where / "Image0001.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    for seed, where in enumerate((watched, watched / "day2")):  # numbering restarts there
+        scan = make_scan(lines=4, points=8, seed=seed, scan_id="Image0001")
+        (where / "Image0001.ibw").write_bytes(ibw_bytes(tmp_path, scan))
     assert wait_for(lambda: len(sink.frames) == 2)
     assert sorted(f.name for f in sink.frames) == ["Image0001.ibw", "day2/Image0001.ibw"]

@@ -46,9 +46,12 @@ from spmwatch.sources.readiness import Broken, Readiness, Ready, Stamp, stamp_of
 
 log = structlog.get_logger("spmwatch.sources")
 
-# Entries kept in the registry; the oldest are forgotten beyond this (their files are old news).
-MAX_SEEN = 100_000
-_STATE_VERSION = 2  # 1: [size, mtime_ns] per file, read as entries without a digest
+# Entries kept in the registry: every addition rewrites the state file, so this keeps each save
+# small (~2.5 MB). The oldest beyond it are forgotten, their folder's watermark raised instead.
+MAX_SEEN = 20_000
+# 1: [size, mtime_ns] per file, read as entries without a digest. 2 may also hold "dropped"
+# (the watermarks): older daemons ignore it, so it needed no new version.
+_STATE_VERSION = 2
 
 
 def is_ibw(path: str | Path) -> bool:
@@ -98,6 +101,8 @@ class SeenFiles:
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[int, int, str | None]] = {}  # size, mtime_ns, digest
         self._folders: set[str] = set()  # folders watched before: files new there are new
+        # per folder, the newest mtime_ns among the entries dropped past MAX_SEEN
+        self._dropped: dict[str, int] = {}
         self.load_error: str | None = None
         self._claimed: IO[str] | None = None
         if claim:  # before reading: an unreadable file is set aside, not another's to move
@@ -115,6 +120,7 @@ class SeenFiles:
                 for p, e in state["files"].items()
             }
             self._folders = {str(p) for p in state.get("folders", [])}
+            self._dropped = {str(f): int(m) for f, m in state.get("dropped", {}).items()}
         except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             aside = set_aside(path)
             kept = f"; kept as {aside}" if aside else ""
@@ -151,7 +157,18 @@ class SeenFiles:
                 self._save(self.state_file)
 
     def __contains__(self, item: tuple[Path, Stamp]) -> bool:
+        """Recorded at this stamp, or forgotten past MAX_SEEN: no entry, and not newer than
+        the newest file dropped from its folder (old news, not to be scored again)."""
         path, stamp = item
+        with self._lock:
+            entry = self._seen.get(str(path))
+            mark = self._dropped.get(str(path.parent)) if entry is None else None
+        if entry is not None:
+            return entry[:2] == stamp
+        return mark is not None and stamp[1] <= mark
+
+    def recorded(self, path: Path, stamp: Stamp) -> bool:
+        """Whether `path` has an entry at `stamp` (the watermarks aside)."""
         with self._lock:
             entry = self._seen.get(str(path))
         return entry is not None and entry[:2] == stamp
@@ -162,14 +179,29 @@ class SeenFiles:
             entry = self._seen.get(str(path))
         return entry[2] if entry is not None else None
 
+    def paths_with(self, digest: str) -> list[Path]:
+        """The files whose last handled version had these bytes: a rename's or copy's origin."""
+        with self._lock:
+            return [Path(p) for p, entry in self._seen.items() if entry[2] == digest]
+
     def __len__(self) -> int:
         return len(self._seen)
 
-    def knows_folder(self, folder: str) -> bool:
-        """Whether `folder` (FolderWatcher's key for it) was watched before, by an earlier run
-        with this state file."""
+    def watched_before(self, folder: Path) -> bool:
+        """Whether an earlier run with this state file watched the files of `folder` (a
+        resolved path): as a watched folder, or under one watched recursively ("<path>/**")."""
         with self._lock:
-            return folder in self._folders
+            return str(folder) in self._folders or any(
+                str(above / "**") in self._folders for above in (folder, *folder.parents)
+            )
+
+    def adopt_folder(self, configured: Path, resolved: Path) -> None:
+        """Older state files named a watched folder as configured (through a link, say), not
+        resolved: the folder stays known under its resolved path."""
+        with self._lock:
+            for old, new in ((configured, resolved), (configured / "**", resolved / "**")):
+                if str(old) in self._folders:
+                    self._folders.add(str(new))
 
     def add_folder(self, folder: str) -> None:
         """Remember `folder` as watched: after a restart, files not seen in it were written
@@ -192,13 +224,32 @@ class SeenFiles:
                 self._seen.pop(str(path), None)  # re-insert: the dict's order is the age order
                 self._seen[str(path)] = (*stamp, digest)
             while len(self._seen) > MAX_SEEN:
-                del self._seen[next(iter(self._seen))]
+                self._drop_oldest()
             if self.state_file is not None:
                 self._save(self.state_file)
 
+    def move(self, old: Path, new: Path, stamp: Stamp, digest: str) -> None:
+        """Record a renamed file under its new path, its old entry forgotten."""
+        with self._lock:
+            self._seen.pop(str(old), None)
+        self.add(new, stamp, digest)
+
+    def _drop_oldest(self) -> None:
+        """Forget the oldest entry; its file is most likely still there, so its folder's
+        watermark keeps it (and anything as old there) seen instead of scored again."""
+        path = next(iter(self._seen))
+        mtime = self._seen.pop(path)[1]
+        folder = str(Path(path).parent)
+        self._dropped[folder] = max(mtime, self._dropped.get(folder, mtime))
+
     def _save(self, path: Path) -> None:
         body = json.dumps(
-            {"v": _STATE_VERSION, "files": self._seen, "folders": sorted(self._folders)}
+            {
+                "v": _STATE_VERSION,
+                "files": self._seen,
+                "folders": sorted(self._folders),
+                "dropped": self._dropped,
+            }
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -213,6 +264,16 @@ class SeenFiles:
             raise
 
 
+def _digest_at(path: Path, stamp: Stamp) -> str | None:
+    """`path`'s digest while it is still the version at `stamp`; None when it was rewritten
+    meanwhile (the bytes read would be another version's) or cannot be read."""
+    try:
+        digest = content_digest(path)
+        return digest if stamp_of(path.stat()) == stamp else None
+    except OSError:
+        return None
+
+
 def _identity(folder: Path) -> tuple[int, int] | None:
     """(device, inode) of a folder, None when it is not there (or not a folder)."""
     try:
@@ -220,6 +281,10 @@ def _identity(folder: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return (stat.st_dev, stat.st_ino) if S_ISDIR(stat.st_mode) else None
+
+
+# an acknowledgement: the frame's path, stamp and digest, and whether it was handled
+_Ack = tuple[Path, Stamp, str | None, bool]
 
 
 class _Hint(FileSystemEventHandler):
@@ -252,9 +317,11 @@ class FolderWatcher(SourceThread):
 
     Files already there at start that `seen` does not know are delivered when their folder
     was watched before (a persistent `seen` remembers the folders: exactly the frames written
-    while the daemon was down) or with `existing=True`; in a folder watched for the first time
-    they are otherwise recorded as seen without delivery, so a first start does not score a
-    folder's history.
+    while the daemon was down; a folder's own files count as watched in either `recursive`
+    mode, its sub-folders' only if it was watched recursively) or with `existing=True`; in a
+    folder watched for the first time they are otherwise recorded as seen without delivery, so
+    a first start does not score a folder's history. A wave handled before, under a new stamp
+    or a new name (renamed, copied), is recorded, not delivered again.
     Broken files become one `SourceError` each; a vanished folder is reported and waited for.
     """
 
@@ -291,8 +358,18 @@ class FolderWatcher(SourceThread):
         self._deferred: set[Path] = set()
         self._outside: set[Path] = set()  # links to files outside the folders, reported once
         self._undigested: deque[tuple[Path, Stamp]] = deque()  # history, digests to follow
-        self._acks: queue.SimpleQueue[tuple[Path, Stamp, bool] | None] = queue.SimpleQueue()
-        self.counters = Counters("frames", "broken", "rescans", "folder_gone", "folder_back")
+        self._acks: queue.SimpleQueue[_Ack | None] = queue.SimpleQueue()
+        self.counters = Counters(
+            "frames",
+            "broken",
+            "unchanged",
+            "renamed",
+            "rescans",
+            "folder_gone",
+            "folder_back",
+            "pending",
+            "busy_retries",
+        )
 
     def hint(self, path: Path) -> None:
         """A file may have changed (from watchdog); the worker looks at it on its next tick."""
@@ -318,6 +395,8 @@ class FolderWatcher(SourceThread):
         """Take the first look before returning, so "already there" means before start()."""
         if self.seen.load_error:
             self._emit_error(str(self.seen.state_file), self.seen.load_error)
+        for folder in self._folders:
+            self.seen.adopt_folder(folder.path, folder.path.resolve())
         self._supervise(first=True)
         super().start()
 
@@ -347,9 +426,9 @@ class FolderWatcher(SourceThread):
             for folder in self._folders:
                 self._stop_observer(folder)
 
-    def _acknowledged(self, path: Path, stamp: Stamp, handled: bool) -> None:
+    def _acknowledged(self, path: Path, stamp: Stamp, digest: str | None, handled: bool) -> None:
         """`FrameFile.acknowledge`, called from the consumer's thread: queued for the worker."""
-        self._acks.put((path, stamp, handled))
+        self._acks.put((path, stamp, digest, handled))
         self._wake.set()
 
     def _settle_acks(self, report: bool = True) -> None:
@@ -359,24 +438,26 @@ class FolderWatcher(SourceThread):
             except queue.Empty:
                 return
             if ack is None:
-                deferred, self._deferred = self._deferred, set()
-                for path in deferred:
-                    self._consider(path)
+                self._redeliver()
                 continue
-            path, stamp, handled = ack
+            path, stamp, digest, handled = ack
             self._in_flight.discard((path, stamp))
             if handled:
-                self._record(path, stamp, report)
+                self._record(path, stamp, digest, report)
             else:
                 self._deferred.add(path)
 
-    def _record(self, path: Path, stamp: Stamp, report: bool = True) -> None:
-        try:
-            digest = content_digest(path)
-            if stamp_of(path.stat()) != stamp:  # rewritten meanwhile: the bytes are another's
-                digest = None
-        except OSError:
-            digest = None
+    def _redeliver(self) -> None:
+        """Consider the deferred files anew; one deleted while paused is said gone, not
+        dropped without a word."""
+        deferred, self._deferred = self._deferred, set()
+        for path in deferred:
+            if path.exists():
+                self._consider(path)
+            else:
+                log.info("file_gone", file=str(path), reason="deleted while deferred (paused)")
+
+    def _record(self, path: Path, stamp: Stamp, digest: str | None, report: bool = True) -> None:
         self._saving(lambda: self.seen.add(path, stamp, digest), report)
 
     def _saving(self, change: Callable[[], None], report: bool = True) -> None:
@@ -406,18 +487,21 @@ class FolderWatcher(SourceThread):
             if present and folder.observer is None:
                 self._start_observer(folder)
                 folder.identity = identity
-            # files already in a folder watched for the first time are its past, not news
-            # (unless `existing`); in a folder watched before they were written while down
-            key = self._key(folder.path)
-            baseline = first and not self.existing and not self.seen.knows_folder(key)
             if present:
-                history: list[tuple[Path, Stamp]] | None = [] if baseline else None
-                for path in self._listing(folder.path):
-                    self._consider(path, history)
-                if history:
-                    self._keep_history(history)
-                self._saving(lambda key=key: self.seen.add_folder(key))
+                self._rescan(folder.path, first)
             folder.present = present
+
+    def _rescan(self, root: Path, first: bool) -> None:
+        """Consider every file in `root`, then remember it as watched. At start, files in a
+        (sub-)folder watched for the first time are its past, not news (unless `existing`);
+        _consider tells them from those written while the daemon was down."""
+        history: list[tuple[Path, Stamp]] | None = [] if first and not self.existing else None
+        for path in self._listing(root):
+            self._consider(path, history)
+        if history:
+            self._keep_history(history)
+        key = self._key(root.resolve())
+        self._saving(lambda: self.seen.add_folder(key))
 
     def _keep_history(self, history: list[tuple[Path, Stamp]]) -> None:
         """Record a folder's history unscored, at once and without digests (reading every
@@ -434,7 +518,7 @@ class FolderWatcher(SourceThread):
         while self._undigested and (not done or time.monotonic() < until):
             path, stamp = self._undigested.popleft()
             try:
-                if stamp_of(path.stat()) == stamp and (path, stamp) in self.seen:
+                if stamp_of(path.stat()) == stamp and self.seen.recorded(path, stamp):
                     done.append((path, stamp, content_digest(path)))
             except OSError:
                 continue  # gone or unreadable: a later version is considered as new anyway
@@ -442,8 +526,9 @@ class FolderWatcher(SourceThread):
             self._saving(lambda: self.seen.add_many(done))
 
     def _key(self, folder: Path) -> str:
-        """How the state file names a watched folder: with its sub-folders when recursive, so
-        turning `recursive` on makes them a first watch (their files history, not news)."""
+        """How the state file names a watched folder (resolved: a link or another spelling of
+        it is the same folder): with its sub-folders when recursive, so turning `recursive` on
+        makes them a first watch (SeenFiles.watched_before)."""
         return str(folder / "**") if self.recursive else str(folder)
 
     def _listing(self, root: Path) -> Iterator[Path]:
@@ -455,7 +540,8 @@ class FolderWatcher(SourceThread):
 
     def _consider(self, path: Path, history: list[tuple[Path, Stamp]] | None = None) -> None:
         """Make `path` a candidate unless this version of it was already handled; with
-        `history` (a folder's first look), note it there instead, to be recorded unscored."""
+        `history` (a folder's first look), note it there instead, to be recorded unscored,
+        unless an earlier run watched where it is (it was written while the daemon was down)."""
         try:
             resolved = path.resolve()
             stamp = stamp_of(resolved.stat())
@@ -469,7 +555,7 @@ class FolderWatcher(SourceThread):
             return
         if self._handled(resolved, stamp):
             return
-        if history is not None:
+        if history is not None and not self.seen.watched_before(resolved.parent):
             history.append((resolved, stamp))
         elif resolved not in self._readiness:
             log.debug("file_seen", file=str(resolved), size=stamp[0])
@@ -489,19 +575,29 @@ class FolderWatcher(SourceThread):
             (path, stamp) in self.seen or (path, stamp) in self._in_flight or path in self._deferred
         )
 
-    def _same_bytes(self, result: Ready) -> bool:
-        """A version whose bytes equal the recorded ones (only its mtime moved): recorded under
-        its new stamp, counted as `unchanged`, not handed over again."""
-        recorded = self.seen.digest_of(result.path)
-        try:
-            if recorded is None or content_digest(result.path) != recorded:
-                return False
-        except OSError:
+    def _known_wave(self, result: Ready, digest: str | None) -> bool:
+        """A wave already handled, under a new stamp or a new name: recorded under its path and
+        stamp (a save error is reported), not handed over again. A frame is scored once per
+        version of the wave itself, whatever the file is called."""
+        if digest is None:
             return False
+        if self.seen.digest_of(result.path) == digest:
+            self._unchanged(result, digest, reason="same bytes, new timestamp")
+            return True
+        twins = self.seen.paths_with(digest)
+        gone = next((p for p in twins if not p.exists()), None)
+        if gone is not None:
+            self.counters.add("renamed")
+            log.info("file_renamed", file=str(result.path), was=str(gone))
+            self._saving(lambda: self.seen.move(gone, result.path, result.stamp, digest))
+        elif twins:
+            self._unchanged(result, digest, reason=f"a copy of {twins[0]}")
+        return bool(twins)
+
+    def _unchanged(self, result: Ready, digest: str, reason: str) -> None:
         self.counters.add("unchanged")
-        log.debug("file_unchanged", file=str(result.path), reason="same bytes, new timestamp")
-        self._record(result.path, result.stamp)  # the new stamp (a save error is reported)
-        return True
+        log.debug("file_unchanged", file=str(result.path), reason=reason)
+        self._record(result.path, result.stamp, digest)
 
     def _deliver(self, result: Ready | Broken) -> None:
         if self._handled(result.path, result.stamp):
@@ -510,12 +606,15 @@ class FolderWatcher(SourceThread):
             self.counters.add("broken")
             self.counters.reject(result.kind)
             self._emit_error(str(result.path), result.reason)
-            self._record(result.path, result.stamp)
+            self._record(result.path, result.stamp, _digest_at(result.path, result.stamp))
             return
-        if self._same_bytes(result):
+        # digested before the hand-over, to know a renamed or copied wave: the digest, of this
+        # very version, is recorded as is when the frame is acknowledged
+        digest = _digest_at(result.path, result.stamp)
+        if self._known_wave(result, digest):
             return
         self._in_flight.add((result.path, result.stamp))
-        acknowledge = functools.partial(self._acknowledged, result.path, result.stamp)
+        acknowledge = functools.partial(self._acknowledged, result.path, result.stamp, digest)
         self._sink(FrameFile(result.path, result.scan, self._inner_name(result.path), acknowledge))
         self.counters.add("frames")
 
