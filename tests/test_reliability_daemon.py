@@ -95,7 +95,8 @@ def watching(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watching]:
 
 
 def _answers(run: Watching, name: str) -> list[tuple[str, dict]]:
-    """Every frame or error event about the file `name` (frames name it, errors carry its path)."""
+    """Every frame or error event about the file `name` (frames name it, errors carry its path),
+    and the log line of a wave that is no image (skipped: a force curve is no error)."""
     stem = name.removesuffix(".ibw")
     frames = [("frame", p) for p in run.sub.of(protocol.TOPIC_FRAME) if p.get("file") == name]
     errors = [
@@ -103,7 +104,12 @@ def _answers(run: Watching, name: str) -> list[tuple[str, dict]]:
         for p in run.sub.of(protocol.TOPIC_ERROR)
         if str(p.get("subject", "")).endswith(f"/{name}") or p.get("scan_id") == stem
     ]
-    return frames + errors
+    skipped = [
+        ("not_image", e)
+        for e in run.daemon.logged("file_not_image")
+        if str(e.get("file", "")).endswith(f"/{name}")
+    ]
+    return frames + errors + skipped
 
 
 # ---------------------------------------------------------------------------------------------

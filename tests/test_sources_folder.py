@@ -359,8 +359,8 @@ def test_a_deferred_file_deleted_before_resume_is_said_gone(
 
 def test_every_documented_counter_is_there_before_the_first_event(watched: Path) -> None:
     counts = FolderWatcher(watched, Collector()).counters.snapshot()
-    documented = {"frames", "broken", "unchanged", "renamed", "rescans", "folder_gone"}
-    assert documented | {"folder_back", "pending", "busy_retries"} <= counts.keys()
+    documented = {"frames", "broken", "not_image", "unchanged", "renamed", "rescans"}
+    assert documented | {"folder_gone", "folder_back", "pending", "busy_retries"} <= counts.keys()
 
 
 def test_a_folder_missing_at_start_is_counted_gone_then_back(
@@ -669,3 +669,21 @@ def test_a_recursive_watch_names_frames_by_their_path_inside_the_folder(
         (where / "Image0001.ibw").write_bytes(ibw_bytes(tmp_path, scan))
     assert wait_for(lambda: len(sink.frames) == 2)
     assert sorted(f.name for f in sink.frames) == ["Image0001.ibw", "day2/Image0001.ibw"]
+
+
+def test_a_force_curve_beside_the_images_is_skipped_not_an_error(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    """Asylum folders hold force curves (1-D waves) beside the images: each was published as
+    an error and counted broken."""
+    from igorwriter import IgorWave5
+
+    sink = TimedCollector()
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1)
+    start(watcher, stop_after)
+    IgorWave5(np.arange(64, dtype=np.float32), name="Force0001").save(str(watched / "f.ibw"))
+    (watched / "a.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
+    assert wait_for(lambda: len(sink.frames) == 1 and watcher.counters.snapshot()["not_image"])
+    assert wait_for(lambda: watcher.counters.snapshot()["rescans"] >= 3)  # not reported again
+    counts = watcher.counters.snapshot()
+    assert (counts["not_image"], counts["broken"], sink.errors) == (1, 0, [])

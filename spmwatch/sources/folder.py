@@ -38,7 +38,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from spmwatch.config import set_aside
-from spmwatch.ibw import IbwError, check_complete, read_scan, warm_up_reader
+from spmwatch.ibw import IbwError, NoImageChannelsError, check_complete, read_scan, warm_up_reader
 from spmwatch.model import Scan
 from spmwatch.protocol import safe_scan_id
 from spmwatch.sources import Counters, FrameFile, Sink, SourceThread
@@ -362,6 +362,7 @@ class FolderWatcher(SourceThread):
         self.counters = Counters(
             "frames",
             "broken",
+            "not_image",
             "unchanged",
             "renamed",
             "rescans",
@@ -603,9 +604,15 @@ class FolderWatcher(SourceThread):
         if self._handled(result.path, result.stamp):
             return  # the rescan and an event raced to the same version
         if isinstance(result, Broken):
-            self.counters.add("broken")
-            self.counters.reject(result.kind)
-            self._emit_error(str(result.path), result.reason)
+            if result.kind == NoImageChannelsError.kind:
+                # a force curve or another wave Igor saves beside the images: not a frame, and
+                # nothing an operator must hear about
+                self.counters.add("not_image")
+                log.info("file_not_image", file=str(result.path), reason=result.reason)
+            else:
+                self.counters.add("broken")
+                self.counters.reject(result.kind)
+                self._emit_error(str(result.path), result.reason)
             self._record(result.path, result.stamp, _digest_at(result.path, result.stamp))
             return
         # digested before the hand-over, to know a renamed or copied wave: the digest, of this
