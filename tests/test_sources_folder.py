@@ -108,6 +108,19 @@ def start(watcher: FolderWatcher, registry: list[FolderWatcher]) -> FolderWatche
     return watcher
 
 
+def linked(folder: Path, link: Path) -> Path:
+    link.symlink_to(folder, target_is_directory=True)
+    return link
+
+
+def start_remembering(
+    watched: Path, state: Path, sink: Collector, registry: list[FolderWatcher]
+) -> FolderWatcher:
+    """A started watcher of `watched` quick to settle and rescan, its registry in `state`."""
+    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
+    return start(watcher, registry)
+
+
 def test_200_slow_chunked_files_each_delivered_once_and_whole(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
 ) -> None:
@@ -189,8 +202,7 @@ def test_a_history_file_re_stamped_later_is_not_scored(
     old = watched / "old.ibw"
     old.write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
     sink = TimedCollector()
-    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
-    start(watcher, stop_after)
+    watcher = start_remembering(watched, state, sink, stop_after)
     assert wait_for(lambda: SeenFiles(state).digest_of(old.resolve()) is not None)
     later = time.time() + 5
     os.utime(old, (later, later))
@@ -250,8 +262,7 @@ def test_a_folder_watched_through_a_link_is_the_same_folder(
 ) -> None:
     # the folder's key was its path as configured: watched by another name, a first watch
     state = tmp_path / "seen.json"
-    link = tmp_path / "link"
-    link.symlink_to(watched, target_is_directory=True)
+    link = linked(watched, tmp_path / "link")
     save(tmp_path, link / "old.ibw")
     run_once(link, state)
     written = json.loads(state.read_text())
@@ -259,8 +270,7 @@ def test_a_folder_watched_through_a_link_is_the_same_folder(
     assert list(written["files"]) == [str(watched.resolve() / "old.ibw")]
     save(tmp_path, watched / "meanwhile.ibw")
     sink = TimedCollector()
-    direct = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
-    start(direct, stop_after)
+    direct = start_remembering(watched, state, sink, stop_after)
     assert wait_for(lambda: direct.counters.snapshot()["rescans"] >= 5)
     assert [f.name for f in sink.frames] == ["meanwhile.ibw"]
 
@@ -269,8 +279,7 @@ def test_a_state_file_that_named_the_folder_by_its_link_still_knows_it(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
 ) -> None:
     state = tmp_path / "seen.json"
-    link = tmp_path / "link"
-    link.symlink_to(watched, target_is_directory=True)
+    link = linked(watched, tmp_path / "link")
     state.write_text(json.dumps({"v": 2, "files": {}, "folders": [str(link)]}))
     save(tmp_path, watched / "meanwhile.ibw")
     sink = TimedCollector()
@@ -284,8 +293,7 @@ def test_a_renamed_or_copied_frame_is_not_scored_again(
     """mv Image0001.ibw Image0001_keep.ibw gave a second verdict, and a second alert."""
     state = tmp_path / "seen.json"
     sink = TimedCollector()
-    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
-    start(watcher, stop_after)
+    watcher = start_remembering(watched, state, sink, stop_after)
     first, kept = watched / "Image0001.ibw", watched / "Image0001_keep.ibw"
     save(tmp_path, first)
     assert wait_for(lambda: SeenFiles(state).digest_of(first.resolve()) is not None)
@@ -319,8 +327,7 @@ def test_files_dropped_past_the_cap_are_not_scored_again(
         save(tmp_path, watched / f"old{i}.ibw")
         os.utime(watched / f"old{i}.ibw", (long_ago + i, long_ago + i))
     sink = TimedCollector()
-    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
-    start(watcher, stop_after)
+    watcher = start_remembering(watched, state, sink, stop_after)
     for name in ("new0.ibw", "new1.ibw"):
         save(tmp_path, watched / name)
     assert wait_for(lambda: len(sink.frames) == 2)
@@ -414,8 +421,7 @@ def test_a_frame_is_recorded_only_when_acknowledged_and_a_deferred_one_comes_bac
 ) -> None:
     state = tmp_path / "seen.json"
     sink = Collector()  # keeps frames without acknowledging them
-    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
-    start(watcher, stop_after)
+    watcher = start_remembering(watched, state, sink, stop_after)
     for seed, name in enumerate(("kept.ibw", "paused.ibw")):
         scan = make_scan(lines=4, points=8, seed=seed, scan_id=name[:-4])
         (watched / name).write_bytes(ibw_bytes(tmp_path, scan))
@@ -591,8 +597,7 @@ def test_a_new_mtime_on_the_same_bytes_is_not_a_new_frame(
     """touch, a sync tool or a restore re-stamps files: scored again, they repeated alerts."""
     state = tmp_path / "seen.json"
     sink = TimedCollector()
-    watcher = FolderWatcher(watched, sink, settle=0.05, rescan_interval=0.1, seen=SeenFiles(state))
-    start(watcher, stop_after)
+    watcher = start_remembering(watched, state, sink, stop_after)
     first = make_scan(lines=4, points=8, seed=1, scan_id="a")
     (watched / "a.ibw").write_bytes(ibw_bytes(tmp_path, first))
     assert wait_for(lambda: len(sink.frames) == 1)
