@@ -31,14 +31,23 @@ METRICS_ADDRESS = "127.0.0.1:9560"
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 
+def _tcp_host_port(endpoint: str) -> tuple[str, str] | None:
+    """(host, port) of a tcp:// endpoint as written (`[::1]` keeps its brackets), else None."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    return host, port
+
+
 def check_endpoint(name: str, value: str, *, binds: bool = True) -> None:
     """ValueError naming `name` for an endpoint ZeroMQ would refuse or quietly bend: another
     scheme, or a tcp:// port outside 1-65535 (99999 was bound as some other free port). Port
     * (any free one) is for an endpoint that `binds`; one that connects needs the number."""
     if not value.startswith(ENDPOINT_SCHEMES):
         raise ValueError(f"{name} = {value!r} must start with one of {', '.join(ENDPOINT_SCHEMES)}")
-    if value.startswith("tcp://"):
-        port = value.rpartition(":")[2]
+    tcp = _tcp_host_port(value)
+    if tcp is not None:
+        port = tcp[1]
         if not (port == "*" and binds) and not (port.isdigit() and 1 <= int(port) <= 65535):
             either = " (or * for any free one)" if binds else ""
             raise ValueError(f"{name} = {value!r}: the port must be 1-65535{either}")
@@ -48,9 +57,10 @@ def connect_to(bound: str) -> str:
     """The endpoint a client on this machine connects to for one a daemon binds: a wildcard
     host (`*`, 0.0.0.0, ::) is reached on loopback. ValueError for port *: the number is chosen
     at bind time, and only the daemon's `ready` log knows it."""
-    if not bound.startswith("tcp://"):
+    tcp = _tcp_host_port(bound)
+    if tcp is None:
         return bound
-    host, _, port = bound[len("tcp://") :].rpartition(":")
+    host, port = tcp
     if port == "*":
         raise ValueError(f"{bound} binds any free port: give the port from the daemon's ready log")
     loopback = {"*": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]", "[*]": "[::1]"}
@@ -60,9 +70,10 @@ def connect_to(bound: str) -> str:
 def is_local(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint can only be reached from this machine: ipc://, inproc:// or a
     loopback tcp:// address. A host name or an interface name counts as reachable."""
-    if not endpoint.startswith("tcp://"):
+    tcp = _tcp_host_port(endpoint)
+    if tcp is None:
         return True
-    host = endpoint[len("tcp://") :].rpartition(":")[0].strip("[]")
+    host = tcp[0].strip("[]")
     if host == "localhost":
         return True
     try:
