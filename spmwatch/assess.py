@@ -6,13 +6,13 @@ answer for a file is the one the daemon would have published live.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from spmwatch.classify.classifier import Classifier
-from spmwatch.classify.features import ChannelStatsAccumulator
+from spmwatch.classify.features import MEANINGS, ChannelStatsAccumulator
 from spmwatch.classify.watch import is_check, lines_to_next_check
-from spmwatch.model import Alert, FrameScores, Scan, Verdict
+from spmwatch.model import Alert, FrameScores, Scan, Verdict, reasons_list
 from spmwatch.scoring.scorer import ScanScorer, ScoringSettings, score_scan
 from spmwatch.settings import ModelSettings
 
@@ -88,6 +88,8 @@ def score_record(
         "probability": round(float(verdict.probability), 4),
         "threshold": round(float(verdict.threshold), 4),
         "model": verdict.model,
+        "decided_by": verdict.decided_by,
+        "reasons": reasons_list(verdict.reasons),
         "alert": None
         if alert is None
         else {
@@ -111,7 +113,42 @@ def score_record(
             "position": watched[0].position,
             "severity": watched[0].severity,
             "probability": round(float(watched[1].probability), 4),
+            "reasons": reasons_list(watched[1].reasons),
         },
         "channels": frame.channels,
         "dead_channels": frame.dead_channels,
     }
+
+
+def reasons_text(reasons: object) -> str:
+    """A record's reasons in words: "bands (+1.6), drift (+1.4)" (log-odds of failure)."""
+    if not isinstance(reasons, list) or not reasons:
+        return ""
+    return ", ".join(
+        f"{MEANINGS.get(r['feature'], r['feature'])} ({r['log_odds']:+.1f})" for r in reasons
+    )
+
+
+def why_text(record: Mapping[str, object]) -> str:
+    """Why a `score_record` was judged as it was, in one line: the rule that failed it, or
+    the model and the features that moved it furthest toward failing."""
+    decided = record.get("decided_by")
+    alert = record.get("alert")
+    stopped = [e for e in _events(record) if e["kind"] == "partial_frame"]
+    early = ""
+    if stopped:
+        early = f"stopped early, after {stopped[0]['start']} of {stopped[0]['end'] + 1} lines"
+    if decided == "alert" and isinstance(alert, Mapping):
+        said = f"raised an alert ({alert['kind']} at line {alert['line']})"
+        return f"the scan {said}{' and ' + early if early else ''}: fails by rule"
+    if decided == "stopped_early":
+        return f"the scan {early or 'stopped early'}: fails by rule"
+    said = reasons_text(record.get("reasons"))
+    if record.get("verdict") == "fail":
+        return "the model" + (f", mostly for: {said}" if said else "")
+    return "the model" + (f"; against it: {said}" if said else ": nothing counted against it")
+
+
+def _events(record: Mapping[str, object]) -> list[Mapping[str, int]]:
+    events = record.get("events")
+    return events if isinstance(events, list) else []

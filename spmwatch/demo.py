@@ -23,7 +23,7 @@ from typing import Any, TextIO
 import zmq
 
 from spmwatch import protocol, synth
-from spmwatch.assess import assess, score_record
+from spmwatch.assess import assess, reasons_text, score_record
 from spmwatch.classify.classifier import load_default
 from spmwatch.control import request
 from spmwatch.model import ordinal, span_text
@@ -170,7 +170,8 @@ def _describe(topic: str, event: dict[str, Any]) -> str:
         return (
             f"ALERT     line {event['line']} (the {ordinal(event['position'] + 1)} scanned): "
             f"{event['kind']}, severity {event['severity']}, "
-            f"probability {event['probability']:.2f}; suggested: {event['action']}"
+            f"probability {event['probability']:.2f}"
+            f"{_for(event) if event['kind'] == 'poor_image' else ''}; suggested: {event['action']}"
         )
     if topic == protocol.TOPIC_ACTION:
         commands = "; ".join(event.get("igor_commands") or []) or "(no Igor command)"
@@ -179,10 +180,18 @@ def _describe(topic: str, event: dict[str, Any]) -> str:
     events = ", ".join(
         f"{e['kind']} {span_text(e['kind'], e['start'], e['end'])}" for e in event.get("events", [])
     )
+    decided = {"alert": ", by the alert rule", "stopped_early": ", stopped early"}
     return (
         f"FRAME     {event['scan_id']}: {event['verdict'].upper()} "
-        f"(probability {event['probability']:.2f}); events: {events or 'none'}"
+        f"(probability {event['probability']:.2f}"
+        f"{decided.get(event.get('decided_by', ''), _for(event))}); events: {events or 'none'}"
     )
+
+
+def _for(event: dict[str, Any]) -> str:
+    """The model's reasons, as ", for: offset bands of lines (+1.6)", or nothing."""
+    said = reasons_text(event.get("reasons"))
+    return f", for: {said}" if said else ""
 
 
 def _write_configs(out_dir: Path, ends: Endpoints) -> tuple[Path, Path]:

@@ -32,6 +32,7 @@ EVENT_KINDS: tuple[str, ...] = (
     "poor_image",
 )
 Severity = Literal["low", "medium", "high"]
+Rule = Literal["stopped_early", "alert"]  # the rules that fail a frame before the model
 SEVERITIES: tuple[str, ...] = ("low", "medium", "high")
 
 
@@ -340,6 +341,10 @@ class Verdict:
     probability: float
     threshold: float
     model: str
+    # what decided: a rule ("stopped_early", "alert": probability 1) or the "model"
+    decided_by: Rule | Literal["model"] = "model"
+    # the model's reasons: (frame feature, its share of the log-odds of failure), largest first
+    reasons: tuple[tuple[str, float], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -347,4 +352,11 @@ class Verdict:
             "probability": round(float(self.probability), 4),
             "threshold": round(float(self.threshold), 4),
             "model": self.model,
+            "decided_by": self.decided_by,
+            "reasons": reasons_list(self.reasons),
         }
+
+
+def reasons_list(reasons: tuple[tuple[str, float], ...]) -> list[dict[str, object]]:
+    """A verdict's reasons as the wire and --json carry them."""
+    return [{"feature": name, "log_odds": share} for name, share in reasons]

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from spmwatch.model import Alert, FrameScores, Line, LineBlock, LineScore, Verdict
+from spmwatch.model import Alert, FrameScores, Line, LineBlock, LineScore, Verdict, reasons_list
 
 PROTOCOL_VERSION = 1
 
@@ -337,6 +337,7 @@ def alert_fields(
         "probability": round(float(verdict.probability), 4),
         "threshold": round(float(verdict.threshold), 4),
         "model": verdict.model,
+        "reasons": reasons_list(verdict.reasons),
         "action": action,
         "origin": origin,
         "lines_seen": lines_seen,

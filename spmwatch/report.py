@@ -25,9 +25,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import offset_copy
 
+from spmwatch.assess import why_text
 from spmwatch.model import (
     EVENT_KINDS,
     FrameScores,
@@ -167,8 +169,9 @@ def _fast_size_um(scan: Scan) -> float | None:
     return None
 
 
-def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tuple[str, str]:
-    """Headline (file, verdict, probability, alert) and a detail line (size, flags, events)."""
+def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tuple[str, str, str]:
+    """Headline (file, verdict, probability, alert), why it was so judged (and the frame
+    watch's judgement), and a detail line (size, flags, events)."""
     name = Path(str(record.get("file", scan.path or scan.scan_id))).name
     verdict = str(record.get("verdict", "?")).upper()
     probability = record.get("probability")
@@ -181,10 +184,11 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
         said = f"alert at line {alert['line']}: {alert['kind']} ({alert['severity']})"
     else:
         said = "no line alert"
+    head = f"{name}   |   {verdict} ({prob})   |   {said}"
+    why = f"why: {why_text(record)}"
     watched = record.get("poor_image")
     if isinstance(watched, Mapping):  # the frame watch judged the frame so far a failure
-        said += f"   |   poor image: frame so far judged failed at line {watched['line']}"
-    head = f"{name}   |   {verdict} ({prob})   |   {said}"
+        why += f"   |   poor image: the frame so far judged failed at line {watched['line']}"
     parts = [
         f"{scan.n_lines} of {lines_text(scan.expected_lines)}"
         if scan.partial
@@ -208,7 +212,7 @@ def _title(scan: Scan, frame: FrameScores, record: Mapping[str, object]) -> tupl
         parts.append(f"{len(scan.problems)} data problem(s)")
     if first_pair(scan) is None:
         parts.append("one direction saved: no trace − retrace map")
-    return head, "   ·   ".join(parts)
+    return head, why, "   ·   ".join(parts)
 
 
 def _colour(kind: str) -> str:
@@ -359,14 +363,15 @@ def render_png(
     score_w = 2.4
     panel_w = max(3.4, (10.0 - score_w) / max(n_images, 1))
     fig_w = panel_w * n_images + score_w
-    title_h = 0.75  # inches kept free above the panels for the two title lines
+    title_h = 1.0  # inches kept free above the panels for the three title lines
     fig = Figure(figsize=(fig_w, panel_w * ratio + 1.5 + title_h), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_images + 1, sharey=True, width_ratios=[panel_w] * n_images + [score_w])
-    head, detail = _title(scan, frame, record)
+    head, why, detail = _title(scan, frame, record)
     failed = str(record.get("verdict")) == "fail"
     below_top = partial(offset_copy, fig.transFigure, fig=fig, x=0.0, units="inches")
-    fig.text(
+    titles = [head, why, detail]
+    titles[0] = fig.text(
         0.5,
         1.0,
         head,
@@ -377,10 +382,11 @@ def render_png(
         color="#b00000" if failed else "#006000",
         transform=below_top(y=-0.12),
     )
-    fig.text(
-        0.5, 1.0, detail, ha="center", va="top", fontsize=10, color="#333333",
-        transform=below_top(y=-0.45),
-    )  # fmt: skip
+    for k, y in ((1, -0.45), (2, -0.7)):
+        titles[k] = fig.text(
+            0.5, 1.0, titles[k], ha="center", va="top", fontsize=10, color="#333333",
+            transform=below_top(y=y),
+        )  # fmt: skip
     for ax, name in zip(axes, channels, strict=False):
         image = level_lines(np.asarray(scan.channels[name], dtype=float))
         factor, unit = display_unit(name, image)
@@ -422,7 +428,21 @@ def render_png(
             ax.axhline(watch_line, color=WATCH_COLOUR, lw=1.4, ls=(0, (1, 1.5)), zorder=5)
     _legend(fig, frame, threshold, watch_line)
     _fit_height(fig, axes[0], ratio, title_h)
+    _fit_width(fig, titles)
     return fig
+
+
+def _fit_width(fig: Figure, texts: list[Text]) -> None:
+    """Shrink a title line that is wider than the figure until it fits (a long file name, an
+    alert and the reasons on a figure of one or two panels ran off both edges)."""
+    renderer = fig.canvas.get_renderer()
+    room = 0.98 * fig.bbox.width
+    for text in texts:
+        for _ in range(4):  # glyph widths do not scale exactly with the size: measure again
+            wide = text.get_window_extent(renderer).width
+            if wide <= room:
+                break
+            text.set_fontsize(text.get_fontsize() * room / wide * 0.99)
 
 
 def _fit_height(fig: Figure, panel: Axes, ratio: float, title_h: float) -> None:

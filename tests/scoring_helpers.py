@@ -29,6 +29,16 @@ def zero_lines(scan: Scan, start: int, count: int = 4) -> tuple[Scan, np.ndarray
     return out, rows
 
 
+def offset_bands(scan: Scan, width: int = 4, every: int = 16) -> tuple[Scan, np.ndarray]:
+    """Bands of `width` lines every `every` lines raised by half the typical line spread: too
+    weak for a line alert, a frame the model fails for its share of offset bands."""
+    out, rows = _faulty(scan, 0, scan.n_lines)
+    rows = np.concatenate([rows[s : s + width] for s in range(every // 2, len(rows), every)])
+    for a in out.channels.values():
+        a[rows] += 0.5 * np.median(np.std(a, axis=1))
+    return out, rows
+
+
 def tracking_loss(
     scan: Scan, start: int, count: int = 20, seed: int = 0
 ) -> tuple[Scan, np.ndarray]:

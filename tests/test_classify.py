@@ -24,6 +24,7 @@ from spmwatch.classify.train import (
     train_model,
 )
 from spmwatch.scoring.scorer import score_scan
+from tests import scoring_helpers as faults
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,6 +130,8 @@ def test_a_frame_stopped_early_fails_by_rule_only_once_finished(model: Path):
     assert any(e.kind == "partial_frame" for e in frame.events)
     verdict = loaded.verdict(frame, stopped, finished=True)
     assert verdict.verdict == "fail" and verdict.probability == 1.0
+    assert (verdict.decided_by, verdict.reasons) == ("stopped_early", ())
+    assert loaded.verdict(frame, stopped, finished=False).decided_by == "model"
     live = loaded.predict_proba(frame, stopped, finished=False)
     assert live == pytest.approx(loaded.predict_vectors(loaded.features(frame, stopped))[0])
     assert C.fail_probability(np.array([0.1, 0.2]), np.array([True, False])).tolist() == [1, 0.2]
@@ -309,7 +312,7 @@ def test_a_finished_frame_whose_scan_alerted_fails_but_the_alert_keeps_the_model
     model_only = loaded.predict_vectors(loaded.features(frame, scan))[0]
     assert loaded.predict_proba(frame, scan, finished=False) == pytest.approx(model_only)
     verdict = loaded.verdict(frame, scan, finished=True)
-    assert (verdict.verdict, verdict.probability) == ("fail", 1.0)
+    assert (verdict.verdict, verdict.probability, verdict.decided_by) == ("fail", 1.0, "alert")
     clean = synth.clean_scan(5, 64, 128)
     clean_frame = score_scan(clean)
     assert clean_frame.alert is None
@@ -425,3 +428,38 @@ def test_line_tail_quantiles_rest_on_enough_lines(n: int):
     spiked[n // 2] = 1e6  # one wild line
     if n - 1 > 2 * TAIL_LINES:
         assert _line_quantile(spiked, 0.99) < 10
+
+
+def test_log_odds_shares_add_up_to_each_calibrated_models_log_odds():
+    """The reasons rest on an exact split: per calibrated classifier, the shares sum to its
+    log-odds less that of a frame at the training mean."""
+    fast = C.load_default().linear
+    assert fast is not None
+    rng = np.random.default_rng(3)
+    for k in range(len(fast.coef)):
+        one = C.LinearSigmoid(
+            *(np.asarray(getattr(fast, f))[k : k + 1] for f in C.LinearSigmoid.__dataclass_fields__)
+        )
+        for row in fast.mean[k] + fast.scale[k] * rng.normal(0, 2, (5, fast.n_features)):
+            logit = np.log(one.predict(row[None]) / (1 - one.predict(row[None])))
+            at_mean = one.predict(fast.mean[k][None])
+            expected = logit - np.log(at_mean / (1 - at_mean))
+            assert one.log_odds_shares(row).sum() == pytest.approx(expected[0], rel=1e-9, abs=1e-9)
+
+
+def test_a_model_verdict_names_the_features_that_failed_it():
+    """Offset bands added to a clean scan: the frame fails on the model, with the band share
+    among its reasons; a clean scan's reasons, if any, obey the same rules."""
+    model = C.load_default()
+    clean = synth.clean_scan(31, 128, 128)
+    banded, _ = faults.offset_bands(clean)
+    verdicts = [model.verdict(score_scan(s), s) for s in (clean, banded)]
+    assert [v.verdict for v in verdicts] == ["pass", "fail"]
+    assert verdicts[1].decided_by == "model"
+    band = [dict(v.reasons).get("chan_band_frac_median", 0.0) for v in verdicts]
+    assert band[1] > band[0] + 1.0  # the bands moved the log-odds by more than a clean frame's
+    for verdict in verdicts:
+        shares = [share for _, share in verdict.reasons]
+        assert len(shares) <= C.MAX_REASONS and shares == sorted(shares, reverse=True)
+        assert all(share >= C.MIN_REASON for share in shares)
+        assert {name for name, _ in verdict.reasons} <= set(model.feature_names)

@@ -182,6 +182,7 @@ def test_the_frame_watch_alert_is_the_one_spmwatch_score_replays(running: Runnin
         offline[0].severity,
     )
     assert live["probability"] == round(offline[1].probability, 4)
+    assert live["reasons"] == offline[1].to_dict()["reasons"] != []  # why it judged so
     assert live["action"] == "notify_only" and live["origin"] == "live"
     logged = wait_for(
         lambda: [e for e in running.daemon.logged("alert") if e["seq"] == live["seq"]]
@@ -209,7 +210,12 @@ def test_a_live_scan_gets_the_verdict_spmwatch_score_gives_its_file(
     send_scan(running.endpoints["lines"], scan)
     frame = _frame(running, scan_id)
     assert frame["lines"] == LINES
-    assert frame["probability"] == offline.to_dict()["probability"]
+    said = offline.to_dict()
+    assert [frame[k] for k in ("probability", "decided_by", "reasons")] == [
+        said["probability"],
+        said["decided_by"],
+        said["reasons"],
+    ]
 
 
 def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
@@ -575,6 +581,7 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
         scorer.push(line)
     so_far = load_default().verdict(scorer.frame(), half.channels, finished=False)
     assert frame["probability"] == so_far.to_dict()["probability"] < 1.0
+    assert frame["decided_by"] == "model"  # not the stopped-early rule
 
 
 def test_sighup_reloads_config(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ def test_demo_raises_the_alert_the_responder_acts_and_the_report_is_written(tmp_
     # The responder (dry-run) names the exact Igor command it would send to stop the scan.
     assert any('ARExecuteControl("StopScan_0","MasterPanel",0,"")' in a for a in actions)
     assert len(frames) == 1 and "FAIL" in frames[0], done.stdout
+    assert "by the alert rule" in frames[0]  # why: the scan alerted, whatever the model says
     # The alert comes before the verdict of the finished frame: it was raised while scanning.
     assert lines.index(alerts[0]) < lines.index(frames[0])
     png = out / "report" / "demo_0001.png"

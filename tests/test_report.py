@@ -207,3 +207,28 @@ def test_image_panels_are_as_tall_as_a_full_frame_is_wide(
     for ax in images:
         box = ax.get_position()
         assert box.height * height_in == pytest.approx(ratio * box.width * width_in, abs=2 / 100)
+
+
+def test_the_title_says_why_and_fits_a_long_name_an_alert_and_a_poor_image() -> None:
+    """On a figure of one channel, the headline ran off both edges; it is shrunk to fit."""
+    scan = synthetic_scan(lines=64, points=64, pairs=1)
+    scan.channels = {n: a for n, a in scan.channels.items() if n.endswith("Retrace")}
+    record = {
+        "file": "A_Very_Long_Sample_Name_With_Its_Conditions_25C_0001.ibw",
+        "verdict": "fail",
+        "probability": 1.0,
+        "threshold": 0.6,
+        "decided_by": "alert",
+        "reasons": [],
+        "alert": {"line": 40, "position": 40, "kind": "tip_change", "severity": "high"},
+        "poor_image": {"line": 48, "position": 48, "severity": "high", "probability": 1.0},
+        "events": [],
+    }
+    fig = render_png(scan, score_scan(scan), record, {}, 12.0)
+    renderer = fig.canvas.get_renderer()
+    for text in fig.texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width, text.get_text()
+    why = [t.get_text() for t in fig.texts if t.get_text().startswith("why: ")]
+    assert why and "alert (tip_change at line 40): fails by rule" in why[0]
+    assert "poor image: the frame so far judged failed at line 48" in why[0]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from spmwatch import synth
+from spmwatch.classify.features import MEANINGS, feature_names
 from spmwatch.ibw import write_scan
 from spmwatch.scoring.scorer import synthetic_scan
 from tests import scoring_helpers as faults
@@ -54,6 +55,9 @@ def test_score_json_good_bad_and_unreadable(tmp_path: Path) -> None:
     assert "2 of 4 files unreadable" in done.stderr
     assert ok["verdict"] == "pass" and ok["alert"] is None and len(ok["lines"]) == 128
     assert failed["verdict"] == "fail" and failed["alert"]["kind"] == "dropout"
+    # what decided: the model for the clean frame, the alert rule for the failed one
+    assert (ok["decided_by"], failed["decided_by"], failed["reasons"]) == ("model", "alert", [])
+    assert all(r["feature"] in feature_names(bank=True) for r in ok["reasons"])
     assert failed["alert"]["line"] in rows.tolist()
     # the alert as the daemon publishes it (position, score), each line with its kind
     alert_line = failed["lines"][failed["alert"]["position"]]
@@ -71,6 +75,9 @@ def test_score_human_output(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "fail" in done.stdout and "tracking_loss" in done.stdout
     assert "fail at >= 0.60, model default" in done.stdout  # what the verdict was judged by
+    alert = json.loads(spmwatch("score", "--json", str(tmp_path / "a.ibw")).stdout)["alert"]
+    said = f"why: the scan raised an alert (tracking_loss at line {alert['line']}): fails by rule"
+    assert said in done.stdout
     # a stopped frame: the partial_frame row counts the lines never scanned, and shows no
     # line numbers (those lines have no row; its start/end were read as rows "64-255" of a
     # 64-line file scanned top to bottom)
@@ -81,6 +88,21 @@ def test_score_human_output(tmp_path: Path) -> None:
     row = next(line for line in done.stdout.splitlines() if "partial_frame" in line)
     assert f"{missing} of {cut.expected_lines} lines never scanned" in row and "high" in row
     assert row.split()[1:3] == ["-", "-"]
+    said = f"stopped early, after {cut.n_lines} of {cut.expected_lines} lines: fails by rule"
+    assert said in done.stdout
+
+
+def test_score_says_which_features_failed_a_frame_the_model_decided(tmp_path: Path) -> None:
+    """Weak offset bands in every channel, too weak for a line alert: the text names the
+    model and the band share among its reasons, in words."""
+    scan, _ = faults.offset_bands(synth.clean_scan(31, 128, 128))
+    path = synth.write(scan, tmp_path / "banded.ibw")
+    record = json.loads(spmwatch("score", "--json", str(path)).stdout)
+    assert record["verdict"] == "fail" and record["decided_by"] == "model", record["alert"]
+    assert "chan_band_frac_median" in [r["feature"] for r in record["reasons"]]
+    why = next(line for line in spmwatch("score", str(path)).stdout.splitlines() if "why:" in line)
+    assert why.startswith("  why: the model, mostly for: ")
+    assert MEANINGS["chan_band_frac_median"] in why
 
 
 def test_a_slow_first_file_is_explained(monkeypatch, capsys) -> None:

@@ -34,10 +34,14 @@ from spmwatch.classify.features import (
     feature_names,
     frame_vector,
 )
-from spmwatch.model import FrameScores, Scan, Verdict
+from spmwatch.model import FrameScores, Rule, Scan, Verdict
 
 SIDECAR_FORMAT = "spmwatch-model/1"
 DEFAULT_NAME = "default"
+# A verdict names at most this many features as its reasons, each moving the log-odds of
+# failure by at least MIN_REASON (a factor of ~1.6 in the odds): a clean frame names none.
+MAX_REASONS = 3
+MIN_REASON = 0.5
 
 # Types skops may rebuild besides its own defaults (numpy, builtins, common sklearn estimators).
 # Anything else in a model file is refused before it is loaded.
@@ -72,8 +76,9 @@ def alerted(frame: FrameScores, finished: bool) -> bool:
     return finished and frame.alert is not None
 
 
-def failed_by_rule(frame: FrameScores, finished: bool) -> bool:
-    """The rules a verdict applies before the model, in one place.
+def rule_failing(frame: FrameScores, finished: bool) -> Rule | None:
+    """The rule that fails the frame before the model is asked (`alert` or `stopped_early`),
+    or None when the model decides; the rules in one place.
 
     A frame stopped early is a failed frame by label (an operator or the responder stopped it,
     and it is not a usable image); so is a finished frame whose scan raised an online alert
@@ -82,7 +87,9 @@ def failed_by_rule(frame: FrameScores, finished: bool) -> bool:
     cross-validation apply only the first rule (`stopped_early`), since the model is fitted on
     complete frames.
     """
-    return stopped_early(frame, finished) or alerted(frame, finished)
+    if alerted(frame, finished):  # the more telling of the two when both apply
+        return "alert"
+    return "stopped_early" if stopped_early(frame, finished) else None
 
 
 def fail_probability(model_probability: np.ndarray | float, by_rule: np.ndarray | bool):
@@ -211,6 +218,15 @@ class LinearSigmoid:
             decision = ((rows - self.mean[k]) / self.scale[k]) @ self.coef[k] + self.intercept[k]
             total += expit(-(self.a[k] * decision + self.b[k]))
         return total / len(self.coef)
+
+    def log_odds_shares(self, row: np.ndarray) -> np.ndarray:
+        """Each feature's share of the log-odds of failure for one row, against a frame at
+        the training frames' mean (where every share is 0), averaged over the calibrated
+        classifiers. Exact for each of them: their log-odds is a sum of these terms plus a
+        constant, so a positive share is how far that feature moved the frame toward failing.
+        """
+        z = (row - self.mean) / self.scale
+        return (-self.a[:, None] * self.coef * z).mean(axis=0)
 
 
 def _linear_parts(calibrated: Any, classes: list) -> tuple | None:
@@ -343,6 +359,20 @@ class Classifier:
             return fast.predict(rows)
         return self.estimator.predict_proba(rows)[:, 1]
 
+    def reasons(self, row: np.ndarray) -> tuple[tuple[str, float], ...]:
+        """The features that moved this frame furthest toward failing (at most
+        MAX_REASONS, largest first, each with its share of the log-odds: `log_odds_shares`);
+        none for a model of another structure, whose decision has no such split."""
+        if self.linear is None or not np.isfinite(row).all():
+            return ()
+        shares = self.linear.log_odds_shares(np.asarray(row, dtype=float).ravel())
+        order = np.argsort(-shares, kind="stable")[:MAX_REASONS]
+        return tuple(
+            (self.feature_names[i], round(float(shares[i]), 2))
+            for i in order
+            if shares[i] >= MIN_REASON
+        )
+
     def predict_proba(
         self,
         frame: FrameScores,
@@ -350,9 +380,7 @@ class Classifier:
         finished: bool = True,
     ) -> float:
         """Probability that the frame (so far) is a failed scan, the rules applied."""
-        by_rule = failed_by_rule(frame, finished)
-        model = 0.0 if by_rule else self.predict_vectors(self.features(frame, channels))[0]
-        return float(fail_probability(model, by_rule))
+        return self.verdict(frame, channels, finished).probability
 
     def verdict(
         self,
@@ -360,14 +388,24 @@ class Classifier:
         channels: Mapping[str, np.ndarray] | Scan | ChannelStatsAccumulator | None = None,
         finished: bool = True,
     ) -> Verdict:
-        """Pass/fail at the shipped threshold. `channels`: the frame's data so far, if at hand."""
-        p = self.predict_proba(frame, channels, finished)
+        """Pass/fail at the shipped threshold, with what decided it: a rule, or the model and
+        the features that moved it most. `channels`: the frame's data so far, if at hand."""
+        rule = rule_failing(frame, finished)
+        model_p = 0.0
+        reasons: tuple[tuple[str, float], ...] = ()
+        if rule is None:
+            row = self.features(frame, channels)
+            model_p = float(self.predict_vectors(row)[0])
+            reasons = self.reasons(row)
+        p = float(fail_probability(model_p, rule is not None))
         return Verdict(
             scan_id=frame.scan_id,
             verdict="fail" if p >= self.threshold else "pass",
             probability=p,
             threshold=self.threshold,
             model=self.name,
+            decided_by=rule or "model",
+            reasons=reasons,
         )
 
 

@@ -47,6 +47,23 @@ CHANNEL_STATS = (
     "drift",
 )
 BANK_STATS = ("bank_max", "bank_q95", "bank_frac")
+# What each frame feature measures, in words: a verdict names its reasons with these.
+MEANINGS = {
+    "flagged_frac": "lines flagged by the line scorer",
+    "chan_scar_q99_median": "largest line-to-line steps",
+    "chan_scar_frac_median": "many line-to-line steps",
+    "chan_band_frac_median": "offset bands of lines",
+    "chan_line_std_hi_median": "lines far noisier than typical",
+    "chan_line_std_lo_median": "lines far flatter than typical",
+    "chan_flat_frac_median": "flat or missing lines",
+    "chan_entropy_median": "spread of the value histogram",
+    "chan_rough_frac_median": "lines rougher than the texture",
+    "chan_smooth_frac_median": "lines smoother than the texture (blur)",
+    "chan_drift_median": "texture drift across the frame",
+    "bank_max": "the line least like good lines",
+    "bank_q95": "lines unlike good lines",
+    "bank_frac": "share of lines unlike good lines",
+}
 ENTROPY_BINS = 64
 # The accumulator computes per-line values for this many stored lines at once: one numba call
 # instead of one per line, and a verdict mid-frame settles at most this many first.

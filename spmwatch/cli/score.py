@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from spmwatch.assess import assess, score_record
+from spmwatch.assess import assess, reasons_text, score_record, why_text
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.cli import unreadable_note
 from spmwatch.config import ConfigError
@@ -113,12 +113,14 @@ def _human(record: dict[str, object]) -> str:
         f"{record['file']}: {record['verdict']} (p={p}, fail at >= {record['threshold']:.2f}, "
         f"model {record['model']}), {lines_text(len(lines))}, {flagged} flagged, alert: {said}"
     ]
+    out.append(f"  why: {why_text(record)}")
     watched = record["poor_image"]
     if isinstance(watched, dict):
+        said = reasons_text(watched["reasons"])
         out.append(
             f"  poor image ({watched['severity']}): the frame so far was judged a failure at "
             f"line {watched['line']} (after {watched['position'] + 1} lines scanned, "
-            f"p={watched['probability']:.2f})"
+            f"p={watched['probability']:.2f}{', mostly for: ' + said if said else ''})"
         )
     dead, channels = record["dead_channels"], record["channels"]
     assert isinstance(dead, list) and isinstance(channels, list)
