@@ -42,7 +42,7 @@ from spmwatch.model import Alert, FrameScores, Line, LineBlock, Scan, Verdict, s
 from spmwatch.publish import Publisher
 from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
 from spmwatch.sdnotify import Notifier
-from spmwatch.settings import Settings, load_settings
+from spmwatch.settings import Settings, changed_keys, load_settings
 from spmwatch.sources import FrameFile, SourceError
 from spmwatch.sources.linesocket import reason_key
 
@@ -920,6 +920,10 @@ class Daemon:
             return {}
         if named == self.settings.model.path:
             return {}
+        try:
+            load_model(named)
+        except ModelError as exc:  # SIGHUP would fail, as it may have already
+            return {"note": f"the config file now names a model that cannot be used: {exc}"}
         return {
             "note": f"the config file now names the model {named or 'shipped with spmwatch'}; "
             "SIGHUP (systemctl reload spmwatch) switches to it"
@@ -947,16 +951,21 @@ class Daemon:
             for f in dataclasses.fields(Settings)
             if f.name not in _LIVE_SECTIONS
         }
-        needs_restart = [name for name, value in fixed.items() if getattr(new, name) != value]
-        if new.daemon.name != old.daemon.name:  # the publisher stamps every message with it
-            needs_restart.append("daemon.name")
-            fixed["daemon"] = dataclasses.replace(new.daemon, name=old.daemon.name)
+        # the publisher stamps every message with the daemon's name: fixed at its start
+        fixed["daemon"] = dataclasses.replace(new.daemon, name=old.daemon.name)
         self.settings = dataclasses.replace(new, **fixed)
+        changed = changed_keys(old, new)
+        needs_restart = [key for key in changed if key not in changed_keys(old, self.settings)]
         if new.logging != old.logging:
             logs.setup_logging(new.logging.level, new.logging.format, None, LOG_FLUSH_INTERVAL)
         if needs_restart:
-            log.warning("config_needs_restart", sections=needs_restart)
-        log.info("config_reloaded", path=str(self.config_path), **self._model_identity())
+            log.warning("config_needs_restart", keys=needs_restart)
+        log.info(
+            "config_reloaded",
+            path=str(self.config_path),
+            changed=[key for key in changed if key not in needs_restart],
+            **self._model_identity(),
+        )
 
     # -- counters ---------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ shipped file parses to exactly `Settings()`, so the two cannot drift. Values are
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -212,3 +212,14 @@ def load_settings(path: str | Path) -> Settings:
             authorized_keys=in_folder(folder, s.curve.authorized_keys),
         ),
     )
+
+
+def changed_keys(old: object, new: object, prefix: str = "") -> list[str]:
+    """The dotted keys ("scoring.alert.k") whose values differ between two settings."""
+    if not (is_dataclass(old) and type(old) is type(new)):
+        return [prefix] if old != new else []
+    found: list[str] = []
+    for f in fields(old):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        found += changed_keys(getattr(old, f.name), getattr(new, f.name), key)
+    return found

@@ -591,7 +591,8 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         text = config.read_text()
         config.write_text(text + "[scoring.alert]\nk = 4\n")
         run.daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: run.daemon.logged("config_reloaded"), 30)
+        reloaded = wait_for(lambda: run.daemon.logged("config_reloaded"), 30)
+        assert reloaded[0]["changed"] == ["scoring.alert.k"]  # what the reload changed
 
         config.write_text(text.replace("[lines]", "[lines]\nbogus = 1"))
         run.daemon.proc.send_signal(signal.SIGHUP)
@@ -599,6 +600,10 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         assert "lines.bogus: unknown key" in failed[0]["error"]
         assert failed[0]["kept"] == "the running config"
 
+        # a config naming a model that cannot load: the note says so, not "SIGHUP switches"
+        config.write_text(text + '[model]\npath = "missing.skops"\n')
+        broken = json.loads(ctl(run.endpoints["control"], "reload-model").stdout)
+        assert "cannot be used" in broken["note"] and "missing.skops" in broken["note"]
         # a copy of the shipped model with its threshold edited: status shows which is live
         edited = tmp_path / "edited"
         edited.mkdir()
@@ -625,7 +630,7 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         run.daemon.proc.send_signal(signal.SIGHUP)
         restart = wait_for(lambda: run.daemon.logged("config_needs_restart"), 30)
         # the daemon's name is on every message, fixed when the publisher starts
-        assert restart[0]["sections"] == ["control", "daemon.name"]
+        assert restart[0]["keys"] == ["control.endpoint", "daemon.name"]
         # the old control endpoint still answers: sockets are not moved by a reload
         assert ctl(run.endpoints["control"], "status").returncode == 0
     finally:
