@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from spmwatch import synth
+from spmwatch.classify.classifier import load_default
 from spmwatch.classify.features import MEANINGS, feature_names
 from spmwatch.ibw import write_scan
 from spmwatch.scoring.scorer import synthetic_scan
@@ -74,7 +75,8 @@ def test_score_human_output(tmp_path: Path) -> None:
     done = spmwatch("score", str(tmp_path / "a.ibw"))
     assert done.returncode == 0, done.stderr
     assert "fail" in done.stdout and "tracking_loss" in done.stdout
-    assert "fail at >= 0.60, model default" in done.stdout  # what the verdict was judged by
+    threshold = load_default().threshold  # what the verdict was judged by
+    assert f"fail at >= {threshold:.2f}, model default" in done.stdout
     alert = json.loads(spmwatch("score", "--json", str(tmp_path / "a.ibw")).stdout)["alert"]
     said = f"why: the scan raised an alert (tracking_loss at line {alert['line']}): fails by rule"
     assert said in done.stdout

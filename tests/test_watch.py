@@ -73,18 +73,24 @@ def test_clean_generated_scans_are_not_named(seed: int) -> None:
     assert assess(scan, load_default(), watching=ModelSettings()).poor_image is None
 
 
-def test_one_streak_line_does_not_make_a_good_scan_a_poor_image(data_root: Path) -> None:
+@pytest.mark.parametrize("rows", [(150,), (200, 150, 90)])
+def test_a_few_streak_lines_do_not_make_a_good_scan_a_poor_image(
+    data_root: Path, rows: tuple[int, ...]
+) -> None:
     """The 99th percentile of ~100 lines' steps was the one streak line's: WTV_Loc001_0001
     with a streak at stored line 150 (the 106th scanned) was named after 144 lines (p 0.986),
-    and passed when finished."""
+    and passed when finished. Two or three streak lines (4-6 steps) then failed the finished
+    frame too (p 0.84 for two), and 29 of 34 good real scans: the tail statistics now rest on
+    6.5 lines beyond them."""
     scan = read_scan(data_root / "ofdspm" / "good" / "WTV_Loc001_0001.ibw")
     channels = {}
     for name, data in scan.channels.items():
         data = np.array(data, dtype=np.float32)
         spread = np.std(data - data.mean(axis=1, keepdims=True), axis=1)
-        data[150] += 8 * np.median(spread)
+        data[list(rows)] += 8 * np.median(spread)
         channels[name] = data
     scan.channels = channels
     judged = assess(scan, load_default(), watching=ModelSettings())
-    assert judged.poor_image is None
-    assert [(e.kind, e.start) for e in judged.frame.events] == [("streak", 150)]  # still seen
+    assert judged.poor_image is None and judged.verdict.verdict == "pass"
+    streaks = sorted(e.start for e in judged.frame.events if e.kind == "streak")
+    assert streaks == sorted(rows)  # still seen, each where it is
