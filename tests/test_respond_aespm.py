@@ -76,6 +76,8 @@ def test_service_stops_and_withdraws_through_aespm(tmp_path: Path, fake: FakeIgo
     )
     assert stop_out["igor_commands"] == [STOP] and stop_out["dry_run"] is False
     assert (withdraw_out["action"], withdraw_out["outcome"]) == ("withdraw", "ok")
+    # ScanStatus says nothing about the tip: a withdraw is not reported as confirmed
+    assert withdraw_out["reason"] == "sent, and Igor answers; withdraw itself is not read back"
     assert (skipped["action"], skipped["outcome"]) == ("skip", "skipped")
 
 
