@@ -954,17 +954,14 @@ class Daemon:
         # the publisher stamps every message with the daemon's name: fixed at its start
         fixed["daemon"] = dataclasses.replace(new.daemon, name=old.daemon.name)
         self.settings = dataclasses.replace(new, **fixed)
-        changed = changed_keys(old, new)
-        needs_restart = [key for key in changed if key not in changed_keys(old, self.settings)]
+        applied = changed_keys(old, self.settings)
+        needs_restart = [key for key in changed_keys(old, new) if key not in applied]
         if new.logging != old.logging:
             logs.setup_logging(new.logging.level, new.logging.format, None, LOG_FLUSH_INTERVAL)
         if needs_restart:
             log.warning("config_needs_restart", keys=needs_restart)
         log.info(
-            "config_reloaded",
-            path=str(self.config_path),
-            changed=[key for key in changed if key not in needs_restart],
-            **self._model_identity(),
+            "config_reloaded", path=str(self.config_path), changed=applied, **self._model_identity()
         )
 
     # -- counters ---------------------------------------------------------------------------------

@@ -370,23 +370,24 @@ def render_png(
     head, why, detail = _title(scan, frame, record)
     failed = str(record.get("verdict")) == "fail"
     below_top = partial(offset_copy, fig.transFigure, fig=fig, x=0.0, units="inches")
-    titles = [head, why, detail]
-    titles[0] = fig.text(
-        0.5,
-        1.0,
-        head,
-        ha="center",
-        va="top",
-        fontsize=14,
-        fontweight="bold",
-        color="#b00000" if failed else "#006000",
-        transform=below_top(y=-0.12),
-    )
-    for k, y in ((1, -0.45), (2, -0.7)):
-        titles[k] = fig.text(
-            0.5, 1.0, titles[k], ha="center", va="top", fontsize=10, color="#333333",
+    titles = [
+        fig.text(
+            0.5,
+            1.0,
+            head,
+            ha="center",
+            va="top",
+            fontsize=14,
+            fontweight="bold",
+            color="#b00000" if failed else "#006000",
+            transform=below_top(y=-0.12),
+        )
+    ]
+    for text, y in ((why, -0.45), (detail, -0.7)):
+        titles.append(fig.text(
+            0.5, 1.0, text, ha="center", va="top", fontsize=10, color="#333333",
             transform=below_top(y=y),
-        )  # fmt: skip
+        ))  # fmt: skip
     for ax, name in zip(axes, channels, strict=False):
         image = level_lines(np.asarray(scan.channels[name], dtype=float))
         factor, unit = display_unit(name, image)

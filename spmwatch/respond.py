@@ -453,10 +453,12 @@ class Responder:
             except IgorError as exc:
                 why = f"sent, but the read-back failed: {exc}"
                 return self._notice(alert, action, why, "failed", commands)
-            if status is not None and expect is None:  # nothing in Igor reads it back
+            if status is None:
+                continue
+            if expect is None:  # nothing in Igor reads it back
                 why = f"sent, and Igor answers; {action} itself is not read back"
                 return self._notice(alert, action, why, "ok", commands, status)
-            if status is not None and expect is not None and expect(status):
+            if expect(status):
                 return self._notice(
                     alert, action, "confirmed by ScanStatus", "ok", commands, status
                 )

@@ -447,6 +447,12 @@ def test_log_odds_shares_add_up_to_each_calibrated_models_log_odds():
             assert one.log_odds_shares(row).sum() == pytest.approx(expected[0], rel=1e-9, abs=1e-9)
 
 
+def test_every_frame_feature_has_its_meaning_in_words():
+    from spmwatch.classify.features import MEANINGS
+
+    assert set(MEANINGS) == set(feature_names(bank=True))
+
+
 def test_a_model_verdict_names_the_features_that_failed_it():
     """Offset bands added to a clean scan: the frame fails on the model, with the band share
     among its reasons; a clean scan's reasons, if any, obey the same rules."""
