@@ -134,7 +134,9 @@ def test_score_with_a_daemon_config_judges_as_that_daemon(tmp_path: Path) -> Non
     assert json.loads(done.stdout)["poor_image"] is None
     strict = tmp_path / "strict.toml"
     strict.write_text("[scoring]\nflag_z = 49\n")  # barely anything flags
-    record = json.loads(spmwatch("score", "--json", "--config", str(strict), str(path)).stdout)
+    streaky = synth.write(synth.failing_scan(0, 96, 64, fault="streak")[0], tmp_path / "s.ibw")
+    default = json.loads(spmwatch("score", "--json", str(streaky)).stdout)
+    record = json.loads(spmwatch("score", "--json", "--config", str(strict), str(streaky)).stdout)
     assert sum(line["flagged"] for line in record["lines"]) < sum(
         line["flagged"] for line in default["lines"]
     )

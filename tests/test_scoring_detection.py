@@ -36,6 +36,20 @@ def test_dropout_alerts_on_its_second_line(seed: int) -> None:
     assert (delay, kind) == (1, "dropout")
 
 
+@pytest.mark.parametrize("scan_down", [False, True])
+def test_a_dropout_event_covers_the_dropped_lines_and_no_more(scan_down: bool) -> None:
+    """The first line after a dropout run used to be flagged too (decorrelated from the last
+    good line, several lines back), so the event reached one line past the run."""
+    for seed in (7, 9, 10, 11):
+        clean = synth.clean_scan(seed, 128, 256, traces=True, scan_down=scan_down)
+        scan, truth = synth.inject(clean, "dropout", seed + 7, at=0.4)
+        dropped = np.flatnonzero(truth.mask)
+        frame = score_scan(scan)
+        spans = [(e.start, e.end) for e in frame.events if e.kind == "dropout"]
+        assert spans == [(int(dropped[0]), int(dropped[-1]))], (seed, spans)
+        assert not any(s.flagged and not truth.mask[s.index] for s in frame.lines), seed
+
+
 def test_tracking_loss_alerts_within_4_lines_and_is_not_called_a_dropout() -> None:
     results = [_delay_and_kind("tracking_loss", seed) for seed in SEEDS]
     assert all(d is not None and 0 <= d <= 4 for d, _, _ in results), results

@@ -70,8 +70,18 @@ N_FAMILIES = 10  # families F_LEVEL..F_DROPOUT compete for the score and the kin
 N_SETTINGS = 21
 
 # Integer state vector.
-I_LINES, I_HIST_N, I_HIST_HEAD, I_BASE_N, I_BASE_HEAD, I_SINCE_REFRESH, I_VOTES, I_SPEC_N = range(8)
-N_STATE = 8
+(
+    I_LINES,
+    I_HIST_N,
+    I_HIST_HEAD,
+    I_BASE_N,
+    I_BASE_HEAD,
+    I_SINCE_REFRESH,
+    I_VOTES,
+    I_SPEC_N,
+    I_AFTER_DROPOUT,
+) = range(9)
+N_STATE = 9
 
 SCAR_MAX_WIDTH = 4
 HIST_DEPTH = SCAR_MAX_WIDTH + 2  # band of 4 + the older neighbour + the newest line
@@ -1177,6 +1187,11 @@ def score_line(
     # decorrelation takes the better of the two previous lines, so a single glitch line is
     # not counted again on the line after it
     second = hist_n >= 3 and not hist_good[prev]
+    # after a dropout run the newest line in the history is not this line's neighbour: the
+    # decorrelation and difference against it measure the run's length, not the tip, so they
+    # enter as the baseline's median (z 0). The level step stays, held against the last good
+    # line: a tip that changed during the run shows in it
+    adjacent = hist_n >= 2 and state[I_AFTER_DROPOUT] == 0
     # each channel's unit, fixed on its first line with a span (see unit_of); the two
     # channels of a pair share one, since residuals subtract their rows. A channel is alive
     # from its first line with a span on: one that is constant (or not finite) in every line
@@ -1209,12 +1224,21 @@ def score_line(
         corr = stats[6]
         if second:
             corr = max(corr, line_pair(hist[head, c], hist[prev2, c])[0])
-        raw[base + CH_DECOR] = 1.0 - corr if hist_n >= 2 else 0.0
-        raw[base + CH_VDIFF] = fast_log(stats[7] + TINY) if hist_n >= 2 else 0.0
+        if adjacent:
+            raw[base + CH_DECOR] = 1.0 - corr
+            raw[base + CH_VDIFF] = fast_log(stats[7] + TINY)
+        elif hist_n >= 2:
+            raw[base + CH_DECOR] = base_med[base + CH_DECOR]
+            raw[base + CH_VDIFF] = base_med[base + CH_VDIFF]
+        else:
+            raw[base + CH_DECOR] = 0.0
+            raw[base + CH_VDIFF] = 0.0
         raw[base + CH_SCAR] = 0.0
     state[I_LINES] += 1
     out[F_DROPOUT] = worst
-    if worst >= cfg[S_DROPOUT_FRACTION]:
+    dropout = worst >= cfg[S_DROPOUT_FRACTION]
+    state[I_AFTER_DROPOUT] = dropout
+    if dropout:
         out[F_SCORE] = z_clip
         return
     state[I_HIST_HEAD] = head
