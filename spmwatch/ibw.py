@@ -94,6 +94,13 @@ class IncompleteError(IbwError):
     kind = "incomplete"
 
 
+class CorruptHeaderError(IncompleteError):
+    """As long as its header says, but the header's checksum fails: corrupt, unless it is being
+    rewritten in place, so a watched folder still waits for it like an incomplete file."""
+
+    kind = "corrupt_header"
+
+
 class NotIbwError(IbwError):
     """Not an Igor binary wave at all (bad version field, random bytes, empty, corrupt)."""
 
@@ -120,6 +127,12 @@ class Completeness:
     on_disk: int
     implied: int
     reason: str | None = None
+    corrupt: bool = False  # whole length, but the header checksum fails
+
+    def error(self, path: str | Path) -> IncompleteError:
+        """The error an incomplete file is reported with."""
+        kind = CorruptHeaderError if self.corrupt else IncompleteError
+        return kind(path, self.reason or "incomplete")
 
 
 @dataclass(frozen=True)
@@ -200,7 +213,8 @@ def _completeness(
     total = _checksum(head, header.order)
     if total != 0:
         reason = f"header checksum fails (word sum {total:#06x}, expected 0)"
-        return Completeness(False, on_disk, max(header.implied, HEADER_SIZE), reason), header
+        implied = max(header.implied, HEADER_SIZE)
+        return Completeness(False, on_disk, implied, reason, on_disk >= implied), header
     if min(header.section_sizes) < 0 or header.wfm_size < WAVE_HEADER_SIZE:
         raise NotIbwError(path, f"corrupt header: impossible section sizes {header.section_sizes}")
     if on_disk < header.implied:
@@ -387,7 +401,8 @@ def nonfinite_problems(channels: Mapping[str, np.ndarray]) -> list[str]:
 def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
     """Read an Asylum image file into a `Scan` with channels shaped (lines, points).
 
-    Raises `IncompleteError` for a file still being written (callers retry) and the other
+    Raises `IncompleteError` for a file still being written (callers retry; its subclass
+    `CorruptHeaderError` when the file is whole but its header checksum fails) and the other
     `IbwError`s for files that will never read; NaN/Inf content is reported in
     `Scan.problems`, never raised.
     """
@@ -396,7 +411,7 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
         raise NotIbwError(path, "empty file: not an Igor binary wave")
     completeness, header = _completeness(raw[:HEADER_SIZE], len(raw), path)
     if not completeness.complete or header is None:
-        raise IncompleteError(path, completeness.reason or "incomplete")
+        raise completeness.error(path)
     shape = _validate_layout(header, path)
     wave = _load_igor(raw, header, path)
     utf8 = header.note_encoding == _UTF8_ENCODING

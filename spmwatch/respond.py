@@ -165,6 +165,7 @@ class RespondSettings:
     act_on_saved_frames: bool = False
     state_file: str = "~/.local/state/spmwatch/respond-state.json"
     heartbeat_interval: float = 1.0
+    daemon_timeout: float = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     policy: PolicySettings = field(default_factory=PolicySettings)
@@ -182,6 +183,7 @@ class RespondSettings:
                 "confirm_interval": 0,
                 "heartbeat_interval": 0,
                 "debounce_s": 0,
+                "daemon_timeout": 0,
             },
             at_least={"confirm_reads": 1, "max_rescans_per_hour": 0},
         )
@@ -509,6 +511,64 @@ def _scanning(status: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+class DaemonPresence:
+    """Whether the daemon's heartbeats arrive. A responder that hears none protects nothing
+    (a wrong `subscribe`, a daemon not running, CURVE keys that do not match), and ZeroMQ
+    connects in silence, so the change is logged each way and shown in systemd's status.
+
+    Silent means no heartbeat for `timeout` seconds, or for 3 of the daemon's own declared
+    intervals when those are longer.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float,
+        notifier: Notifier,
+        mode: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.heard_now: bool | None = None  # None until heard or `timeout` has passed
+        self._notifier = notifier
+        self._mode = mode
+        self._clock = clock
+        self._since = clock()  # the last heartbeat, or the start
+        self._interval = 0.0
+        self._told_silent = False
+
+    def heard(self, payload: Mapping[str, Any]) -> None:
+        """A daemon heartbeat arrived."""
+        interval = payload.get("interval")
+        self._interval = float(interval) if isinstance(interval, int | float) else 0.0
+        self._since = self._clock()
+        if payload.get("final"):
+            log.warning("daemon_stopping", endpoint=self.endpoint, daemon=payload.get("daemon"))
+            return
+        if not self.heard_now:
+            self.heard_now = True
+            self._told_silent = False
+            log.info("daemon_heard", endpoint=self.endpoint, daemon=payload.get("daemon"))
+            self._notifier.status(f"{self._mode}; daemon heard at {self.endpoint}")
+
+    def check(self) -> None:
+        """Tell, once, that no heartbeat came for too long."""
+        silent_for = self._clock() - self._since
+        if self._told_silent or silent_for < max(self.timeout, 3 * self._interval):
+            return
+        self.heard_now = False
+        self._told_silent = True
+        log.warning(
+            "daemon_not_heard",
+            endpoint=self.endpoint,
+            seconds=round(silent_for, 1),
+            hint="no alert can arrive: is spmwatch running and publishing at this address, "
+            "and do the CURVE keys match?",
+        )
+        self._notifier.status(f"{self._mode}; NO DAEMON HEARD at {self.endpoint}")
+
+
 def serve(
     settings: RespondSettings,
     stop: threading.Event,
@@ -523,10 +583,17 @@ def serve(
         log.warning("igor_unreachable", problem=problem)
     context = context or zmq.Context.instance()
     curve = settings.curve
+    notifier = Notifier()
+    mode = "dry-run" if settings.dry_run else "acting on alerts"
+    presence = DaemonPresence(settings.subscribe, settings.daemon_timeout, notifier, mode)
     publisher = Publisher(
         settings.actions_endpoint,
         heartbeat_interval=settings.heartbeat_interval,
-        heartbeat=lambda: {"role": "responder", "dry_run": settings.dry_run},
+        heartbeat=lambda: {
+            "role": "responder",
+            "dry_run": settings.dry_run,
+            "daemon_heard": presence.heard_now,
+        },
         source="responder",
         curve=(curve.secret_key, curve.authorized_keys)
         if curve.enabled and curve.authorized_keys
@@ -546,6 +613,7 @@ def serve(
         )
         sub.setsockopt(zmq.LINGER, 0)
         sub.subscribe(protocol.TOPIC_ALERT.encode())
+        sub.subscribe(protocol.TOPIC_HEARTBEAT.encode())
         sub.connect(settings.subscribe)
         state = ResponderState.load(settings.state_file)
         try:
@@ -567,8 +635,7 @@ def serve(
             dry_run=settings.dry_run,
             state_file=str(state.path),
         )
-        notifier = Notifier()
-        notifier.ready("dry-run" if settings.dry_run else "acting on alerts")
+        notifier.ready(mode)
         ping = notifier.watchdog_interval
         next_ping = 0.0
         while not stop.is_set():
@@ -576,6 +643,7 @@ def serve(
                 notifier.watchdog()  # from this loop: a hung Igor call is caught by its time-out
                 next_ping = time.monotonic() + ping
             watch.check()
+            presence.check()
             if not sub.poll(200):
                 continue
             try:
@@ -585,6 +653,8 @@ def serve(
                 continue
             if topic == protocol.TOPIC_ALERT:
                 responder.handle(payload)
+            elif topic == protocol.TOPIC_HEARTBEAT and payload.get("source") == "daemon":
+                presence.heard(payload)
     finally:
         Notifier().stopping()
         if watch is not None:

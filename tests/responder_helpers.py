@@ -60,9 +60,15 @@ class FakeDaemon:
                 return
         raise AssertionError(f"nobody subscribed to {protocol.TOPIC_ALERT} within {timeout} s")
 
-    def send(self, payload: dict[str, Any]) -> dict[str, Any]:
-        self.socket.send_multipart(protocol.encode_event(protocol.TOPIC_ALERT, payload))
+    def send(self, payload: dict[str, Any], topic: str = protocol.TOPIC_ALERT) -> dict[str, Any]:
+        self.socket.send_multipart(protocol.encode_event(topic, payload))
         return payload
+
+    def heartbeat(self, seq: int, final: bool = False) -> None:
+        """A daemon heartbeat with the fields the responder reads."""
+        payload = {"v": protocol.PROTOCOL_VERSION, "seq": seq, "time": time.time()}
+        payload |= {"scan_id": None, "source": "daemon", "daemon": "fake", "interval": 0.1}
+        self.send(payload | ({"final": True} if final else {}), protocol.TOPIC_HEARTBEAT)
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -77,12 +83,16 @@ class ActionListener:
         self.socket.subscribe(b"")
         self.socket.connect(endpoint)
 
-    def wait_heartbeat(self, final: bool = False, timeout: float = 20.0) -> dict[str, Any]:
-        """The next live (or final) heartbeat: a live one proves the actions socket is up and
-        we are subscribed; the final one marks the end of a responder run."""
-        return self._next(
-            protocol.TOPIC_HEARTBEAT, timeout, lambda p: p.get("final", False) == final
-        )
+    def wait_heartbeat(
+        self, final: bool = False, timeout: float = 20.0, **fields: Any
+    ) -> dict[str, Any]:
+        """The next live (or final) heartbeat with `fields`: a live one proves the actions
+        socket is up and we are subscribed; the final one marks the end of a responder run."""
+
+        def wanted(payload: dict[str, Any]) -> bool:
+            return payload.get("final", False) == final and fields.items() <= payload.items()
+
+        return self._next(protocol.TOPIC_HEARTBEAT, timeout, wanted)
 
     def actions(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         return [self._next(protocol.TOPIC_ACTION, timeout) for _ in range(count)]

@@ -259,6 +259,21 @@ def test_a_file_left_incomplete_is_reported_after_incomplete_after(running: Runn
     assert running.sub.of(protocol.TOPIC_FRAME, file="stuck-1.ibw") == []
 
 
+def test_a_whole_file_with_a_corrupt_header_is_called_corrupt(running: Running) -> None:
+    from spmwatch.synth import write
+
+    flipped = bytearray(write(_good("bent-1"), running.folder.parent / "bent-1.ibw").read_bytes())
+    flipped[100] ^= 0x40  # the checksum no longer adds up; the length is whole
+    (running.folder / "bent-1.ibw").write_bytes(bytes(flipped))
+
+    def reported() -> list[dict]:
+        errors = running.daemon.logged("source_error")
+        return [e for e in errors if str(e.get("subject", "")).endswith("bent-1.ibw")]
+
+    reason = wait_for(reported, 20)[0]["reason"]
+    assert reason.startswith("corrupt after 2 s unchanged: header checksum fails"), reason
+
+
 def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Running) -> None:
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 5000)

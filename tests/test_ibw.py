@@ -20,6 +20,7 @@ from igorwriter import IgorWave5
 from spmwatch.ibw import (
     HEADER_SIZE,
     MAX_PROBLEM_RUNS,
+    CorruptHeaderError,
     IbwError,
     IncompleteError,
     NoImageChannelsError,
@@ -305,8 +306,16 @@ def test_flipped_header_byte_fails_the_checksum(tmp_path: Path, offset: int) -> 
     path = tmp_path / "flipped.ibw"
     path.write_bytes(bytes(flipped))
     assert "checksum" in (check_complete(path).reason or "")
-    with pytest.raises(IncompleteError, match="checksum"):
+    # whole length: corrupt, a kind of its own; still an IncompleteError, so a watched folder
+    # waits for a rewrite before it reports it
+    with pytest.raises(CorruptHeaderError, match="checksum") as caught:
         read_scan(path)
+    assert isinstance(caught.value, IncompleteError) and caught.value.kind == "corrupt_header"
+    # cut short as well: being written, not corrupt
+    path.write_bytes(bytes(flipped[: len(flipped) // 2]))
+    with pytest.raises(IncompleteError) as caught:
+        read_scan(path)
+    assert caught.value.kind == "incomplete"
 
 
 def test_big_endian_file_reads_the_same(tmp_path: Path) -> None:

@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 import structlog
 import zmq
-from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
+from responder_helpers import (
+    ActionListener,
+    FakeDaemon,
+    alert_payload,
+    free_tcp_endpoint,
+    wait_for,
+)
 
 from spmwatch import config, respond
 from spmwatch.advice import ACTIONS, suggested_action
@@ -296,6 +302,59 @@ def test_responder_service_end_to_end(tmp_path: Path) -> None:
         (again,) = listener.actions(1)
         assert (again["action"], again["outcome"]) == ("skip", "skipped")
         assert "duplicate" in again["reason"]
+    finally:
+        if process.poll() is None:
+            _stop(process)
+        listener.close()
+        daemon.close()
+        context.term()
+
+
+def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
+    """ZeroMQ connects in silence: without the daemon's heartbeats the responder warns once,
+    and its own heartbeats say whether a daemon is heard."""
+    actions_endpoint = free_tcp_endpoint()
+    context = zmq.Context()
+    daemon = FakeDaemon(context)
+    config_file = tmp_path / "respond.toml"
+    config_file.write_text(
+        f'subscribe = "{daemon.endpoint}"\n'
+        f'actions_endpoint = "{actions_endpoint}"\n'
+        f'state_file = "{tmp_path / "state.json"}"\n'
+        'heartbeat_interval = 0.1\ndaemon_timeout = 2.0\nlog_format = "json"\n'
+    )
+    listener = ActionListener(context, actions_endpoint)
+    process = _start_responder(config_file)
+    try:
+        daemon.wait_subscriber()
+        listener.wait_heartbeat(daemon_heard=None)  # within daemon_timeout: not known yet
+        listener.wait_heartbeat(daemon_heard=False)  # then told: daemon_not_heard
+        seq = 0
+
+        def heard() -> bool:
+            nonlocal seq
+            daemon.heartbeat(seq)
+            seq += 1
+            try:
+                listener.wait_heartbeat(daemon_heard=True, timeout=0.3)
+            except AssertionError:
+                return False
+            return True
+
+        wait_for(heard, timeout=20)
+        daemon.heartbeat(seq, final=True)
+        listener.wait_heartbeat(daemon_heard=False)  # silent again after the daemon stopped
+        code, out = _stop(process)
+        assert code == 0, out
+        events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        told = [e for e in events if e["event"].startswith("daemon_")]
+        assert [e["event"] for e in told] == [
+            "daemon_not_heard",
+            "daemon_heard",
+            "daemon_stopping",
+            "daemon_not_heard",
+        ], told
+        assert told[0]["endpoint"] == daemon.endpoint and "no alert can arrive" in told[0]["hint"]
     finally:
         if process.poll() is None:
             _stop(process)

@@ -128,5 +128,9 @@ def _render(topic: str, payload: dict[str, Any], as_json: bool) -> str:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A value for the one-line view: words (reasons, problems) in full, structured values
+    (per-line scores, counters) cut at 200 characters; --json has everything."""
+    if isinstance(value, str):
+        return value
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 200 else text[:197] + "..."
