@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import ipaddress
 import signal
 import socket
 import sys
@@ -84,6 +85,27 @@ class StartupError(RuntimeError):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def _tcp_port_taken(endpoint: str) -> str | None:
+    """Why a listener could not bind this tcp:// endpoint now, or None: free, port * (any
+    free one), or a host or interface name (the real bind tells about those)."""
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    if not endpoint.startswith("tcp://") or not port.isdigit():
+        return None
+    host = host.strip("[]")
+    host = {"*": "0.0.0.0", "localhost": "127.0.0.1"}.get(host, host)
+    try:
+        ipv6 = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        return None
+    with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 class _StoppedWarmingUp(Exception):
@@ -245,6 +267,7 @@ class Daemon:
         self._claim_state_file()
         self.control = ControlServer(s.control.endpoint, self.command)
         self._bind(self.control.start, "control.endpoint", s.control.endpoint)
+        self._check_ports_free()
         log.info(
             "warming_up",
             note="loading the numba kernels from numba's cache (seconds), or compiling them on a"
@@ -393,6 +416,21 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def _check_ports_free(self) -> None:
+        """A port another program holds is told now, not after the warm-up (a minute on a
+        first start). The sockets themselves bind after it; a port taken in between is still
+        told then."""
+        s = self.settings
+        wanted = [("publish.endpoint", s.publish.endpoint, s.publish.endpoint)]
+        if s.lines.enabled:
+            wanted.append(("lines.endpoint", s.lines.endpoint, s.lines.endpoint))
+        if s.metrics.address:
+            wanted.append(("metrics.address", s.metrics.address, f"tcp://{s.metrics.address}"))
+        for key, value, endpoint in wanted:
+            problem = _tcp_port_taken(endpoint)
+            if problem is not None:
+                raise StartupError(f"{key} {value}: {problem}")
 
     def _bind(self, start: Any, what: str, address: str) -> None:
         try:

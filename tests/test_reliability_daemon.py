@@ -594,6 +594,33 @@ def test_bad_config_and_models_are_refused_before_any_socket_is_bound(tmp_path: 
             probe.bind(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])))
 
 
+@pytest.mark.parametrize("key", ["publish", "lines", "metrics"])
+def test_a_port_held_by_another_program_is_told_before_the_warm_up(
+    tmp_path: Path, key: str
+) -> None:
+    """A second daemon on the same ports heard of the clash only after the warm-up (a minute
+    on a first start): now at once, naming the key, exit 1 (systemd retries)."""
+    config, endpoints = write_config(tmp_path)
+    port = int(endpoints[key].rsplit(":", 1)[1])
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        done = subprocess.run(
+            [sys.executable, "-m", "spmwatch", "run", "--config", str(config)],
+            capture_output=True,
+            env=ENV,
+            cwd=REPO,
+            text=True,
+            timeout=120,
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    name = "address" if key == "metrics" else "endpoint"
+    assert f"{key}.{name} {endpoints[key]}: Address already in use" in output, output
+    assert "warming_up" not in output, output  # told before the warm-up began
+
+
 # ---------------------------------------------------------------------------------------------
 # (e) CURVE: eavesdroppers get nothing, forged alerts are not acted on
 # ---------------------------------------------------------------------------------------------
