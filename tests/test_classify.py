@@ -324,9 +324,10 @@ def test_progress_bars_work_without_quiet(
 ) -> None:
     """train and evaluate show bars on a terminal unless --quiet; tqdm was once missing from
     the dependencies, and every test ran quiet, so a user's first `spmwatch train` crashed.
-    A redirected stderr gets no bar: a log file got every redraw of it."""
-    assert list(progress(range(5), "scans")) == list(range(5))
-    assert capsys.readouterr().err == ""  # not a terminal
+    A redirected stderr gets one line per stage, no bar: a log file got every redraw of it,
+    and with nothing at all a ten-minute evaluate said nothing."""
+    assert list(progress(range(5), "real scans")) == list(range(5))
+    assert capsys.readouterr().err == "real scans: 5 scans ...\n"  # not a terminal
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -144,9 +144,13 @@ def data_digest(paths: Iterable[Path], synthetic: int, seed: int) -> str:
 
 
 def progress(items: Sequence, desc: str, quiet: bool = False):
-    """A tqdm bar on a terminal (stderr); silent when quiet, and when stderr is no terminal
-    (disable=None): a redirected log got every redraw of the bar."""
+    """A tqdm bar on a terminal (stderr); silent when quiet. When stderr is no terminal (a
+    log, CI) one line per stage: a bar there wrote every redraw, and no bar at all left a
+    ten-minute `evaluate` silent."""
     if quiet:
+        return items
+    if not sys.stderr.isatty():
+        print(f"{desc}: {len(items)} scans ...", file=sys.stderr, flush=True)
         return items
     from tqdm import tqdm
 
