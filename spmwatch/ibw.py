@@ -94,9 +94,9 @@ class IncompleteError(IbwError):
     kind = "incomplete"
 
 
-class CorruptHeaderError(IncompleteError):
-    """As long as its header says, but the header's checksum fails: corrupt, unless it is being
-    rewritten in place, so a watched folder still waits for it like an incomplete file."""
+class CorruptHeaderError(IbwError):
+    """As long as its header says, but the header's checksum fails: corrupt. Reported once the
+    file has settled; a rewrite is a new version, read again."""
 
     kind = "corrupt_header"
 
@@ -129,8 +129,8 @@ class Completeness:
     reason: str | None = None
     corrupt: bool = False  # whole length, but the header checksum fails
 
-    def error(self, path: str | Path) -> IncompleteError:
-        """The error an incomplete file is reported with."""
+    def error(self, path: str | Path) -> IbwError:
+        """The error a file that is not (yet) whole is reported with."""
         kind = CorruptHeaderError if self.corrupt else IncompleteError
         return kind(path, self.reason or "incomplete")
 
@@ -212,9 +212,11 @@ def _completeness(
     header = _parse_header(head, found[0])
     total = _checksum(head, header.order)
     if total != 0:
-        reason = f"header checksum fails (word sum {total:#06x}, expected 0)"
         implied = max(header.implied, HEADER_SIZE)
-        return Completeness(False, on_disk, implied, reason, on_disk >= implied), header
+        whole = on_disk >= implied
+        checksum = f"checksum fails (word sum {total:#06x}, expected 0)"
+        reason = f"corrupt header: {checksum}" if whole else f"header {checksum}"
+        return Completeness(False, on_disk, implied, reason, whole), header
     if min(header.section_sizes) < 0 or header.wfm_size < WAVE_HEADER_SIZE:
         raise NotIbwError(path, f"corrupt header: impossible section sizes {header.section_sizes}")
     if on_disk < header.implied:
@@ -401,8 +403,8 @@ def nonfinite_problems(channels: Mapping[str, np.ndarray]) -> list[str]:
 def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
     """Read an Asylum image file into a `Scan` with channels shaped (lines, points).
 
-    Raises `IncompleteError` for a file still being written (callers retry; its subclass
-    `CorruptHeaderError` when the file is whole but its header checksum fails) and the other
+    Raises `IncompleteError` for a file still being written (callers retry),
+    `CorruptHeaderError` for a whole one whose header checksum fails, and the other
     `IbwError`s for files that will never read; NaN/Inf content is reported in
     `Scan.problems`, never raised.
     """

@@ -23,6 +23,7 @@ import zmq
 from spmwatch import protocol
 from spmwatch.assess import assess
 from spmwatch.classify.classifier import default_model_path, load_default
+from spmwatch.config import ConfigError
 from spmwatch.demo import _ready as demo_daemon_ready
 from spmwatch.model import Scan
 from spmwatch.scoring.scorer import ScanScorer, score_scan
@@ -270,8 +271,12 @@ def test_a_whole_file_with_a_corrupt_header_is_called_corrupt(running: Running) 
         errors = running.daemon.logged("source_error")
         return [e for e in errors if str(e.get("subject", "")).endswith("bent-1.ibw")]
 
+    # once settled (0.2 s here), not after incomplete_after (2 s here, 30 s by default)
     reason = wait_for(reported, 20)[0]["reason"]
-    assert reason.startswith("corrupt after 2 s unchanged: header checksum fails"), reason
+    assert reason.startswith("corrupt header: checksum fails"), reason
+    assert not [
+        e for e in running.daemon.logged("file_incomplete_waiting") if "bent-1" in e["file"]
+    ]
 
 
 def test_malformed_message_is_an_error_and_the_daemon_keeps_serving(running: Running) -> None:
@@ -614,6 +619,18 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         failed = wait_for(lambda: run.daemon.logged("config_reload_failed"), 30)
         assert "lines.bogus: unknown key" in failed[0]["error"]
         assert failed[0]["kept"] == "the running config"
+        # ctl still finds the daemon through that file: the typo is told, not fatal
+        by_config = subprocess.run(
+            [sys.executable, "-m", "spmwatch", "ctl", "status", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=60,
+        )
+        assert by_config.returncode == 0, by_config.stderr
+        assert json.loads(by_config.stdout)["state"] == "serving"
+        assert "lines.bogus: unknown key" in by_config.stderr
+        assert "its [control] endpoint is used" in by_config.stderr
 
         # a config naming a model that cannot load: the note says so, not "SIGHUP switches"
         config.write_text(text + '[model]\npath = "missing.skops"\n')
@@ -741,3 +758,12 @@ def test_ctl_and_subscribe_reach_a_wildcard_bind_on_loopback(
     config.write_text(f'[control]\nendpoint = "{bound}"\n[publish]\nendpoint = "{bound}9"\n')
     assert endpoint_in_config(str(config), "control") == reached
     assert endpoint_in_config(str(config), "publish") == reached + "9"
+
+
+def test_a_bad_endpoint_in_the_section_asked_for_is_still_an_error(tmp_path: Path) -> None:
+    from spmwatch.cli import endpoint_in_config
+
+    config = tmp_path / "spmwatch.toml"
+    config.write_text('[control]\nendpoint = "tcp://127.0.0.1:99999"\n[lines]\nbogus = 1\n')
+    with pytest.raises(ConfigError, match=r"control\.endpoint = .* the port must be 1-65535"):
+        endpoint_in_config(str(config), "control")

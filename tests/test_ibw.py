@@ -306,11 +306,11 @@ def test_flipped_header_byte_fails_the_checksum(tmp_path: Path, offset: int) -> 
     path = tmp_path / "flipped.ibw"
     path.write_bytes(bytes(flipped))
     assert "checksum" in (check_complete(path).reason or "")
-    # whole length: corrupt, a kind of its own; still an IncompleteError, so a watched folder
-    # waits for a rewrite before it reports it
+    # whole length: corrupt, a kind of its own, not "still being written"
     with pytest.raises(CorruptHeaderError, match="checksum") as caught:
         read_scan(path)
-    assert isinstance(caught.value, IncompleteError) and caught.value.kind == "corrupt_header"
+    assert not isinstance(caught.value, IncompleteError)
+    assert caught.value.kind == "corrupt_header"
     # cut short as well: being written, not corrupt
     path.write_bytes(bytes(flipped[: len(flipped) // 2]))
     with pytest.raises(IncompleteError) as caught:

@@ -51,11 +51,25 @@ bind_endpoint = _endpoint_type(binds=True)  # one to listen on: port * takes any
 def endpoint_in_config(path: str, section: str) -> str:
     """Where this machine reaches the socket `[section] endpoint` of the daemon config `path`
     binds (a wildcard host on loopback). ConfigError for a bad file or a port * (its number
-    is chosen at bind time). Imports the settings only here: they pull in the scorer."""
-    from spmwatch.config import ConfigError
-    from spmwatch.settings import load_settings
+    is chosen at bind time). Imports the settings only here: they pull in the scorer.
 
-    bound = getattr(load_settings(path), section).endpoint
+    A mistake elsewhere in the file is told on stderr, and the section's endpoint is used all
+    the same: a typo a SIGHUP just refused (the daemon keeps its running config) must not
+    also cut `ctl` and `subscribe` off from that daemon."""
+    import typing
+
+    from spmwatch.config import ConfigError, build, load_toml
+    from spmwatch.settings import Settings, load_settings
+
+    try:
+        bound = getattr(load_settings(path), section).endpoint
+    except ConfigError as whole:
+        try:
+            table = load_toml(path).get(section, {})
+            bound = build(typing.get_type_hints(Settings)[section], table, section).endpoint
+        except ConfigError:
+            raise whole from None
+        print(f"spmwatch: {whole}; its [{section}] endpoint is used", file=sys.stderr)
     try:
         return protocol.connect_to(bound)
     except ValueError as exc:

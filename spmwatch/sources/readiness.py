@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from spmwatch.ibw import CorruptHeaderError, IbwError, IncompleteError, check_complete
+from spmwatch.ibw import IbwError, IncompleteError, check_complete
 from spmwatch.model import Scan
 
 log = structlog.get_logger("spmwatch.sources")
@@ -117,8 +117,7 @@ class Readiness:
             scan = self._read(path)
         except IncompleteError as exc:
             if unchanged_for >= self.give_up:
-                state = "corrupt" if isinstance(exc, CorruptHeaderError) else "still incomplete"
-                reason = f"{state} after {unchanged_for:.0f} s unchanged: {exc.reason}"
+                reason = f"still incomplete after {unchanged_for:.0f} s unchanged: {exc.reason}"
                 return Broken(path, stamp, exc.kind, reason)
             if not pending.told_incomplete:  # said once, so a stuck copy is not a mystery
                 pending.told_incomplete = True
