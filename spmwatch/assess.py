@@ -10,9 +10,9 @@ from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 from spmwatch.classify.classifier import Classifier
-from spmwatch.classify.features import MEANINGS, ChannelStatsAccumulator
+from spmwatch.classify.features import ChannelStatsAccumulator
 from spmwatch.classify.watch import is_check, lines_to_next_check
-from spmwatch.model import Alert, FrameScores, Scan, Verdict, reasons_list
+from spmwatch.model import Alert, FrameScores, Scan, Verdict, reasons_list, reasons_text
 from spmwatch.scoring.scorer import ScanScorer, ScoringSettings, score_scan
 from spmwatch.settings import ModelSettings
 
@@ -118,15 +118,6 @@ def score_record(
         "channels": frame.channels,
         "dead_channels": frame.dead_channels,
     }
-
-
-def reasons_text(reasons: object) -> str:
-    """A record's reasons in words: "bands (+1.6), drift (+1.4)" (log-odds of failure)."""
-    if not isinstance(reasons, list) or not reasons:
-        return ""
-    return ", ".join(
-        f"{MEANINGS.get(r['feature'], r['feature'])} ({r['log_odds']:+.1f})" for r in reasons
-    )
 
 
 def why_text(record: Mapping[str, object]) -> str:

@@ -23,10 +23,10 @@ from typing import Any, TextIO
 import zmq
 
 from spmwatch import protocol, synth
-from spmwatch.assess import assess, reasons_text, score_record
+from spmwatch.assess import assess, score_record
 from spmwatch.classify.classifier import load_default
 from spmwatch.control import request
-from spmwatch.model import ordinal, span_text
+from spmwatch.model import ordinal, reasons_text, span_text
 from spmwatch.report import write_report
 from spmwatch.settings import ModelSettings
 from spmwatch.sources.linesocket import LineSender

@@ -332,6 +332,15 @@ class FrameScores:
         return len(self.lines)
 
 
+class Reason(NamedTuple):
+    """A frame feature that moved a verdict toward failing: its share of the log-odds of
+    failure, and what it measures in words (for people reading an alert, not the code)."""
+
+    feature: str
+    log_odds: float
+    meaning: str
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The classifier's pass/fail for a frame (or the frame so far)."""
@@ -343,8 +352,8 @@ class Verdict:
     model: str
     # what decided: a rule ("stopped_early", "alert": probability 1) or the "model"
     decided_by: Rule | Literal["model"] = "model"
-    # the model's reasons: (frame feature, its share of the log-odds of failure), largest first
-    reasons: tuple[tuple[str, float], ...] = ()
+    # the model's reasons, largest first
+    reasons: tuple[Reason, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -357,6 +366,18 @@ class Verdict:
         }
 
 
-def reasons_list(reasons: tuple[tuple[str, float], ...]) -> list[dict[str, object]]:
+def reasons_list(reasons: tuple[Reason, ...]) -> list[dict[str, object]]:
     """A verdict's reasons as the wire and --json carry them."""
-    return [{"feature": name, "log_odds": share} for name, share in reasons]
+    return [reason._asdict() for reason in reasons]
+
+
+def reasons_text(reasons: object) -> str:
+    """Reasons as the wire carries them, in words: "offset bands of lines (+1.6), texture
+    drift across the frame (+1.4)" (log-odds of failure); "" for none or a malformed list."""
+    if not isinstance(reasons, list):
+        return ""
+    return ", ".join(
+        f"{r.get('meaning') or r.get('feature')} ({r['log_odds']:+.1f})"
+        for r in reasons
+        if isinstance(r, dict) and isinstance(r.get("log_odds"), int | float)
+    )

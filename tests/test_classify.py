@@ -15,7 +15,7 @@ import pytest
 
 from spmwatch import synth
 from spmwatch.classify import classifier as C
-from spmwatch.classify.features import channel_features, feature_names, frame_vector
+from spmwatch.classify.features import MEANINGS, channel_features, feature_names, frame_vector
 from spmwatch.classify.train import (
     choose_rule,
     family_of,
@@ -449,8 +449,6 @@ def test_log_odds_shares_add_up_to_each_calibrated_models_log_odds():
 
 
 def test_every_frame_feature_has_its_meaning_in_words():
-    from spmwatch.classify.features import MEANINGS
-
     assert set(MEANINGS) == set(feature_names(bank=True))
 
 
@@ -463,10 +461,16 @@ def test_a_model_verdict_names_the_features_that_failed_it():
     verdicts = [model.verdict(score_scan(s), s) for s in (clean, banded)]
     assert [v.verdict for v in verdicts] == ["pass", "fail"]
     assert verdicts[1].decided_by == "model"
-    band = [dict(v.reasons).get("chan_band_frac_median", 0.0) for v in verdicts]
+    band = [
+        {r.feature: r.log_odds for r in v.reasons}.get("chan_band_frac_median", 0.0)
+        for v in verdicts
+    ]
     assert band[1] > band[0] + 1.0  # the bands moved the log-odds by more than a clean frame's
     for verdict in verdicts:
-        shares = [share for _, share in verdict.reasons]
+        shares = [r.log_odds for r in verdict.reasons]
         assert len(shares) <= C.MAX_REASONS and shares == sorted(shares, reverse=True)
         assert all(share >= C.MIN_REASON for share in shares)
-        assert {name for name, _ in verdict.reasons} <= set(model.feature_names)
+        assert {r.feature for r in verdict.reasons} <= set(model.feature_names)
+        # each in words, as the wire carries it (a dashboard has no MEANINGS table)
+        assert all(r.meaning == MEANINGS[r.feature] for r in verdict.reasons)
+    assert verdicts[1].to_dict()["reasons"][0].keys() == {"feature", "log_odds", "meaning"}

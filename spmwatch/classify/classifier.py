@@ -29,12 +29,13 @@ from sklearn.preprocessing import StandardScaler
 
 from spmwatch import __version__
 from spmwatch.classify.features import (
+    MEANINGS,
     ChannelStatsAccumulator,
     LineBank,
     feature_names,
     frame_vector,
 )
-from spmwatch.model import FrameScores, Rule, Scan, Verdict
+from spmwatch.model import FrameScores, Reason, Rule, Scan, Verdict
 
 SIDECAR_FORMAT = "spmwatch-model/1"
 DEFAULT_NAME = "default"
@@ -359,7 +360,7 @@ class Classifier:
             return fast.predict(rows)
         return self.estimator.predict_proba(rows)[:, 1]
 
-    def reasons(self, row: np.ndarray) -> tuple[tuple[str, float], ...]:
+    def reasons(self, row: np.ndarray) -> tuple[Reason, ...]:
         """The features that moved this frame furthest toward failing (at most
         MAX_REASONS, largest first, each with its share of the log-odds: `log_odds_shares`);
         none for a model of another structure, whose decision has no such split."""
@@ -367,9 +368,10 @@ class Classifier:
             return ()
         shares = self.linear.log_odds_shares(np.asarray(row, dtype=float).ravel())
         order = np.argsort(-shares, kind="stable")[:MAX_REASONS]
+        names = [self.feature_names[i] for i in order]
         return tuple(
-            (self.feature_names[i], round(float(shares[i]), 2))
-            for i in order
+            Reason(name, round(float(shares[i]), 2), MEANINGS.get(name, name))
+            for name, i in zip(names, order, strict=True)
             if shares[i] >= MIN_REASON
         )
 
@@ -392,7 +394,7 @@ class Classifier:
         the features that moved it most. `channels`: the frame's data so far, if at hand."""
         rule = rule_failing(frame, finished)
         model_p = 0.0
-        reasons: tuple[tuple[str, float], ...] = ()
+        reasons: tuple[Reason, ...] = ()
         if rule is None:
             row = self.features(frame, channels)
             model_p = float(self.predict_vectors(row)[0])

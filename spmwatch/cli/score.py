@@ -9,12 +9,12 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from spmwatch.assess import assess, reasons_text, score_record, why_text
+from spmwatch.assess import assess, score_record, why_text
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.cli import unreadable_note
 from spmwatch.config import ConfigError
 from spmwatch.ibw import IbwError, read_problem, read_scan
-from spmwatch.model import lines_text, ordinal, probability_text
+from spmwatch.model import lines_text, ordinal, probability_text, reasons_text
 from spmwatch.settings import Settings, load_settings
 
 EXIT_UNREADABLE = 2

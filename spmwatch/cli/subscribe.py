@@ -15,6 +15,7 @@ from spmwatch import protocol
 from spmwatch.cli import endpoint, endpoint_in_config
 from spmwatch.config import ConfigError
 from spmwatch.curve import CurveError, HandshakeWatch, configure_client
+from spmwatch.model import reasons_text
 
 _ENVELOPE = ("v", "seq", "time", "scan_id", "source")
 
@@ -123,7 +124,11 @@ def _render(topic: str, payload: dict[str, Any], as_json: bool) -> str:
         if isinstance(stamp, int | float)
         else "?"
     )
-    rest = " ".join(f"{k}={_short(v)}" for k, v in payload.items() if k not in _ENVELOPE)
+    rest = " ".join(
+        f"{k}={reasons_text(v) if k == 'reasons' and v else _short(v)}"
+        for k, v in payload.items()
+        if k not in _ENVELOPE
+    )
     return f"{when} {topic} #{payload['seq']} {payload.get('scan_id') or '-'} {rest}"
 
 
