@@ -604,6 +604,17 @@ def test_sigterm_drains_and_exits_0(tmp_path: Path) -> None:
     assert frame["decided_by"] == "model"  # not the stopped-early rule
 
 
+def _ctl_status_by_config(config: Path) -> subprocess.CompletedProcess[str]:
+    """`spmwatch ctl status --config FILE`, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "spmwatch", "ctl", "status", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+
+
 def test_sighup_reloads_config(tmp_path: Path) -> None:
     run = _start(tmp_path)
     config = tmp_path / "spmwatch.toml"
@@ -620,13 +631,7 @@ def test_sighup_reloads_config(tmp_path: Path) -> None:
         assert "lines.bogus: unknown key" in failed[0]["error"]
         assert failed[0]["kept"] == "the running config"
         # ctl still finds the daemon through that file: the typo is told, not fatal
-        by_config = subprocess.run(
-            [sys.executable, "-m", "spmwatch", "ctl", "status", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        by_config = _ctl_status_by_config(config)
         assert by_config.returncode == 0, by_config.stderr
         assert json.loads(by_config.stdout)["state"] == "serving"
         assert "lines.bogus: unknown key" in by_config.stderr
@@ -726,13 +731,7 @@ def test_sockets_bound_to_any_port_are_named_in_the_ready_log(tmp_path: Path) ->
             ),
             timeout=20,
         )
-        by_config = subprocess.run(
-            [sys.executable, "-m", "spmwatch", "ctl", "status", "--config", str(config)],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-        )
+        by_config = _ctl_status_by_config(config)
         assert by_config.returncode == 2 and "Traceback" not in by_config.stderr
         assert "[control] endpoint tcp://127.0.0.1:* binds any free port" in by_config.stderr
     finally:

@@ -254,17 +254,23 @@ def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     return process.returncode, out
 
 
-def test_responder_service_end_to_end(tmp_path: Path) -> None:
-    actions_endpoint = free_tcp_endpoint()
-    context = zmq.Context()
-    daemon = FakeDaemon(context)
+def _service_config(tmp_path: Path, daemon: FakeDaemon, actions_endpoint: str, extra: str) -> Path:
+    """A responder config against the fake daemon, JSON logs, quick heartbeats, plus `extra`."""
     config_file = tmp_path / "respond.toml"
     config_file.write_text(
         f'subscribe = "{daemon.endpoint}"\n'
         f'actions_endpoint = "{actions_endpoint}"\n'
         f'state_file = "{tmp_path / "state.json"}"\n'
-        'heartbeat_interval = 0.2\nalert_ttl = 5.0\nlog_format = "json"\n'
+        f'heartbeat_interval = 0.1\nlog_format = "json"\n{extra}\n'
     )
+    return config_file
+
+
+def test_responder_service_end_to_end(tmp_path: Path) -> None:
+    actions_endpoint = free_tcp_endpoint()
+    context = zmq.Context()
+    daemon = FakeDaemon(context)
+    config_file = _service_config(tmp_path, daemon, actions_endpoint, "alert_ttl = 5.0")
     listener = ActionListener(context, actions_endpoint)
     process = _start_responder(config_file)
     try:
@@ -316,13 +322,7 @@ def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
     actions_endpoint = free_tcp_endpoint()
     context = zmq.Context()
     daemon = FakeDaemon(context)
-    config_file = tmp_path / "respond.toml"
-    config_file.write_text(
-        f'subscribe = "{daemon.endpoint}"\n'
-        f'actions_endpoint = "{actions_endpoint}"\n'
-        f'state_file = "{tmp_path / "state.json"}"\n'
-        'heartbeat_interval = 0.1\ndaemon_timeout = 2.0\nlog_format = "json"\n'
-    )
+    config_file = _service_config(tmp_path, daemon, actions_endpoint, "daemon_timeout = 2.0")
     listener = ActionListener(context, actions_endpoint)
     process = _start_responder(config_file)
     try:
