@@ -90,10 +90,10 @@ class StartupError(RuntimeError):
 def _tcp_port_taken(endpoint: str) -> str | None:
     """Why a listener could not bind this tcp:// endpoint now, or None: free, port * (any
     free one), or a host or interface name (the real bind tells about those)."""
-    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
-    if not endpoint.startswith("tcp://") or not port.isdigit():
+    tcp = protocol.tcp_host_port(endpoint)
+    if tcp is None or not tcp[1].isdigit():
         return None
-    host = host.strip("[]")
+    host, port = tcp[0].strip("[]"), int(tcp[1])
     host = {"*": "0.0.0.0", "localhost": "127.0.0.1"}.get(host, host)
     try:
         ipv6 = ipaddress.ip_address(host).version == 6
@@ -102,7 +102,7 @@ def _tcp_port_taken(endpoint: str) -> str | None:
     with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as ZeroMQ binds
         try:
-            probe.bind((host, int(port)))
+            probe.bind((host, port))
         except OSError as exc:
             return exc.strerror or str(exc)
     return None

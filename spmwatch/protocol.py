@@ -31,7 +31,7 @@ METRICS_ADDRESS = "127.0.0.1:9560"
 ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
 
 
-def _tcp_host_port(endpoint: str) -> tuple[str, str] | None:
+def tcp_host_port(endpoint: str) -> tuple[str, str] | None:
     """(host, port) of a tcp:// endpoint as written (`[::1]` keeps its brackets), else None."""
     if not endpoint.startswith("tcp://"):
         return None
@@ -45,7 +45,7 @@ def check_endpoint(name: str, value: str, *, binds: bool = True) -> None:
     * (any free one) is for an endpoint that `binds`; one that connects needs the number."""
     if not value.startswith(ENDPOINT_SCHEMES):
         raise ValueError(f"{name} = {value!r} must start with one of {', '.join(ENDPOINT_SCHEMES)}")
-    tcp = _tcp_host_port(value)
+    tcp = tcp_host_port(value)
     if tcp is not None:
         port = tcp[1]
         if not (port == "*" and binds) and not (port.isdigit() and 1 <= int(port) <= 65535):
@@ -57,7 +57,7 @@ def connect_to(bound: str) -> str:
     """The endpoint a client on this machine connects to for one a daemon binds: a wildcard
     host (`*`, 0.0.0.0, ::) is reached on loopback. ValueError for port *: the number is chosen
     at bind time, and only the daemon's `ready` log knows it."""
-    tcp = _tcp_host_port(bound)
+    tcp = tcp_host_port(bound)
     if tcp is None:
         return bound
     host, port = tcp
@@ -70,7 +70,7 @@ def connect_to(bound: str) -> str:
 def is_local(endpoint: str) -> bool:
     """Whether a ZeroMQ endpoint can only be reached from this machine: ipc://, inproc:// or a
     loopback tcp:// address. A host name or an interface name counts as reachable."""
-    tcp = _tcp_host_port(endpoint)
+    tcp = tcp_host_port(endpoint)
     if tcp is None:
         return True
     host = tcp[0].strip("[]")

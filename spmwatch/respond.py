@@ -656,7 +656,7 @@ def serve(
             elif topic == protocol.TOPIC_HEARTBEAT and payload.get("source") == "daemon":
                 presence.heard(payload)
     finally:
-        Notifier().stopping()
+        notifier.stopping()
         if watch is not None:
             watch.close()
         sub.close(linger=0)

@@ -368,11 +368,9 @@ class Classifier:
             return ()
         shares = self.linear.log_odds_shares(np.asarray(row, dtype=float).ravel())
         order = np.argsort(-shares, kind="stable")[:MAX_REASONS]
-        names = [self.feature_names[i] for i in order]
+        picked = [(self.feature_names[i], shares[i]) for i in order if shares[i] >= MIN_REASON]
         return tuple(
-            Reason(name, round(float(shares[i]), 2), MEANINGS.get(name, name))
-            for name, i in zip(names, order, strict=True)
-            if shares[i] >= MIN_REASON
+            Reason(name, round(float(share), 2), MEANINGS.get(name, name)) for name, share in picked
         )
 
     def predict_proba(

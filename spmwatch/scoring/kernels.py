@@ -1184,14 +1184,14 @@ def score_line(
     hist_n = min(state[I_HIST_N] + 1, depth)
     prev = state[I_HIST_HEAD]  # the newest line so far (a dropout line never became it)
     prev2 = (prev - 1) % depth
-    # decorrelation takes the better of the two previous lines, so a single glitch line is
-    # not counted again on the line after it
-    second = hist_n >= 3 and not hist_good[prev]
     # after a dropout run the newest line in the history is not this line's neighbour: the
     # decorrelation and difference against it measure the run's length, not the tip, so they
     # enter as the baseline's median (z 0). The level step stays, held against the last good
     # line: a tip that changed during the run shows in it
     adjacent = hist_n >= 2 and state[I_AFTER_DROPOUT] == 0
+    # decorrelation takes the better of the two previous lines, so a single glitch line is
+    # not counted again on the line after it
+    second = adjacent and hist_n >= 3 and not hist_good[prev]
     # each channel's unit, fixed on its first line with a span (see unit_of); the two
     # channels of a pair share one, since residuals subtract their rows. A channel is alive
     # from its first line with a span on: one that is constant (or not finite) in every line
