@@ -28,6 +28,7 @@ from reliability_common import (
     line_shape,
     rss_mib,
     scored,
+    split_alerts,
     start_daemon,
     start_producer,
     wait_for,
@@ -80,8 +81,9 @@ def run(
             )
             beat = last_heartbeat(sub)
             alerts = sub.of(protocol.TOPIC_ALERT)
+            line_alerts, watch_alerts = split_alerts(alerts)
             failing = {plan.scan_id(i) for i in range(ended) if plan.failing(i)}
-            alerted = {a["scan_id"] for a in alerts}
+            alerted = {a["scan_id"] for a in line_alerts}
             rss_end = rss_mib(pid)
             alive = daemon.proc.poll() is None
         finally:
@@ -101,9 +103,10 @@ def run(
         "rss_max_mib": round(max(r for _, r in samples), 1),
         "rss_end_mib": round(rss_end, 1),
         "alerts_expected": len(failing),
-        "alerts_published": len(alerts),
+        "alerts_published": len(line_alerts),
         "alerts_lost": len(failing - alerted),
-        "false_alerts": len(alerted - failing),
+        "false_alerts": len({a["scan_id"] for a in alerts} - failing),
+        "poor_image_alerts": len(watch_alerts),
         "alert_seq_gaps": seq_gaps(alerts),
         "frames": len({p["scan_id"] for p in sub.of(protocol.TOPIC_FRAME)} & ids),
         "catch_up_s": round(catch_up, 2),

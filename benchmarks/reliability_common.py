@@ -57,6 +57,14 @@ def last_heartbeat(sub: Subscriber) -> dict[str, Any]:
     return beats[-1] if beats else {}
 
 
+def split_alerts(alerts: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(line alerts, frame-watch alerts). A failing scan raises its line alert once; the frame
+    watch may add a poor_image alert on the same scan (a judgement of the image so far, on
+    its own rule), and only checks frames while the daemon keeps up, so its count varies."""
+    line = [a for a in alerts if a.get("kind") != "poor_image"]
+    return line, [a for a in alerts if a.get("kind") == "poor_image"]
+
+
 def scored(sub: Subscriber) -> int:
     return int(last_heartbeat(sub).get("counters", {}).get("lines_scored", 0))
 

@@ -170,9 +170,10 @@ def _burst_row(burst: dict) -> str:
         f"daemon alive {burst['daemon_alive']} | {burst['lines_sent']} lines sent at "
         f"{burst['send_rate']} lines/s (the socket pushes back at the daemon's pace), "
         f"{burst['lines_scored']} scored, {burst['lines_shed']} line events shed; alerts "
-        f"{burst['alerts_published']} of {burst['alerts_expected']} expected, "
-        f"{burst['false_alerts']} false; RSS {burst['rss_start_mib']} -> max "
-        f"{burst['rss_max_mib']} MiB; catch-up {burst['catch_up_s']} s |"
+        f"{burst['alerts_published']} of {burst['alerts_expected']} expected "
+        f"(+{burst['poor_image_alerts']} poor_image), {burst['false_alerts']} false; RSS "
+        f"{burst['rss_start_mib']} -> max {burst['rss_max_mib']} MiB; "
+        f"catch-up {burst['catch_up_s']} s |"
     )
 
 
@@ -204,7 +205,9 @@ def render(tests: dict, fuzz: dict, bursts: list[dict], soak: dict, full: bool) 
         f"| soak: {soak['lines_sent']} lines in {soak['frames_sent']} frames "
         f"({soak['line_shape']}) | "
         f"every frame once: {soak['frames_exactly_once']}, frame seq gaps "
-        f"{soak['frame_seq_gaps']}, alerts once: {soak['alerts_exactly_once']} | "
+        f"{soak['frame_seq_gaps']}, alerts once: {soak['alerts_exactly_once']}, poor_image "
+        f"({soak['poor_image_alerts']}) on failing frames only, once: "
+        f"{soak['poor_image_on_failing_only_once']} | "
         f"{soak['lines_per_s']} lines/s for {soak['seconds']} s; RSS after warm-up "
         f"{soak['rss_warm_mib']} MiB, growth {soak['rss_growth_mb']} MB (limit 10); fds "
         f"{soak['fds_warm']} -> {soak['fds_end']} |",
@@ -231,6 +234,10 @@ def render(tests: dict, fuzz: dict, bursts: list[dict], soak: dict, full: bool) 
         "producer's PUSH blocks (ZeroMQ high-water marks and the bounded inbox). So the burst "
         "measures the rate the daemon sustains, and only per-line telemetry (`spmwatch.line`) "
         "may be shed; alerts and frames never are.",
+        "- A failing scan raises its line alert once. The frame watch may add one poor_image "
+        "alert to it (its own judgement of the image so far, docs/classifier.md); it checks "
+        "frames only while the daemon keeps up, so that count varies from run to run and is "
+        "given apart. Neither kind may come on a good scan.",
         "- Per-file time in the fuzz run is measured under tracemalloc, which slows parsing "
         "several times; it bounds hangs, it is not a speed figure.",
         "- Machine load from other processes affects the rates; the pass/fail columns do not "

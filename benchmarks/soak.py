@@ -6,7 +6,8 @@ A producer process sends --frames scans of --lines/--frames lines each (every 10
 as fast as the daemon takes them. After a warm-up (the first 10% of frames) the daemon's RSS
 and open file descriptors (/proc/PID) are the baseline; at the end RSS may have grown by less
 than 10 MB and the fd count not at all. Every frame verdict must be published exactly once
-(and every failing frame alerted once). Loopback only; stops by itself.
+(and every failing frame given its line alert once; a poor_image alert from the frame watch
+may come on top, once, on failing frames only). Loopback only; stops by itself.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from reliability_common import (
     last_heartbeat,
     line_shape,
     rss_mib,
+    split_alerts,
     start_daemon,
     start_producer,
     wait_for,
@@ -77,7 +79,9 @@ def run(total_lines: int, frames: int, points: int, fail_every: int) -> dict:
     per_scan = collections.Counter(e["scan_id"] for e in frame_events)
     ids = {plan.scan_id(i) for i in range(ended)}
     failing = {plan.scan_id(i) for i in range(ended) if plan.failing(i)}
-    alerted = collections.Counter(a["scan_id"] for a in alerts)
+    line_alerts, watch_alerts = split_alerts(alerts)
+    alerted = collections.Counter(a["scan_id"] for a in line_alerts)
+    watched = collections.Counter(a["scan_id"] for a in watch_alerts)
     return {
         "line_shape": line_shape(plan),
         "lines_sent": sent,
@@ -91,6 +95,8 @@ def run(total_lines: int, frames: int, points: int, fail_every: int) -> dict:
         "frame_seq_gaps": seq_gaps(frame_events),
         "alerts_expected": len(failing),
         "alerts_exactly_once": set(alerted) == failing and set(alerted.values()) <= {1},
+        "poor_image_alerts": len(watch_alerts),
+        "poor_image_on_failing_only_once": set(watched) <= failing and set(watched.values()) <= {1},
         "rss_warm_mib": round(rss_warm, 1),
         "rss_end_mib": round(rss_end, 1),
         "rss_max_mib": round(max(r for _, r in samples), 1),
@@ -106,6 +112,7 @@ def passed(result: dict) -> bool:
     return bool(
         result["frames_exactly_once"]
         and result["alerts_exactly_once"]
+        and result["poor_image_on_failing_only_once"]
         and result["frame_seq_gaps"] == 0
         and result["rss_growth_mb"] < RSS_LIMIT_MB
         and result["fds_end"] <= result["fds_warm"]
