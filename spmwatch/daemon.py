@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
-from spmwatch import logs, protocol
+from spmwatch import logs, numba_build, protocol
 from spmwatch.advice import suggested_action
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
 from spmwatch.classify.features import ChannelStatsAccumulator
@@ -41,7 +41,7 @@ from spmwatch.inbox import Inbox
 from spmwatch.metrics import Metrics
 from spmwatch.model import Alert, FrameScores, Line, LineBlock, Scan, Verdict, span_text
 from spmwatch.publish import Publisher
-from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan, warm_up
+from spmwatch.scoring.scorer import ScanScorer, score_scan, synthetic_scan
 from spmwatch.sdnotify import Notifier
 from spmwatch.settings import Settings, changed_keys, load_settings
 from spmwatch.sources import FrameFile, SourceError
@@ -331,7 +331,7 @@ class Daemon:
         scan, so the first real line and the first alert's verdict are not slow."""
         assert self.model is not None
         started = time.perf_counter()
-        warm_up()
+        numba_build.warm_up()
         scan = synthetic_scan()
         frame = score_scan(scan)
         as_float32 = {k: v.astype(np.float32) for k, v in scan.channels.items()}

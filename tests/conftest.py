@@ -10,11 +10,11 @@ import pytest
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Load the scorer's numba kernels before any test runs, from numba's cache: on a cold
-    cache a child process fills it first (scorer.cached_build). numba's fresh machine code for
+    cache a child process fills it first (numba_build.cached_build). numba's fresh machine code for
     the fast-math kernels rounds differently from the cached code, so every scorer in this
     process and in every daemon the tests start runs the same cached build
     (docs/scoring.md, "Precision and units")."""
-    from spmwatch.scoring.scorer import warm_up
+    from spmwatch.numba_build import warm_up
 
     warm_up()
 

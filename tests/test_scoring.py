@@ -16,6 +16,7 @@ from hypothesis.extra.numpy import arrays
 
 from spmwatch.ibw import read_scan, write_scan
 from spmwatch.model import Line
+from spmwatch.numba_build import python_child
 from spmwatch.scoring import kernels as K
 from spmwatch.scoring import reference as R
 from spmwatch.scoring.scorer import (
@@ -23,7 +24,6 @@ from spmwatch.scoring.scorer import (
     ScanScorer,
     ScoringSettings,
     _fft_tables,
-    python_child,
     score_scan,
     synthetic_scan,
     warm_up,
@@ -505,7 +505,7 @@ def test_the_cache_filling_child_dies_with_its_parent(tmp_path: Path) -> None:
     )
     script = tmp_path / "parent.py"
     script.write_text(
-        f"from spmwatch.scoring.scorer import python_child\npython_child({child!r}, timeout=300)\n"
+        f"from spmwatch.numba_build import python_child\npython_child({child!r}, timeout=300)\n"
     )
     parent = subprocess.Popen([sys.executable, str(script)], cwd=Path(K.__file__).parents[2])
     try:

@@ -15,6 +15,7 @@ from spmwatch.scoring import kernels as K
 from spmwatch.scoring import reference as R
 from spmwatch.scoring.scorer import ScanScorer, score_scan
 from tests import scoring_helpers as faults
+from tests.daemon_helpers import DaemonProcess, write_config
 from tests.test_scoring import assert_fault_found
 
 pytestmark = pytest.mark.data
@@ -118,13 +119,13 @@ def test_ringing_injected_into_a_real_amplitude_channel(data_root: Path) -> None
     assert_fault_found(score_scan(scan), rows, "oscillation", start_position=100, within=16)
 
 
-def test_the_first_run_on_a_cold_cache_scores_as_every_later_run(
+def test_the_first_run_on_a_cold_cache_builds_what_every_later_process_runs(
     data_root: Path, tmp_path: Path
 ) -> None:
     # numba's fresh machine code rounds the float32 sums differently from the cached code
     # (this file's JSON differed by 0.005 in a line score): the first process on a cold cache
     # has a child fill the cache and loads from it, so it scores as every later process, to
-    # the last digit (scorer.cached_build)
+    # the last digit (numba_build.cached_build)
     path = data_root / "ofdspm" / "good" / "approx5050compos_0018.ibw"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "spmwatch", "score", "--json", str(path)]
@@ -133,3 +134,15 @@ def test_the_first_run_on_a_cold_cache_scores_as_every_later_run(
     runs.append(subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900))
     assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
     assert runs[0].stdout == runs[1].stdout
+    # the child compiled the daemon's kernels too: its first start after a `score` compiled
+    # the frame features for float64 frames and live lines itself (~12 s of warm-up, not ~2)
+    config, _ = write_config(tmp_path)
+    debug = {"NUMBA_CACHE_DIR": env["NUMBA_CACHE_DIR"], "NUMBA_DEBUG_CACHE": "1"}
+    daemon = DaemonProcess(config, extra_env=debug)
+    try:
+        daemon.wait_ready(timeout=120)
+    finally:
+        assert daemon.stop() == 0
+    cache_lines = [text for text in daemon.raw if text.startswith("[cache]")]
+    assert any("data loaded" in text for text in cache_lines)
+    assert not [text for text in cache_lines if "data saved" in text]

@@ -1092,6 +1092,20 @@ class ChannelStatsAccumulator:
         return row
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the feature kernels for each input the daemon
+    meets: a saved frame of float32 or float64 lines, and float32 lines as they arrive."""
+    lines, points = 16, 64
+    rng = np.random.default_rng(0)
+    frame = {name: rng.normal(size=(lines, points)) for name in ("Height", "Amplitude")}
+    for dtype in (np.float32, np.float64):
+        ChannelStatsAccumulator.of_frame({k: v.astype(dtype) for k, v in frame.items()}).features()
+    live = ChannelStatsAccumulator(frame, points, lines)
+    for index in range(lines):
+        live.push({k: v[index].astype(np.float32) for k, v in frame.items()})
+    live.features()
+
+
 @dataclass(frozen=True)
 class LineBank:
     """Standardised feature vectors of good lines, for nearest-neighbour distances.

@@ -8,20 +8,16 @@ the lines before it in acquisition order.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice, repeat
-from pathlib import Path
 
 import numpy as np
 
+from spmwatch import numba_build
 from spmwatch.config import check_bounds
 from spmwatch.model import Alert, FrameScores, Line, LineScore, Scan, pair_channels
 from spmwatch.scoring import kernels as K
@@ -343,58 +339,7 @@ def line_kind(row: np.ndarray, settings: ScoringSettings) -> str | None:
     return FAMILY_KIND[family]
 
 
-# set in the child process that fills numba's cache (cached_build), so it does not start one
-_FILLING_CACHE = "SPMWATCH_FILLING_KERNEL_CACHE"
-
-
-@functools.cache
-def cached_build() -> None:
-    """Make this process run numba's cached build of the kernels: on a cold cache (the first
-    run after an install or an upgrade) a child process compiles them into the cache first,
-    and this process then loads them from it.
-
-    numba's machine code for these fast-math kernels rounds differently when a process
-    compiles it itself than when it loads it from the cache: with float32 sums, up to ~5e-3
-    in a line's z (seen on a real scan). A daemon started on a fresh install would then score
-    ~1e-3 apart from every `spmwatch score` after it; with one build, all processes agree bit
-    for bit. Called once per process, by the first ScanScorer."""
-    if os.environ.get(_FILLING_CACHE) or _kernels_cached():
-        return
-    # a child that fails leaves this process to compile its own, as before
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        python_child("from spmwatch.scoring.scorer import warm_up; warm_up()", timeout=1800)
-
-
-def _dies_with(parent: int) -> str:
-    """Code that makes a child Python exit when `parent` exits (Linux's PR_SET_PDEATHSIG,
-    checked against a parent gone already); nothing elsewhere."""
-    return (
-        "import sys\n"
-        "if sys.platform.startswith('linux'):\n"
-        "    import ctypes, os, signal\n"
-        "    ctypes.CDLL(None).prctl(1, signal.SIGTERM)\n"  # 1: PR_SET_PDEATHSIG
-        f"    if os.getppid() != {parent}: sys.exit(1)\n"
-    )
-
-
-def python_child(code: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
-    """Run `code` in a child Python (marked as filling the cache, so it starts no child of
-    its own) that imports this very spmwatch: `python -c` puts its working folder first on
-    the import path, and started next to a clone (a folder named spmwatch holding config/)
-    it imported that clone's folders as the package and failed. So the child starts in the
-    folder holding this package (numba's cache is keyed by the source files' paths: the same
-    files, the same cache). On Linux the child dies with this process: a daemon killed
-    (SIGKILL) mid warm-up left it compiling on, orphaned, outside systemd's cgroup."""
-    return subprocess.run(
-        [sys.executable, "-c", _dies_with(os.getpid()) + code],
-        env={**os.environ, _FILLING_CACHE: "1"},
-        cwd=Path(__file__).resolve().parents[2],
-        timeout=timeout,
-        check=False,
-    )
-
-
-def _kernels_cached() -> bool:
+def kernels_cached() -> bool:
     """Whether numba's cache holds `score_frame` as the scorer calls it, on this machine
     (numba's own index key; True when numba's internals cannot tell, so nothing is done)."""
     from numba import typeof  # numba is loaded with the kernels anyway
@@ -429,7 +374,7 @@ class ScanScorer:
         expected_lines: int,
         settings: ScoringSettings | None = None,
     ) -> None:
-        cached_build()
+        numba_build.cached_build()
         self.scan_id = scan_id
         self.settings = settings or ScoringSettings()
         self.layout = make_layout(channels, self.settings)
