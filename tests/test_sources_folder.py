@@ -316,6 +316,28 @@ def test_a_renamed_or_copied_frame_is_not_scored_again(
     assert watcher.counters.snapshot()["renamed"] == 1
 
 
+def test_a_copy_made_while_the_original_is_away_is_not_taken_for_its_rename(
+    tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
+) -> None:
+    """A walkthrough completed a copy of a frame while renaming the frame: the log named the
+    copy as the renamed file, and the registry followed it. A rename keeps size and mtime."""
+    state = tmp_path / "seen.json"
+    sink = TimedCollector()
+    watcher = start_remembering(watched, state, sink, stop_after)
+    first, away = watched / "Image0001.ibw", tmp_path / "away.ibw"
+    save(tmp_path, first)
+    assert wait_for(lambda: SeenFiles(state).digest_of(first.resolve()) is not None)
+    with structlog.testing.capture_logs() as logs:
+        first.rename(away)  # out of the folder for now (a rename elsewhere on the disk)
+        shutil.copyfile(away, watched / "copy.ibw")  # the same bytes, a new mtime
+        assert wait_for(lambda: watcher.counters.snapshot()["unchanged"] == 1)
+        away.rename(watched / "Image0001_keep.ibw")
+        assert wait_for(lambda: watcher.counters.snapshot()["renamed"] == 1)
+    renamed = [(e["file"], e["was"]) for e in logs if e["event"] == "file_renamed"]
+    assert renamed == [(str((watched / "Image0001_keep.ibw").resolve()), str(first.resolve()))]
+    assert [f.name for f in sink.frames] == ["Image0001.ibw"]
+
+
 def test_files_dropped_past_the_cap_are_not_scored_again(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -179,10 +179,11 @@ class SeenFiles:
             entry = self._seen.get(str(path))
         return entry[2] if entry is not None else None
 
-    def paths_with(self, digest: str) -> list[Path]:
-        """The files whose last handled version had these bytes: a rename's or copy's origin."""
+    def paths_with(self, digest: str) -> dict[Path, Stamp]:
+        """The files whose last handled version had these bytes, with that version's stamp: a
+        rename's or copy's origin."""
         with self._lock:
-            return [Path(p) for p, entry in self._seen.items() if entry[2] == digest]
+            return {Path(p): entry[:2] for p, entry in self._seen.items() if entry[2] == digest}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -586,13 +587,15 @@ class FolderWatcher(SourceThread):
             self._unchanged(result, digest, reason="same bytes, new timestamp")
             return True
         twins = self.seen.paths_with(digest)
-        gone = next((p for p in twins if not p.exists()), None)
+        # a rename keeps size and mtime: a copy completed (or written) while the original
+        # was renamed is not taken for the renamed file, whichever the watcher meets first
+        gone = next((p for p, s in twins.items() if s == result.stamp and not p.exists()), None)
         if gone is not None:
             self.counters.add("renamed")
             log.info("file_renamed", file=str(result.path), was=str(gone))
             self._saving(lambda: self.seen.move(gone, result.path, result.stamp, digest))
         elif twins:
-            self._unchanged(result, digest, reason=f"a copy of {twins[0]}")
+            self._unchanged(result, digest, reason=f"a copy of {next(iter(twins))}")
         return bool(twins)
 
     def _unchanged(self, result: Ready, digest: str, reason: str) -> None:
