@@ -528,6 +528,7 @@ _RECORD_FIELDS = (
     "scan_down",
     "partial",
     "file_complete",
+    "image",
 )
 
 
@@ -538,6 +539,7 @@ def inspect_file(path: str | Path) -> dict[str, object]:
         scan = read_scan(path)
     except (IbwError, OSError) as exc:
         record["file_complete"] = False if isinstance(exc, IncompleteError) else None
+        record["image"] = False if isinstance(exc, NoImageChannelsError) else None
         record["errors"] = [read_problem(exc)]
         return record
     record.update(
@@ -550,6 +552,7 @@ def inspect_file(path: str | Path) -> dict[str, object]:
         scan_down=scan.scan_down,
         partial=scan.partial,
         file_complete=True,
+        image=True,
         errors=list(scan.problems),
     )
     return record

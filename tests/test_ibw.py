@@ -551,6 +551,19 @@ def test_inspect_human_output_lists_files_problems_and_missing(tmp_path: Path) -
     assert "2 of 3 files unreadable" in result.stderr
 
 
+def test_inspect_says_a_force_curve_is_no_image_and_no_error(tmp_path: Path) -> None:
+    IgorWave5(np.arange(10, dtype=np.float32), name="Defl").save(str(tmp_path / "force.ibw"))
+    result = _inspect(str(tmp_path / "force.ibw"))
+    assert result.returncode == 0, result.stderr
+    head, why = result.stdout.splitlines()
+    assert head == f"{tmp_path / 'force.ibw'}  NOT AN IMAGE (skipped by score and the daemon)"
+    assert "a 1-D wave" in why
+    record = json.loads(_inspect("--json", str(tmp_path / "force.ibw")).stdout)
+    assert (record["image"], record["channels"]) == (False, None)
+    good = json.loads(_inspect("--json", str(write_fixture(tmp_path, make_scan(), "g"))).stdout)
+    assert good["image"] is True
+
+
 @pytest.mark.data
 def test_inspect_real_dna_scan(dna_scan_path: Path) -> None:
     result = _inspect("--json", str(dna_scan_path))

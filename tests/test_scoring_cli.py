@@ -69,6 +69,27 @@ def test_score_json_good_bad_and_unreadable(tmp_path: Path) -> None:
     assert failed["channels"] == list(bad.channels)
 
 
+def test_a_force_curve_among_the_images_is_skipped_as_the_daemon_skips_it(tmp_path: Path) -> None:
+    """A walkthrough: `score` called a force curve (a 1-D wave) unreadable and exited 2, where
+    the daemon skips it as no image; `spmwatch score *.ibw` over an Asylum folder failed."""
+    from igorwriter import IgorWave5
+
+    write_scan(synthetic_scan(64, 64, seed=2, scan_id="image"), tmp_path / "image.ibw")
+    IgorWave5(np.linspace(0, 1, 200, dtype=np.float32), name="Defl").save(
+        str(tmp_path / "force.ibw")
+    )
+    files = [str(tmp_path / "force.ibw"), str(tmp_path / "image.ibw")]
+    done = spmwatch("score", "--json", *files)
+    assert done.returncode == 0, done.stderr
+    skipped, scored = (json.loads(line) for line in done.stdout.splitlines())
+    assert skipped == {"file": files[0], "skipped": skipped["skipped"]}
+    assert skipped["skipped"].startswith("no_image_channels: a 1-D wave")
+    assert scored["file"] == files[1] and len(scored["lines"]) == 64
+    assert f"{files[0]}: skipped: a 1-D wave" in done.stderr
+    assert "1 of 2 files skipped: not an image" in done.stderr
+    assert "unreadable" not in done.stderr
+
+
 def test_score_human_output(tmp_path: Path) -> None:
     scan, _ = faults.tracking_loss(synthetic_scan(128, 128, seed=4), 60, 20)
     write_scan(scan, tmp_path / "a.ibw")

@@ -84,9 +84,9 @@ def scan_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def unreadable_note(unreadable: int, total: int) -> str:
-    """The closing line of a command given files, some unreadable: "1 of 1 file unreadable"."""
-    return f"{unreadable} of {total} {'file' if total == 1 else 'files'} unreadable"
+def files_note(count: int, total: int, said: str) -> str:
+    """A closing line of a command given files: "1 of 1 file unreadable"."""
+    return f"{count} of {total} {'file' if total == 1 else 'files'} {said}"
 
 
 def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParser:

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 
 from spmwatch.assess import assess, score_record, why_text
 from spmwatch.classify.classifier import Classifier, ModelError, load_model
-from spmwatch.cli import unreadable_note
+from spmwatch.cli import files_note
 from spmwatch.config import ConfigError
-from spmwatch.ibw import IbwError, read_problem, read_scan
+from spmwatch.ibw import IbwError, NoImageChannelsError, read_problem, read_scan
 from spmwatch.model import lines_text, ordinal, probability_text, reasons_text
 from spmwatch.settings import Settings, load_settings
 
@@ -26,15 +26,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "score",
         help="score .ibw scans line by line",
         description="Score each Asylum .ibw file line by line, exactly as the daemon would have "
-        "live, and judge the frame: verdict, probability, alert line, events. Exit 0 when every "
-        "file was scored, 2 when any was unreadable (the others are still scored) or the config "
-        "is bad, 3 when the model cannot be used.",
+        "live, and judge the frame: verdict, probability, alert line, events. A wave that is no "
+        "image (a force curve) is skipped, as the daemon skips it. Exit 0 when every image was "
+        "scored, 2 when any file was unreadable (the others are still scored) or the config is "
+        "bad, 3 when the model cannot be used.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help=".ibw files to score")
     parser.add_argument(
         "--json",
         action="store_true",
-        help='one JSON object per file per line; an unreadable file gets {"file", "error"}',
+        help='one JSON object per file per line; an unreadable file gets {"file", "error"}, '
+        'a wave that is no image {"file", "skipped"}',
     )
     add_model_option(parser)
     parser.set_defaults(func=run)
@@ -151,10 +153,16 @@ def run(args: argparse.Namespace) -> int:
     model = open_model(args.model or settings.model.path or None, "score")
     if model is None:
         return EXIT_BAD_MODEL
-    unreadable = 0
+    unreadable = skipped = 0
     for path in args.files:
         try:
             scan = read_scan(path)
+        except NoImageChannelsError as exc:  # a force curve beside the images: not a frame
+            skipped += 1
+            print(f"spmwatch score: {path}: skipped: {exc.reason}", file=sys.stderr, flush=True)
+            if args.json:
+                print(json.dumps({"file": path, "skipped": read_problem(exc)}), flush=True)
+            continue
         except (IbwError, OSError) as exc:
             unreadable += 1
             problem = read_problem(exc)
@@ -166,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
             frame, verdict, watched = assess(scan, model, settings.scoring, settings.model)
             record = score_record(path, frame, verdict, watched)
         print(json.dumps(record) if args.json else _human(record), flush=True)
+    if skipped:
+        print(files_note(skipped, len(args.files), "skipped: not an image"), file=sys.stderr)
     if unreadable:
-        print(unreadable_note(unreadable, len(args.files)), file=sys.stderr)
+        print(files_note(unreadable, len(args.files), "unreadable"), file=sys.stderr)
         return EXIT_UNREADABLE
     return 0
