@@ -331,6 +331,10 @@ def test_a_copy_made_while_the_original_is_away_is_not_taken_for_its_rename(
         first.rename(away)  # out of the folder for now (a rename elsewhere on the disk)
         shutil.copyfile(away, watched / "copy.ibw")  # the same bytes, a new mtime
         assert wait_for(lambda: watcher.counters.snapshot()["unchanged"] == 1)
+        copied = [e for e in logs if e["event"] == "file_unchanged"]
+        assert [(e["log_level"], e["reason"]) for e in copied] == [
+            ("info", f"a copy of {first.resolve()}")
+        ]
         away.rename(watched / "Image0001_keep.ibw")
         assert wait_for(lambda: watcher.counters.snapshot()["renamed"] == 1)
     renamed = [(e["file"], e["was"]) for e in logs if e["event"] == "file_renamed"]
@@ -473,11 +477,17 @@ def test_existing_files_only_when_asked(
     blob = ibw_bytes(tmp_path, make_scan(lines=4, points=8, scan_id="old"))
     (watched / "old.ibw").write_bytes(blob)
     ignoring, taking = TimedCollector(), TimedCollector()
-    quiet = start(FolderWatcher(watched, ignoring, settle=0.05, rescan_interval=0.1), stop_after)
-    start(FolderWatcher(watched, taking, existing=True, settle=0.05), stop_after)
-    assert wait_for(lambda: len(taking.frames) == 1)
-    assert wait_for(lambda: quiet.counters.snapshot()["rescans"] >= 5)
+    with structlog.testing.capture_logs() as logs:
+        quiet = FolderWatcher(watched, ignoring, settle=0.05, rescan_interval=0.1)
+        start(quiet, stop_after)
+        start(FolderWatcher(watched, taking, existing=True, settle=0.05), stop_after)
+        assert wait_for(lambda: len(taking.frames) == 1)
+        assert wait_for(lambda: quiet.counters.snapshot()["rescans"] >= 5)
     assert ignoring.frames == []
+    # said once, by the watcher that left the file alone: a silent start looked like a miss
+    told = [e for e in logs if e["event"] == "folder_history"]
+    assert [(e["files"], e["log_level"]) for e in told] == [(1, "info")]
+    assert "existing = true" in told[0]["note"]
     # A later rewrite of the same file is a new version: delivered.
     (watched / "old.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=5, points=8)))
     assert wait_for(lambda: len(ignoring.frames) == 1)

@@ -502,6 +502,13 @@ class FolderWatcher(SourceThread):
             self._consider(path, history)
         if history:
             self._keep_history(history)
+            log.info(
+                "folder_history",
+                folder=str(root),
+                files=len(history),
+                note="already there at the first watch: taken as the folder's history, not "
+                "scored ([watch] existing = true scores them)",
+            )
         key = self._key(root.resolve())
         self._saving(lambda: self.seen.add_folder(key))
 
@@ -594,13 +601,13 @@ class FolderWatcher(SourceThread):
             self.counters.add("renamed")
             log.info("file_renamed", file=str(result.path), was=str(gone))
             self._saving(lambda: self.seen.move(gone, result.path, result.stamp, digest))
-        elif twins:
-            self._unchanged(result, digest, reason=f"a copy of {next(iter(twins))}")
+        elif twins:  # said at info: someone copied a frame in, and may wonder why no verdict
+            self._unchanged(result, digest, f"a copy of {next(iter(twins))}", level="info")
         return bool(twins)
 
-    def _unchanged(self, result: Ready, digest: str, reason: str) -> None:
+    def _unchanged(self, result: Ready, digest: str, reason: str, level: str = "debug") -> None:
         self.counters.add("unchanged")
-        log.debug("file_unchanged", file=str(result.path), reason=reason)
+        getattr(log, level)("file_unchanged", file=str(result.path), reason=reason)
         self._record(result.path, result.stamp, digest)
 
     def _deliver(self, result: Ready | Broken) -> None:
