@@ -6,7 +6,7 @@ answer for a file is the one the daemon would have published live.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 from spmwatch.classify.classifier import Classifier
@@ -78,9 +78,11 @@ def score_record(
     frame: FrameScores,
     verdict: Verdict,
     watched: tuple[Alert, Verdict] | None = None,
+    problems: Sequence[str] = (),
 ) -> dict[str, object]:
     """The `spmwatch score --json` record of one file (also what `spmwatch report` writes);
-    `watched`: the frame watch's alert, `Assessment.poor_image`."""
+    `watched`: the frame watch's alert, `Assessment.poor_image`; `problems`: what reading the
+    file found (`Scan.problems`, as `spmwatch inspect` shows them)."""
     alert = frame.alert
     return {
         "file": path,
@@ -117,6 +119,7 @@ def score_record(
         },
         "channels": frame.channels,
         "dead_channels": frame.dead_channels,
+        "problems": list(problems),
     }
 
 

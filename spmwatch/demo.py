@@ -132,7 +132,7 @@ def run_demo(
         )
     # judged as the daemon judged it, the frame watch included (its poor_image is in the PNG)
     frame, verdict, watched = assess(scan, load_default(), watching=ModelSettings())
-    record = score_record(str(scan_file), frame, verdict, watched)
+    record = score_record(str(scan_file), frame, verdict, watched, scan.problems)
     paths = write_report(scan, frame, record, out_dir / "report")
     print(f"report    {paths['png']}", file=say)
     print(f"logs      {out_dir / 'daemon.log'}, {out_dir / 'respond.log'}", file=say)

@@ -352,6 +352,8 @@ def render_png(
     """The report figure: channels, residual map and score on one shared line axis."""
     channels = shown_channels(scan)
     pair = first_pair(scan)
+    with np.errstate(invalid="ignore"):  # a corrupt sample can be a signalling NaN: it warned
+        wide = {name: np.asarray(data, dtype=float) for name, data in scan.channels.items()}
     n_images = len(channels) + (pair is not None)
     n_lines = scan.n_lines
     size_um = _fast_size_um(scan)
@@ -389,7 +391,7 @@ def render_png(
             transform=below_top(y=y),
         ))  # fmt: skip
     for ax, name in zip(axes, channels, strict=False):
-        image = level_lines(np.asarray(scan.channels[name], dtype=float))
+        image = level_lines(wide[name])
         factor, unit = display_unit(name, image)
         image = image * factor
         _image_panel(
@@ -398,9 +400,7 @@ def render_png(
     if pair is not None:
         prefix, trace, retrace = pair
         lag = int(lags.get(prefix, 0))
-        res = residual_map(
-            np.asarray(scan.channels[trace], float), np.asarray(scan.channels[retrace], float), lag
-        )
+        res = residual_map(wide[trace], wide[retrace], lag)
         factor, unit = display_unit(trace, res)
         res = res * factor
         lo, hi = robust_limits(res)

@@ -106,6 +106,32 @@ def test_report_of_a_failing_synthetic_scan(tmp_path: Path) -> None:
     assert (mask & truth.mask).any()  # the report marks lines of the injected fault
 
 
+def test_a_corrupt_sample_is_named_in_the_record_and_the_report_warns_of_nothing(
+    tmp_path: Path,
+) -> None:
+    """A walkthrough's corrupted file: `report` leaked numpy's "invalid value encountered in
+    cast" (a signalling NaN widened for the panels), and only `inspect` named the bad line."""
+    scan = synthetic_scan(64, 64, seed=1, scan_id="snan")
+    for name, data in scan.channels.items():  # float32 as Asylum saves: the sNaN stays one
+        scan.channels[name] = data.astype(np.float32)
+    scan.channels["Ch0Retrace"][20, 5] = np.array([0x7FA00000], np.uint32).view(np.float32)[0]
+    path = tmp_path / "snan.ibw"
+    write_scan(scan, path)
+    strict = [sys.executable, "-W", "error::RuntimeWarning", "-m", "spmwatch", "report"]
+    done = subprocess.run(
+        [*strict, str(path), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    record = check_report(path, tmp_path / "out", "snan")
+    assert record["problems"] == ["line 20 Ch0Retrace: 1 non-finite values"]
+    human = spmwatch("score", str(path))
+    assert "\n  ! line 20 Ch0Retrace: 1 non-finite values\n" in human.stdout
+
+
 def test_report_of_a_partial_trace_retrace_fixture(tmp_path: Path) -> None:
     scan = make_scan(lines=48, points=96, expected_lines=64, scan_down=True, scan_id="fix")
     path = write_fixture(tmp_path, scan)

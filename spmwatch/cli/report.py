@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNREADABLE
     with compiling_note("report"):
         frame, verdict, watched = assess(scan, model, settings.scoring, settings.model)
-        record = score_record(args.file, frame, verdict, watched)
+        record = score_record(args.file, frame, verdict, watched, scan.problems)
     try:
         paths = write_report(scan, frame, record, args.out)
     except OSError as exc:

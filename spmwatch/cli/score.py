@@ -116,6 +116,9 @@ def _human(record: dict[str, object]) -> str:
         f"model {record['model']}), {lines_text(len(lines))}, {flagged} flagged, alert: {said}"
     ]
     out.append(f"  why: {why_text(record)}")
+    problems = record["problems"]
+    assert isinstance(problems, list)
+    out += [f"  ! {problem}" for problem in problems]
     watched = record["poor_image"]
     if isinstance(watched, dict):
         said = reasons_text(watched["reasons"])
@@ -172,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         with compiling_note("score"):
             frame, verdict, watched = assess(scan, model, settings.scoring, settings.model)
-            record = score_record(path, frame, verdict, watched)
+            record = score_record(path, frame, verdict, watched, scan.problems)
         print(json.dumps(record) if args.json else _human(record), flush=True)
     if skipped:
         print(files_note(skipped, len(args.files), "skipped: not an image"), file=sys.stderr)
