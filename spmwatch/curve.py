@@ -183,6 +183,7 @@ class HandshakeWatch:
         self._reports = Throttle(1, REFUSED_LOG_INTERVAL, clock)
         self._retry: dict[str, float] = {}  # refused endpoint -> when to connect again
         self._failed: set[str] = set()  # endpoints whose last handshake failed
+        self.answered: set[str] = set()  # endpoints a handshake ever succeeded with
         self._recovered = recovered or (
             lambda endpoint: report(f"{endpoint}: connected, the handshake succeeded")
         )
@@ -196,6 +197,7 @@ class HandshakeWatch:
             kind = event["event"]
             endpoint = event["endpoint"].decode()
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.answered.add(endpoint)
                 if endpoint in self._failed:
                     self._failed.discard(endpoint)
                     self._recovered(endpoint)

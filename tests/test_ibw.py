@@ -564,6 +564,12 @@ def test_inspect_says_a_force_curve_is_no_image_and_no_error(tmp_path: Path) -> 
     assert good["image"] is True
 
 
+def test_inspect_says_the_rate_is_unknown_without_an_asylum_note(tmp_path: Path) -> None:
+    IgorWave5(np.zeros((8, 4), np.float32), name="Img0001").save(str(tmp_path / "plain.ibw"))
+    head = _inspect(str(tmp_path / "plain.ibw")).stdout.splitlines()[0]
+    assert "4/4 lines x 8 pts  rate unknown  up" in head  # it said "0 Hz"
+
+
 @pytest.mark.data
 def test_inspect_real_dna_scan(dna_scan_path: Path) -> None:
     result = _inspect("--json", str(dna_scan_path))

@@ -110,7 +110,14 @@ def test_subscribe_prints_readable_lines_and_times_out() -> None:
         assert "reasons=offset bands (+1.8), texture drift (+0.9)" in out
         idle = _spmwatch("subscribe", "--endpoint", daemon.endpoint, "--timeout", "0.5")
         _, err = idle.communicate(timeout=30)
-        assert idle.returncode == 1 and "nothing for 0.5 s" in err
+        assert idle.returncode == 1
+        assert f"nothing for 0.5 s: connected to {daemon.endpoint}, but nothing was" in err
+        # no publisher there at all: said so, with where to look (it only said "nothing")
+        nobody = free_tcp_endpoint()
+        lost = _spmwatch("subscribe", "--endpoint", nobody, "--timeout", "0.5")
+        _, err = lost.communicate(timeout=30)
+        assert lost.returncode == 1
+        assert f"nothing for 0.5 s: no publisher answered at {nobody}. Is the daemon" in err
     finally:
         daemon.close()
         context.term()

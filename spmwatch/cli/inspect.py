@@ -57,9 +57,11 @@ def format_record(record: dict[str, object]) -> str:
         channels = " ".join(f"{prefix}({_directions(pair)})" for prefix, pair in pairs.items())
         status = "partial" if record["partial"] else "complete"
         down = "down" if record["scan_down"] else "up"
+        rate = record["scan_rate"]  # 0 when the wave has no Asylum note to tell it
+        rate_text = f"{rate:g} Hz" if rate else "rate unknown"
         head = (
             f"{record['file']}  {record['lines']}/{record['expected_lines']} lines x "
-            f"{record['points']} pts  {record['scan_rate']:g} Hz  {down}  {status}  {channels}"
+            f"{record['points']} pts  {rate_text}  {down}  {status}  {channels}"
         )
     errors = record["errors"]
     assert isinstance(errors, list)

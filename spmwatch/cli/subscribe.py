@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         address = endpoint_in_config(args.config, "publish") if args.config else args.endpoint
+        address = address or protocol.PUB_ENDPOINT
     except ConfigError as exc:
         print(f"spmwatch subscribe: config error: {exc}", file=sys.stderr)
         return 2
@@ -69,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
         watch = HandshakeWatch(socket, _say)  # with CURVE or without: a mismatch is told too
         for topic in args.topic or protocol.TOPICS:
             socket.subscribe(topic.encode())
-        socket.connect(address or protocol.PUB_ENDPOINT)
-        return _print_events(socket, args, watch)
+        socket.connect(address)
+        return _print_events(socket, args, watch, address)
     except (CurveError, zmq.ZMQError) as exc:
         print(f"spmwatch subscribe: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +86,22 @@ def _say(problem: str) -> None:
     print(f"spmwatch subscribe: {problem}", file=sys.stderr, flush=True)
 
 
-def _print_events(socket: zmq.Socket, args: argparse.Namespace, watch: HandshakeWatch) -> int:
+def _silence(args: argparse.Namespace, watch: HandshakeWatch, endpoint: str) -> str:
+    """Why --timeout passed idle, as far as this end can tell: no publisher ever answered at
+    the endpoint (no daemon, or another port), or one did and sent nothing on these topics."""
+    said = f"nothing for {args.timeout:g} s"
+    if not watch.answered:
+        return (
+            f"{said}: no publisher answered at {endpoint}. Is the daemon running, publishing "
+            "there? (`spmwatch ctl status` asks it; `--config` takes the endpoint from its config)"
+        )
+    topics = ", ".join(args.topic) if args.topic else "any topic"
+    return f"{said}: connected to {endpoint}, but nothing was published on {topics}"
+
+
+def _print_events(
+    socket: zmq.Socket, args: argparse.Namespace, watch: HandshakeWatch, endpoint: str
+) -> int:
     seq = protocol.SeqTracker()
     seen = 0
     idle_since = time.monotonic()
@@ -93,7 +109,7 @@ def _print_events(socket: zmq.Socket, args: argparse.Namespace, watch: Handshake
         watch.check()
         if not socket.poll(100):
             if args.timeout is not None and time.monotonic() - idle_since > args.timeout:
-                print(f"spmwatch subscribe: nothing for {args.timeout:g} s", file=sys.stderr)
+                print(f"spmwatch subscribe: {_silence(args, watch, endpoint)}", file=sys.stderr)
                 return 1
             continue
         idle_since = time.monotonic()
