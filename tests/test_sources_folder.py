@@ -287,16 +287,26 @@ def test_a_state_file_that_named_the_folder_by_its_link_still_knows_it(
     assert wait_for(lambda: [f.name for f in sink.frames] == ["meanwhile.ibw"])
 
 
+def watch_a_recorded_frame(
+    tmp_path: Path, watched: Path, registry: list[FolderWatcher]
+) -> tuple[FolderWatcher, TimedCollector, Path, Path]:
+    """A remembering watcher that has scored and recorded Image0001.ibw: (watcher, its sink,
+    its state file, the frame)."""
+    state = tmp_path / "seen.json"
+    sink = TimedCollector()
+    watcher = start_remembering(watched, state, sink, registry)
+    first = watched / "Image0001.ibw"
+    save(tmp_path, first)
+    assert wait_for(lambda: SeenFiles(state).digest_of(first.resolve()) is not None)
+    return watcher, sink, state, first
+
+
 def test_a_renamed_or_copied_frame_is_not_scored_again(
     tmp_path: Path, watched: Path, stop_after: list[FolderWatcher]
 ) -> None:
     """mv Image0001.ibw Image0001_keep.ibw gave a second verdict, and a second alert."""
-    state = tmp_path / "seen.json"
-    sink = TimedCollector()
-    watcher = start_remembering(watched, state, sink, stop_after)
-    first, kept = watched / "Image0001.ibw", watched / "Image0001_keep.ibw"
-    save(tmp_path, first)
-    assert wait_for(lambda: SeenFiles(state).digest_of(first.resolve()) is not None)
+    watcher, sink, state, first = watch_a_recorded_frame(tmp_path, watched, stop_after)
+    kept = watched / "Image0001_keep.ibw"
     digest = SeenFiles(state).digest_of(first.resolve())
     with structlog.testing.capture_logs() as logs:
         first.rename(kept)
@@ -321,12 +331,8 @@ def test_a_copy_made_while_the_original_is_away_is_not_taken_for_its_rename(
 ) -> None:
     """A walkthrough completed a copy of a frame while renaming the frame: the log named the
     copy as the renamed file, and the registry followed it. A rename keeps size and mtime."""
-    state = tmp_path / "seen.json"
-    sink = TimedCollector()
-    watcher = start_remembering(watched, state, sink, stop_after)
-    first, away = watched / "Image0001.ibw", tmp_path / "away.ibw"
-    save(tmp_path, first)
-    assert wait_for(lambda: SeenFiles(state).digest_of(first.resolve()) is not None)
+    watcher, sink, _, first = watch_a_recorded_frame(tmp_path, watched, stop_after)
+    away = tmp_path / "away.ibw"
     with structlog.testing.capture_logs() as logs:
         first.rename(away)  # out of the folder for now (a rename elsewhere on the disk)
         shutil.copyfile(away, watched / "copy.ibw")  # the same bytes, a new mtime
