@@ -357,10 +357,19 @@ def note_meta(note: Mapping[str, str]) -> tuple[dict[str, float | int | str], li
     return meta, problems
 
 
-def _channel_names(wave: dict, n_channels: int, utf8: bool, path: str | Path) -> list[str]:
+def _channel_names(
+    wave: dict, n_channels: int, utf8: bool, path: str | Path, table: bool
+) -> list[str]:
     labels = wave.get("labels") or []
     dim2 = [_decode(label, utf8) for label in labels[2]] if len(labels) > 2 else []
     if n_channels == 1 and not any(dim2[1:]):
+        columns = [_decode(label, utf8) for label in labels[1][1:]] if len(labels) > 1 else []
+        if any(columns) and not table:
+            # Asylum saves a force curve as a 2-D wave of samples x labelled columns (Raw,
+            # Defl, ZSnsr): read as an image, it was a frame of 3 "lines" that failed
+            raise NoImageChannelsError(
+                path, f"a 2-D wave of labelled columns {columns[:4]!r}: a force curve, not an image"
+            )
         # A 2-D image: the channel is named by the wave itself.
         dim2 = ["", _decode(wave["wave_header"]["bname"], utf8)]
     names = [clean_channel_name(label) for label in dim2[1 : 1 + n_channels]]
@@ -400,8 +409,12 @@ def nonfinite_problems(channels: Mapping[str, np.ndarray]) -> list[str]:
     return problems
 
 
-def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
+def read_scan(path: str | Path, scan_id: str | None = None, table: bool = False) -> Scan:
     """Read an Asylum image file into a `Scan` with channels shaped (lines, points).
+
+    A 2-D wave with labelled columns is a force curve (`NoImageChannelsError`) unless `table`
+    asks for it as one channel anyway (the scope ring's samples x 8 columns, which the scope
+    follower takes apart itself).
 
     Raises `IncompleteError` for a file still being written (callers retry),
     `CorruptHeaderError` for a whole one whose header checksum fails, and the other
@@ -419,7 +432,7 @@ def read_scan(path: str | Path, scan_id: str | None = None) -> Scan:
     utf8 = header.note_encoding == _UTF8_ENCODING
 
     n_channels = shape[2] if len(shape) == 3 else 1
-    names = _channel_names(wave, n_channels, utf8, path)
+    names = _channel_names(wave, n_channels, utf8, path, table)
     data = _wave_data(raw, header)
     dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float32)
     # Igor stores column-major: points vary fastest, then lines, then channels.

@@ -420,6 +420,19 @@ def test_one_dimensional_wave_has_no_image_channels(tmp_path: Path) -> None:
         read_scan(tmp_path / "1d.ibw")
 
 
+def test_a_force_curve_of_labelled_columns_is_no_image(tmp_path: Path) -> None:
+    """Asylum saves a force curve as samples x labelled columns: read as an image it was a
+    frame of 3 lines, which the classifier failed at p = 1.00."""
+    wave = IgorWave5(np.zeros((200, 3), np.float32), name="Force0001")
+    for column, label in enumerate(("Raw", "Defl", "ZSnsr")):
+        wave.set_dimlabel(1, column, label)
+    wave.save(str(tmp_path / "force.ibw"))
+    with pytest.raises(NoImageChannelsError, match=r"\['Raw', 'Defl', 'ZSnsr'\]: a force curve"):
+        read_scan(tmp_path / "force.ibw")
+    table = read_scan(tmp_path / "force.ibw", table=True)  # what the scope follower asks
+    assert table.channels["Force0001"].shape == (3, 200)
+
+
 def test_three_dimensional_wave_without_labels_has_no_image_channels(tmp_path: Path) -> None:
     IgorWave5(np.zeros((4, 3, 2), np.float32), name="layers").save(str(tmp_path / "stack.ibw"))
     with pytest.raises(NoImageChannelsError, match="labels"):

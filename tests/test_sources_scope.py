@@ -26,10 +26,16 @@ def scope_data(k: int, columns: int = 8) -> np.ndarray:
     return np.stack([np.float32(k * 100 + c) + ramp for c in range(columns)])
 
 
-def save_scope(path: Path, data: np.ndarray, pause: float = 0.0) -> None:
-    """Save like Igor's `Save/C/O`: the nop x 8 wave rewritten in place, here in two chunks."""
+def save_scope(
+    path: Path, data: np.ndarray, pause: float = 0.0, labels: tuple[str, ...] = ()
+) -> None:
+    """Save like Igor's `Save/C/O`: the nop x 8 wave rewritten in place, here in two chunks;
+    `labels` names its columns (Igor's dimension labels)."""
     buffer = io.BytesIO()
-    IgorWave5(np.ascontiguousarray(data.T), name="ZSensorFullScope").save(buffer)
+    wave = IgorWave5(np.ascontiguousarray(data.T), name="ZSensorFullScope")
+    for column, label in enumerate(labels):
+        wave.set_dimlabel(1, column, label)
+    wave.save(buffer)
     blob = buffer.getvalue()
     with open(path, "wb") as handle:
         handle.write(blob[: len(blob) // 2])
@@ -98,7 +104,8 @@ def test_custom_channel_order_and_a_wrong_wave_is_reported(tmp_path: Path) -> No
     follower = ScopeFollower(tmp_path, sink, poll=0.01, settle=0.02, channel_names=names)
     follower.start()
     try:
-        save_scope(tmp_path / "Scope1.ibw", scope_data(7, columns=4))
+        # labelled columns, as a force curve has them, are still a scope slot
+        save_scope(tmp_path / "Scope1.ibw", scope_data(7, columns=4), labels=names)
         assert wait_for(lambda: len(sink.lines) == 1)
         save_scope(tmp_path / "Scope2.ibw", scope_data(8, columns=6))
         assert wait_for(lambda: len(sink.errors) == 1)

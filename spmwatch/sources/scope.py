@@ -18,6 +18,7 @@ skipped, so one bad file holds the ring for seconds, not the 30 s a saved frame 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,7 +88,10 @@ class ScopeFollower(SourceThread):
         self.poll = poll
         self.channel_names = tuple(channel_names)
         self.n_lines = n_lines
-        self._readiness = Readiness(read_scan, settle=settle, give_up=give_up)
+        # a slot is a samples x 8 table, whatever its columns are labelled
+        self._readiness = Readiness(
+            functools.partial(read_scan, table=True), settle=settle, give_up=give_up
+        )
         self._stamps: list[Stamp | None] = [None] * n_slots
         self._expected: int | None = None
         self._last_digest: bytes | None = None
