@@ -352,8 +352,9 @@ def render_png(
     """The report figure: channels, residual map and score on one shared line axis."""
     channels = shown_channels(scan)
     pair = first_pair(scan)
+    drawn = {*channels, *(pair[1:] if pair is not None else ())}
     with np.errstate(invalid="ignore"):  # a corrupt sample can be a signalling NaN: it warned
-        wide = {name: np.asarray(data, dtype=float) for name, data in scan.channels.items()}
+        wide = {name: np.asarray(scan.channels[name], dtype=float) for name in drawn}
     n_images = len(channels) + (pair is not None)
     n_lines = scan.n_lines
     size_um = _fast_size_um(scan)
