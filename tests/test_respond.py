@@ -7,6 +7,7 @@ PUB and an action subscriber on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,14 +268,39 @@ def _service_config(tmp_path: Path, daemon: FakeDaemon, actions_endpoint: str, e
     return config_file
 
 
-def test_responder_service_end_to_end(tmp_path: Path) -> None:
+@dataclasses.dataclass
+class _Service:
+    """A responder subprocess between a fake daemon and a listener on its actions socket."""
+
+    daemon: FakeDaemon
+    listener: ActionListener
+    config_file: Path
+    process: subprocess.Popen[str]
+
+
+@contextlib.contextmanager
+def _responder_service(tmp_path: Path, extra: str) -> Iterator[_Service]:
+    """Start the responder with `_service_config(..., extra)`; stop it (whichever process is
+    current: a test may restart it) and close the sockets however the test ends."""
     actions_endpoint = free_tcp_endpoint()
     context = zmq.Context()
     daemon = FakeDaemon(context)
-    config_file = _service_config(tmp_path, daemon, actions_endpoint, "alert_ttl = 5.0")
+    config_file = _service_config(tmp_path, daemon, actions_endpoint, extra)
     listener = ActionListener(context, actions_endpoint)
-    process = _start_responder(config_file)
+    service = _Service(daemon, listener, config_file, _start_responder(config_file))
     try:
+        yield service
+    finally:
+        if service.process.poll() is None:
+            _stop(service.process)
+        listener.close()
+        daemon.close()
+        context.term()
+
+
+def test_responder_service_end_to_end(tmp_path: Path) -> None:
+    with _responder_service(tmp_path, "alert_ttl = 5.0") as service:
+        daemon, listener = service.daemon, service.listener
         daemon.wait_subscriber()
         listener.wait_heartbeat()
         daemon.send(alert_payload(0, scan_id="scanA"))
@@ -293,7 +320,7 @@ def test_responder_service_end_to_end(tmp_path: Path) -> None:
         assert got[0]["igor_commands"] == [STOP] and got[1]["igor_commands"] == [WITHDRAW]
         assert all(a["source"] == "responder" and a["dry_run"] for a in got)
         assert listener.actions(1)[0]["action"] == "withdraw"
-        code, out = _stop(process)
+        code, out = _stop(service.process)
         assert code == 0, out
         logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         commands = [e["command"] for e in logged if e["event"] == "igor_command"]
@@ -301,31 +328,20 @@ def test_responder_service_end_to_end(tmp_path: Path) -> None:
         assert logged[-1]["event"] == "responder_stopped"  # SIGTERM is seen in the log
 
         listener.wait_heartbeat(final=True)  # the first run has ended
-        process = _start_responder(config_file)  # restart with the same state file
+        service.process = _start_responder(service.config_file)  # the same state file
         daemon.wait_subscriber()
         listener.wait_heartbeat()
         daemon.send(last)  # the very same alert again
         (again,) = listener.actions(1)
         assert (again["action"], again["outcome"]) == ("skip", "skipped")
         assert "duplicate" in again["reason"]
-    finally:
-        if process.poll() is None:
-            _stop(process)
-        listener.close()
-        daemon.close()
-        context.term()
 
 
 def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
     """ZeroMQ connects in silence: without the daemon's heartbeats the responder warns once,
     and its own heartbeats say whether a daemon is heard."""
-    actions_endpoint = free_tcp_endpoint()
-    context = zmq.Context()
-    daemon = FakeDaemon(context)
-    config_file = _service_config(tmp_path, daemon, actions_endpoint, "daemon_timeout = 2.0")
-    listener = ActionListener(context, actions_endpoint)
-    process = _start_responder(config_file)
-    try:
+    with _responder_service(tmp_path, "daemon_timeout = 2.0") as service:
+        daemon, listener = service.daemon, service.listener
         daemon.wait_subscriber()
         listener.wait_heartbeat(daemon_heard=None)  # within daemon_timeout: not known yet
         listener.wait_heartbeat(daemon_heard=False)  # then told: daemon_not_heard
@@ -344,7 +360,7 @@ def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
         wait_for(heard, timeout=20)
         daemon.heartbeat(seq, final=True)
         listener.wait_heartbeat(daemon_heard=False)  # silent again after the daemon stopped
-        code, out = _stop(process)
+        code, out = _stop(service.process)
         assert code == 0, out
         events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         told = [e for e in events if e["event"].startswith("daemon_")]
@@ -355,12 +371,6 @@ def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
             "daemon_not_heard",
         ], told
         assert told[0]["endpoint"] == daemon.endpoint and "no alert can arrive" in told[0]["hint"]
-    finally:
-        if process.poll() is None:
-            _stop(process)
-        listener.close()
-        daemon.close()
-        context.term()
 
 
 def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
