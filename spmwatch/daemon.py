@@ -120,6 +120,7 @@ class _OpenScan:
 
     scorer: ScanScorer
     source: str
+    instance: protocol.ScanInstance  # live, started when its first line here arrived
     last_seen: float
     lines: ChannelStatsAccumulator
     alerted: bool = False
@@ -628,10 +629,15 @@ class Daemon:
                 scan.alerted = True
                 frame = scan.scorer.frame()
                 verdict = self._verdict(frame, scan.lines, finished=False)
-                origin, seen = protocol.LIVE, scan.count
                 self._publish_alert(
-                    alert, verdict, first.scan_id, first.source, origin, seen, received=done[-1]
-                )  # the alert line ends the step: done[-1] is its hand-over time
+                    alert,
+                    verdict,
+                    first.scan_id,
+                    first.source,
+                    scan.instance,
+                    scan.count,
+                    received=done[-1],  # the alert line ends the step: its hand-over time
+                )
             if watch is not None and is_check(scan.count, scan.scorer.expected_lines):
                 self._watch(scan, watch, first, done[-1])
         self._tally(first.source, len(indices))
@@ -653,7 +659,7 @@ class Daemon:
         alert = watch.judge(frame, verdict)
         if alert is not None:
             self._publish_alert(
-                alert, verdict, first.scan_id, first.source, protocol.LIVE, scan.count, received
+                alert, verdict, first.scan_id, first.source, scan.instance, scan.count, received
             )
 
     def _drop_paused(self, run: list[Arrived]) -> None:
@@ -698,6 +704,7 @@ class Daemon:
         scan = _OpenScan(
             scorer,
             line.source,
+            protocol.ScanInstance(protocol.LIVE, time.time()),
             time.monotonic(),
             held,
             watch=self.settings.model.frame_watch(),
@@ -749,7 +756,7 @@ class Daemon:
         cut = closed_by in ("shutdown", "evicted") or paused_through or scan.late
         frame = scan.scorer.frame() if cut else scan.scorer.finish()
         verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=not cut)
-        self._publish_frame(frame, verdict, scan.source, protocol.LIVE, closed_by)
+        self._publish_frame(frame, verdict, scan.source, scan.instance, closed_by)
 
     def _on_frame_file(self, item: FrameFile) -> None:
         """Acknowledged only once its verdict or error is out: a crash before that means the
@@ -771,18 +778,12 @@ class Daemon:
         frame = score_scan(item.scan, self.settings.scoring)
         self._tally("folder", frame.n_lines, received=False)
         verdict = self._verdict(frame, item.scan.channels, finished=True)
-        scan_id = item.scan.scan_id
+        instance = protocol.ScanInstance(protocol.SAVED_FRAME, item.modified, item.name)
         if frame.alert is not None:
             self._publish_alert(
-                frame.alert,
-                verdict,
-                scan_id,
-                "folder",
-                protocol.SAVED_FRAME,
-                frame.n_lines,
-                file=item.name,
+                frame.alert, verdict, item.scan.scan_id, "folder", instance, frame.n_lines
             )
-        self._publish_frame(frame, verdict, "folder", protocol.SAVED_FRAME, "file", item.name)
+        self._publish_frame(frame, verdict, "folder", instance, "file")
 
     def _redeliver_if_resumed(self) -> None:
         """Frames deferred while paused are asked for again from here, the thread that deferred
@@ -816,19 +817,17 @@ class Daemon:
         verdict: Verdict,
         scan_id: str,
         source: str,
-        origin: str,
+        instance: protocol.ScanInstance,
         seen: int,
         received: float | None = None,
-        file: str | None = None,
     ) -> None:
         """Publish an alert; `received`: when a source handed over its line (live alerts),
-        so the log and the metrics say how long the daemon took to raise it; `file`: a saved
-        frame's name in its folder."""
+        so the log and the metrics say how long the daemon took to raise it."""
         assert self.publisher is not None
         # a saved frame's scan is over: the shipped responder only notes such alerts
-        live = origin == protocol.LIVE
+        live = instance.origin == protocol.LIVE
         action = suggested_action(alert.kind, alert.severity) if live else "notify_only"
-        fields = protocol.alert_fields(alert, verdict, action, origin, seen, file)
+        fields = protocol.alert_fields(alert, verdict, action, seen, instance)
         seq = self.publisher.publish(protocol.TOPIC_ALERT, scan_id, source, fields)
         timing = {}
         if received is not None:
@@ -844,12 +843,11 @@ class Daemon:
         frame: FrameScores,
         verdict: Verdict,
         source: str,
-        origin: str,
+        instance: protocol.ScanInstance,
         closed_by: str,
-        file: str | None = None,
     ) -> None:
         assert self.publisher is not None
-        fields = protocol.frame_fields(frame, verdict, origin, closed_by, file)
+        fields = protocol.frame_fields(frame, verdict, closed_by, instance)
         self.publisher.publish(protocol.TOPIC_FRAME, frame.scan_id, source, fields)
         self._count("frames")
         self.metrics.frames.labels(verdict.verdict).inc()
@@ -860,7 +858,7 @@ class Daemon:
             probability=fields["probability"],
             lines=frame.n_lines,
             closed_by=closed_by,
-            file=file,
+            file=instance.file,
             events=[f"{e.kind} {span_text(e.kind, e.start, e.end)}" for e in frame.events],
             **({"dead_channels": frame.dead_channels} if frame.dead_channels else {}),
         )

@@ -322,16 +322,29 @@ SAVED_FRAME = "saved_frame"  # `origin` of events computed from a whole saved .i
 LIVE = "live"  # `origin` of events computed line by line as the scan ran
 
 
+@dataclass(frozen=True)
+class ScanInstance:
+    """Which scan an alert or frame is about, beyond its name: scan names repeat (Asylum resets
+    its suffix, a producer reuses an id after its end message, the scope follower counts from
+    scope-1 again after a restart), so `started` tells a new scan from an old one of that name.
+
+    `started` is when the scan began as the daemon saw it: its first line's arrival (live), or
+    the .ibw file's modification time (saved frame, so the same file scored again after a
+    restart is the same scan); `file` is a saved frame's path inside its watched folder.
+    """
+
+    origin: str
+    started: float
+    file: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        return {"origin": self.origin, "scan_started": self.started, "file": self.file}
+
+
 def alert_fields(
-    alert: Alert,
-    verdict: Verdict,
-    action: str,
-    origin: str,
-    lines_seen: int,
-    file: str | None = None,
+    alert: Alert, verdict: Verdict, action: str, lines_seen: int, scan: ScanInstance
 ) -> dict[str, Any]:
-    """spmwatch.alert: where the failure is, how bad, the classifier's view and what to do;
-    `file` names a saved frame inside its watched folder (as on its spmwatch.frame)."""
+    """spmwatch.alert: where the failure is, how bad, the classifier's view and what to do."""
     return {
         **alert.to_dict(),
         "probability": round(float(verdict.probability), 4),
@@ -339,14 +352,13 @@ def alert_fields(
         "model": verdict.model,
         "reasons": reasons_list(verdict.reasons),
         "action": action,
-        "origin": origin,
         "lines_seen": lines_seen,
-        "file": file,
+        **scan.fields(),
     }
 
 
 def frame_fields(
-    frame: FrameScores, verdict: Verdict, origin: str, closed_by: str, file: str | None = None
+    frame: FrameScores, verdict: Verdict, closed_by: str, scan: ScanInstance
 ) -> dict[str, Any]:
     """spmwatch.frame: the verdict of a finished (or abandoned) frame with its events."""
     return {
@@ -357,8 +369,7 @@ def frame_fields(
         "expected_lines": frame.expected_lines,
         "partial": frame.n_lines < frame.expected_lines,
         "closed_by": closed_by,
-        "origin": origin,
-        "file": file,
+        **scan.fields(),
         "dead_channels": frame.dead_channels,
     }
 

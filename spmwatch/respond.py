@@ -13,7 +13,8 @@ one `spmwatch.action` message per decision. The rules, in the order they are app
    scan is over and an action would hit whatever the microscope does now (unless
    `act_on_saved_frames`);
 5. policy: kind x severity -> actions; notify_only just publishes a notice;
-6. debounce: at most one acting response per (scan, kind) within `debounce_s`;
+6. debounce: at most one acting response per (scan, kind) within `debounce_s`, a scan being
+   its daemon, name and start (`scan_started`: a new scan under a reused name is acted on);
 7. rescan cap: at most `max_rescans_per_hour` rescans in any hour.
 
 The decision is written to the state file *before* Igor is touched, so a crash mid-action can
@@ -222,6 +223,7 @@ class IncomingAlert:
     seq: int
     time: float
     scan_id: str
+    scan_started: float | None  # None: a publisher that does not say (the name is all there is)
     kind: str
     severity: str
     payload: Mapping[str, Any]
@@ -231,6 +233,16 @@ class IncomingAlert:
         """Identity of one alert: seq alone repeats when a daemon restarts, seq + time does not."""
         return f"{self.stream}|{self.seq}|{self.time!r}"
 
+    @property
+    def debounce_key(self) -> str:
+        """Identity of (scan, kind): names repeat, a name and its start time do not."""
+        started = "" if self.scan_started is None else f"@{self.scan_started!r}"
+        return f"{self.stream}|{self.scan_id}{started}|{self.kind}"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 def parse_alert(payload: Mapping[str, Any]) -> IncomingAlert:
     """Check an alert payload (already through protocol.decode_event); ProtocolError if bad."""
@@ -239,13 +251,17 @@ def parse_alert(payload: Mapping[str, Any]) -> IncomingAlert:
         raise protocol.ProtocolError(f"alert kind {kind!r} is not one of {EVENT_KINDS}")
     if severity not in SEVERITIES:
         raise protocol.ProtocolError(f"alert severity {severity!r} is not one of {SEVERITIES}")
-    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+    if not _is_number(stamp):
         raise protocol.ProtocolError(f"alert time {stamp!r} is not a number")
+    started = payload.get("scan_started")
+    if started is not None and not _is_number(started):
+        raise protocol.ProtocolError(f"alert scan_started {started!r} is not a number")
     return IncomingAlert(
         stream=str(payload.get("daemon", "")),
         seq=int(payload["seq"]),
         time=float(stamp),
         scan_id=protocol.valid_scan_id(payload.get("scan_id")),
+        scan_started=None if started is None else float(started),
         kind=kind,
         severity=severity,
         payload=payload,
@@ -388,13 +404,14 @@ class Responder:
             self.state.save()
             why = f"policy for {alert.severity} {alert.kind} is notify_only"
             return [self._notice(alert, "notify_only", why, outcome="ok")]
-        debounce = f"{alert.stream}|{alert.scan_id}|{alert.kind}"
+        debounce = alert.debounce_key
         now = self.clock()
         if now - self.state.acted.get(debounce, -math.inf) < self.settings.debounce_s:
             self.state.save()
             why = f"debounced: already acted on {alert.kind} in scan {alert.scan_id}"
             return [self._notice(alert, "skip", why)]
-        # a scan name used again after debounce_s is a new scan: act, and move it to the end
+        # after debounce_s even the same scan is acted on again (an alert without
+        # scan_started gives its name alone, which may be a new scan): act, move it to the end
         self.state.acted.pop(debounce, None)
         self.state.acted[debounce] = now
         self.state.save()  # before touching Igor: at most once, even across a crash

@@ -14,14 +14,20 @@ from tests.polling import free_tcp_endpoint, wait_for  # noqa: F401 (re-exported
 T = TypeVar("T")
 
 
+SCAN_STARTED = 1795323000.25  # one scan instance: alerts about it share its start
+
+
 def alert_payload(
     seq: int,
     scan_id: str = "scanA",
     kind: str = "tip_change",
     severity: str = "high",
     age: float = 0.0,
+    scan_started: float | None = SCAN_STARTED,
 ) -> dict[str, Any]:
-    """A spmwatch.alert payload as the daemon publishes it (envelope + protocol.alert_fields)."""
+    """A spmwatch.alert payload as the daemon publishes it (envelope + protocol.alert_fields);
+    `scan_started=None` leaves the field out, as a publisher that does not know it would."""
+    started = {} if scan_started is None else {"scan_started": scan_started}
     return {
         "v": protocol.PROTOCOL_VERSION,
         "seq": seq,
@@ -39,6 +45,8 @@ def alert_payload(
         "action": "stop_scan",
         "origin": "live",
         "lines_seen": 101,
+        "file": None,
+        **started,
     }
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,26 @@ def test_failing_scan_gives_one_alert_then_the_frame(running: Running) -> None:
     assert float(count.split()[-1]) >= 1
 
 
+def test_a_reused_scan_id_is_a_new_scan_with_its_own_start(running: Running) -> None:
+    """After its end message a scan id names a new scan: its alert says so by `scan_started`,
+    which a responder's debounce keys on (a failing scan under an old name must be stopped)."""
+    before = time.time()
+    scan = _failing("again-1")
+    send_scan(running.endpoints["lines"], scan)
+    _frame(running, "again-1")
+    send_scan(running.endpoints["lines"], scan)
+
+    def both_frames() -> list[dict] | None:
+        found = running.sub.of(protocol.TOPIC_FRAME, scan_id="again-1")
+        return found if len(found) == 2 else None
+
+    frames = wait_for(both_frames)
+    alerts = running.sub.of(protocol.TOPIC_ALERT, scan_id="again-1")  # published before frames
+    starts = [a["scan_started"] for a in alerts]
+    assert len(starts) == 2 and before <= starts[0] < starts[1] <= time.time()
+    assert [f["scan_started"] for f in frames] == starts
+
+
 def test_a_scan_sent_in_blocks_is_judged_as_line_by_line(running: Running) -> None:
     """Blocks change only the transport: the alert and the verdict, probabilities included,
     are those of the same scan sent one line per message."""
@@ -234,6 +255,9 @@ def test_ibw_in_the_watched_folder_is_scored(running: Running) -> None:
     assert len(alerts) == 1 and alerts[0]["origin"] == "saved_frame"
     assert alerts[0]["action"] == "notify_only"  # that scan is over: what the responder does
     assert alerts[0]["file"] == "saved-1.ibw"  # the same name may sit in several sub-folders
+    # the scan's start is the file's: the same file scored again is the same scan
+    modified = (running.folder / "saved-1.ibw").stat().st_mtime_ns / 1e9
+    assert alerts[0]["scan_started"] == frame["scan_started"] == modified
 
 
 def test_a_file_left_incomplete_is_reported_after_incomplete_after(running: Running) -> None:

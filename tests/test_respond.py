@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 import structlog
 import zmq
 from responder_helpers import (
+    SCAN_STARTED,
     ActionListener,
     FakeDaemon,
     alert_payload,
@@ -135,17 +137,32 @@ def test_high_tip_change_stops_and_withdraws_once_per_scan(tmp_path: Path) -> No
     assert h.handle(alert_payload(3, scan_id="scanB")) == [("stop_scan", "ok"), ("withdraw", "ok")]
 
 
-def test_debounce_ends_after_debounce_s_so_a_reused_scan_name_acts_again(tmp_path: Path) -> None:
+def test_a_new_scan_under_a_used_name_is_acted_on_at_once(tmp_path: Path) -> None:
+    """Names repeat (the scope follower starts again at scope-1 after a restart, Asylum resets
+    its suffix): a failing scan must not be debounced because an old one had its name."""
+    h = Harness(tmp_path)
+    acted = [("stop_scan", "ok"), ("withdraw", "ok")]
+    assert h.handle(alert_payload(0, scan_id="scope-1")) == acted
+    assert h.handle(alert_payload(1, scan_id="scope-1")) == [("skip", "skipped")]  # that scan
+    h.restart()
+    later = alert_payload(0, scan_id="scope-1", scan_started=SCAN_STARTED + 120.0)
+    assert h.handle(later) == acted
+    assert h.handle({**later, "seq": 1}) == [("skip", "skipped")]  # and it is debounced in turn
+    assert "debounced: already acted on tip_change in scan scope-1" in h.published[-1][1]["reason"]
+
+
+def test_without_scan_started_a_name_is_debounced_for_debounce_s(tmp_path: Path) -> None:
     h = Harness(tmp_path, debounce_s=600.0, alert_ttl=1e9)
-    assert h.handle(alert_payload(0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    nameless = functools.partial(alert_payload, scan_started=None)
+    assert h.handle(nameless(0)) == [("stop_scan", "ok"), ("withdraw", "ok")]
     h.now += 599.0
-    assert h.handle(alert_payload(1)) == [("skip", "skipped")]
+    assert h.handle(nameless(1)) == [("skip", "skipped")]
     h.restart()  # the acted-on time survives a restart
-    assert h.handle(alert_payload(2)) == [("skip", "skipped")]
-    h.now += 2.0  # 601 s after the action: the same name is a new scan
-    assert h.handle(alert_payload(3)) == [("stop_scan", "ok"), ("withdraw", "ok")]
+    assert h.handle(nameless(2)) == [("skip", "skipped")]
+    h.now += 2.0  # 601 s after the action: the same name is taken for a new scan
+    assert h.handle(nameless(3)) == [("stop_scan", "ok"), ("withdraw", "ok")]
     h.now += 599.0  # and the new action starts a new debounce
-    assert h.handle(alert_payload(4)) == [("skip", "skipped")]
+    assert h.handle(nameless(4)) == [("skip", "skipped")]
 
 
 def test_alerts_from_saved_frames_are_noted_not_acted_on(tmp_path: Path) -> None:
@@ -218,10 +235,13 @@ def test_malformed_alerts_are_rejected_without_action(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     meltdown = h.responder.handle({**alert_payload(0), "kind": "meltdown"})
     escape = h.responder.handle({**alert_payload(1), "scan_id": "../../etc"})
-    assert [(o["action"], o["outcome"]) for o in meltdown + escape] == [("skip", "skipped")] * 2
-    assert all(o["igor_commands"] == [] for o in meltdown + escape)  # nothing for Igor
+    started = h.responder.handle({**alert_payload(2), "scan_started": "yesterday"})
+    rejected = meltdown + escape + started
+    assert [(o["action"], o["outcome"]) for o in rejected] == [("skip", "skipped")] * 3
+    assert all(o["igor_commands"] == [] for o in rejected)  # nothing for Igor
     # published, so a dashboard sees the rejection, under no scan and with no value it carried
-    assert [scan_id for scan_id, _ in h.published] == [None, None]
+    assert [scan_id for scan_id, _ in h.published] == [None, None, None]
+    assert "alert scan_started 'yesterday' is not a number" in started[0]["reason"]
     assert "alert rejected" in meltdown[0]["reason"] and "meltdown" in meltdown[0]["reason"]
     assert meltdown[0]["kind"] is None and escape[0]["alert_seq"] == 1
 

@@ -40,6 +40,7 @@ class FrameFile:
     # how messages name the file: its path inside the watched folder ("day2/Image0001.ibw"),
     # since the file name alone does not tell two sub-folders apart
     name: str
+    modified: float  # the version read: its mtime, Unix s (the scan instance of its events)
     acknowledge: Callable[[bool], None] = field(
         default=_no_acknowledgement, compare=False, repr=False
     )

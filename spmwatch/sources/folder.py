@@ -632,7 +632,8 @@ class FolderWatcher(SourceThread):
             return
         self._in_flight.add((result.path, result.stamp))
         acknowledge = functools.partial(self._acknowledged, result.path, result.stamp, digest)
-        self._sink(FrameFile(result.path, result.scan, self._inner_name(result.path), acknowledge))
+        name, modified = self._inner_name(result.path), result.stamp[1] / 1e9
+        self._sink(FrameFile(result.path, result.scan, name, modified, acknowledge))
         self.counters.add("frames")
 
     def _inner_name(self, path: Path) -> str:
