@@ -593,6 +593,15 @@ def serve(
     context: zmq.Context | None = None,
 ) -> None:
     """Subscribe to alerts and publish outcomes until `stop` is set."""
+    # a state file that cannot be written is a setting to fix (exit 2), found before any socket
+    state = ResponderState.load(settings.state_file)
+    try:
+        state.write()
+    except OSError as exc:
+        raise OSError(
+            f"state_file {state.path} cannot be written ({exc}): point state_file at a "
+            "writable place (the systemd unit: /var/lib/spmwatch-respond/state.json)"
+        ) from exc
     link = link or IgorLink(settings.igor_timeout, settings.dry_run)
     link.connect()
     problem = link.problem()
@@ -632,14 +641,6 @@ def serve(
         sub.subscribe(protocol.TOPIC_ALERT.encode())
         sub.subscribe(protocol.TOPIC_HEARTBEAT.encode())
         sub.connect(settings.subscribe)
-        state = ResponderState.load(settings.state_file)
-        try:
-            state.write()
-        except OSError as exc:
-            raise OSError(
-                f"state_file {state.path} cannot be written ({exc}): point state_file at a "
-                "writable place (the systemd unit: /var/lib/spmwatch-respond/state.json)"
-            ) from exc
 
         def emit(scan_id: str | None, fields: dict[str, Any]) -> None:
             publisher.publish(protocol.TOPIC_ACTION, scan_id, "responder", fields)
