@@ -136,8 +136,8 @@ def valid_scan_id(value: object) -> str:
     """Return `value` if it is a safe scan id, else raise ProtocolError naming the problem."""
     if not isinstance(value, str) or not _SCAN_ID.fullmatch(value):
         raise ProtocolError(
-            f"scan_id {value!r} must be 1-128 letters, digits, '.', '_' or '-', starting with "
-            "a letter or digit"
+            f"scan_id {value!r} must be at most 128 letters, digits, dots, underscores or "
+            "hyphens, starting with a letter or digit"
         )
     return value
 
@@ -164,8 +164,7 @@ def encode_lines(lines: Sequence[Line], dtype: str = "float32") -> list[bytes]:
     A producer that is behind (or reads several lines at once) pays the header and the message
     once per block instead of once per line. One line encodes exactly as `encode_line`.
     """
-    if dtype not in LINE_DTYPES:
-        raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")
+    _check_dtype(dtype)
     if not 1 <= len(lines) <= MAX_BLOCK_LINES:
         raise ProtocolError(f"a block holds 1..{MAX_BLOCK_LINES} lines, not {len(lines)}")
     first = lines[0]
@@ -227,7 +226,9 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
     header = _decode_json(frames[0], "header")
     _check_version(header)
     scan_id = valid_scan_id(header.get("scan_id"))
-    if header.get("end") is True:
+    if "end" in header:
+        if header["end"] is not True:
+            raise ProtocolError(f"end must be true (an end-of-scan message), got {header['end']!r}")
         if len(frames) != 1:
             raise ProtocolError(f"end-of-scan message has {len(frames)} frames, expected 1")
         return EndOfScan(scan_id)
@@ -250,8 +251,7 @@ def decode_line_message(frames: Sequence[bytes], source: str = "socket") -> Line
             f"0..{n_lines - 1} (n_lines {n_lines})"
         )
     dtype = header.get("dtype", "float32")
-    if dtype not in LINE_DTYPES:
-        raise ProtocolError(f"dtype {dtype!r} is not one of {sorted(LINE_DTYPES)}")
+    _check_dtype(dtype)
     names = _channel_names(header.get("channels"))
     if len(frames) != 1 + len(names):
         raise ProtocolError(
@@ -515,6 +515,11 @@ def _check_version(obj: Mapping[str, Any]) -> None:
         raise ProtocolError(f"protocol version {obj.get('v')!r} is not {PROTOCOL_VERSION}")
 
 
+def _check_dtype(dtype: object) -> None:
+    if dtype not in LINE_DTYPES:
+        raise ProtocolError(f"dtype {dtype!r} is not one of {', '.join(sorted(LINE_DTYPES))}")
+
+
 def _int_field(header: Mapping[str, Any], key: str, low: int, high: int) -> int:
     value = header.get(key)
     if not isinstance(value, int) or isinstance(value, bool):
@@ -526,7 +531,7 @@ def _int_field(header: Mapping[str, Any], key: str, low: int, high: int) -> int:
 
 def _channel_names(value: object) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise ProtocolError("'channels' must be a non-empty list of names")
+        raise ProtocolError("channels must be a non-empty list of names")
     if len(value) > MAX_CHANNELS:
         raise ProtocolError(f"{len(value)} channels, more than {MAX_CHANNELS}")
     for name in value:

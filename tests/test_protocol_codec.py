@@ -157,6 +157,9 @@ BAD_MESSAGES = {
     ),
     "expected 128 (2 x 16 points of float32)": _with_header(GOOD, count=2),
     "more than 524288": _with_header(GOOD, count=40, points=4096, n_lines=4096),
+    "end must be true (an end-of-scan message), got 'yes'": [
+        json.dumps({"v": 1, "scan_id": "T9", "end": "yes"}).encode()
+    ],
 }
 
 

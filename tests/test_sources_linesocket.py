@@ -15,7 +15,7 @@ import zmq
 from sources_helpers import Collector, test_line, wait_for
 
 from spmwatch.model import Line, LineBlock
-from spmwatch.protocol import EndOfScan, encode_line
+from spmwatch.protocol import EndOfScan, ProtocolError, encode_line, valid_scan_id
 from spmwatch.sources.linesocket import LineReceiver, LineSender, reason_key
 
 TESTS = Path(__file__).resolve().parent
@@ -230,9 +230,22 @@ def test_busy_port_fails_at_start(receiver: tuple[LineReceiver, Collector]) -> N
 
 def test_reason_keys_group_by_kind_and_stay_readable() -> None:
     """Reasons are metrics labels: values out (so they group), whole words, a bounded length."""
-    a = reason_key("scan_id '../etc' must be 1-64 characters of letters, digits, '.', '-' or '_'")
-    b = reason_key("scan_id 'x y' must be 1-64 characters of letters, digits, '.', '-' or '_'")
-    assert a == b == "scan_id ? must be ? characters of letters, digits, ?, ? or ?"
+    keys = []
+    for bad in ("../etc", "x y"):
+        with pytest.raises(ProtocolError) as info:
+            valid_scan_id(bad)
+        keys.append(reason_key(str(info.value)))
+    # the values given go, the rule stays readable (it had been "? must be ? letters, ?, ? or ?")
+    rule = "scan_id ? must be at most ? letters, digits, dots, underscores or hyphens, ..."
+    assert keys == [rule, rule]
+    with pytest.raises(ProtocolError) as info:
+        encode_line(test_line(0), dtype="complex64")
+    assert reason_key(str(info.value)) == "dtype ? is not one of float32, float64, int16, int32"
+    # every value given is one: "got True" and "got nan" had each made a key of their own
+    for given in ("'5'", "True", "None", "nan", "2.5"):
+        assert reason_key(f"line must be an integer, got {given}") == (
+            "line must be an integer, got ?"
+        )
     dtype = reason_key("channel 'H' has 1024 bytes, expected 2048 (512 points of float32)")
     assert dtype == "channel ? has ? bytes, expected ? (? points of float32)"  # words stay whole
     # the channel is quoted, so producers' own names do not make a key each

@@ -37,10 +37,14 @@ from spmwatch.sources import Counters, Sink, SourceThread
 MAX_OPEN_SCANS = 16
 _POLL_MS = 100
 RECEIVE_HWM = 256
-# quoted values and standalone numbers (1-64 and 1..256 are one value); digits inside a word
-# (float32, utf-8) are part of the word and stay
+# quoted values, standalone numbers (1-64 and 1..256 are one value) and Python's words for
+# values (True, None, nan); digits inside a word (float32, utf-8) are part of the word and stay.
+# So error texts quote the values they were given and nothing else.
 _NUMBER = r"-?\d+(?:\.\d+)?"
-_VALUES = re.compile(rf"'[^']*'|\"[^\"]*\"|(?<![\w.]){_NUMBER}(?:(?:-|\.\.){_NUMBER})?(?!\w)")
+_VALUES = re.compile(
+    rf"'[^']*'|\"[^\"]*\"|(?<![\w.]){_NUMBER}(?:(?:-|\.\.){_NUMBER})?(?!\w)"
+    r"|\b(?:True|False|None|nan|inf)\b"
+)
 REASON_CHARS = 80  # a reason key (a metrics label) is cut at a word boundary before this
 
 
