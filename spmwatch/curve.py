@@ -182,7 +182,7 @@ class HandshakeWatch:
         self._reconnect = reconnect or self._connect_again
         self._reports = Throttle(1, REFUSED_LOG_INTERVAL, clock)
         self._retry: dict[str, float] = {}  # refused endpoint -> when to connect again
-        self._failed: set[str] = set()  # endpoints whose last handshake failed
+        self.failed: set[str] = set()  # endpoints whose last handshake failed
         self.answered: set[str] = set()  # endpoints a handshake ever succeeded with
         self._recovered = recovered or (
             lambda endpoint: report(f"{endpoint}: connected, the handshake succeeded")
@@ -198,11 +198,11 @@ class HandshakeWatch:
             endpoint = event["endpoint"].decode()
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.answered.add(endpoint)
-                if endpoint in self._failed:
-                    self._failed.discard(endpoint)
+                if endpoint in self.failed:
+                    self.failed.discard(endpoint)
                     self._recovered(endpoint)
                 continue
-            self._failed.add(endpoint)
+            self.failed.add(endpoint)
             if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self._retry.setdefault(endpoint, self._clock() + REFUSED_RETRY)
             problem = handshake_failure(kind, event["value"], self._curve)

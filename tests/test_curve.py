@@ -211,6 +211,9 @@ def test_subscribe_with_a_refused_key_says_so(tmp_path: Path) -> None:
     assert done.returncode == 1  # nothing received: the idle time-out
     assert "the server refused this client's key" in done.stderr
     assert done.stderr.count("refused this client's key") == 1  # not once per retry
+    # and the time-out does not send the user looking for a daemon that is there
+    assert f"nothing for 3 s: the handshake with {endpoint} failed, as said above" in done.stderr
+    assert "no publisher answered" not in done.stderr
 
 
 def test_subscribe_without_keys_to_a_curve_daemon_says_so(tmp_path: Path) -> None:

@@ -87,9 +87,12 @@ def _say(problem: str) -> None:
 
 
 def _silence(args: argparse.Namespace, watch: HandshakeWatch, endpoint: str) -> str:
-    """Why --timeout passed idle, as far as this end can tell: no publisher ever answered at
-    the endpoint (no daemon, or another port), or one did and sent nothing on these topics."""
+    """Why --timeout passed idle, as far as this end can tell: the handshake failed (told above
+    as it happened), no publisher ever answered at the endpoint (no daemon, or another port),
+    or one did and sent nothing on these topics."""
     said = f"nothing for {args.timeout:g} s"
+    if endpoint in watch.failed:
+        return f"{said}: the handshake with {endpoint} failed, as said above"
     if not watch.answered:
         return (
             f"{said}: no publisher answered at {endpoint}. Is the daemon running, publishing "
