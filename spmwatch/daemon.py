@@ -108,6 +108,15 @@ def _tcp_port_taken(endpoint: str) -> str | None:
     return None
 
 
+def _ipc_folder_missing(endpoint: str) -> str | None:
+    """Why an ipc:// socket could not be bound: its folder does not exist (None otherwise,
+    and for other schemes and Linux's abstract sockets, ipc://@name)."""
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):
+        return None
+    folder = Path(endpoint[len("ipc://") :]).parent
+    return None if folder.is_dir() else f"the folder {folder} does not exist"
+
+
 class _StoppedWarmingUp(Exception):
     """SIGTERM/SIGINT during the warm-up: raised from the signal handler to cut it short
     (a first start compiles for about a minute; subprocess.run kills the compiling child)."""
@@ -268,7 +277,7 @@ class Daemon:
         self._claim_state_file()
         self.control = ControlServer(s.control.endpoint, self.command)
         self._bind(self.control.start, "control.endpoint", s.control.endpoint)
-        self._check_ports_free()
+        self._check_addresses_free()
         log.info(
             "warming_up",
             note="loading the numba kernels from numba's cache (seconds), or compiling them on a"
@@ -418,10 +427,10 @@ class Daemon:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
-    def _check_ports_free(self) -> None:
-        """A port another program holds is told now, not after the warm-up (a minute on a
-        first start). The sockets themselves bind after it; a port taken in between is still
-        told then."""
+    def _check_addresses_free(self) -> None:
+        """A port another program holds, or an ipc:// socket's missing folder, is told now, not
+        after the warm-up (a minute on a first start). The sockets themselves bind after it; a
+        port taken in between is still told then."""
         s = self.settings
         wanted = [("publish.endpoint", s.publish.endpoint, s.publish.endpoint)]
         if s.lines.enabled:
@@ -429,7 +438,7 @@ class Daemon:
         if s.metrics.address:
             wanted.append(("metrics.address", s.metrics.address, f"tcp://{s.metrics.address}"))
         for key, value, endpoint in wanted:
-            problem = _tcp_port_taken(endpoint)
+            problem = _tcp_port_taken(endpoint) or _ipc_folder_missing(endpoint)
             if problem is not None:
                 raise StartupError(f"{key} {value}: {problem}")
 

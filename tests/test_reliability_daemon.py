@@ -594,6 +594,22 @@ def test_bad_config_and_models_are_refused_before_any_socket_is_bound(tmp_path: 
             probe.bind(("127.0.0.1", int(endpoint.rsplit(":", 1)[1])))
 
 
+def _start_that_fails(config: Path) -> str:
+    """Start the daemon on `config`, expecting it to give up at once: its whole output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "spmwatch", "run", "--config", str(config)],
+        capture_output=True,
+        env=ENV,
+        cwd=REPO,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "warming_up" not in output, output  # told before the warm-up began
+    return output
+
+
 @pytest.mark.parametrize("key", ["publish", "lines", "metrics"])
 def test_a_port_held_by_another_program_is_told_before_the_warm_up(
     tmp_path: Path, key: str
@@ -606,19 +622,17 @@ def test_a_port_held_by_another_program_is_told_before_the_warm_up(
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         holder.bind(("127.0.0.1", port))
         holder.listen()
-        done = subprocess.run(
-            [sys.executable, "-m", "spmwatch", "run", "--config", str(config)],
-            capture_output=True,
-            env=ENV,
-            cwd=REPO,
-            text=True,
-            timeout=120,
-        )
-    output = done.stdout + done.stderr
-    assert done.returncode == 1, output
+        output = _start_that_fails(config)
     name = "address" if key == "metrics" else "endpoint"
     assert f"{key}.{name} {endpoints[key]}: Address already in use" in output, output
-    assert "warming_up" not in output, output  # told before the warm-up began
+
+
+def test_an_ipc_socket_in_a_missing_folder_is_told_before_the_warm_up(tmp_path: Path) -> None:
+    config, endpoints = write_config(tmp_path)
+    missing = f"ipc://{tmp_path}/absent/lines.sock"
+    config.write_text(config.read_text().replace(endpoints["lines"], missing))
+    output = _start_that_fails(config)
+    assert f"lines.endpoint {missing}: the folder {tmp_path}/absent does not exist" in output
 
 
 # ---------------------------------------------------------------------------------------------
