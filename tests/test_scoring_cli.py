@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from spmwatch import synth
 from spmwatch.classify.classifier import load_default
@@ -185,3 +186,15 @@ def test_probabilities_show_the_side_of_the_threshold_and_counts_read_right() ->
     assert probability_text(0.57, 0.5991) == "0.57"
     assert probability_text(1.0, 0.5991) == "1.00"
     assert (lines_text(1), lines_text(2), lines_text(0)) == ("1 line", "2 lines", "0 lines")
+
+
+def test_a_wrong_argument_is_told_with_the_command_usage(capsys) -> None:
+    """`report A B` printed spmwatch's own usage, which does not say that report takes one file."""
+    from spmwatch.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["report", "a.ibw", "b.ibw", "--out", "x"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: spmwatch report [-h] --out DIR")
+    assert "spmwatch report: error: unrecognized arguments: b.ibw" in err

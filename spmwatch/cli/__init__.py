@@ -107,7 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     # only the module of the command asked for: importing them all pulled in scikit-learn and
     # made `spmwatch ctl pause` take 2 s to reach the daemon
     chosen = (argv[0],) if argv and argv[0] in COMMANDS else COMMANDS
-    args = build_parser(chosen).parse_args(argv)
+    parser = build_parser(chosen)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # told with the command's own usage (`report A B` showed spmwatch's)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
