@@ -32,6 +32,9 @@ HEADER_SIZE = 384  # BinHeader5 + WaveHeader5: the span the header checksum cove
 WAVE_HEADER_SIZE = HEADER_SIZE - BIN_HEADER_SIZE
 KNOWN_VERSIONS = (1, 2, 3, 5, 7)
 MAX_PROBLEM_RUNS = 5  # per channel, so a NaN-flooded file gives a few lines of text
+# A 2-D wave whose note does not say ScanLines needs this many rows to be taken for an
+# image: below it the scorer has no baseline (min_baseline) and a verdict says nothing.
+MIN_UNNOTED_LINES = 8
 # Largest wave note whose settings are read: 8x the largest real Asylum note (31.7 kB). The note
 # is parsed here, not by igor2, which holds ~180 bytes per note byte (1 MiB of note: ~185 MiB).
 MAX_NOTE_BYTES = 256 * 1024
@@ -447,6 +450,14 @@ def read_scan(path: str | Path, scan_id: str | None = None, table: bool = False)
     meta, meta_problems = note_meta(note)
     stored = shape[1]
     scan_lines = meta.get("ScanLines")
+    if not table and len(shape) == 2 and scan_lines is None and 0 < stored < MIN_UNNOTED_LINES:
+        # a small table or curve without labels: judged as a 3-line image it got a verdict
+        # that meant nothing. Asylum's note says ScanLines, so its stopped frames are kept
+        raise NoImageChannelsError(
+            path,
+            f"a 2-D wave of {stored} rows x {shape[0]} points without an Asylum note "
+            "(no ScanLines): too small to be an image",
+        )
     expected = scan_lines if isinstance(scan_lines, int) and scan_lines > 0 else stored
     return Scan(
         scan_id=scan_id if scan_id is not None else Path(path).stem,

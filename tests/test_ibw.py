@@ -20,6 +20,7 @@ from igorwriter import IgorWave5
 from spmwatch.ibw import (
     HEADER_SIZE,
     MAX_PROBLEM_RUNS,
+    MIN_UNNOTED_LINES,
     CorruptHeaderError,
     IbwError,
     IncompleteError,
@@ -407,7 +408,7 @@ def test_asylum_label_junk_after_the_terminator_is_cut(tmp_path: Path) -> None:
 
 
 def test_two_dimensional_wave_is_named_by_the_wave(tmp_path: Path) -> None:
-    image = np.arange(12, dtype=np.float32).reshape(4, 3)  # (points, lines)
+    image = np.arange(32, dtype=np.float32).reshape(4, 8)  # (points, lines)
     IgorWave5(image, name="HeightRetrace").save(str(tmp_path / "single.ibw"))
     scan = read_scan(tmp_path / "single.ibw")
     assert list(scan.channels) == ["HeightRetrace"]
@@ -431,6 +432,22 @@ def test_a_force_curve_of_labelled_columns_is_no_image(tmp_path: Path) -> None:
         read_scan(tmp_path / "force.ibw")
     table = read_scan(tmp_path / "force.ibw", table=True)  # what the scope follower asks
     assert table.channels["Force0001"].shape == (3, 200)
+
+
+def test_a_small_wave_without_an_asylum_note_is_no_image(tmp_path: Path) -> None:
+    """A 50 x 3 table saved from Igor passed as a 3-line image (p = 0.06) in score and the
+    daemon; a stopped frame of 3 lines says ScanLines in its note and is still one."""
+    IgorWave5(np.zeros((50, 3), np.float32), name="fc").save(str(tmp_path / "fc_0001.ibw"))
+    with pytest.raises(NoImageChannelsError, match="3 rows x 50 points without an Asylum note"):
+        read_scan(tmp_path / "fc_0001.ibw")
+    stopped = IgorWave5(np.zeros((50, 3), np.float32), name="Image0001")
+    stopped.set_note("ScanLines: 256\rScanPoints: 50")
+    stopped.save(str(tmp_path / "Image0001.ibw"))
+    stopped = read_scan(tmp_path / "Image0001.ibw")
+    assert (stopped.n_lines, stopped.expected_lines) == (3, 256)
+    big = np.zeros((50, MIN_UNNOTED_LINES), np.float32)  # as many rows as a baseline needs
+    IgorWave5(big, name="plain").save(str(tmp_path / "plain.ibw"))
+    assert read_scan(tmp_path / "plain.ibw").n_lines == MIN_UNNOTED_LINES
 
 
 def test_three_dimensional_wave_without_labels_has_no_image_channels(tmp_path: Path) -> None:
@@ -578,9 +595,9 @@ def test_inspect_says_a_force_curve_is_no_image_and_no_error(tmp_path: Path) -> 
 
 
 def test_inspect_says_the_rate_is_unknown_without_an_asylum_note(tmp_path: Path) -> None:
-    IgorWave5(np.zeros((8, 4), np.float32), name="Img0001").save(str(tmp_path / "plain.ibw"))
+    IgorWave5(np.zeros((16, 8), np.float32), name="Img0001").save(str(tmp_path / "plain.ibw"))
     head = _inspect(str(tmp_path / "plain.ibw")).stdout.splitlines()[0]
-    assert "4/4 lines x 8 pts  rate unknown  up" in head  # it said "0 Hz"
+    assert "8/8 lines x 16 pts  rate unknown  up" in head  # it said "0 Hz"
 
 
 @pytest.mark.data
