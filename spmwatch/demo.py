@@ -170,7 +170,7 @@ def _describe(topic: str, event: dict[str, Any]) -> str:
         return (
             f"ALERT     line {event['line']} (the {ordinal(event['position'] + 1)} scanned): "
             f"{event['kind']}, severity {event['severity']}, "
-            f"probability {event['probability']:.2f}"
+            f"frame so far p(fail) {event['probability']:.2f}"
             f"{_for(event) if event['kind'] == 'poor_image' else ''}; suggested: {event['action']}"
         )
     if topic == protocol.TOPIC_ACTION:

@@ -555,14 +555,16 @@ class DaemonPresence:
         self._interval = 0.0
         self._told_silent = False
 
-    def heard(self, payload: Mapping[str, Any]) -> None:
-        """A daemon heartbeat arrived."""
-        interval = payload.get("interval")
-        self._interval = float(interval) if isinstance(interval, int | float) else 0.0
+    def heard(self, topic: str, payload: Mapping[str, Any]) -> None:
+        """A daemon heartbeat arrived, or an alert: the daemon is there too (an alert that
+        came before the first heartbeat was logged as acted on before `daemon_heard`)."""
         self._since = self._clock()
-        if payload.get("final"):
-            log.warning("daemon_stopping", endpoint=self.endpoint, daemon=payload.get("daemon"))
-            return
+        if topic == protocol.TOPIC_HEARTBEAT:
+            interval = payload.get("interval")
+            self._interval = float(interval) if isinstance(interval, int | float) else 0.0
+            if payload.get("final"):
+                log.warning("daemon_stopping", endpoint=self.endpoint, daemon=payload.get("daemon"))
+                return
         if not self.heard_now:
             self.heard_now = True
             self._told_silent = False
@@ -670,9 +672,10 @@ def serve(
                 log.warning("message_rejected", error=str(exc))
                 continue
             if topic == protocol.TOPIC_ALERT:
+                presence.heard(topic, payload)
                 responder.handle(payload)
             elif topic == protocol.TOPIC_HEARTBEAT and payload.get("source") == "daemon":
-                presence.heard(payload)
+                presence.heard(topic, payload)
     finally:
         notifier.stopping()
         if watch is not None:

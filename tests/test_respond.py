@@ -393,6 +393,20 @@ def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
         assert told[0]["endpoint"] == daemon.endpoint and "no alert can arrive" in told[0]["hint"]
 
 
+def test_an_alert_before_any_heartbeat_says_the_daemon_is_there(tmp_path: Path) -> None:
+    """The demo's log told daemon_heard 0.3 s after the stop it had acted on."""
+    with _responder_service(tmp_path, "") as service:
+        service.daemon.wait_subscriber()
+        service.listener.wait_heartbeat(daemon_heard=None)  # no daemon heartbeat yet
+        service.daemon.send(alert_payload(0))
+        assert [a["action"] for a in service.listener.actions(2)] == ["stop_scan", "withdraw"]
+        service.listener.wait_heartbeat(daemon_heard=True)
+        code, out = _stop(service.process)
+    assert code == 0, out
+    told = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert told.index("daemon_heard") < told.index("igor_command")
+
+
 def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
     config_file = tmp_path / "respond.toml"
     config_file.write_text("dry_runn = true\n")

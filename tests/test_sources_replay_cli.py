@@ -12,6 +12,8 @@ import pytest
 from ibw_fixtures import make_scan, write_fixture
 from sources_helpers import Collector, wait_for
 
+from spmwatch.assess import assess
+from spmwatch.classify.classifier import load_default
 from spmwatch.cli import main
 from spmwatch.ibw import read_scan
 from spmwatch.model import ordinal, span_text
@@ -87,6 +89,10 @@ def test_in_process_replay_prints_the_scorers_alert_and_events(tmp_path: Path, c
     for event in frame.events:
         assert f"  {event.kind} {span_text(event.kind, event.start, event.end)}, " in out
     assert any(event.kind == "partial_frame" for event in frame.events)
+    # and the frame's verdict, as `spmwatch score` gives it (the daemon's, at the scan's end)
+    verdict = assess(read_scan(path), load_default())[1]
+    assert verdict.verdict == "fail" and verdict.decided_by == "stopped_early"
+    assert out.rstrip().endswith("verdict: fail (p=1.00, decided by stopped early)")
 
 
 @pytest.mark.data

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spmwatch.classify.classifier import load_default
 from spmwatch.cli import endpoint, scan_id
 from spmwatch.ibw import IbwError, read_scan
-from spmwatch.model import Scan, ordinal, span_text
+from spmwatch.model import Scan, ordinal, probability_text, reasons_text, span_text
 from spmwatch.protocol import LINES_ENDPOINT, safe_scan_id
 from spmwatch.scoring.scorer import ScanScorer
 from spmwatch.sources.linesocket import LineSender
@@ -152,4 +153,11 @@ def _score(scan: Scan, rate: float, args: argparse.Namespace) -> int:
             f"  {event.kind} {span_text(event.kind, event.start, event.end)}, "
             f"{event.severity} (score {event.score:.2f})"
         )
+    # the frame's verdict, as the daemon publishes it at the scan's end
+    verdict = load_default().verdict(frame, scan.channels, finished=True)
+    why = reasons_text(verdict.reasons) if verdict.decided_by == "model" else ""
+    print(
+        f"verdict: {verdict.verdict} (p={probability_text(verdict.probability, verdict.threshold)}"
+        f", decided by {verdict.decided_by.replace('_', ' ')}{', for: ' + why if why else ''})"
+    )
     return 0

@@ -124,7 +124,7 @@ def _human(record: dict[str, object]) -> str:
         said = reasons_text(watched["reasons"])
         out.append(
             f"  poor image ({watched['severity']}): the frame so far was judged a failure at "
-            f"line {watched['line']} (after {watched['position'] + 1} lines scanned, "
+            f"line {watched['line']} (the {ordinal(watched['position'] + 1)} scanned, "
             f"p={watched['probability']:.2f}{', mostly for: ' + said if said else ''})"
         )
     dead, channels = record["dead_channels"], record["channels"]
