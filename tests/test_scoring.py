@@ -439,6 +439,35 @@ def test_simulated_fault_is_found_and_placed(inject, kind: str) -> None:
     assert_fault_found(score_scan(scan), rows, kind, start_position=120, within=within)
 
 
+def _level_shift(count: int, size: float = 0.1, ramp: bool = False):
+    """synthetic_scan(256, 256, seed=7) with every channel raised by `size` line spreads on
+    `count` lines from acquisition position 120 (by k + 1 times that on the k-th line of a
+    ramp, which then stays at its top)."""
+    scan, rows = faults.level_shift(synthetic_scan(256, 256, seed=7), 120, count, size, ramp)
+    return score_scan(scan), rows
+
+
+def test_a_level_step_below_the_flag_threshold_that_persists_alerts_as_a_tip_change() -> None:
+    frame, _ = _level_shift(136)
+    flag_z = ScoringSettings().flag_z
+    # the premise: the step alone scores between half the threshold and the threshold
+    assert flag_z / 2 <= frame.features[120, K.F_LEVEL] < flag_z
+    assert frame.alert is not None and frame.alert.kind == "tip_change"
+    assert 120 <= frame.alert.position <= 120 + ScoringSettings().step_lines + 2
+    assert not any(s.flagged for s in frame.lines[:120])
+
+
+@pytest.mark.parametrize(("count", "ramp"), [(1, False), (2, False), (30, True)])
+def test_a_level_step_that_comes_back_or_keeps_moving_is_no_tip_change(
+    count: int, ramp: bool
+) -> None:
+    """A single odd line and a 2-line band go back to the level before them; a ramp (a
+    sloping feature of the sample) steps on every line: none of them settles at a held step."""
+    frame, _ = _level_shift(count, ramp=ramp)
+    assert frame.features[120, K.F_LEVEL] >= ScoringSettings().flag_z / 2  # the same step
+    assert not any(s.flagged for s in frame.lines), [s for s in frame.lines if s.flagged]
+
+
 def assert_fault_found(frame, rows, kind: str, start_position: int, within: int = 12) -> None:
     assert frame.alert is not None, f"no alert for {kind}"
     assert frame.alert.kind == kind

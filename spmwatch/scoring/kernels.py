@@ -66,8 +66,9 @@ N_FAMILIES = 10  # families F_LEVEL..F_DROPOUT compete for the score and the kin
     S_TOPO_CONTRAST,
     S_TOPO_KMIN,
     S_TOPO_BOOST,
-) = range(21)
-N_SETTINGS = 21
+    S_STEP_LINES,
+) = range(22)
+N_SETTINGS = 22
 
 # Integer state vector.
 (
@@ -80,8 +81,10 @@ N_SETTINGS = 21
     I_VOTES,
     I_SPEC_N,
     I_AFTER_DROPOUT,
-) = range(9)
-N_STATE = 9
+    I_STEP_RUN,
+    I_STEP_SINCE,
+) = range(11)
+N_STATE = 11
 
 SCAR_MAX_WIDTH = 4
 HIST_DEPTH = SCAR_MAX_WIDTH + 2  # band of 4 + the older neighbour + the newest line
@@ -1119,6 +1122,58 @@ def _median_int(votes, count, buf):
 
 
 @njit(**_OPTS)
+def _level_z(levels, ref, base_med, base_scale, consensus, z_clip):
+    """The level family's z of `levels` against the reference levels `ref`: per channel the
+    two-sided robust z of the step, clipped to [0, z_clip], the consensus-th largest over
+    the channels (as score_line takes every family's z)."""
+    first = 0.0
+    second = 0.0
+    for c in range(levels.shape[0]):
+        i = c * N_CH_RAW + CH_LEVEL
+        z = min(abs((levels[c] - ref[c]) - base_med[i]) / base_scale[i], z_clip)
+        second = max(second, min(first, z))
+        first = max(first, z)
+    return second if consensus >= 2 else first
+
+
+@njit(**_OPTS)
+def _held_step(levels, ref_level, base_med, base_scale, cons, cfg, calm, after_good, run, since):
+    """Watch for a tip change that steps the level by less than the flag threshold: the line
+    after it is calm, as the reference (ref_level[0]) follows the step. Returns (run, since,
+    held): run counts the lines the watched step has held (0: none), since the lines since
+    the last watched step's first line (0: none), held the level's z against the level
+    before that step.
+
+    A step of half the threshold from an accepted line is watched: ref_level[1] keeps the
+    level before it, ref_level[2] the step's own. When the lines after it settle at the
+    step's level (a z against it below a quarter of the threshold) and stay half the
+    threshold from the level before it, for S_STEP_LINES lines with the step's, the step
+    persisted (score_line scores those lines S_TOPO_BOOST more, and the lines after them
+    while they stay so). A single odd line comes back to the level before it; a step
+    back nearer that level within S_STEP_LINES lines ends a band (it starts no watch of its
+    own); a drift or a sloping feature of the sample moves on from the step's level.
+    """
+    z_clip = cfg[S_Z_CLIP]
+    half = 0.5 * cfg[S_FLAG_Z]
+    since = since + 1 if since > 0 else 0
+    held = 0.0
+    moved = 0.0
+    if since > 0:
+        held = _level_z(levels, ref_level[1], base_med, base_scale, cons, z_clip)
+        moved = _level_z(levels, ref_level[2], base_med, base_scale, cons, z_clip)
+    if not calm and after_good:
+        if since > 0 and since <= cfg[S_STEP_LINES] and held < moved:
+            return 0, since, held  # back nearer the level before the step: a band ended
+        for c in range(levels.shape[0]):
+            ref_level[1, c] = ref_level[0, c]
+            ref_level[2, c] = levels[c]
+        return 1, 1, held
+    if run > 0 and held >= half and moved < 0.5 * half:
+        return run + 1, since, held
+    return 0, since, held
+
+
+@njit(**_OPTS)
 def score_line(
     frame,
     row,
@@ -1214,7 +1269,7 @@ def score_line(
         line_stats(frame[c, row], units[c], hist[prev, c], hist[head, c], stats)
         base = c * N_CH_RAW
         levels[c] = stats[0]
-        raw[base + CH_LEVEL] = stats[0] - ref_level[c] if have_ref else 0.0
+        raw[base + CH_LEVEL] = stats[0] - ref_level[0, c] if have_ref else 0.0
         raw[base + CH_RMS] = fast_log(stats[2] + TINY)
         raw[base + CH_SHARP] = fast_log((stats[3] + TINY) / (stats[2] + TINY))
         if alive[c] or not any_alive:
@@ -1364,6 +1419,31 @@ def score_line(
         ring_z += cfg[S_TOPO_BOOST]
         score = max(score, ring_z)
         out[F_SCORE] = score
+    # 5b. a level step below the flag threshold that persists (see _held_step)
+    calm = out[F_LEVEL] < 0.5 * cfg[S_FLAG_Z]
+    run = 0
+    since = 0
+    held = 0.0
+    if ready and have_ref:
+        run, since, held = _held_step(
+            levels,
+            ref_level,
+            base_med,
+            base_scale,
+            consensus[F_LEVEL],
+            cfg,
+            calm,
+            hist_good[prev],
+            state[I_STEP_RUN],
+            state[I_STEP_SINCE],
+        )
+    state[I_STEP_RUN] = run
+    state[I_STEP_SINCE] = since
+    step_held = run >= cfg[S_STEP_LINES]
+    if step_held:
+        out[F_LEVEL] = max(out[F_LEVEL], min(held + cfg[S_TOPO_BOOST], z_clip))
+        score = max(score, out[F_LEVEL])
+        out[F_SCORE] = score
     flagged = score >= cfg[S_FLAG_Z]
     hist_good[head] = not flagged
     # 6. advance the baseline; a flagged line enters clipped to med +- S_CLIP scale, so a
@@ -1402,9 +1482,10 @@ def score_line(
     # (z < half the flag threshold): a long ringing run would otherwise hold the reference
     # while the sample's level drifts, and end in a false tip change
     ringing_only = ring_z >= cfg[S_FLAG_Z] and out[F_LEVEL] < 0.5 * cfg[S_FLAG_Z]
-    if not flagged or ringing_only or not have_ref:
+    # a calm line flagged for a held step is level with the step: the reference follows it
+    if not flagged or ringing_only or (step_held and calm) or not have_ref:
         for c in range(n_ch):
-            ref_level[c] = levels[c]
+            ref_level[0, c] = levels[c]
     state[I_BASE_HEAD] = (bh + 1) % window
     state[I_BASE_N] = min(state[I_BASE_N] + 1, window)
     state[I_SINCE_REFRESH] += 1

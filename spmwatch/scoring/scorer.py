@@ -98,6 +98,7 @@ class ScoringSettings:
     topo_contrast: float = 2.0
     topo_kmin: int = 8
     topo_boost: float = 5.0
+    step_lines: int = 3
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
@@ -127,6 +128,7 @@ class ScoringSettings:
                 "spec_klo": 1,
                 "level_floor": 0,
                 "ring_lines": 1,
+                "step_lines": 2,
                 "topo_contrast": 0,
                 "topo_kmin": 0,
                 "topo_boost": 0,
@@ -160,6 +162,7 @@ class ScoringSettings:
         cfg[K.S_TOPO_CONTRAST] = self.topo_contrast
         cfg[K.S_TOPO_KMIN] = self.topo_kmin
         cfg[K.S_TOPO_BOOST] = self.topo_boost
+        cfg[K.S_STEP_LINES] = self.step_lines
         return cfg
 
 
@@ -272,7 +275,9 @@ class ScanState:
         self.base_moves = np.zeros((5, width), dtype=np.float32)  # leaving, entering, scratch
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
-        self.ref_level = np.zeros(n_ch)  # level of the last unflagged line, per channel
+        # per channel the level of the last unflagged line, then the levels before and of a
+        # step that is being watched (kernels.score_line)
+        self.ref_level = np.zeros((3, n_ch))
         self.units = np.zeros(n_ch)  # each channel's unit (kernels.unit_of), 0 until chosen
         self.alive = np.zeros(n_ch, dtype=np.bool_)  # a line with a span seen (score_line)
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
