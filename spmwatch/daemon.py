@@ -134,7 +134,6 @@ class _OpenScan:
     lines: ChannelStatsAccumulator
     alerted: bool = False
     watch: FrameWatch | None = None  # the frame watch's checks (None: off)
-    gap: bool = False  # lines of this scan were dropped (paused): the next does not follow
     late: bool = False  # opened on a line after the scan's first (evicted, timed out, restarted)
     count: int = 0
     row_bytes: int = 0  # what `keep` holds per line: points x channels x float32
@@ -595,16 +594,20 @@ class Daemon:
             room = (budget - self._held_bytes) // max(scan.row_bytes, 1) + 1
         take, rest = _split_run(run, max(room, 1))
         indices: list[int] = []
+        positions: list[int] = []
         take_times: list[float] = []
         for received, item in take:
             scan.keep(item)
-            arrived = item.indices() if isinstance(item, LineBlock) else (item.index,)
+            if isinstance(item, LineBlock):
+                arrived = item.indices()
+                positions += range(item.position, item.position + item.count)
+            else:
+                arrived = (item.index,)
+                positions.append(item.position)
             indices += arrived
             take_times += [received] * len(arrived)
-        if scan.gap:  # the first line since the pause is no neighbour of the last one scored
-            scan.scorer.mark_gap()
-            scan.gap = False
-        scan.scorer.score_ahead(scan.lines.stored(), indices, first=scan.count)
+        # a jump in position (lines lost in transit or dropped in a pause) is a gap to the scorer
+        scan.scorer.score_ahead(scan.lines.stored(), indices, scan.count, positions)
         pending = take_times
         watch = None if overloaded else scan.watch
         while pending:  # in steps that end on the alert line or a frame-watch check
@@ -672,17 +675,14 @@ class Daemon:
             )
 
     def _drop_paused(self, run: list[Arrived]) -> None:
-        """Count lines that came while paused and remember their scan lost lines: its next
-        line is no neighbour of its last (mark_gap) and its end is no stopped frame."""
+        """Count lines that came while paused and remember their scan lost lines: its end is
+        no stopped frame (its next line's jump in position tells the scorer of the gap)."""
         scan_id = run[0][1].scan_id
         self._count("lines_received", "lines_paused", n=sum(_n_lines(item) for _, item in run))
         self._paused_through[scan_id] = True
         self._paused_through.move_to_end(scan_id)
         while len(self._paused_through) > _PAUSED_SCANS_KEPT:
             self._paused_through.popitem(last=False)
-        scan = self._scans.get(scan_id)
-        if scan is not None:
-            scan.gap = True
 
     def _tally(self, source: str, n: int, received: bool = True) -> None:
         """n lines of `source` scored (and received: live lines; a saved frame's were read)."""
@@ -760,11 +760,13 @@ class Daemon:
         # came while it was paused, or opened after its first lines (the rest of a scan the
         # daemon closed before, or began while it was down) is judged as a frame in progress:
         # no partial_frame event and no stopped-early rule (the microscope may well be scanning
-        # on; the daemon's limits and an operator's pause are no failed scan)
+        # on; the daemon's limits and an operator's pause are no failed scan). Its alert still
+        # fails it: the responder may have stopped the scan on it
         paused_through = self._paused_through.pop(scan_id, False)
         cut = closed_by in ("shutdown", "evicted") or paused_through or scan.late
         frame = scan.scorer.frame() if cut else scan.scorer.finish()
-        verdict = self._verdict(frame, _as_stored(scan.lines, frame), finished=not cut)
+        stored = _as_stored(scan.lines, frame)
+        verdict = self._verdict(frame, stored, finished=not cut, closed=True)
         self._publish_frame(frame, verdict, scan.source, scan.instance, closed_by)
 
     def _on_frame_file(self, item: FrameFile) -> None:
@@ -816,9 +818,10 @@ class Daemon:
         frame: FrameScores,
         channels: Mapping[str, np.ndarray] | ChannelStatsAccumulator,
         finished: bool,
+        closed: bool | None = None,
     ) -> Verdict:
         assert self.model is not None
-        return self.model.verdict(frame, channels, finished=finished)
+        return self.model.verdict(frame, channels, finished=finished, closed=closed)
 
     def _publish_alert(
         self,

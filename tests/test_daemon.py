@@ -440,6 +440,54 @@ def test_a_scan_paused_half_way_is_not_failed_for_the_lines_it_missed(running: R
     assert frame["events"] == []  # no partial_frame, and no flag on the first line after
 
 
+def _send(endpoint: str, lines: list, end: str | None = None) -> None:
+    with LineSender(endpoint, linger=10.0) as sender:  # one connection: the end comes last
+        for line in lines:
+            sender.send(line)
+        if end is not None:
+            sender.end(end)
+
+
+def test_lines_lost_in_transit_keep_their_places_and_make_no_stopped_frame(
+    running: Running,
+) -> None:
+    """20 lines lost between the producer and the daemon: the scan was failed as stopped early
+    (its last 20 positions read as never scanned), positions after the gap were counts of the
+    lines scored, and the first line after it, compared across the gap, was flagged."""
+    scan, _ = failing_scan(2, 128, POINTS, fault="dropout", at=0.7)
+    scan = dataclasses.replace(scan, scan_id="lost-20")
+    lines = list(scan.lines(source="test"))
+    _send(running.endpoints["lines"], lines[:40] + lines[60:], end=scan.scan_id)
+    frame = _frame(running, "lost-20")
+    assert frame["lines"] == 108 and frame["decided_by"] == "alert"
+    assert [e["kind"] for e in frame["events"]] == ["dropout"]  # no partial_frame, no flag at 60
+    (alert,) = running.sub.of(protocol.TOPIC_ALERT, scan_id="lost-20")
+    assert alert["kind"] == "dropout" and alert["position"] == alert["line"] > 60
+    assert frame["alert"]["position"] == alert["position"]
+
+
+def test_a_scan_cut_by_a_pause_after_its_alert_fails_by_the_alert(running: Running) -> None:
+    """A frame judged in progress (paused through) was decided by the model alone, so a scan
+    the responder stopped on its alert could be reported usable."""
+    scan, _ = failing_scan(1, 128, POINTS, fault="dropout", at=0.3)
+    scan = dataclasses.replace(scan, scan_id="cut-after-alert")
+    lines = list(scan.lines(source="test"))
+    control = running.endpoints["control"]
+    _send(running.endpoints["lines"], lines[:80])
+    wait_for(lambda: running.sub.of(protocol.TOPIC_ALERT, scan_id="cut-after-alert"))
+    assert json.loads(ctl(control, "pause").stdout)["paused"] is True
+    before = json.loads(ctl(control, "status").stdout)["counters"]["lines_paused"]
+    _send(running.endpoints["lines"], lines[80:100])
+    wait_for(
+        lambda: json.loads(ctl(control, "status").stdout)["counters"]["lines_paused"] == before + 20
+    )
+    assert json.loads(ctl(control, "resume").stdout)["paused"] is False
+    _send(running.endpoints["lines"], lines[100:], end=scan.scan_id)
+    frame = _frame(running, "cut-after-alert")
+    assert frame["verdict"] == "fail" and frame["decided_by"] == "alert"
+    assert not [e for e in frame["events"] if e["kind"] == "partial_frame"]
+
+
 def test_reload_model_keeps_serving(running: Running) -> None:
     result = ctl(running.endpoints["control"], "reload-model")
     assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -488,23 +489,28 @@ def test_settings_defaults_are_consistent() -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_after_a_gap_the_next_line_is_not_compared_with_the_last_one(seed: int) -> None:
-    """Lines skipped (a pause): compared with a line 60 lines back, the next one was flagged."""
+    """Lines skipped (a pause, lines lost in transit): compared with a line 60 lines back, the
+    next one was flagged. The jump in position tells the scorer; the scores keep the lines'
+    places in acquisition order, and the lines missing in between make no partial frame."""
     from spmwatch import synth
 
     scan = synth.clean_scan(seed, 192, 128)
     lines = list(scan.lines())
-    flagged = []
-    for gap in (False, True):
+    frames = []
+    for known in (False, True):
         scorer = ScanScorer("gap", list(scan.channels), scan.n_points, scan.expected_lines)
         for line in lines[:60]:
             scorer.push(line)
-        if gap:
-            scorer.mark_gap()
-        for line in lines[120:]:
-            scorer.push(line)
-        flagged.append([s.index for s in scorer.finish().lines if s.flagged])
-    assert flagged[0] == [120]  # the premise: without the mark, the first line after is flagged
+        for k, line in enumerate(lines[120:]):
+            scorer.push(line if known else dataclasses.replace(line, position=60 + k))
+        frames.append(scorer.finish())
+    flagged = [[s.index for s in frame.lines if s.flagged] for frame in frames]
+    assert flagged[0] == [120]  # the premise: numbered on, the first line after is flagged
     assert flagged[1] == []
+    assert [s.position for s in frames[1].lines] == [*range(60), *range(120, 192)]
+    assert not [e for e in frames[1].events if e.kind == "partial_frame"]
+    # numbered on, the frame looks 60 lines short at its end
+    assert [(e.start, e.end) for e in frames[0].events if e.kind == "partial_frame"] == [(132, 191)]
 
 
 def test_the_cache_filling_child_imports_this_spmwatch_from_any_folder(

@@ -66,18 +66,19 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
 
 
 def stopped_early(frame: FrameScores, finished: bool) -> bool:
-    """A finished frame with fewer lines than the scan was set up for (the scorer's
-    partial_frame event). A frame in progress is never partial."""
-    return finished and frame.n_lines < frame.expected_lines
+    """A finished frame whose last lines never came (the scorer's partial_frame event; lines
+    lost in between do not make one). A frame in progress is never partial."""
+    return finished and any(event.kind == "partial_frame" for event in frame.events)
 
 
-def alerted(frame: FrameScores, finished: bool) -> bool:
-    """A finished frame during which the online monitor raised an alert. A frame in progress
-    never counts, so the probability an alert carries is the model's own."""
-    return finished and frame.alert is not None
+def alerted(frame: FrameScores, closed: bool) -> bool:
+    """A closed frame (finished, or cut by the daemon) during which the online monitor raised
+    an alert. A frame so far never counts, so the probability an alert carries is the
+    model's own."""
+    return closed and frame.alert is not None
 
 
-def rule_failing(frame: FrameScores, finished: bool) -> Rule | None:
+def rule_failing(frame: FrameScores, finished: bool, closed: bool | None = None) -> Rule | None:
     """The rule that fails the frame before the model is asked (`alert` or `stopped_early`),
     or None when the model decides; the rules in one place.
 
@@ -86,9 +87,12 @@ def rule_failing(frame: FrameScores, finished: bool) -> Rule | None:
     (several lines of evidence, none on the 38 good real scans; the responder may have acted on
     it, and a frame the monitor stopped must not be reported as usable). Training and
     cross-validation apply only the first rule (`stopped_early`), since the model is fitted on
-    complete frames.
+    complete frames. `closed` (default: `finished`): the scan is over, though its frame may
+    be cut (paused through, evicted, the daemon stopping): the alert rule applies, the
+    stopped-early rule does not.
     """
-    if alerted(frame, finished):  # the more telling of the two when both apply
+    # the more telling of the two when both apply
+    if alerted(frame, finished if closed is None else closed):
         return "alert"
     return "stopped_early" if stopped_early(frame, finished) else None
 
@@ -387,10 +391,12 @@ class Classifier:
         frame: FrameScores,
         channels: Mapping[str, np.ndarray] | Scan | ChannelStatsAccumulator | None = None,
         finished: bool = True,
+        closed: bool | None = None,
     ) -> Verdict:
         """Pass/fail at the shipped threshold, with what decided it: a rule, or the model and
-        the features that moved it most. `channels`: the frame's data so far, if at hand."""
-        rule = rule_failing(frame, finished)
+        the features that moved it most. `channels`: the frame's data so far, if at hand;
+        `finished` and `closed` as in `rule_failing`."""
+        rule = rule_failing(frame, finished, closed)
         model_p = 0.0
         reasons: tuple[Reason, ...] = ()
         if rule is None:

@@ -82,7 +82,10 @@ class _Run:
 
 
 class EventTracker:
-    """Feeds on one line at a time (acquisition order); keeps events and the first alert."""
+    """Feeds on one line at a time (acquisition order); keeps events and the first alert.
+
+    Its positions count the lines fed (the evidence windows span the lines scored, across a
+    gap too); ScanScorer turns the alert's into the line's place in acquisition order."""
 
     def __init__(self, rule: AlertRule | None = None) -> None:
         self.rule = rule or AlertRule()
@@ -231,13 +234,14 @@ class EventTracker:
             return list(self.closed)
         return [*self.closed, self._event(self._run)]
 
-    def finish(self, n_lines: int, expected_lines: int) -> list[Event]:
-        """Close the open run; add a partial_frame event for lines that never came."""
+    def finish(self, scanned: int, expected_lines: int) -> list[Event]:
+        """Close the open run; add a partial_frame event for the lines that never came, from
+        acquisition position `scanned` (the one after the last line that came) on."""
         self._close()
-        if expected_lines > 0 and n_lines < expected_lines:
-            missing = expected_lines - n_lines
+        if expected_lines > 0 and scanned < expected_lines:
+            missing = expected_lines - scanned
             sev = "high" if missing >= expected_lines // 4 else "medium"
             self.closed.append(
-                Event("partial_frame", n_lines, expected_lines - 1, sev, float(missing))
+                Event("partial_frame", scanned, expected_lines - 1, sev, float(missing))
             )
         return list(self.closed)

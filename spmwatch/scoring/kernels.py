@@ -1228,8 +1228,8 @@ def score_line(
     for f in range(out.shape[0]):
         out[f] = 0.0
     head = (state[I_HIST_HEAD] + 1) % depth
-    # no reference level on a scan's first line, nor after a gap (ScanScorer.mark_gap sets the
-    # history count to 0): the line before it is not its neighbour
+    # no reference level on a scan's first line, nor after a gap (ScanScorer sets the history
+    # count to 0): the line before it is not its neighbour
     have_ref = state[I_BASE_N] > 0 and state[I_HIST_N] > 0
     # 1. per-channel statistics and the dropout test. The level is measured as the step from
     # the last unflagged line: a tip change is a new persistent state, so the step stays in

@@ -12,7 +12,7 @@ import functools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice, repeat
 
 import numpy as np
@@ -396,13 +396,20 @@ class ScanScorer:
         self._features = np.zeros((min(max(self.expected_lines, 1), INITIAL_ROWS), K.N_FEATURES))
         self._lines: list[LineScore] = []
         self._events = EventTracker(self.settings.alert)
+        self._alert: Alert | None = None
         self._finished = False
-        self._ahead: deque[int] = deque()  # indices of the lines scored ahead, not yet taken
+        # (index, position) of the lines scored ahead, not yet taken
+        self._ahead: deque[tuple[int, int]] = deque()
+        self._next_position = 0  # acquisition position after the last line scored
 
     @property
     def alert(self) -> Alert | None:
-        """The first alert raised so far; set once and never changed afterwards."""
-        return self._events.alert
+        """The first alert raised so far; set once and never changed afterwards. The events
+        count the lines scored; its position is the alert line's place in acquisition order."""
+        raised = self._events.alert
+        if raised is not None and self._alert is None:
+            self._alert = replace(raised, position=self._lines[raised.position].position)
+        return self._alert
 
     @property
     def lags(self) -> dict[str, int]:
@@ -419,32 +426,52 @@ class ScanScorer:
         n = len(self._lines)
         self._fill(line.channels)
         self._reserve(1)
+        position = int(line.position)
+        self._follow(position)
         K.score_frame(self._frame1, self._row0, n, *self._args, self._features)
-        return self._ingest(int(line.index), n)
+        return self._ingest(int(line.index), n, position)
 
-    def mark_gap(self) -> None:
-        """The next line does not follow the last one scored (lines were skipped, e.g. while
-        the daemon was paused): its line-to-line measures (level step, decorrelation, scar
-        bands) start afresh, as on a scan's first line, instead of comparing it with a line
-        scanned long before. The robust baseline is kept."""
-        self._no_lines_ahead()
-        self._state.state[K.I_HIST_N] = 0
+    def _follow(self, position: int) -> None:
+        """Lines before `position` were never scored (lost in transit, dropped in a pause):
+        the next line's line-to-line measures (level step, decorrelation, scar bands) start
+        afresh, as on a scan's first line, instead of comparing it with a line scanned long
+        before. The robust baseline is kept."""
+        if position > self._next_position:
+            self._state.state[K.I_HIST_N] = 0
+        self._next_position = max(self._next_position, position + 1)
 
-    def score_ahead(self, frame: np.ndarray, indices: Sequence[int], first: int = 0) -> None:
+    def score_ahead(
+        self,
+        frame: np.ndarray,
+        indices: Sequence[int],
+        first: int = 0,
+        positions: Sequence[int] | None = None,
+    ) -> None:
         """Run the kernel now over the next lines, frame[:, first : first + len(indices)] of
         frame (channels, lines, points) in acquisition order, any layout and float type;
         `take_ahead` then turns their rows into scores and events. The same rows as pushing
         the lines one by one, without a kernel call and a copy-in per line; a C-contiguous
-        frame is read in place.
+        frame is read in place. `positions`: the lines' places in acquisition order (by
+        default the next ones); a jump forward is a gap, as in `push`.
         """
         if not 0 <= first <= first + len(indices) <= frame.shape[1]:
             raise ValueError(f"lines {first}..+{len(indices)} outside the frame's {frame.shape[1]}")
+        if positions is None:
+            positions = range(self._next_position, self._next_position + len(indices))
+        elif len(positions) != len(indices):
+            raise ValueError(f"{len(positions)} positions for {len(indices)} lines")
         start = len(self._lines) + len(self._ahead)
         self._reserve(len(self._ahead) + len(indices))
         frame, first = self._kernel_frame(frame, first, len(indices))
         rows = np.arange(first, first + len(indices), dtype=np.int64)
-        K.score_frame(frame, rows, start, *self._args, self._features)
-        self._ahead.extend(int(i) for i in indices)
+        # one kernel call per stretch of consecutive positions, the gaps marked between them
+        cuts = [k for k in range(1, len(positions)) if positions[k] > positions[k - 1] + 1]
+        for a, b in zip([0, *cuts], [*cuts, len(positions)], strict=True):
+            if a < b:
+                self._follow(int(positions[a]))
+                self._next_position = max(self._next_position, int(positions[b - 1]) + 1)
+                K.score_frame(frame, rows[a:b], start + a, *self._args, self._features)
+        self._ahead.extend(zip(map(int, indices), map(int, positions), strict=True))
 
     def _kernel_frame(self, frame: np.ndarray, first: int, count: int) -> tuple[np.ndarray, int]:
         """(array, row of line `first`) for the kernel to read lines first..first+count-1 of
@@ -487,7 +514,7 @@ class ScanScorer:
             grown[:n] = self._features[:n]
             self._features = grown
 
-    def _ingest(self, index: int, n: int, score: float | None = None) -> LineScore:
+    def _ingest(self, index: int, n: int, position: int, score: float | None = None) -> LineScore:
         """Turn feature row n into the line's score, flag and kind, and feed the events."""
         if score is None:
             score = float(self._features[n, K.F_SCORE])
@@ -498,7 +525,7 @@ class ScanScorer:
             row = self._features[n]
             kind = line_kind(row, self.settings)
             span = int(row[K.F_SCAR_WIDTH]) if kind == "streak" else 0
-        result = LineScore(index, n, score, flagged, kind)
+        result = LineScore(index, position, score, flagged, kind)
         self._lines.append(result)
         self._events.push(index, score, flagged, kind, span)
         return result
@@ -516,21 +543,27 @@ class ScanScorer:
         self._reserve(len(order))
         frame, _ = self._kernel_frame(frame, 0, frame.shape[1])
         K.score_frame(frame, order, start, *self._args, self._features)
-        self._ingest_rows(order.tolist(), start, stop_at_alert=False)
+        positions = list(range(self._next_position, self._next_position + len(order)))
+        self._next_position += len(order)
+        self._ingest_rows(order.tolist(), positions, start, stop_at_alert=False)
 
     def take_ahead(self, most: int) -> list[LineScore]:
         """Ingest up to `most` of the lines scored ahead, in order, like their `push`es: quiet
         stretches in one go, each flagged line on its own. Stops right after the line that
         raises the alert, so the caller acts on it with `frame()` ending at that line."""
-        indices = list(islice(self._ahead, most))
+        taken = list(islice(self._ahead, most))
+        indices = [index for index, _ in taken]
+        positions = [position for _, position in taken]
         start = len(self._lines)
-        for _ in range(self._ingest_rows(indices, start, stop_at_alert=True)):
+        for _ in range(self._ingest_rows(indices, positions, start, stop_at_alert=True)):
             self._ahead.popleft()
         return self._lines[start:]
 
-    def _ingest_rows(self, indices: list[int], first: int, stop_at_alert: bool) -> int:
-        """Ingest rows first, first + 1, ... as the lines `indices`; returns how many (all of
-        them unless `stop_at_alert` and one raised the alert)."""
+    def _ingest_rows(
+        self, indices: list[int], positions: list[int], first: int, stop_at_alert: bool
+    ) -> int:
+        """Ingest rows first, first + 1, ... as the lines `indices` at `positions`; returns
+        how many (all of them unless `stop_at_alert` and one raised the alert)."""
         n = len(indices)
         scores = self._features[first : first + n, K.F_SCORE]
         flagged = np.flatnonzero(scores >= self._flag_z).tolist()
@@ -538,18 +571,21 @@ class ScanScorer:
         done = 0
         for k in [*flagged, n]:  # quiet stretches in one go, each flagged line on its own
             if k > done:
-                self._ingest_quiet(indices[done:k], first + done, score_list[done:k])
+                self._ingest_quiet(
+                    indices[done:k], positions[done:k], first + done, score_list[done:k]
+                )
             if k < n:
                 quiet_so_far = self.alert is None
-                self._ingest(indices[k], first + k, score_list[k])
+                self._ingest(indices[k], first + k, positions[k], score_list[k])
                 if stop_at_alert and quiet_so_far and self.alert is not None:
                     return k + 1
             done = k + 1
         return n
 
-    def _ingest_quiet(self, indices: list[int], first: int, scores: list[float]) -> None:
+    def _ingest_quiet(
+        self, indices: list[int], positions: list[int], first: int, scores: list[float]
+    ) -> None:
         """`_ingest` for a stretch of unflagged lines (rows first, first + 1, ...)."""
-        positions = range(first, first + len(indices))
         rows = zip(indices, positions, scores, repeat(False), repeat(None))
         self._lines.extend(map(_LINE_SCORE, rows))
         self._events.push_quiet(indices, scores)
@@ -581,7 +617,7 @@ class ScanScorer:
     def finish(self) -> FrameScores:
         """Close the events; a frame with fewer lines than expected gets a partial_frame event."""
         if not self._finished:
-            self._events.finish(len(self._lines), self.expected_lines)
+            self._events.finish(self._next_position, self.expected_lines)
             self._finished = True
         return self.frame()
 
