@@ -454,7 +454,8 @@ class Daemon:
         s = self.settings
         if not s.watch.folders:
             return
-        from spmwatch.sources.folder import SeenFiles, StateFileInUse
+        from spmwatch.sources.folder import SeenFiles
+        from spmwatch.statelock import StateFileInUse
 
         try:
             self._seen = SeenFiles(s.watch.state_file or None, claim=True)

@@ -23,6 +23,7 @@ at worst miss an action, never repeat one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from typing import Any, Literal
 import structlog
 import zmq
 
-from spmwatch import protocol
+from spmwatch import protocol, statelock
 from spmwatch.advice import DEFAULT_POLICY
 from spmwatch.config import check_bounds, in_folder, load_file, set_aside
 from spmwatch.curve import HandshakeWatch, configure_client
@@ -595,15 +596,38 @@ def serve(
     context: zmq.Context | None = None,
 ) -> None:
     """Subscribe to alerts and publish outcomes until `stop` is set."""
-    # a state file that cannot be written is a setting to fix (exit 2), found before any socket
-    state = ResponderState.load(settings.state_file)
+    # a state file another responder holds or that cannot be written is a setting to fix
+    # (exit 2), found before any socket; the lock is held until this function returns
+    path = Path(settings.state_file).expanduser()
     try:
-        state.write()
+        lock = statelock.claim(path)
+    except statelock.StateFileInUse as exc:
+        raise OSError(f"state_file {path}: {exc}; give each responder its own") from None
     except OSError as exc:
-        raise OSError(
-            f"state_file {state.path} cannot be written ({exc}): point state_file at a "
-            "writable place (the systemd unit: /var/lib/spmwatch-respond/state.json)"
-        ) from exc
+        raise _unwritable(path, exc) from exc
+    with lock or contextlib.nullcontext():
+        state = ResponderState.load(path)
+        try:
+            state.write()
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
+        _serve(settings, state, stop, link, context)
+
+
+def _unwritable(path: Path, exc: OSError) -> OSError:
+    return OSError(
+        f"state_file {path} cannot be written ({exc}): point state_file at a writable place "
+        "(the systemd unit: /var/lib/spmwatch-respond/state.json)"
+    )
+
+
+def _serve(
+    settings: RespondSettings,
+    state: ResponderState,
+    stop: threading.Event,
+    link: IgorLink | None,
+    context: zmq.Context | None,
+) -> None:
     link = link or IgorLink(settings.igor_timeout, settings.dry_run)
     link.connect()
     problem = link.problem()

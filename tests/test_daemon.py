@@ -838,3 +838,12 @@ def test_a_bad_endpoint_in_the_section_asked_for_is_still_an_error(tmp_path: Pat
     config.write_text('[control]\nendpoint = "tcp://127.0.0.1:99999"\n[lines]\nbogus = 1\n')
     with pytest.raises(ConfigError, match=r"control\.endpoint = .* the port must be 1-65535"):
         endpoint_in_config(str(config), "control")
+
+
+def test_the_responders_config_is_no_daemon_config_to_ctl() -> None:
+    """`ctl --config respond.toml` warned of an unknown key, said "its [control] endpoint is
+    used" of a file without one, and reached whatever daemon held the built-in port."""
+    from spmwatch.cli import endpoint_in_config
+
+    with pytest.raises(ConfigError, match=r"no \[control\] section: is it the daemon's config"):
+        endpoint_in_config(str(REPO / "config" / "respond.toml"), "control")

@@ -51,6 +51,17 @@ def test_shipped_config_is_exactly_the_defaults() -> None:
     )
 
 
+def test_the_shipped_configs_commented_rescan_keys_work_where_they_stand(tmp_path: Path) -> None:
+    """They sat above the [rescan] header: uncommented in place, they were policy keys."""
+    text = (ROOT / "config" / "respond.toml").read_text()
+    for key in ("setpoint", "integral_gain", "scan_rate"):
+        assert f"\n# {key} = " in text
+        text = text.replace(f"\n# {key} = ", f"\n{key} = ")
+    (tmp_path / "respond.toml").write_text(text)
+    rescan = respond.load_respond_settings(tmp_path / "respond.toml").rescan
+    assert (rescan.setpoint, rescan.integral_gain, rescan.scan_rate) == (0.5, 10.0, 1.0)
+
+
 def test_policy_covers_every_alert_kind() -> None:
     names = {f.name for f in dataclasses.fields(respond.PolicySettings)}
     assert names == set(EVENT_KINDS)
@@ -426,6 +437,23 @@ def test_an_unwritable_state_file_stops_the_start_not_the_first_alert(tmp_path: 
     assert process.returncode == 2
     assert f"state_file {blocker / 'state.json'} cannot be written" in out
     assert "responder_ready" not in out
+
+
+def test_a_second_responder_on_one_state_file_exits_2_naming_the_first(tmp_path: Path) -> None:
+    """Both started and both acted on one alert: the state file that stops a restart acting
+    twice did not stop two responders at once."""
+    with _responder_service(tmp_path, "") as first:
+        first.daemon.wait_subscriber()  # the first one runs
+        text = first.config_file.read_text()
+        own = text.split('actions_endpoint = "')[1].split('"')[0]
+        second = tmp_path / "second.toml"
+        second.write_text(text.replace(own, free_tcp_endpoint()))
+        process = _start_responder(second)
+        out, _ = process.communicate(timeout=60)
+        assert process.returncode == 2
+        said = f"state_file {tmp_path / 'state.json'}: another process (pid {first.process.pid})"
+        assert said in out and "give each responder its own" in out
+        assert "responder_ready" not in out
 
 
 def test_a_state_file_that_stops_saving_does_not_stop_the_responder(tmp_path: Path) -> None:

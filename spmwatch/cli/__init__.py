@@ -55,7 +55,9 @@ def endpoint_in_config(path: str, section: str) -> str:
 
     A mistake elsewhere in the file is told on stderr, and the section's endpoint is used all
     the same: a typo a SIGHUP just refused (the daemon keeps its running config) must not
-    also cut `ctl` and `subscribe` off from that daemon."""
+    also cut `ctl` and `subscribe` off from that daemon. A file with mistakes and no such
+    section is refused: it is likely no daemon config at all (the responder's), and the
+    built-in endpoint would reach whatever daemon listens there."""
     import typing
 
     from spmwatch.config import ConfigError, build, load_toml
@@ -65,10 +67,18 @@ def endpoint_in_config(path: str, section: str) -> str:
         bound = getattr(load_settings(path), section).endpoint
     except ConfigError as whole:
         try:
-            table = load_toml(path).get(section, {})
-            bound = build(typing.get_type_hints(Settings)[section], table, section).endpoint
+            tables = load_toml(path)
         except ConfigError:
             raise whole from None
+        if section not in tables:
+            raise ConfigError(
+                f"{whole}; and it has no [{section}] section: is it the daemon's config?"
+            ) from None
+        try:
+            own = build(typing.get_type_hints(Settings)[section], tables[section], section)
+        except ConfigError:
+            raise whole from None
+        bound = own.endpoint
         print(f"spmwatch: {whole}; its [{section}] endpoint is used", file=sys.stderr)
     try:
         return protocol.connect_to(bound)

@@ -28,15 +28,11 @@ from pathlib import Path
 from stat import S_ISDIR
 from typing import IO
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; the state file is then not locked
-    fcntl = None  # type: ignore[assignment]
-
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from spmwatch import statelock
 from spmwatch.config import set_aside
 from spmwatch.ibw import IbwError, NoImageChannelsError, check_complete, read_scan, warm_up_reader
 from spmwatch.model import Scan
@@ -84,10 +80,6 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-class StateFileInUse(Exception):
-    """Another process holds the state file (see SeenFiles(claim=True))."""
-
-
 class SeenFiles:
     """Which versions of which files were already handed over; optionally kept in a JSON file.
 
@@ -127,28 +119,10 @@ class SeenFiles:
             self.load_error = f"state file {path} ignored: {exc}{kept}"
 
     def _claim(self) -> None:
-        """Keep the state file to this process until it exits: a lock file beside it, which
-        the system releases even after a SIGKILL. Two daemons sharing one state file would
-        each overwrite the other's record, and re-publish files after a restart.
-        StateFileInUse (naming the holder's pid) when another process has it; OSError when
-        the lock file cannot be made. No lock where the system has no flock (Windows)."""
-        if self.state_file is None or fcntl is None:
-            return
-        path = self.state_file.with_name(self.state_file.name + ".lock")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise StateFileInUse(f"another process (pid {holder}) uses it") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._claimed = handle  # held open: closing it would release the lock
+        """Keep the state file to this daemon until it exits (statelock.claim): two daemons
+        sharing one would re-publish files after a restart."""
+        if self.state_file is not None:
+            self._claimed = statelock.claim(self.state_file)
 
     def save(self) -> None:
         """Write the registry now (OSError when it cannot be): the daemon's start-up check."""
