@@ -130,14 +130,27 @@ def test_score_says_which_features_failed_a_frame_the_model_decided(tmp_path: Pa
 
 
 def test_a_slow_first_file_is_explained(monkeypatch, capsys) -> None:
-    """The first run after an install compiles for about a minute: it looked like a hang."""
+    """The first run after an install compiles for about a minute: it looked like a hang. With
+    the kernels cached, a slow file (a busy machine) was blamed on a compile too."""
     from spmwatch.cli import score as cli_score
+    from spmwatch.scoring import scorer
     from tests.polling import wait_for
 
     with cli_score.compiling_note("score"):
         pass
     assert capsys.readouterr().err == ""  # a quick file: nothing said
     monkeypatch.setattr(cli_score, "COMPILING_NOTE_AFTER", 0.01)
+    asked: list[bool] = []
+
+    def cached(answer: bool):
+        return lambda: asked.append(answer) or answer
+
+    # kernels in the cache: a slow file is the machine's business, not a compile
+    monkeypatch.setattr(scorer, "kernels_cached", cached(True))
+    with cli_score.compiling_note("score"):
+        wait_for(lambda: asked)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(scorer, "kernels_cached", cached(False))
     said: list[str] = []
     with cli_score.compiling_note("score"):
         wait_for(lambda: said.append(capsys.readouterr().err) or "still working" in said[-1])

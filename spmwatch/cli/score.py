@@ -74,16 +74,21 @@ COMPILING_NOTE_AFTER = 5.0  # s before a first file still not scored is explaine
 @contextmanager
 def compiling_note(command: str) -> Iterator[None]:
     """Say on stderr why the first file takes long when it does: on the first run after an
-    install numba compiles the kernels into its cache (about a minute), which looked like a hang."""
-    timer = threading.Timer(
-        COMPILING_NOTE_AFTER,
-        lambda: print(
-            f"spmwatch {command}: still working: the first run after an install compiles the "
-            "scoring kernels into numba's cache (about a minute); later runs take a second",
-            file=sys.stderr,
-            flush=True,
-        ),
-    )
+    install numba compiles the kernels into its cache (about a minute), which looked like a hang.
+    Only when the cache lacks them: a busy machine is slow for other reasons."""
+    from spmwatch.scoring.scorer import kernels_cached
+
+    def note() -> None:
+        if not kernels_cached():
+            print(
+                f"spmwatch {command}: still working: the first run after an install compiles "
+                "the scoring kernels into numba's cache (about a minute); later runs take a "
+                "second",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    timer = threading.Timer(COMPILING_NOTE_AFTER, note)
     timer.daemon = True
     timer.start()
     try:
