@@ -80,3 +80,26 @@ def test_demo_of_a_fault_without_line_alert_shows_the_failed_frame(tmp_path: Pat
     )
     assert any(line.startswith("no alert") for line in lines)
     assert "after the 64th line scanned of 128" in lines[0]
+
+
+def test_a_demo_stopped_with_ctrl_c_leaves_no_folder_of_its_own(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Its /tmp/spmwatch-demo-* folder stayed behind, half filled; one named by --out stays."""
+    import tempfile
+
+    from spmwatch import demo
+    from spmwatch.cli import main
+
+    def interrupted(out: Path, **_: object) -> int:
+        (out / "daemon.log").write_text("started\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    assert main(["demo"]) == 130
+    assert list(tmp_path.iterdir()) == []
+    named = tmp_path / "mine"
+    named.mkdir()
+    assert main(["demo", "--out", str(named)]) == 130
+    assert (named / "daemon.log").is_file()

@@ -211,3 +211,18 @@ def test_a_wrong_argument_is_told_with_the_command_usage(capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("usage: spmwatch report [-h] --out DIR")
     assert "spmwatch report: error: unrecognized arguments: b.ibw" in err
+
+
+def test_ctrl_c_while_a_command_is_imported_ends_quietly(monkeypatch, capsys) -> None:
+    """Ctrl-C in the first second of `replay` (its modules still importing) printed a
+    KeyboardInterrupt traceback; later it ended quietly with 130."""
+    import importlib
+
+    from spmwatch import cli
+
+    def interrupted(name: str, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert cli.main(["replay", "x.ibw"]) == 130
+    assert capsys.readouterr().err == ""

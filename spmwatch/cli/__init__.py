@@ -113,7 +113,15 @@ def build_parser(commands: tuple[str, ...] = COMMANDS) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The `spmwatch` command. Ctrl-C ends it with 130 and no traceback, also while a
+    command's modules are still being imported (the first second of `replay` or `report`)."""
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     # only the module of the command asked for: importing them all pulled in scikit-learn and
     # made `spmwatch ctl pause` take 2 s to reach the daemon
     chosen = (argv[0],) if argv and argv[0] in COMMANDS else COMMANDS
@@ -124,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         subparsers.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
     except BrokenPipeError:
         sys.stderr.close()
         return 0

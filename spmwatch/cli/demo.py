@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -46,3 +47,7 @@ def run(args: argparse.Namespace) -> int:
     except DemoError as exc:
         print(f"spmwatch demo: {exc} (logs in {out})", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if args.out is None:  # a folder of its own, half filled: nothing to keep
+            shutil.rmtree(out, ignore_errors=True)
+        raise
