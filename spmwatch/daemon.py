@@ -325,6 +325,7 @@ class Daemon:
         log.info(
             "ready",
             warm_up_s=round(warm, 3),
+            config=str(self.config_path) if self.config_path else "none: built-in defaults",
             **model,
             publish=self.publisher.bound_endpoint,
             control=self.control.endpoint,

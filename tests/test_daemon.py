@@ -791,6 +791,7 @@ def test_sockets_bound_to_any_port_are_named_in_the_ready_log(tmp_path: Path) ->
     daemon = DaemonProcess(config)
     try:
         ready = daemon.wait_ready()
+        assert ready["config"] == str(config)  # which file it runs (or the built-in defaults)
         bound = [ready["publish"], ready["lines"], ready["control"]]
         assert all(e.startswith("tcp://127.0.0.1:") and e[-1].isdigit() for e in bound), ready
         sent = send_scan(ready["lines"], clean_scan(4, 16, 32))  # the producer finds it
