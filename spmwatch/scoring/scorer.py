@@ -98,6 +98,8 @@ class ScoringSettings:
     topo_contrast: float = 2.0
     topo_kmin: int = 8
     topo_boost: float = 5.0
+    # a level step of z >= flag_z / 2 whose level holds this many lines (the step's with the
+    # lines settled after it) is a tip change too: it scores topo_boost more (kernels._held_step)
     step_lines: int = 3
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
