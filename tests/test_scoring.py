@@ -458,6 +458,16 @@ def test_a_level_step_below_the_flag_threshold_that_persists_alerts_as_a_tip_cha
     assert not any(s.flagged for s in frame.lines[:120])
 
 
+def test_a_step_the_level_flags_on_its_own_keeps_its_z() -> None:
+    """The held-step boost raised a flagged step's lines by 5 more, turning medium alerts
+    high (the demo's suggestion went from stop_scan to withdraw)."""
+    frame, _ = _level_shift(136, size=0.2)
+    level = frame.features[120:130, K.F_LEVEL]
+    assert level[0] >= ScoringSettings().flag_z  # the premise: the step flags by itself
+    assert level.max() < level[0] + 2.0, level
+    assert frame.alert is not None and frame.alert.severity == "medium"
+
+
 @pytest.mark.parametrize(("count", "ramp"), [(1, False), (2, False), (30, True)])
 def test_a_level_step_that_comes_back_or_keeps_moving_is_no_tip_change(
     count: int, ramp: bool

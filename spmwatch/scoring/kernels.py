@@ -1439,9 +1439,11 @@ def score_line(
         )
     state[I_STEP_RUN] = run
     state[I_STEP_SINCE] = since
-    step_held = run >= cfg[S_STEP_LINES]
+    # a line the level flags on its own keeps its z: the boost brings a held step to the flag,
+    # it does not raise a flagged one's severity (and with it the responder's action)
+    step_held = run >= cfg[S_STEP_LINES] and out[F_LEVEL] < cfg[S_FLAG_Z]
     if step_held:
-        out[F_LEVEL] = max(out[F_LEVEL], min(held + cfg[S_TOPO_BOOST], z_clip))
+        out[F_LEVEL] = min(held + cfg[S_TOPO_BOOST], z_clip)
         score = max(score, out[F_LEVEL])
         out[F_SCORE] = score
     flagged = score >= cfg[S_FLAG_Z]
