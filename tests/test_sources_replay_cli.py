@@ -153,3 +153,34 @@ def test_bad_endpoints_and_scan_ids_are_refused_naming_the_option(
 )  # fmt: skip
 def test_ordinal_words_positions_as_people_count_them(n: int, text: str) -> None:
     assert ordinal(n) == text
+
+
+def test_a_replay_stopped_with_ctrl_c_says_what_the_daemon_will_do(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """It ended quietly, and the daemon later failed the good scan as stopped early with no
+    word of why."""
+    from spmwatch.cli import replay
+
+    scan = make_scan(lines=10, points=8, scan_id="cut")
+    path = write_fixture(tmp_path, scan, "cut")
+    real_lines = replay.replay_lines
+
+    def two_then_ctrl_c(scan, rate):
+        lines = real_lines(scan, rate)
+        yield next(lines)
+        yield next(lines)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay, "replay_lines", two_then_ctrl_c)
+    sink = Collector()
+    receiver = LineReceiver("tcp://127.0.0.1:*", sink)
+    receiver.start()
+    try:
+        assert main(["replay", str(path), "--fast", "--to", receiver.endpoint]) == 130
+        assert wait_for(lambda: len(sink.lines) == 2)
+    finally:
+        assert receiver.stop()
+    assert sink.of(EndOfScan) == []
+    err = capsys.readouterr().err
+    assert "interrupted after 2 of 10 lines, no end sent: the daemon holds cut open" in err

@@ -72,7 +72,8 @@ def endpoint_in_config(path: str, section: str) -> str:
             raise whole from None
         if section not in tables:
             raise ConfigError(
-                f"{whole}; and it has no [{section}] section: is it the daemon's config?"
+                f"{whole}; and it has no [{section}] section: is it the daemon's config? "
+                "(another socket, such as the responder's actions_endpoint: --endpoint)"
             ) from None
         try:
             own = build(typing.get_type_hints(Settings)[section], tables[section], section)

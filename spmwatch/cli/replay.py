@@ -121,6 +121,15 @@ def _send(scan: Scan, rate: float, args: argparse.Namespace) -> int:
     except TimeoutError as exc:
         print(f"spmwatch replay: {exc}; {sent} lines sent", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        if sent:  # the scan is open in the daemon, which cannot tell this from a stopped scan
+            print(
+                f"spmwatch replay: interrupted after {sent} of {scan.n_lines} lines, no end sent: "
+                f"the daemon holds {scan.scan_id} open until [daemon] scan_timeout, then "
+                "judges it a scan stopped early (fail)",
+                file=sys.stderr,
+            )
+        raise
     elapsed = time.monotonic() - started
     print(f"sent {sent} lines and the end of {scan.scan_id} to {args.to} in {elapsed:.1f} s")
     return 0
