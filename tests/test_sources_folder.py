@@ -23,8 +23,9 @@ from sources_helpers import Collector, wait_for
 from spmwatch.model import Scan
 from spmwatch.sources import FrameFile, SourceError
 from spmwatch.sources import folder as folder_module
-from spmwatch.sources.folder import FolderWatcher, SeenFiles, StateFileInUse, read_frame
+from spmwatch.sources.folder import FolderWatcher, SeenFiles, read_frame
 from spmwatch.sources.readiness import Broken, Readiness, Ready
+from spmwatch.statelock import StateFileInUse
 
 
 class TimedCollector(Collector):
