@@ -1158,7 +1158,7 @@ def _held_step(levels, ref_level, base_med, base_scale, cons, cfg, calm, after_g
     since = since + 1 if since > 0 else 0
     held = 0.0
     moved = 0.0
-    if since > 0:
+    if since > 0 and (run > 0 or since <= cfg[S_STEP_LINES]):  # a watch or a band to end
         held = _level_z(levels, ref_level[1], base_med, base_scale, cons, z_clip)
         moved = _level_z(levels, ref_level[2], base_med, base_scale, cons, z_clip)
     if not calm and after_good:
