@@ -161,16 +161,20 @@ def write_config(folder: Path, extra: str = "", **ports: int) -> tuple[Path, dic
 
 def send_scan(endpoint: str, scan: Any, end: bool = True) -> int:
     """Push every line of `scan` (acquisition order) and its end; returns the lines sent."""
+    return send_lines(endpoint, list(scan.lines(source="test")), scan.scan_id if end else None)
+
+
+def send_lines(endpoint: str, lines: list, end: str | None = None) -> int:
+    """Push `lines`, then the end of scan `end` if given, over one connection (so the end
+    cannot overtake them); returns the lines sent."""
     from spmwatch.sources.linesocket import LineSender
 
-    sent = 0
     with LineSender(endpoint, linger=10.0) as sender:
-        for line in scan.lines(source="test"):
+        for line in lines:
             sender.send(line)
-            sent += 1
-        if end:
-            sender.end(scan.scan_id)
-    return sent
+        if end is not None:
+            sender.end(end)
+    return len(lines)
 
 
 def ctl(endpoint: str, command: str, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:

@@ -37,6 +37,7 @@ from tests.daemon_helpers import (
     Subscriber,
     assert_seq_increasing,
     ctl,
+    send_lines,
     send_scan,
     wait_for,
     write_config,
@@ -414,12 +415,7 @@ def test_a_scan_paused_half_way_is_not_failed_for_the_lines_it_missed(running: R
     def paused_lines() -> int:
         return json.loads(ctl(control, "status").stdout)["counters"]["lines_paused"]
 
-    def send(part: list) -> None:
-        with LineSender(running.endpoints["lines"], linger=10.0) as sender:
-            for line in part:
-                sender.send(line)
-
-    send(lines[:60])
+    send_lines(running.endpoints["lines"], lines[:60])
     wait_for(
         lambda: any(
             s["scan_id"] == "paused-half" and s["lines"] == 60
@@ -428,24 +424,13 @@ def test_a_scan_paused_half_way_is_not_failed_for_the_lines_it_missed(running: R
     )
     before = paused_lines()
     assert json.loads(ctl(control, "pause").stdout)["paused"] is True
-    send(lines[60:120])
+    send_lines(running.endpoints["lines"], lines[60:120])
     wait_for(lambda: paused_lines() == before + 60)
     assert json.loads(ctl(control, "resume").stdout)["paused"] is False
-    with LineSender(running.endpoints["lines"], linger=10.0) as sender:  # one connection:
-        for line in lines[120:]:  # the end must not overtake the lines
-            sender.send(line)
-        sender.end(scan.scan_id)
+    send_lines(running.endpoints["lines"], lines[120:], end=scan.scan_id)
     frame = _frame(running, "paused-half")
     assert frame["lines"] == 132 and frame["verdict"] == "pass"
     assert frame["events"] == []  # no partial_frame, and no flag on the first line after
-
-
-def _send(endpoint: str, lines: list, end: str | None = None) -> None:
-    with LineSender(endpoint, linger=10.0) as sender:  # one connection: the end comes last
-        for line in lines:
-            sender.send(line)
-        if end is not None:
-            sender.end(end)
 
 
 def test_lines_lost_in_transit_keep_their_places_and_make_no_stopped_frame(
@@ -457,7 +442,7 @@ def test_lines_lost_in_transit_keep_their_places_and_make_no_stopped_frame(
     scan, _ = failing_scan(2, 128, POINTS, fault="dropout", at=0.7)
     scan = dataclasses.replace(scan, scan_id="lost-20")
     lines = list(scan.lines(source="test"))
-    _send(running.endpoints["lines"], lines[:40] + lines[60:], end=scan.scan_id)
+    send_lines(running.endpoints["lines"], lines[:40] + lines[60:], end=scan.scan_id)
     frame = _frame(running, "lost-20")
     assert frame["lines"] == 108 and frame["decided_by"] == "alert"
     assert [e["kind"] for e in frame["events"]] == ["dropout"]  # no partial_frame, no flag at 60
@@ -473,16 +458,16 @@ def test_a_scan_cut_by_a_pause_after_its_alert_fails_by_the_alert(running: Runni
     scan = dataclasses.replace(scan, scan_id="cut-after-alert")
     lines = list(scan.lines(source="test"))
     control = running.endpoints["control"]
-    _send(running.endpoints["lines"], lines[:80])
+    send_lines(running.endpoints["lines"], lines[:80])
     wait_for(lambda: running.sub.of(protocol.TOPIC_ALERT, scan_id="cut-after-alert"))
     assert json.loads(ctl(control, "pause").stdout)["paused"] is True
     before = json.loads(ctl(control, "status").stdout)["counters"]["lines_paused"]
-    _send(running.endpoints["lines"], lines[80:100])
+    send_lines(running.endpoints["lines"], lines[80:100])
     wait_for(
         lambda: json.loads(ctl(control, "status").stdout)["counters"]["lines_paused"] == before + 20
     )
     assert json.loads(ctl(control, "resume").stdout)["paused"] is False
-    _send(running.endpoints["lines"], lines[100:], end=scan.scan_id)
+    send_lines(running.endpoints["lines"], lines[100:], end=scan.scan_id)
     frame = _frame(running, "cut-after-alert")
     assert frame["verdict"] == "fail" and frame["decided_by"] == "alert"
     assert not [e for e in frame["events"] if e["kind"] == "partial_frame"]
