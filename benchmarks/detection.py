@@ -1,13 +1,14 @@
 """Detection figures of the scorer's alert: per fault kind, alert rate, delay and kind named.
 
-    SPMWATCH_DATA=/work/shared/data PYTHONPATH=. python benchmarks/detection.py [--seeds 20]
+    SPMWATCH_DATA=<scans> PYTHONPATH=. python benchmarks/detection.py [--seeds 20] [--wide]
 
 Faults come from `spmwatch.synth`: generated failing scans (`failing_scan`, 128 x 256, fault
 from acquisition position 64) and the same fault kinds injected half-way into each of the 38
 good real scans (`inject(scan, kind, seed, at=0.5)`). The delay is the alert's acquisition
 position minus the fault's first position, in lines; an alert before the fault is counted as
 "early" (a false alert on the clean part), not as a detection. False alerts are counted on
-the 38 good real scans and on clean generated scans (trace + retrace and retrace only).
+the 38 good real scans and on clean generated scans (trace + retrace and retrace only);
+`--wide` adds 480 more clean generated scans of four sizes.
 Prints figures only; the tests assert a small subset (tests/test_scoring_detection.py).
 """
 
@@ -62,6 +63,31 @@ def summarise(results: list[tuple[int | None, str | None]], kind: str) -> str:
     )
 
 
+WIDE_SIZES = ((192, 128), (128, 256), (256, 256), (64, 128))  # (lines, points)
+
+
+def wide_sweep() -> None:
+    """Alerts and flagged lines on 480 clean generated scans beyond the set above."""
+    alerts = []
+    flagged = 0
+    for lines, points in WIDE_SIZES:
+        for seed in range(2000, 2060):
+            for traces in (True, False):
+                scan = synth.clean_scan(seed, lines, points, traces=traces, scan_down=seed % 2 == 1)
+                frame = score_scan(scan)
+                flagged += sum(s.flagged for s in frame.lines)
+                if frame.alert is not None:
+                    alert = frame.alert
+                    alerts.append(
+                        f"{lines}x{points} {scan.scan_id} trace={traces} {alert.kind}"
+                        f" at {alert.position} ({alert.severity})"
+                    )
+    n = len(WIDE_SIZES) * 60 * 2
+    print(f"false alerts, {n} clean generated scans (wide): {len(alerts)}, {flagged} flagged lines")
+    for line in alerts:
+        print(f"  {line}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20, help="generated scans per fault kind")
@@ -69,6 +95,11 @@ def main() -> int:
         "--clean", type=int, default=30, help="clean seeds (x2: with/without trace)"
     )
     parser.add_argument("--no-real", action="store_true", help="skip the real scans")
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="also the wider clean sweep: seeds 2000-2059 at 4 sizes, with/without trace (~40 s)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     root = os.environ.get("SPMWATCH_DATA")
@@ -98,6 +129,8 @@ def main() -> int:
             if alert is not None:
                 false_clean.append((scan.scan_id, traces, alert.kind, alert.position))
     print(f"false alerts, {n_clean} clean generated scans: {len(false_clean)} {false_clean}")
+    if args.wide:
+        wide_sweep()
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -28,7 +28,7 @@ from pathlib import Path
 # (name of the step that starts here, a line of score_line it starts before), in order
 STEPS = (
     ("line_stats + consistency", "    worst = 0.0\n    flat = 0.0\n"),
-    ("dropout test, head", "    state[I_LINES] += 1\n    out[F_DROPOUT] = worst\n"),
+    ("dropout test, built-up level", "    state[I_LINES] += 1\n    out[F_DROPOUT] = worst\n"),
     ("store_scar_grid", "    step = scar_grid_step(int(cfg[S_SCAR_MIN_LEN]))[0]\n"),
     ("scar_fraction", "    if ready:\n        for s in range(scar_ch.shape[0]):"),
     ("lag search / re-check", "    n_votes_max = lag_votes.shape[0]\n"),

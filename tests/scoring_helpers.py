@@ -56,6 +56,19 @@ def level_shift(
     return out, rows
 
 
+def raised(
+    scan: Scan, start: int, size: float, lines: int = 1, columns: slice = slice(None)
+) -> tuple[Scan, np.ndarray]:
+    """`columns` of every channel raised by `size` typical line spreads from acquisition
+    position `start` to the end of the scan, reaching that height over `lines` lines (a
+    particle or terrace rising line by line under part of the line; a tip change over all)."""
+    out, rows = _faulty(scan, start, scan.n_lines - start)
+    share = np.minimum(np.arange(1, len(rows) + 1) / lines, 1.0)[:, None]
+    for a in out.channels.values():
+        a[rows, columns] += size * np.median(np.std(a, axis=1)) * share
+    return out, rows
+
+
 def tracking_loss(
     scan: Scan, start: int, count: int = 20, seed: int = 0
 ) -> tuple[Scan, np.ndarray]:

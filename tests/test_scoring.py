@@ -223,6 +223,18 @@ def test_sort_network_sorts_every_zero_one_input(n: int) -> None:
     assert np.array_equal(rows.sum(axis=0), inputs.sum(axis=1))
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 600), st.floats(-0.1, 0.1), st.integers(0, 2**32 - 1))
+def test_paired_median_matches_numpy(n: int, dslope: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    d = rng.standard_normal(n).astype(np.float32)
+    ref = rng.standard_normal(n).astype(np.float32)
+    if n > 2:
+        d[: n // 3] = ref[: n // 3]  # ties: a part of the line that did not move
+    got = K.paired_median(d, ref, dslope, np.zeros(n))
+    assert got == pytest.approx(R.paired_median(d, ref, dslope), abs=1e-9)
+
+
 def test_fast_log_matches_numpy() -> None:
     rng = np.random.default_rng(5)
     x = np.concatenate(
@@ -477,6 +489,54 @@ def test_a_level_step_that_comes_back_or_keeps_moving_is_no_tip_change(
     frame, _ = _level_shift(count, ramp=ramp)
     assert frame.features[120, K.F_LEVEL] >= ScoringSettings().flag_z / 2  # the same step
     assert not any(s.flagged for s in frame.lines), [s for s in frame.lines if s.flagged]
+
+
+MIDDLE_THIRD = slice(85, 171)  # of synthetic_scan(256, 256)'s lines
+
+
+def test_a_level_built_up_under_part_of_the_line_is_no_tip_change() -> None:
+    """A particle or terrace rising line by line under part of the line raised the mean, and
+    with it the level step, on every line: on clean generated scans the main false alert."""
+    scan, _ = faults.raised(synthetic_scan(256, 256, seed=7), 120, 2.4, 4, MIDDLE_THIRD)
+    frame = score_scan(scan)
+    flag_z = ScoringSettings().flag_z
+    assert frame.features[120, K.F_LEVEL] >= flag_z  # the premise: its first line flags
+    assert frame.features[124:, K.F_LEVEL].max() < flag_z / 2
+    assert frame.alert is None, frame.alert
+
+
+@pytest.mark.parametrize(
+    ("size", "lines", "columns"),
+    [(0.8, 4, slice(None)), (2.4, 1, MIDDLE_THIRD)],
+    ids=["over-the-whole-line", "at-once"],
+)
+def test_a_level_that_moved_the_whole_line_or_at_once_counts_in_full(
+    size: float, lines: int, columns: slice
+) -> None:
+    """The same rise of the mean over the whole line (a tip change over 4 lines), or under
+    part of it in one line (a tracking loss, a jump from mid-line), stays a tip change."""
+    scan, _ = faults.raised(synthetic_scan(256, 256, seed=7), 120, size, lines, columns)
+    frame = score_scan(scan)
+    assert frame.alert is not None and frame.alert.kind == "tip_change"
+    assert 120 <= frame.alert.position <= 122
+    assert frame.features[123:, K.F_LEVEL].min() >= ScoringSettings().flag_z
+
+
+def test_a_tip_change_stays_in_view_while_the_sample_rises_under_part_of_the_line() -> None:
+    """The reference line of a held step is older than the history holds (its slot is
+    reused after HIST_DEPTH lines): the whole-line step is measured against it still, and
+    the rise under part of the line does not add to it."""
+    scan, _ = faults.raised(synthetic_scan(256, 256, seed=7), 120, 0.4)
+    level = score_scan(scan).features[:, K.F_LEVEL]
+    scan, _ = faults.raised(scan, 128, 2.4, 4, MIDDLE_THIRD)
+    with_rise = score_scan(scan).features[:, K.F_LEVEL]
+    settings = ScoringSettings()
+    assert level[121:140].min() >= settings.flag_z  # the premise: a held step
+    # measured against a newer line it would fall below the flag; with the mean (the
+    # particle's rise too), or against no reference row, it would reach the clip
+    assert with_rise[121:140].min() >= settings.flag_z
+    assert np.all(np.abs(with_rise[132:140] - level[132:140]) < 8), with_rise[128:140]
+    assert with_rise[132:140].max() < settings.z_clip
 
 
 def assert_fault_found(frame, rows, kind: str, start_position: int, within: int = 12) -> None:

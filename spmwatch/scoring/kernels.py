@@ -67,8 +67,9 @@ N_FAMILIES = 10  # families F_LEVEL..F_DROPOUT compete for the score and the kin
     S_TOPO_KMIN,
     S_TOPO_BOOST,
     S_STEP_LINES,
-) = range(22)
-N_SETTINGS = 22
+    S_ABRUPT,
+) = range(23)
+N_SETTINGS = 23
 
 # Integer state vector.
 (
@@ -83,8 +84,16 @@ N_SETTINGS = 22
     I_AFTER_DROPOUT,
     I_STEP_RUN,
     I_STEP_SINCE,
-) = range(11)
-N_STATE = 11
+    I_REF_SLOT,
+) = range(12)
+N_STATE = 12
+
+# Rows of the per-channel level state `ref_level` (ScanState.ref_level): the level and slope
+# of the reference line (the last accepted one), the levels before and of a watched step
+# (_held_step), the previous line's level, and the largest line-to-line level change since
+# the reference line (score_line, "a level built up over several lines").
+R_LEVEL, R_BEFORE_STEP, R_STEP, R_SLOPE, R_PREV, R_CLIMB = range(6)
+N_REF_ROWS = 6
 
 SCAR_MAX_WIDTH = 4
 HIST_DEPTH = SCAR_MAX_WIDTH + 2  # band of 4 + the older neighbour + the newest line
@@ -1122,6 +1131,48 @@ def _median_int(votes, count, buf):
 
 
 @njit(**_OPTS)
+def paired_median(d, ref, dslope, scratch):
+    """The median over i of d[i] - ref[i] + dslope (i - half): of two detrended lines whose
+    slopes differ by dslope, the median of their raw difference less the difference of their
+    means. A tip change shifts every sample of a line alike, so this is then 0 and the level
+    step is the means' step; a particle or a terrace under part of the line moves the mean
+    but not this median (see score_line). Quickselect in `scratch` (>= len(d) values)."""
+    n = d.shape[0]
+    t = -0.5 * (n - 1)
+    for i in range(n):
+        scratch[i] = np.float64(d[i]) - np.float64(ref[i]) + dslope * (t + i)
+    k = n // 2
+    lo = 0
+    hi = n - 1
+    while lo < hi:
+        pivot = scratch[(lo + hi) // 2]
+        i = lo
+        j = hi
+        while i <= j:
+            while scratch[i] < pivot:
+                i += 1
+            while scratch[j] > pivot:
+                j -= 1
+            if i <= j:
+                scratch[i], scratch[j] = scratch[j], scratch[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    upper = scratch[k]
+    if n % 2 == 1:
+        return upper
+    lower = scratch[0]
+    for i in range(1, k):
+        lower = max(lower, scratch[i])
+    return 0.5 * (lower + upper)
+
+
+@njit(**_OPTS)
 def _level_z(levels, ref, base_med, base_scale, consensus, z_clip):
     """The level family's z of `levels` against the reference levels `ref`: per channel the
     two-sided robust z of the step, clipped to [0, z_clip], the consensus-th largest over
@@ -1139,15 +1190,15 @@ def _level_z(levels, ref, base_med, base_scale, consensus, z_clip):
 @njit(**_OPTS)
 def _held_step(levels, ref_level, base_med, base_scale, cons, cfg, calm, after_good, run, since):
     """Watch for a tip change that steps the level by less than the flag threshold: the line
-    after it is calm, as the reference (ref_level[0]) follows the step. Returns (run, since,
+    after it is calm, as the reference (ref_level[R_LEVEL]) follows the step. Returns (run, since,
     held): run counts the lines the watched step has held (0: none), since the lines since
     the last watched step's first line (0: none), held the level's z against the level
     before that step.
 
-    A step of half the threshold from an accepted line is watched: ref_level[1] keeps the
-    level before it, ref_level[2] the step's own. When the lines after it settle at the
-    step's level (a z against it below a quarter of the threshold) and stay half the
-    threshold from the level before it, for S_STEP_LINES lines with the step's, the step
+    A step of half the threshold from an accepted line is watched: ref_level[R_BEFORE_STEP]
+    keeps the level before it, ref_level[R_STEP] the step's own. When the lines after it
+    settle at the step's level (a z against it below a quarter of the threshold) and stay half
+    the threshold from the level before it, for S_STEP_LINES lines with the step's, the step
     persisted (score_line scores those lines S_TOPO_BOOST more, and the lines after them
     while they stay so). A single odd line comes back to the level before it; a step
     back nearer that level within S_STEP_LINES lines ends a band (it starts no watch of its
@@ -1159,14 +1210,14 @@ def _held_step(levels, ref_level, base_med, base_scale, cons, cfg, calm, after_g
     held = 0.0
     moved = 0.0
     if since > 0 and (run > 0 or since <= cfg[S_STEP_LINES]):  # a watch or a band to end
-        held = _level_z(levels, ref_level[1], base_med, base_scale, cons, z_clip)
-        moved = _level_z(levels, ref_level[2], base_med, base_scale, cons, z_clip)
+        held = _level_z(levels, ref_level[R_BEFORE_STEP], base_med, base_scale, cons, z_clip)
+        moved = _level_z(levels, ref_level[R_STEP], base_med, base_scale, cons, z_clip)
     if not calm and after_good:
         if since > 0 and since <= cfg[S_STEP_LINES] and held < moved:
             return 0, since, held  # back nearer the level before the step: a band ended
         for c in range(levels.shape[0]):
-            ref_level[1, c] = ref_level[0, c]
-            ref_level[2, c] = levels[c]
+            ref_level[R_BEFORE_STEP, c] = ref_level[R_LEVEL, c]
+            ref_level[R_STEP, c] = levels[c]
         return 1, 1, held
     if run > 0 and held >= half and moved < 0.5 * half:
         return run + 1, since, held
@@ -1197,6 +1248,7 @@ def score_line(
     base_med,
     base_scale,
     ref_level,
+    ref_row,
     units,
     alive,
     lags,
@@ -1225,9 +1277,18 @@ def score_line(
     stats = work[0, :16]
     pair_out = work[1, :3]
     levels = work[7, :n_ch]
+    slopes = work[10, :n_ch]
     for f in range(out.shape[0]):
         out[f] = 0.0
     head = (state[I_HIST_HEAD] + 1) % depth
+    # the reference line's detrended row stays in the history until its slot comes round
+    # again (a run of flagged lines); then it moves to ref_row
+    if state[I_REF_SLOT] == head:
+        for c in range(n_ch):
+            ref_row[c, :] = hist[head, c]
+        state[I_REF_SLOT] = -1
+    ref_slot = state[I_REF_SLOT]
+    ready = state[I_BASE_N] >= cfg[S_MIN_BASELINE]
     # no reference level on a scan's first line, nor after a gap (ScanScorer sets the history
     # count to 0): the line before it is not its neighbour
     have_ref = state[I_BASE_N] > 0 and state[I_HIST_N] > 0
@@ -1269,7 +1330,8 @@ def score_line(
         line_stats(frame[c, row], units[c], hist[prev, c], hist[head, c], stats)
         base = c * N_CH_RAW
         levels[c] = stats[0]
-        raw[base + CH_LEVEL] = stats[0] - ref_level[0, c] if have_ref else 0.0
+        slopes[c] = stats[1]
+        raw[base + CH_LEVEL] = stats[0] - ref_level[R_LEVEL, c] if have_ref else 0.0
         raw[base + CH_RMS] = fast_log(stats[2] + TINY)
         raw[base + CH_SHARP] = fast_log((stats[3] + TINY) / (stats[2] + TINY))
         if alive[c] or not any_alive:
@@ -1298,7 +1360,29 @@ def score_line(
         return
     state[I_HIST_HEAD] = head
     state[I_HIST_N] = hist_n
-    ready = state[I_BASE_N] >= cfg[S_MIN_BASELINE]
+    # 1b. a level built up over several lines: a tip changes the level at once, and every
+    # sample alike; a particle or a terrace under part of the line raises the mean line by
+    # line. When no single line's change carries S_ABRUPT of the step from the reference
+    # line, the step counts only as far as it moved the whole line: the median of the two
+    # lines' raw difference (paired_median), if that is nearer the baseline. An abrupt step
+    # counts in full: a tracking loss or a jump from mid-line moves part of the line at once
+    for c in range(n_ch):
+        lv = c * N_CH_RAW + CH_LEVEL
+        climb = max(ref_level[R_CLIMB, c], abs(levels[c] - ref_level[R_PREV, c]))
+        ref_level[R_CLIMB, c] = climb
+        ref_level[R_PREV, c] = levels[c]
+        step = raw[lv]
+        if (
+            ready
+            and have_ref
+            and abs(step - base_med[lv]) >= 0.5 * cfg[S_FLAG_Z] * base_scale[lv]
+            and climb < cfg[S_ABRUPT] * abs(step)
+        ):
+            ref_d = hist[ref_slot, c] if ref_slot >= 0 else ref_row[c]
+            dslope = slopes[c] - ref_level[R_SLOPE, c]
+            robust = step + paired_median(hist[head, c], ref_d, dslope, work[2])
+            if abs(robust - base_med[lv]) < abs(step - base_med[lv]):
+                raw[lv] = robust
     # scars
     scar_width = 0
     scar_best = 0.0
@@ -1487,7 +1571,10 @@ def score_line(
     # a calm line flagged for a held step is level with the step: the reference follows it
     if not flagged or ringing_only or (step_held and calm) or not have_ref:
         for c in range(n_ch):
-            ref_level[0, c] = levels[c]
+            ref_level[R_LEVEL, c] = levels[c]
+            ref_level[R_SLOPE, c] = slopes[c]
+            ref_level[R_CLIMB, c] = 0.0
+        state[I_REF_SLOT] = head
     state[I_BASE_HEAD] = (bh + 1) % window
     state[I_BASE_N] = min(state[I_BASE_N] + 1, window)
     state[I_SINCE_REFRESH] += 1

@@ -30,6 +30,13 @@ def line_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, np.array([level, slope, rms, np.sqrt(np.mean(diff**2)), bad / n, flat / n])
 
 
+def paired_median(d: np.ndarray, ref: np.ndarray, dslope: float) -> float:
+    """Median of the raw difference of two detrended lines whose slopes differ by dslope,
+    less the difference of their means."""
+    t = np.arange(len(d)) - 0.5 * (len(d) - 1)
+    return float(np.median(d.astype(np.float64) - ref + dslope * t))
+
+
 def line_pair(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(correlation, RMS of a - b)."""
     denom = np.sqrt(np.sum(a * a) * np.sum(b * b))

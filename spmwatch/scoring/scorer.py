@@ -101,6 +101,9 @@ class ScoringSettings:
     # a level step of z >= flag_z / 2 whose level holds this many lines (the step's with the
     # lines settled after it) is a tip change too: it scores topo_boost more (kernels._held_step)
     step_lines: int = 3
+    # a level step of z >= flag_z / 2 that no single line's change carried this share of
+    # built up over several lines: it counts only as far as the whole line moved
+    abrupt: float = 0.75
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
     alert: AlertRule = field(default_factory=AlertRule)
@@ -115,6 +118,7 @@ class ScoringSettings:
                 "dropout_fraction": 0,
                 "scar_soft": 0,
                 "spec_alpha": 0,
+                "abrupt": 0,
                 "clip": 0,
                 **floors,
             },
@@ -136,7 +140,7 @@ class ScoringSettings:
                 "topo_boost": 0,
                 "consensus": 1,
             },
-            at_most={"dropout_fraction": 1, "spec_alpha": 1},
+            at_most={"dropout_fraction": 1, "spec_alpha": 1, "abrupt": 1},
             # a flag above the clip, or a warm-up longer than the window, would never flag
             ordered=(("flag_z", "z_clip"), ("min_baseline", "window"), ("scar_soft", "scar_hard")),
         )
@@ -165,6 +169,7 @@ class ScoringSettings:
         cfg[K.S_TOPO_KMIN] = self.topo_kmin
         cfg[K.S_TOPO_BOOST] = self.topo_boost
         cfg[K.S_STEP_LINES] = self.step_lines
+        cfg[K.S_ABRUPT] = self.abrupt
         return cfg
 
 
@@ -265,6 +270,7 @@ class ScanState:
         n_pairs = len(layout.pair_t)
         self.cfg = settings.as_array()
         self.state = np.zeros(K.N_STATE, dtype=np.int64)
+        self.state[K.I_REF_SLOT] = -1
         # float32: line_stats measures in float32 (see there) and writes the rows
         self.hist = np.zeros((K.HIST_DEPTH, n_ch, points), dtype=np.float32)
         self.scar_grid = np.zeros((K.HIST_DEPTH, n_ch, points))  # every step-th pixel
@@ -277,9 +283,11 @@ class ScanState:
         self.base_moves = np.zeros((5, width), dtype=np.float32)  # leaving, entering, scratch
         self.base_med = np.zeros(layout.n_raw)
         self.base_scale = np.ones(layout.n_raw)
-        # per channel the level of the last unflagged line, then the levels before and of a
-        # step that is being watched (kernels.score_line)
-        self.ref_level = np.zeros((3, n_ch))
+        # per channel the reference line's level and slope, a watched step's levels, the
+        # previous line's level and the climb since the reference (rows: kernels.R_*); the
+        # reference line's detrended row once its history slot is reused (kernels.score_line)
+        self.ref_level = np.zeros((K.N_REF_ROWS, n_ch))
+        self.ref_row = np.zeros((n_ch, points), dtype=np.float32)
         self.units = np.zeros(n_ch)  # each channel's unit (kernels.unit_of), 0 until chosen
         self.alive = np.zeros(n_ch, dtype=np.bool_)  # a line with a span seen (score_line)
         self.lags = np.zeros(max(n_pairs, 1), dtype=np.int64)
@@ -288,7 +296,7 @@ class ScanState:
         # the running log spectrum, then the excess over it of the last ring_lines - 1 lines
         self.spec_base = np.zeros((max(settings.ring_lines, 1), max(self.fft_tw.shape[1], 1)))
         lag_scratch = K.lag_scratch_size(points, settings.lag_max)  # row 8 in the lag step
-        self.work = np.zeros((10, max(points, settings.window, n_ch, 8, lag_scratch)))
+        self.work = np.zeros((11, max(points, settings.window, n_ch, 8, lag_scratch)))
         n_iwork = max(settings.lag_votes, 3 * K.SCAR_MAX_WIDTH + points)
         self.iwork = np.zeros(n_iwork, dtype=np.int64)  # lag median, scar grid
         self.raw = np.zeros(layout.n_raw)
@@ -316,6 +324,7 @@ class ScanState:
             self.base_med,
             self.base_scale,
             self.ref_level,
+            self.ref_row,
             self.units,
             self.alive,
             self.lags,
