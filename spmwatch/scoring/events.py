@@ -98,7 +98,7 @@ class EventTracker:
         self._covered: dict[int, str] = {}  # position -> kind of recent flagged lines
         self._recent_index: deque[int] = deque(maxlen=8)
         self._position = -1
-        self._last_band = -(10**9)  # position where the last band (streak) closed
+        self._last_band = -(10**9)  # position where the last level band closed
 
     def push(
         self, index: int, score: float, flagged: bool, kind: str | None, span_back: int = 0
@@ -172,7 +172,7 @@ class EventTracker:
     def _close(self) -> None:
         if self._run is not None:
             event = self._event(self._run, closed=True)
-            if event.kind == "streak":
+            if event.kind == "streak" and self._run.kind() == "tip_change":
                 self._last_band = self._position
             self.closed.append(event)
             self._run = None
@@ -221,12 +221,17 @@ class EventTracker:
 
     def _level_came_back(self, position: int) -> bool:
         """Whether the tip_change evidence of the window is broken by lines of another kind
-        (bands on alternate lines), or follows a band that closed within slow_m lines."""
+        or by a line back under half the flag (bands on alternate lines), or follows a level
+        band (a tip_change run that came back) that closed within slow_m lines."""
         if position - self._last_band <= self.rule.slow_m:
             return True
-        kinds = [kind for _, kind, _ in list(self._window)[-self.rule.m :]]
-        first = kinds.index("tip_change")
-        return any(kind != "tip_change" for kind in kinds[first:])
+        window = list(self._window)[-self.rule.m :]
+        first = [kind for _, kind, _ in window].index("tip_change")
+        # an unflagged line scoring half the flag or more did not come back: it stepped too
+        return any(
+            kind != "tip_change" if flagged else score < 0.5 * self.rule.medium_z
+            for flagged, kind, score in window[first:]
+        )
 
     def events(self) -> list[Event]:
         """Closed events plus the open run, if any (a snapshot; nothing is closed)."""
