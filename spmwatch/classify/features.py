@@ -32,6 +32,7 @@ from numba import njit
 from scipy import ndimage
 
 from spmwatch.model import FrameScores
+from spmwatch.selection import kth_smallest, median_in_place
 from spmwatch.sorting import sort_network
 
 CHANNEL_STATS = (
@@ -101,47 +102,6 @@ _JIT = {"cache": True, "nogil": True}
 
 
 @njit(**_JIT)
-def _select(buf, n, k):
-    """The k-th smallest of buf[:n], partitioning buf in place (Hoare quickselect)."""
-    lo, hi = 0, n - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        # median-of-three pivot keeps sorted and reversed lines linear
-        a, b, c = buf[lo], buf[mid], buf[hi]
-        pivot = max(min(a, b), min(max(a, b), c))
-        i, j = lo, hi
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return buf[k]
-
-
-@njit(**_JIT)
-def _median(buf, n):
-    """np.median of buf[:n] (the mean of the two middle values for even n); reorders buf."""
-    half = n // 2
-    upper = _select(buf, n, half)
-    if n % 2:
-        return upper
-    lower = buf[0]
-    for i in range(1, half):
-        lower = max(lower, buf[i])
-    return (lower + upper) / 2
-
-
-@njit(**_JIT)
 def _quantile(values, q):
     """np.quantile(values, q), linear method: the same index, weight and interpolation."""
     n = values.size
@@ -167,7 +127,7 @@ def _line_quantile(values, q):
 @njit(**_JIT)
 def _interpolate(buf, n, k, t):
     """_lerp between the k-th and (k+1)-th smallest of buf[:n] (partitions buf in place)."""
-    a = _select(buf, n, k)
+    a = kth_smallest(buf, n, k)
     b = buf[k + 1]
     for i in range(k + 2, n):
         b = min(b, buf[i])
@@ -224,19 +184,21 @@ def _step_values(row, following, stride, out, lane):
 @njit(**_JIT)
 def _along(row, stride, buf):
     """Median absolute step along one line."""
-    return _median(buf, _along_values(row, stride, buf.reshape((buf.size, 1)), 0))
+    return median_in_place(buf, _along_values(row, stride, buf.reshape((buf.size, 1)), 0))
 
 
 @njit(**_JIT)
 def _level(row, stride, buf):
     """Median level of one line."""
-    return _median(buf, _level_values(row, stride, buf.reshape((buf.size, 1)), 0))
+    return median_in_place(buf, _level_values(row, stride, buf.reshape((buf.size, 1)), 0))
 
 
 @njit(**_JIT)
 def _step(row, following, stride, buf):
     """Absolute median step from one line to the following one."""
-    return abs(_median(buf, _step_values(row, following, stride, buf.reshape((buf.size, 1)), 0)))
+    return abs(
+        median_in_place(buf, _step_values(row, following, stride, buf.reshape((buf.size, 1)), 0))
+    )
 
 
 def _median_network(n: int) -> np.ndarray:
@@ -733,7 +695,7 @@ def _aggregate(data, table, n, stride):
         if table[i, _FINITE] != 0:
             spread[finite] = table[i, _STD]
             finite += 1
-    typical = _median(spread, finite) if finite else 0.0
+    typical = median_in_place(spread, finite) if finite else 0.0
     floor = 1e-6 * (typical if typical != 0 else 1.0)
     good = np.empty(n, np.int64)
     g = 0
@@ -752,7 +714,7 @@ def _aggregate(data, table, n, stride):
         along[k] = table[good[k], _ALONG]
         level[k] = table[good[k], _LEVEL]
         ratio[k] = table[good[k], _STD] / typical
-    noise = _median(along.copy(), g)
+    noise = median_in_place(along.copy(), g)
     if noise == 0:
         noise = typical
     steps = np.empty(g - 1)
@@ -776,8 +738,8 @@ def _aggregate(data, table, n, stride):
     parts[5] = flat_frac
     parts[6] = rough / g
     parts[7] = smooth / g
-    parts[8] = _median(along[:third].copy(), third)
-    parts[9] = _median(along[g - third :].copy(), third)
+    parts[8] = median_in_place(along[:third].copy(), third)
+    parts[9] = median_in_place(along[g - third :].copy(), third)
     return True, flat_frac, good[:g], parts
 
 

@@ -17,6 +17,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from spmwatch.selection import median_in_place
+
 # Per-channel raw features (columns of a channel's block in the raw vector).
 CH_LEVEL, CH_RMS, CH_SHARP, CH_DECOR, CH_SCAR, CH_VDIFF = range(6)
 N_CH_RAW = 6
@@ -1136,40 +1138,12 @@ def paired_median(d, ref, dslope, scratch):
     slopes differ by dslope, the median of their raw difference less the difference of their
     means. A tip change shifts every sample of a line alike, so this is then 0 and the level
     step is the means' step; a particle or a terrace under part of the line moves the mean
-    but not this median (see score_line). Quickselect in `scratch` (>= len(d) values)."""
+    but not this median (see score_line). `scratch` holds >= len(d) values."""
     n = d.shape[0]
     t = -0.5 * (n - 1)
     for i in range(n):
         scratch[i] = np.float64(d[i]) - np.float64(ref[i]) + dslope * (t + i)
-    k = n // 2
-    lo = 0
-    hi = n - 1
-    while lo < hi:
-        pivot = scratch[(lo + hi) // 2]
-        i = lo
-        j = hi
-        while i <= j:
-            while scratch[i] < pivot:
-                i += 1
-            while scratch[j] > pivot:
-                j -= 1
-            if i <= j:
-                scratch[i], scratch[j] = scratch[j], scratch[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            break
-    upper = scratch[k]
-    if n % 2 == 1:
-        return upper
-    lower = scratch[0]
-    for i in range(1, k):
-        lower = max(lower, scratch[i])
-    return 0.5 * (lower + upper)
+    return median_in_place(scratch, n)
 
 
 @njit(**_OPTS)
