@@ -555,6 +555,7 @@ class DaemonPresence:
         self._since = clock()  # the last heartbeat, or the start
         self._interval = 0.0
         self._told_silent = False
+        self._stopping = False
 
     def heard(self, topic: str, payload: Mapping[str, Any]) -> None:
         """A daemon heartbeat arrived, or an alert: the daemon is there too (an alert that
@@ -565,8 +566,10 @@ class DaemonPresence:
             self._interval = float(interval) if isinstance(interval, int | float) else 0.0
             if payload.get("final"):
                 log.warning("daemon_stopping", endpoint=self.endpoint, daemon=payload.get("daemon"))
+                self._stopping = True  # a daemon back within `timeout` is told heard again
                 return
-        if not self.heard_now:
+        if not self.heard_now or self._stopping:
+            self._stopping = False
             self.heard_now = True
             self._told_silent = False
             log.info("daemon_heard", endpoint=self.endpoint, daemon=payload.get("daemon"))

@@ -404,6 +404,28 @@ def test_a_responder_that_hears_no_daemon_says_so(tmp_path: Path) -> None:
         assert told[0]["endpoint"] == daemon.endpoint and "no alert can arrive" in told[0]["hint"]
 
 
+def test_a_daemon_back_within_the_timeout_is_told_heard_again(tmp_path: Path) -> None:
+    """After daemon_stopping, a restart within daemon_timeout (systemctl restart) logged
+    nothing more: the journal read as if the daemon had stayed away."""
+    with _responder_service(tmp_path, "") as service:
+        daemon = service.daemon
+        daemon.wait_subscriber()
+        service.listener.wait_heartbeat()  # the outcomes' subscription is through
+        daemon.heartbeat(0)
+        daemon.heartbeat(1, final=True)
+        daemon.heartbeat(0)  # the restarted daemon, at once
+        daemon.send(alert_payload(1))  # on the same socket: taken after the heartbeats
+        service.listener.actions(2)
+        code, out = _stop(service.process)
+    assert code == 0, out
+    told = [json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")]
+    assert [e for e in told if e.startswith("daemon_")] == [
+        "daemon_heard",
+        "daemon_stopping",
+        "daemon_heard",
+    ], told
+
+
 def test_an_alert_before_any_heartbeat_says_the_daemon_is_there(tmp_path: Path) -> None:
     """The demo's log told daemon_heard 0.3 s after the stop it had acted on."""
     with _responder_service(tmp_path, "") as service:
