@@ -101,8 +101,8 @@ class ScoringSettings:
     # a level step of z >= flag_z / 2 whose level holds this many lines (the step's with the
     # lines settled after it) is a tip change too: it scores topo_boost more (kernels._held_step)
     step_lines: int = 3
-    # a level step of z >= flag_z / 2 that no single line's change carried this share of
-    # built up over several lines: it counts only as far as the whole line moved
+    # a level step of z >= flag_z / 2 built up over several lines (no single line's change
+    # carried this share of it) counts only as far as the whole line moved
     abrupt: float = 0.75
     clip: float = 3.0  # a flagged line enters the baseline clipped to median +- clip x scale
     consensus: int = 2  # a family's z is the consensus-th largest over channels (or pairs)
