@@ -66,26 +66,27 @@ def summarise(results: list[tuple[int | None, str | None]], kind: str) -> str:
 WIDE_SIZES = ((192, 128), (128, 256), (256, 256), (64, 128))  # (lines, points)
 
 
-def wide_sweep() -> None:
-    """Alerts and flagged lines on 480 clean generated scans beyond the set above."""
+def clean_sweep(
+    seeds: range, sizes: tuple[tuple[int, int], ...]
+) -> tuple[int, list[tuple[int, int, str, bool, str, int, str]], int]:
+    """(scans, alerts, flagged lines) on clean generated scans of each (lines, points) size:
+    each seed with and without trace, scanned up (even seeds) or down (odd). An alert is
+    (lines, points, scan_id, traces, kind, position, severity)."""
     alerts = []
     flagged = 0
-    for lines, points in WIDE_SIZES:
-        for seed in range(2000, 2060):
+    n = 0
+    for lines, points in sizes:
+        for seed in seeds:
             for traces in (True, False):
                 scan = synth.clean_scan(seed, lines, points, traces=traces, scan_down=seed % 2 == 1)
                 frame = score_scan(scan)
+                n += 1
                 flagged += sum(s.flagged for s in frame.lines)
-                if frame.alert is not None:
-                    alert = frame.alert
+                if (a := frame.alert) is not None:
                     alerts.append(
-                        f"{lines}x{points} {scan.scan_id} trace={traces} {alert.kind}"
-                        f" at {alert.position} ({alert.severity})"
+                        (lines, points, scan.scan_id, traces, a.kind, a.position, a.severity)
                     )
-    n = len(WIDE_SIZES) * 60 * 2
-    print(f"false alerts, {n} clean generated scans (wide): {len(alerts)}, {flagged} flagged lines")
-    for line in alerts:
-        print(f"  {line}")
+    return n, alerts, flagged
 
 
 def main() -> int:
@@ -119,18 +120,17 @@ def main() -> int:
     if real:
         false_real = [s.scan_id for s in real if score_scan(s).alert is not None]
         print(f"false alerts, {len(real)} good real scans: {len(false_real)} {false_real}")
-    false_clean = []
-    n_clean = 0
-    for seed in range(args.clean):
-        for traces in (True, False):
-            scan = synth.clean_scan(1000 + seed, 128, 256, traces=traces, scan_down=seed % 2 == 1)
-            n_clean += 1
-            alert = score_scan(scan).alert
-            if alert is not None:
-                false_clean.append((scan.scan_id, traces, alert.kind, alert.position))
+    n_clean, alerts, _ = clean_sweep(range(1000, 1000 + args.clean), ((128, 256),))
+    false_clean = [(scan_id, traces, kind, at) for _, _, scan_id, traces, kind, at, _ in alerts]
     print(f"false alerts, {n_clean} clean generated scans: {len(false_clean)} {false_clean}")
     if args.wide:
-        wide_sweep()
+        n_wide, alerts, flagged = clean_sweep(range(2000, 2060), WIDE_SIZES)
+        print(
+            f"false alerts, {n_wide} clean generated scans (wide): {len(alerts)}, "
+            f"{flagged} flagged lines"
+        )
+        for lines, points, scan_id, traces, kind, at, severity in alerts:
+            print(f"  {lines}x{points} {scan_id} trace={traces} {kind} at {at} ({severity})")
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 
