@@ -184,3 +184,38 @@ def test_a_replay_stopped_with_ctrl_c_says_what_the_daemon_will_do(
     assert sink.of(EndOfScan) == []
     err = capsys.readouterr().err
     assert "interrupted after 2 of 10 lines, no end sent: the daemon holds cut open" in err
+
+
+def test_replay_config_sends_to_the_line_socket_that_config_binds(tmp_path: Path) -> None:
+    """`--config` takes the endpoint as `ctl` and `subscribe` do: a daemon on non-default
+    ports is reached without typing its address (a wildcard bind is reached on loopback)."""
+    path = write_fixture(tmp_path, make_scan(lines=12, points=16), "Image 0003")
+    sink = Collector()
+    receiver = LineReceiver("tcp://127.0.0.1:*", sink)
+    receiver.start()
+    try:
+        port = receiver.endpoint.rsplit(":", 1)[1]
+        config = tmp_path / "spmwatch.toml"
+        config.write_text(f'[lines]\nendpoint = "tcp://*:{port}"\n')
+        code = main(["replay", str(path), "--fast", "--config", str(config)])
+        assert code == 0
+        assert wait_for(lambda: sink.of(EndOfScan) == [EndOfScan("Image_0003")])
+    finally:
+        assert receiver.stop()
+    assert [line.index for line in sink.lines] == list(range(12))
+
+
+def test_replay_config_of_a_daemon_without_live_lines_is_refused(tmp_path: Path, capsys) -> None:
+    path = write_fixture(tmp_path, make_scan(lines=4, points=8))
+    config = tmp_path / "spmwatch.toml"
+    config.write_text("[lines]\nenabled = false\n")
+    assert main(["replay", str(path), "--fast", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: [lines] enabled = false: that daemon takes no live lines" in err
+    respond = str(ROOT / "config" / "respond.toml")
+    assert main(["replay", str(path), "--fast", "--config", respond]) == 2
+    assert "no [lines] section: is it the daemon's config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        main(["replay", str(path), "--to", "tcp://127.0.0.1:9", "--config", str(config)])
+    assert refused.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

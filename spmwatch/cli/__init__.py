@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import typing
 from collections.abc import Callable
 
 from spmwatch import __version__, protocol
@@ -51,20 +52,24 @@ bind_endpoint = _endpoint_type(binds=True)  # one to listen on: port * takes any
 def endpoint_in_config(path: str, section: str) -> str:
     """Where this machine reaches the socket `[section] endpoint` of the daemon config `path`
     binds (a wildcard host on loopback). ConfigError for a bad file or a port * (its number
-    is chosen at bind time). Imports the settings only here: they pull in the scorer.
+    is chosen at bind time)."""
+    return connect_to_bound(path, section, section_in_config(path, section).endpoint)
 
-    A mistake elsewhere in the file is told on stderr, and the section's endpoint is used all
-    the same: a typo a SIGHUP just refused (the daemon keeps its running config) must not
-    also cut `ctl` and `subscribe` off from that daemon. A file with mistakes and no such
+
+def section_in_config(path: str, section: str) -> typing.Any:
+    """The settings of `[section]` of the daemon config `path`. Imports the settings only
+    here: they pull in the scorer.
+
+    A mistake elsewhere in the file is told on stderr, and the section is used all the same:
+    a typo a SIGHUP just refused (the daemon keeps its running config) must not also cut
+    `ctl`, `subscribe` and `replay` off from that daemon. A file with mistakes and no such
     section is refused: it is likely no daemon config at all (the responder's), and the
     built-in endpoint would reach whatever daemon listens there."""
-    import typing
-
     from spmwatch.config import ConfigError, build, load_toml
     from spmwatch.settings import Settings, load_settings
 
     try:
-        bound = getattr(load_settings(path), section).endpoint
+        return getattr(load_settings(path), section)
     except ConfigError as whole:
         try:
             tables = load_toml(path)
@@ -79,8 +84,14 @@ def endpoint_in_config(path: str, section: str) -> str:
             own = build(typing.get_type_hints(Settings)[section], tables[section], section)
         except ConfigError:
             raise whole from None
-        bound = own.endpoint
         print(f"spmwatch: {whole}; its [{section}] endpoint is used", file=sys.stderr)
+        return own
+
+
+def connect_to_bound(path: str, section: str, bound: str) -> str:
+    """The address that reaches `bound`, the `[section] endpoint` of config `path`."""
+    from spmwatch.config import ConfigError
+
     try:
         return protocol.connect_to(bound)
     except ValueError as exc:

@@ -1,7 +1,9 @@
-"""`spmwatch replay FILE [--rate R | --fast] [--to ENDPOINT]`: play a saved frame line by line.
+"""`spmwatch replay FILE [--rate R | --fast] [--to [ENDPOINT] | --config FILE]`: play a saved
+frame line by line.
 
-With `--to` the lines go out over the line socket, so a running daemon sees a live scan (a
-producer for demos, tests and set-ups without a live hook).
+With `--to` (or `--config`, the line socket a daemon config binds) the lines go out over the
+line socket, so a running daemon sees a live scan (a producer for demos, tests and set-ups
+without a live hook); without either, into the scorer in this process.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spmwatch.classify.classifier import load_default
-from spmwatch.cli import endpoint, scan_id
+from spmwatch.cli import connect_to_bound, endpoint, scan_id, section_in_config
+from spmwatch.config import ConfigError
 from spmwatch.ibw import IbwError, read_scan
 from spmwatch.model import Scan, ordinal, probability_text, reasons_text, span_text
 from spmwatch.protocol import LINES_ENDPOINT, safe_scan_id
@@ -24,6 +27,7 @@ from spmwatch.sources.replay import line_rate, replay_lines
 
 EXIT_FAILED = 1
 EXIT_UNREADABLE = 2
+EXIT_BAD_CONFIG = 2
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,13 +41,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument("--rate", type=_positive(float), metavar="R", help="lines per second (> 0)")
     pace.add_argument("--fast", action="store_true", help="as fast as possible")
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--to",
         metavar="ENDPOINT",
         nargs="?",
         const=LINES_ENDPOINT,
         type=endpoint,
         help=f"send the lines to a line socket (default endpoint {LINES_ENDPOINT})",
+    )
+    where.add_argument(
+        "--config",
+        metavar="FILE",
+        help="send the lines to the line socket this daemon config (spmwatch.toml) binds",
     )
     parser.add_argument(
         "--scan-id", type=scan_id, help="scan id to use (default: the file name, made safe)"
@@ -79,6 +89,12 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config:
+        try:
+            args.to = _line_socket_of(args.config)
+        except ConfigError as exc:
+            print(f"spmwatch replay: config error: {exc}", file=sys.stderr)
+            return EXIT_BAD_CONFIG
     try:
         scan = read_scan(args.file, scan_id=args.scan_id or safe_scan_id(args.file.stem))
     except IbwError as exc:
@@ -96,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
     if args.to:
         return _send(scan, rate, args)
     return _score(scan, rate, args)
+
+
+def _line_socket_of(config: str) -> str:
+    """Where the daemon of `config` takes live lines; ConfigError when it takes none."""
+    lines = section_in_config(config, "lines")
+    if not lines.enabled:
+        raise ConfigError(f"{config}: [lines] enabled = false: that daemon takes no live lines")
+    return connect_to_bound(config, "lines", lines.endpoint)
 
 
 def _describe(scan: Scan, rate: float) -> str:
