@@ -144,6 +144,21 @@ def _copy_model(model: Path, tmp_path: Path) -> Path:
     return target
 
 
+def test_a_model_name_with_a_dot_keeps_it(model: Path, tmp_path: Path):
+    """`--out lab_v1.1` wrote lab_v1.skops, which `--out lab_v1.2` then overwrote."""
+    assert C.model_file(tmp_path / "lab_v1.1") == tmp_path / "lab_v1.1.skops"
+    assert C.model_file(tmp_path / "lab_v1.2.skops") == tmp_path / "lab_v1.2.skops"
+    assert C.sidecar_path(C.model_file(tmp_path / "lab_v1.1")) == tmp_path / "lab_v1.1.json"
+    versioned = tmp_path / "lab_v1.1.skops"
+    versioned.write_bytes(model.read_bytes())
+    (tmp_path / "lab_v1.1.json").write_bytes(model.with_suffix(".json").read_bytes())
+    assert C.Classifier.load(tmp_path / "lab_v1.1").threshold == C.Classifier.load(model).threshold
+    renamed = tmp_path / "mymodel.bin"
+    renamed.write_bytes(model.read_bytes())
+    with pytest.raises(C.ModelError, match=r"mymodel\.bin: not a \.skops file; a model is NAME"):
+        C.Classifier.load(renamed)
+
+
 def test_load_refuses_a_tampered_model_file(model: Path, tmp_path: Path):
     copy = _copy_model(model, tmp_path)
     copy.write_bytes(copy.read_bytes() + b"\0")

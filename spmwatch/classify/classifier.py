@@ -115,6 +115,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_file(path: Path) -> Path:
+    """The .skops file a model name stands for: `lab_v1.1` is `lab_v1.1.skops` (a suffix is
+    added, never replaced, so versioned names do not collide)."""
+    return path if path.suffix == ".skops" else path.with_name(path.name + ".skops")
+
+
 def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(".json")
 
@@ -290,8 +296,11 @@ class Classifier:
         path = Path(path)
         if path.is_dir():
             raise ModelError(f"{path}: a folder; name the model's .skops file (.json beside it)")
-        if path.suffix != ".skops":
-            path = path.with_suffix(".skops")
+        if path.suffix != ".skops" and path.is_file():
+            raise ModelError(
+                f"{path}: not a .skops file; a model is NAME.skops with NAME.json beside it"
+            )
+        path = model_file(path)
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
         sidecar = _read_sidecar(path)
@@ -450,9 +459,7 @@ def save(
     bank: LineBank | None = None,
 ) -> Path:
     """Write `<path>.skops` and its sidecar; the sidecar gains the file's SHA-256."""
-    path = Path(path)
-    if path.suffix != ".skops":
-        path = path.with_suffix(".skops")
+    path = model_file(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"estimator": estimator}
     if bank is not None:

@@ -337,7 +337,7 @@ def train_model(
     command: str = "",
 ) -> TrainResult:
     """Score the folders, cross-validate by family, pick the thresholds, fit on all, save."""
-    from spmwatch.classify.classifier import save
+    from spmwatch.classify.classifier import save, sidecar_path
     from spmwatch.scoring.scorer import FEATURE_NAMES
 
     real, skipped = read_folders(good, bad)
@@ -380,5 +380,5 @@ def train_model(
     }
     path = save(out, estimator, sidecar, bank)
     mixed = {f for _, label, f in real if label == 0} & {f for _, label, f in real if label == 1}
-    side = json.loads(path.with_suffix(".json").read_text("utf-8"))
+    side = json.loads(sidecar_path(path).read_text("utf-8"))
     return TrainResult(path, side, skipped, sorted(mixed))

@@ -70,6 +70,7 @@ def _fmt(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from spmwatch.classify.classifier import sidecar_path
     from spmwatch.classify.train import train_model
 
     command = "spmwatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -121,5 +122,5 @@ def run(args: argparse.Namespace) -> int:
             "samples apart rather than good from bad; add good frames of the failing samples",
             file=sys.stderr,
         )
-    print(f"wrote {result.path} and {result.path.with_suffix('.json')}")
+    print(f"wrote {result.path} and {sidecar_path(result.path)}")
     return 0
