@@ -177,7 +177,7 @@ def test_vanished_folder_is_reported_and_recovered(
     assert wait_for(lambda: len(sink.frames) == 1)
 
     shutil.rmtree(watched)
-    assert wait_for(lambda: any("folder gone" in e.reason for e in sink.errors))
+    assert wait_for(lambda: any("folder gone (unmounted?)" in e.reason for e in sink.errors))
     assert watcher.running
     watched.mkdir()
     for scan in scans[1:]:
@@ -409,7 +409,9 @@ def test_a_folder_missing_at_start_is_counted_gone_then_back(
     later = tmp_path / "later"
     sink = TimedCollector()
     watcher = start(FolderWatcher(later, sink, settle=0.05, rescan_interval=0.1), stop_after)
-    assert [e.reason for e in sink.errors] == ["folder gone (missing or unmounted); waiting"]
+    assert [e.reason for e in sink.errors] == [
+        "no such folder (mistyped, not created yet, or not mounted?); waiting for it"
+    ]
     later.mkdir()
     (later / "a.ibw").write_bytes(ibw_bytes(tmp_path, make_scan(lines=4, points=8)))
     assert wait_for(lambda: len(sink.frames) == 1)

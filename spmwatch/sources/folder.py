@@ -48,6 +48,8 @@ MAX_SEEN = 20_000
 # 1: [size, mtime_ns] per file, read as entries without a digest. 2 may also hold "dropped"
 # (the watermarks): older daemons ignore it, so it needed no new version.
 _STATE_VERSION = 2
+# A folder not there at start is likelier mistyped or not yet mounted than gone.
+MISSING_AT_START = "no such folder (mistyped, not created yet, or not mounted?)"
 
 
 def is_ibw(path: str | Path) -> bool:
@@ -456,7 +458,8 @@ class FolderWatcher(SourceThread):
             if not present and folder.present is not False:  # missing at start counts too
                 self._stop_observer(folder)
                 self.counters.add("folder_gone")
-                self._emit_error(str(folder.path), "folder gone (missing or unmounted); waiting")
+                said = MISSING_AT_START if folder.present is None else "folder gone (unmounted?)"
+                self._emit_error(str(folder.path), f"{said}; waiting for it")
             elif present and folder.present is False:
                 self.counters.add("folder_back")
                 log.info("folder_back", folder=str(folder.path))
