@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import structlog
+import zmq
 
 from spmwatch import logs, numba_build, protocol
 from spmwatch.advice import suggested_action
@@ -446,7 +447,9 @@ class Daemon:
         try:
             start()
         except Exception as exc:  # zmq.ZMQError, OSError: name what could not be bound
-            raise StartupError(f"{what} {address}: {exc}") from exc
+            # a ZMQError's text repeats the address ("... (addr='tcp://...')"): the reason alone
+            reason = zmq.strerror(exc.errno) if isinstance(exc, zmq.ZMQError) else exc
+            raise StartupError(f"{what} {address}: {reason}") from exc
 
     def _claim_state_file(self) -> None:
         """The watched folders' record of handled files, locked to this daemon and written

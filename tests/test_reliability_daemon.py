@@ -610,7 +610,7 @@ def _start_that_fails(config: Path) -> str:
     return output
 
 
-@pytest.mark.parametrize("key", ["publish", "lines", "metrics"])
+@pytest.mark.parametrize("key", ["publish", "lines", "metrics", "control"])
 def test_a_port_held_by_another_program_is_told_before_the_warm_up(
     tmp_path: Path, key: str
 ) -> None:
@@ -625,6 +625,7 @@ def test_a_port_held_by_another_program_is_told_before_the_warm_up(
         output = _start_that_fails(config)
     name = "address" if key == "metrics" else "endpoint"
     assert f"{key}.{name} {endpoints[key]}: Address already in use" in output, output
+    assert "addr=" not in output  # the address once, not again in ZeroMQ's words
 
 
 def test_an_ipc_socket_in_a_missing_folder_is_told_before_the_warm_up(tmp_path: Path) -> None:

@@ -543,3 +543,4 @@ def test_an_actions_address_in_use_exits_1_naming_the_key(tmp_path: Path) -> Non
         holder.close(linger=0)
     assert done.returncode == 1
     assert f"actions_endpoint {endpoint}: Address already in use" in done.stderr
+    assert "addr=" not in done.stderr

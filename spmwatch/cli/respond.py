@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         serve(settings, stop)
     except zmq.ZMQError as exc:  # the actions socket's address in use: may pass, so exit 1
         print(
-            f"spmwatch respond: actions_endpoint {settings.actions_endpoint}: {exc}",
+            f"spmwatch respond: actions_endpoint {settings.actions_endpoint}: "
+            f"{zmq.strerror(exc.errno)}",
             file=sys.stderr,
         )
         return 1
