@@ -36,7 +36,8 @@ SetpointKind = Literal["amplitude", "deflection"]
 MASTER_PANEL = "MasterPanel"
 STATUS_KEY = "ScanStatus"
 # Igor object names: a letter, then letters, digits or underscores, at most 31 characters.
-_IGOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,30}")
+IGOR_NAME_MAX = 31
+_IGOR_NAME = re.compile(rf"[A-Za-z][A-Za-z0-9_]{{0,{IGOR_NAME_MAX - 1}}}")
 # Keys read_spm accepts: Igor globals, or td_ReadValue paths such as PIDSLoop.0.Setpoint
 _READ_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 _SCAN_CONTROLS = {"down": "DownScan_0", "up": "UpScan_0"}

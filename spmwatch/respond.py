@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ from spmwatch.advice import DEFAULT_POLICY
 from spmwatch.config import check_bounds, in_folder, load_file, set_aside
 from spmwatch.curve import HandshakeWatch, configure_client
 from spmwatch.igor import (
+    IGOR_NAME_MAX,
     IgorError,
     IgorLink,
     igor_name,
@@ -131,11 +133,18 @@ class RescanSettings:
             igor_name(self.base_name_prefix, "base_name_prefix")
 
     def base_name(self, scan_id: str) -> str | None:
-        """Prefix + scan id, cut to Igor's 31 characters, so a retry file says what it retries."""
+        """Prefix + scan id, so a retry file says what it retries: characters Igor refuses in a
+        name become `_`, and a name past Igor's 31 characters loses the middle of the id, not
+        its frame number (retry_Cs50MA50approx_PositionC_0035: retry_Cs50MA50approx_Posit_0035)."""
         if not self.base_name_prefix:
             return None
-        text = self.base_name_prefix + "".join(c if c.isalnum() else "_" for c in scan_id)
-        return text[:31]
+        safe = "".join(c if c.isascii() and c.isalnum() else "_" for c in scan_id)
+        text = self.base_name_prefix + safe
+        if len(text) <= IGOR_NAME_MAX:
+            return text
+        number = re.search(r"_?\d+$", safe)
+        tail = number.group() if number and len(number.group()) < IGOR_NAME_MAX // 2 else ""
+        return text[: IGOR_NAME_MAX - len(tail)] + tail
 
 
 @dataclass(frozen=True)

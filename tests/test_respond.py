@@ -34,7 +34,7 @@ from responder_helpers import (
 
 from spmwatch import config, respond
 from spmwatch.advice import ACTIONS, suggested_action
-from spmwatch.igor import IgorLink
+from spmwatch.igor import IgorLink, change_name_command
 from spmwatch.model import EVENT_KINDS, SEVERITIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +240,24 @@ def test_rescans_are_capped_per_hour(tmp_path: Path) -> None:
     outcome = h.handle(alert_payload(1, kind="streak", scan_id="scanB"))
     assert outcome == [("stop_scan", "ok"), ("rescan", "skipped")]
     assert "rescan cap reached: 1 per hour" in h.published[-1][1]["reason"]
+
+
+@pytest.mark.parametrize(
+    "scan_id,name",
+    [
+        ("scanA", "retry_scanA"),
+        ("scope-9", "retry_scope_9"),
+        ("Cs50MA50approx_PositionC_0035", "retry_Cs50MA50approx_Posit_0035"),
+        ("x" * 40, "retry_" + "x" * 25),
+        ("Image_" + "1" * 30, "retry_Image_" + "1" * 19),
+    ],
+)
+def test_a_retry_name_is_an_igor_name_that_keeps_the_frame_number(scan_id: str, name: str) -> None:
+    """Cut at 31 characters, retry_Cs50MA50approx_PositionC_0035 lost the `_0035` that tells
+    the frames of one position apart."""
+    made = respond.RescanSettings(base_name_prefix="retry_").base_name(scan_id)
+    assert made == name
+    assert change_name_command(made) == f'ChangeName("{name}")'  # Igor takes it
 
 
 def test_malformed_alerts_are_rejected_without_action(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from tests.daemon_helpers import REPO
 # each unit and where the install steps (docs/daemon.md) put its command
 INSTALLED = {
     "spmwatch.service": "/opt/spmwatch/bin/spmwatch",
-    "spmwatch-respond.service": "/opt/spmwatch-respond/bin/spmwatch",
+    "spmwatch-respond.service": "/opt/spmwatch/bin/spmwatch",  # a dry run needs no aespm
 }
 UNITS = tuple(INSTALLED)
 
