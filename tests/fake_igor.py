@@ -7,12 +7,20 @@ the lines against a small instrument state and writes `readout.txt` as Igor's `S
 
 Modes: "normal"; "silent" (Igor returns without running anything: no readout written);
 "not_running" (the .bat never returns, as when Igor is not running, until `release()`).
+
+Run as a script, it is a rehearsal without a microscope: `python tests/fake_igor.py
+--config respond.toml` (in the aespm environment) runs the real `spmwatch respond` against this
+fake, printing every command Igor runs and the instrument's state after it.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +56,7 @@ class FakeIgor:
     ignored: set[str] = field(default_factory=set)  # controls this Igor lacks
     invocations: int = 0
     hanging: threading.Event = field(default_factory=threading.Event)
+    echo: Callable[[str], None] | None = None  # told each action line Igor ran
     _release: threading.Event = field(default_factory=threading.Event)
     _readout: list[float] = field(default_factory=list)
 
@@ -110,6 +119,8 @@ class FakeIgor:
             self.commands.append(line)
             if not self._act(line):
                 self.unknown.append(line)
+            if self.echo is not None:
+                self.echo(line)
 
     def _act(self, line: str) -> bool:
         if match := _CONTROL.fullmatch(line):
@@ -152,3 +163,32 @@ class _Process:
     def wait(self, timeout: float | None = None) -> int:
         self._igor.run_script()
         return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`spmwatch respond` (all arguments but --folder passed on) against a fake Igor."""
+    parser = argparse.ArgumentParser(
+        prog="python tests/fake_igor.py",
+        description="Run the real `spmwatch respond` (aespm and all) against a fake Igor, "
+        "printing each command Igor runs and the instrument's state after it.",
+    )
+    parser.add_argument("--folder", type=Path, help="aespm's buffer folder (default: a temp one)")
+    args, respond_args = parser.parse_known_args(argv)
+    from spmwatch.cli import main as spmwatch
+
+    with tempfile.TemporaryDirectory() as spare, pytest.MonkeyPatch.context() as patch:
+        igor = FakeIgor(args.folder or Path(spare) / "buffer")
+
+        def echo(line: str) -> None:
+            tip = "withdrawn" if igor.withdrawn else "engaged"
+            scan = f"scanning {igor.direction}" if igor.scanning else "not scanning"
+            print(f"fake Igor ran {line}: {scan}, tip {tip}", flush=True)
+
+        igor.echo = echo
+        igor.install(patch)
+        print(f"fake Igor: scanning, tip engaged; aespm's buffer folder {igor.folder}", flush=True)
+        return spmwatch(["respond", *respond_args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +13,13 @@ from typing import Any
 import pytest
 import zmq
 from fake_igor import FakeIgor
-from responder_helpers import ActionListener, FakeDaemon, alert_payload, free_tcp_endpoint
+from responder_helpers import (
+    ActionListener,
+    FakeDaemon,
+    alert_payload,
+    free_tcp_endpoint,
+    wait_for,
+)
 
 from spmwatch import respond
 from spmwatch.igor import IgorLink, IgorUnavailable
@@ -166,3 +175,44 @@ def test_rescan_confirmed_and_a_stop_that_does_not_stop_is_reported(
     (stop,) = responder.handle(alert_payload(1, kind="oscillation", scan_id="scanB"))
     assert stop["outcome"] == "failed"
     assert stop["reason"] == "sent, but ScanStatus is still 1 after 2 reads"
+
+
+def test_the_fake_igor_script_rehearses_the_responder_without_a_microscope(
+    tmp_path: Path,
+) -> None:
+    """`python tests/fake_igor.py --config respond.toml` (docs/responder.md): the real
+    `spmwatch respond` acts through aespm, and the console shows what Igor ran."""
+    context = zmq.Context()
+    daemon = FakeDaemon(context)
+    config = tmp_path / "respond.toml"
+    config.write_text(
+        f'subscribe = "{daemon.endpoint}"\nactions_endpoint = "{free_tcp_endpoint()}"\n'
+        f'state_file = "{tmp_path / "state.json"}"\nconfirm_interval = 0.05\n'
+    )
+    script = Path(__file__).with_name("fake_igor.py")
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(process.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        daemon.wait_subscriber(timeout=60)
+        daemon.send(alert_payload(0, scan_id="scan1"))
+        wait_for(lambda: any("Withdraw_0" in line for line in said), timeout=30)
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+        reader.join(timeout=10)
+        daemon.close()
+        context.term()
+    assert code == 0, "".join(said)
+    assert said[0].startswith("fake Igor: scanning, tip engaged; aespm's buffer folder ")
+    ran = [line.strip() for line in said if line.startswith("fake Igor ran")]
+    assert ran == [
+        f"fake Igor ran {STOP}: not scanning, tip engaged",
+        f"fake Igor ran {WITHDRAW}: not scanning, tip withdrawn",
+    ]
