@@ -95,10 +95,20 @@ def pair_lags(scan: Scan, settings: ScoringSettings | None = None) -> dict[str, 
 
 
 def level_lines(image: np.ndarray) -> np.ndarray:
-    """Each line minus its median: removes the per-line offsets that hide the topography."""
+    """Each line minus its least-squares slope and then its median (a first-order flatten):
+    the per-line offsets and a tilted sample hide the topography. NaN samples are left out,
+    and an all-NaN dropout line stays NaN."""
+    x = np.arange(image.shape[1], dtype=float)[None, :]
+    finite = np.isfinite(image)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN dropout lines stay NaN
-        return image - np.nanmedian(image, axis=1, keepdims=True)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centre = np.nanmean(np.where(finite, x, np.nan), axis=1, keepdims=True)
+        dx = np.where(finite, x - centre, 0.0)
+        spread = (dx * dx).sum(axis=1, keepdims=True)
+        tilt = (dx * np.where(finite, image, 0.0)).sum(axis=1, keepdims=True)
+        slope = np.divide(tilt, spread, out=np.zeros_like(spread), where=spread > 0)
+        flat = image - slope * (x - centre)
+        return flat - np.nanmedian(flat, axis=1, keepdims=True)
 
 
 def robust_limits(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> tuple[float, float]:
@@ -361,13 +371,16 @@ def render_png(
     width_x = size_um if size_um is not None else float(scan.n_points)
     extent = (0.0, width_x, -0.5, n_lines - 0.5)
     xlabel = "fast axis (µm)" if size_um is not None else "point"
-    # Square-ish panels for a full frame; a partial frame is squeezed, but never below half.
-    ratio = min(max(n_lines / max(scan.expected_lines, 1), 0.5), 1.0)
+    # A partial frame keeps its place in the square frame: the lines never scanned are a band
+    # below line 0 when it was scanned top to bottom (it stopped there), else above the last.
+    missing = max(scan.expected_lines - n_lines, 0)
+    below = missing if scan.scan_down else 0
+    y_range = (-0.5 - below, n_lines - 0.5 + missing - below)
     score_w = 2.4
     panel_w = max(3.4, (10.0 - score_w) / max(n_images, 1))
     fig_w = panel_w * n_images + score_w
     title_h = 1.0  # inches kept free above the panels for the three title lines
-    fig = Figure(figsize=(fig_w, panel_w * ratio + 1.5 + title_h), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(fig_w, panel_w + 1.5 + title_h), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_images + 1, sharey=True, width_ratios=[panel_w] * n_images + [score_w])
     head, why, detail = _title(scan, frame, record)
@@ -428,10 +441,41 @@ def render_png(
     if watch_line is not None:  # where the frame watch judged the frame so far a failure
         for ax in axes:
             ax.axhline(watch_line, color=WATCH_COLOUR, lw=1.4, ls=(0, (1, 1.5)), zorder=5)
+    if frame.alert is not None:
+        _edge_marker(axes[-1], frame.alert.line, ALERT_COLOUR)
+    if watch_line is not None:
+        _edge_marker(axes[-1], watch_line, WATCH_COLOUR)
+    if missing:
+        not_scanned = (n_lines - 0.5, y_range[1]) if below == 0 else (y_range[0], -0.5)
+        said = f"not scanned: stopped after {n_lines} of {scan.expected_lines} lines"
+        for i, ax in enumerate(axes):
+            _mark_not_scanned(ax, not_scanned, said if i < n_images else None)
+    axes[0].set_ylim(*y_range)
+    ticks = MaxNLocator(nbins=6, integer=True).tick_values(0, n_lines - 1)
+    axes[0].set_yticks([t for t in ticks if 0 <= t <= n_lines - 1])
     _legend(fig, frame, threshold, watch_line)
-    _fit_height(fig, axes[0], ratio, title_h)
+    _fit_height(fig, axes[0], title_h)
     _fit_width(fig, titles)
     return fig
+
+
+def _edge_marker(ax: Axes, line: int, colour: str) -> None:
+    """A triangle outside the right edge pointing at `line`: a line drawn on line 0 or the
+    last one lies on the axis itself and cannot be seen."""
+    ax.plot(
+        [1.0], [line], marker="<", ms=7, color=colour, transform=ax.get_yaxis_transform(),
+        clip_on=False, zorder=6,
+    )  # fmt: skip
+
+
+def _mark_not_scanned(ax: Axes, span: tuple[float, float], label: str | None) -> None:
+    ax.axhspan(*span, facecolor="#f2f2f2", hatch="//", edgecolor="#c8c8c8", lw=0, zorder=2)
+    if label is not None:
+        ax.text(
+            0.5, 0.5 * (span[0] + span[1]), label, transform=ax.get_yaxis_transform(),
+            ha="center", va="center", fontsize=8, color="#555555", zorder=3,
+            bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1},
+        )  # fmt: skip
 
 
 def _fit_width(fig: Figure, texts: list[Text]) -> None:
@@ -447,8 +491,8 @@ def _fit_width(fig: Figure, texts: list[Text]) -> None:
             text.set_fontsize(text.get_fontsize() * room / wide * 0.99)
 
 
-def _fit_height(fig: Figure, panel: Axes, ratio: float, title_h: float) -> None:
-    """Make the image panels `ratio` times as tall as wide. The layout gives them what is left
+def _fit_height(fig: Figure, panel: Axes, title_h: float) -> None:
+    """Make the image panels square, as the frame is. The layout gives them what is left
     under the titles, colour bars and legend, which depends on fonts; one measured correction
     of the figure's height (the widths do not move with it) replaces a guess of that space."""
     for _ in range(2):  # the second pass only confirms: the first lands within a pixel
@@ -456,7 +500,7 @@ def _fit_height(fig: Figure, panel: Axes, ratio: float, title_h: float) -> None:
         fig.get_layout_engine().set(rect=(0.0, 0.0, 1.0, 1.0 - title_h / height_in))
         fig.draw_without_rendering()
         box = panel.get_position()
-        missing = box.width * width_in * ratio - box.height * height_in
+        missing = box.width * width_in - box.height * height_in
         if abs(missing) * DPI < 1.0:
             return
         fig.set_size_inches(width_in, height_in + missing)

@@ -216,12 +216,10 @@ def test_a_retrace_only_report_says_why_it_has_no_residual_map() -> None:
     assert display_unit("HeightTrace", np.full(3, 2e-9)) == (1e9, "nm")
 
 
-@pytest.mark.parametrize("lines,expected,ratio", [(64, 64, 1.0), (24, 64, 0.5)])
-def test_image_panels_are_as_tall_as_a_full_frame_is_wide(
-    lines: int, expected: int, ratio: float
-) -> None:
+@pytest.mark.parametrize("lines,expected", [(64, 64), (24, 64)])
+def test_image_panels_are_as_tall_as_a_full_frame_is_wide(lines: int, expected: int) -> None:
     """The height left to the panels depends on fonts and bars; guessed, a square frame drew
-    panels a tenth taller than wide. A partial frame is squeezed, to no less than half."""
+    panels a tenth taller than wide. A partial frame keeps the whole frame's square."""
     scan = synthetic_scan(lines=lines, points=64, pairs=2)
     scan.expected_lines = expected
     record = {"file": "x.ibw", "verdict": "pass", "probability": 0.1, "alert": None}
@@ -232,7 +230,42 @@ def test_image_panels_are_as_tall_as_a_full_frame_is_wide(
     assert len(images) == 3  # the trace channels and the first pair's residual map
     for ax in images:
         box = ax.get_position()
-        assert box.height * height_in == pytest.approx(ratio * box.width * width_in, abs=2 / 100)
+        assert box.height * height_in == pytest.approx(box.width * width_in, abs=2 / 100)
+
+
+@pytest.mark.parametrize("scan_down", [False, True])
+def test_a_partial_frame_is_drawn_where_it_lies_with_the_rest_marked_not_scanned(
+    scan_down: bool,
+) -> None:
+    """64 of 256 lines filled a panel drawn like a whole frame's (walkthrough). A scan from
+    the bottom up stopped below the missing lines; one from the top down above them."""
+    scan = synthetic_scan(lines=64, points=64, pairs=1)
+    scan.expected_lines, scan.scan_down = 256, scan_down
+    record = {"file": "x.ibw", "verdict": "fail", "probability": 1.0, "alert": None}
+    fig = render_png(scan, score_scan(scan), record, {"Ch0": 0}, 12.0)
+    fig.draw_without_rendering()
+    expected = (-192.5, 63.5) if scan_down else (-0.5, 255.5)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 2  # the trace channel and the residual map: each names the gap
+    for ax in images:
+        assert ax.get_ylim() == pytest.approx(expected)
+        said = [t.get_text() for t in ax.texts]
+        assert said == ["not scanned: stopped after 64 of 256 lines"]
+        assert all(0 <= tick <= 63 for tick in ax.get_yticks())  # no line numbers there
+
+
+def test_level_lines_takes_out_each_lines_tilt_and_offset() -> None:
+    x = np.arange(40, dtype=float)
+    bump = np.where((x > 15) & (x < 25), 5.0, 0.0)
+    image = np.stack([3.0 * i + 0.5 * x + bump for i in range(6)])
+    image[2, 7] = np.nan  # a missing sample is left out of the fit, not spread over the line
+    image[4] = np.nan  # a dropout line stays NaN
+    levelled = level_lines(image)
+    assert np.isnan(levelled[4]).all()
+    assert np.isnan(levelled[2]).sum() == 1 and abs(levelled[2, 8] - levelled[0, 8]) < 0.1
+    whole = levelled[[0, 1, 3, 5]]
+    assert np.allclose(whole - whole[0], 0.0, atol=1e-9)  # the offsets are gone...
+    assert np.ptp(levelled[0][x < 15]) < 1.0  # ...and the tilt (0.5 x 40 = 20 before)
 
 
 def test_the_title_says_why_and_fits_a_long_name_an_alert_and_a_poor_image() -> None:
