@@ -564,6 +564,28 @@ def test_readiness_retries_permission_errors(tmp_path: Path) -> None:
     assert isinstance(results[3], Ready) and readiness.busy == 3
 
 
+def test_a_file_copied_in_slow_chunks_is_said_waiting_once(tmp_path: Path) -> None:
+    """100 kB every 1.5 s logged file_incomplete_waiting at every chunk (walkthrough)."""
+    whole = write_fixture(tmp_path, make_scan(lines=64, points=64)).read_bytes()
+    path = tmp_path / "slow.ibw"
+    now = [0.0]
+    readiness = Readiness(read_frame, settle=1.0, clock=lambda: now[0])
+    with structlog.testing.capture_logs() as logs:
+        for size in range(4096, len(whole), 4096):
+            path.write_bytes(whole[:size])
+            os.utime(path, ns=(size, size))  # each chunk a new version, whatever the clock
+            assert readiness.poll(path) is None  # changed: the settle time starts
+            now[0] += 1.5
+            assert readiness.poll(path) is None  # settled, still incomplete: waits
+        path.write_bytes(whole)
+        os.utime(path, ns=(len(whole), len(whole)))
+        readiness.poll(path)
+        now[0] += 1.5
+        assert isinstance(readiness.poll(path), Ready)
+    waits = [e for e in logs if e["event"] == "file_incomplete_waiting"]
+    assert len(waits) == 1 and waits[0]["file"] == str(path)
+
+
 def test_seen_files_survive_a_corrupt_state_file(tmp_path: Path) -> None:
     state = tmp_path / "seen.json"
     state.write_text("{half a json")

@@ -47,7 +47,7 @@ class Broken:
 class _Pending:
     stamp: Stamp
     stable_since: float
-    told_incomplete: bool = False  # this version's wait was logged
+    told_incomplete: bool = False  # the wait was logged: once per file, not per chunk copied
 
 
 class Readiness:
@@ -104,7 +104,7 @@ class Readiness:
         now = self._clock()
         stamp = stamp_of(path.stat())
         if stamp != pending.stamp:
-            pending.stamp, pending.stable_since, pending.told_incomplete = stamp, now, False
+            pending.stamp, pending.stable_since = stamp, now
             if self.settle > 0:
                 return None
         unchanged_for = now - pending.stable_since
