@@ -255,6 +255,35 @@ def test_evaluate_writes_summary_plot_and_table(folders, model: Path, tmp_path: 
     assert sum(1 for line in table if line.startswith("given,")) == 12
 
 
+def test_the_curves_legend_sits_below_both_plots_and_coinciding_curves_are_named_together(
+    tmp_path: Path,
+):
+    """Inside the ROC plot the legend hid curves, and a perfect split's curve hid another's
+    (walkthrough finding)."""
+    from spmwatch.classify.evaluate import BASELINE_NAME, SplitResult, curves_figure, plot_curves
+
+    labels = np.array([0, 0, 1, 1])
+    perfect = np.array([0.1, 0.2, 0.8, 0.9])
+    results = [
+        SplitResult("lofo", "spmwatch", [], labels, perfect, 0.5),
+        SplitResult("lofo:perovskite", "spmwatch", [], labels, perfect, 0.5),
+        SplitResult("lofo", BASELINE_NAME, [], labels, np.array([0.6, 0.2, 0.3, 0.9]), 0.5),
+        SplitResult("synthetic:clean", "default", [], np.zeros(4, int), perfect, 0.5),
+    ]
+    path = plot_curves(results, tmp_path / "roc_pr.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = curves_figure(results)
+    roc = fig.axes[0]
+    assert roc.get_legend() is None and len(fig.legends) == 1
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    # the two perfect spmwatch splits are one curve named by both; one class has no curve
+    assert names == [
+        "lofo, lofo:perovskite / spmwatch (AUROC 1.000)",
+        f"lofo / {BASELINE_NAME} (AUROC 0.750)",
+    ]
+    assert [c.get_ls() for c in roc.get_lines()] == ["-", "--", "-"]  # the last: the diagonal
+
+
 def test_evaluate_says_which_files_it_skipped(folders, model: Path, tmp_path: Path):
     """A broken file used to drop out of the evaluation without a word on the console."""
     good, bad = folders

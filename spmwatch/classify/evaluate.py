@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import (
@@ -33,6 +34,11 @@ from spmwatch.classify.train import (
     read_folders,
     recipe_predictor,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+BASELINE_NAME = "ofdspm-rf"  # the ofdspm-like baseline model, in the splits and the plot
 
 SUMMARY_FIELDS = (
     "split",
@@ -113,13 +119,23 @@ def write_table(results: list[SplitResult], path: Path) -> Path:
 
 
 def plot_curves(results: list[SplitResult], path: Path) -> Path:
-    """ROC and precision-recall curves of every split with both classes."""
-    import matplotlib
+    """Write the ROC and precision-recall curves (curves_figure) as a PNG."""
+    curves_figure(results).savefig(path, dpi=110)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.8))
+def curves_figure(results: list[SplitResult]) -> Figure:
+    """ROC and precision-recall curves of every split with both classes, one legend below
+    both (inside either, it hid curves). Splits whose curves coincide (perfect ones, often)
+    are one curve named by all of them: drawn apart, the last one hid the others."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 6.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    roc_ax, pr_ax = fig.subplots(1, 2)
+    curves: dict[tuple[bytes, ...], list[str]] = {}
+    drawn: dict[tuple[bytes, ...], tuple[tuple[np.ndarray, ...], float]] = {}
     for r in results:
         ok = np.isfinite(r.scores)
         labels, scores = r.labels[ok], r.scores[ok]
@@ -127,21 +143,25 @@ def plot_curves(results: list[SplitResult], path: Path) -> Path:
             continue
         fpr, tpr, _ = roc_curve(labels, scores)
         precision, recall, _ = precision_recall_curve(labels, scores)
-        tag = f"{r.split} / {r.model} (AUROC {roc_auc_score(labels, scores):.3f})"
-        roc_ax.plot(fpr, tpr, label=tag)
-        pr_ax.plot(recall, precision, label=f"{r.split} / {r.model}")
+        arrays = (fpr, tpr, recall, precision)
+        key = (r.model.encode(), *(a.tobytes() for a in arrays))
+        curves.setdefault(key, []).append(r.split)
+        drawn[key] = (arrays, float(roc_auc_score(labels, scores)))
+    for key, splits in curves.items():
+        (fpr, tpr, recall, precision), auroc = drawn[key]
+        model = key[0].decode()
+        style = {"lw": 1.2, "ls": "--"} if model == BASELINE_NAME else {"lw": 1.8, "ls": "-"}
+        label = f"{', '.join(splits)} / {model} (AUROC {auroc:.3f})"
+        (line,) = roc_ax.plot(fpr, tpr, label=label, **style)
+        pr_ax.plot(recall, precision, color=line.get_color(), **style)
     roc_ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
     roc_ax.set(
         xlabel="false-positive rate (good frames failed)", ylabel="true-positive rate", title="ROC"
     )
     pr_ax.set(xlabel="recall (bad frames failed)", ylabel="precision", title="Precision-recall")
-    if roc_ax.get_lines()[:-1]:  # a split with both classes was drawn (not only the diagonal)
-        roc_ax.legend(fontsize=7, loc="lower right")
-        pr_ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if curves:
+        fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    return fig
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -321,10 +341,10 @@ def cross_validated(
     `latency` is the recipe's measured time per frame (the given model's: same features and
     estimator); the baseline's is measured here."""
     data = build_dataset(real, synthetic, seed=seed, quiet=quiet)
-    latencies = {"spmwatch": latency, "ofdspm-rf": baseline_latency(real, data, seed)}
+    latencies = {"spmwatch": latency, BASELINE_NAME: baseline_latency(real, data, seed)}
     models: list[tuple[str, Predictor, float]] = [
         ("spmwatch", recipe_predictor(seed, classifier.bank is not None), classifier.threshold),
-        ("ofdspm-rf", baseline_predictor(seed), 0.5),
+        (BASELINE_NAME, baseline_predictor(seed), 0.5),
     ]
     bad_families = sorted({r.family for r in data.records if r.label == 1 and not r.synthetic})
     results = []
@@ -340,7 +360,7 @@ def cross_validated(
     only_real = [r for r in data.records if not r.synthetic]
     for family in bad_families:
         inside, within = within_family(only_real, family, baseline_predictor(seed), seed=seed)
-        results.append(_result(f"within:{family}:real-only", "ofdspm-rf", inside, within, 0.5))
+        results.append(_result(f"within:{family}:real-only", BASELINE_NAME, inside, within, 0.5))
     for result in results:
         result.latency_ms = latencies[result.model]
     return results
