@@ -441,10 +441,9 @@ def render_png(
     if watch_line is not None:  # where the frame watch judged the frame so far a failure
         for ax in axes:
             ax.axhline(watch_line, color=WATCH_COLOUR, lw=1.4, ls=(0, (1, 1.5)), zorder=5)
+        _edge_marker(axes[-1], watch_line, WATCH_COLOUR)
     if frame.alert is not None:
         _edge_marker(axes[-1], frame.alert.line, ALERT_COLOUR)
-    if watch_line is not None:
-        _edge_marker(axes[-1], watch_line, WATCH_COLOUR)
     if missing:
         not_scanned = (n_lines - 0.5, y_range[1]) if below == 0 else (y_range[0], -0.5)
         said = f"not scanned: stopped after {n_lines} of {scan.expected_lines} lines"
