@@ -134,8 +134,8 @@ def curves_figure(results: list[SplitResult]) -> Figure:
     fig = Figure(figsize=(11, 6.2), layout="constrained")
     FigureCanvasAgg(fig)
     roc_ax, pr_ax = fig.subplots(1, 2)
-    curves: dict[tuple[bytes, ...], list[str]] = {}
-    drawn: dict[tuple[bytes, ...], tuple[tuple[np.ndarray, ...], float]] = {}
+    # one entry per distinct curve: the splits that drew it, its arrays and its AUROC
+    curves: dict[tuple[bytes, ...], tuple[list[str], tuple[np.ndarray, ...], float]] = {}
     for r in results:
         ok = np.isfinite(r.scores)
         labels, scores = r.labels[ok], r.scores[ok]
@@ -145,10 +145,9 @@ def curves_figure(results: list[SplitResult]) -> Figure:
         precision, recall, _ = precision_recall_curve(labels, scores)
         arrays = (fpr, tpr, recall, precision)
         key = (r.model.encode(), *(a.tobytes() for a in arrays))
-        curves.setdefault(key, []).append(r.split)
-        drawn[key] = (arrays, float(roc_auc_score(labels, scores)))
-    for key, splits in curves.items():
-        (fpr, tpr, recall, precision), auroc = drawn[key]
+        auroc = float(roc_auc_score(labels, scores))
+        curves.setdefault(key, ([], arrays, auroc))[0].append(r.split)
+    for key, (splits, (fpr, tpr, recall, precision), auroc) in curves.items():
         model = key[0].decode()
         style = {"lw": 1.2, "ls": "--"} if model == BASELINE_NAME else {"lw": 1.8, "ls": "-"}
         label = f"{', '.join(splits)} / {model} (AUROC {auroc:.3f})"
